@@ -1,0 +1,53 @@
+"""Saving generated images: ``outputs/<date>/<number>-<seed>.png`` with A1111 parameters and
+the implicit AIGC label in the PNG metadata."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+import threading
+from pathlib import Path
+
+from PIL import Image
+
+from .pnginfo import aigc_label, png_metadata
+
+_NUMBERED = re.compile(r"^(\d{5})-")
+
+
+class OutputWriter:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._lock = threading.Lock()
+        self._next: dict[Path, int] = {}
+
+    def day_dir(self) -> Path:
+        return self.root / _dt.date.today().isoformat()
+
+    def _number(self, folder: Path) -> int:
+        if folder not in self._next:
+            used = [int(m.group(1)) for p in folder.glob("*.png") if (m := _NUMBERED.match(p.name))]
+            self._next[folder] = max(used, default=0) + 1
+        number = self._next[folder]
+        self._next[folder] = number + 1
+        return number
+
+    def save(self, image: Image.Image, parameters: str, seed: int, suffix: str = "") -> Path:
+        """Write one PNG; never overwrites an existing file."""
+        with self._lock:
+            folder = self.day_dir()
+            folder.mkdir(parents=True, exist_ok=True)
+            while True:
+                path = folder / f"{self._number(folder):05d}-{seed}{suffix}.png"
+                if not path.exists():
+                    break
+            label = aigc_label(produce_id=f"{folder.name}/{path.stem}")
+            image.save(path, format="PNG", pnginfo=png_metadata(parameters, label))
+        return path
+
+    def recent(self, limit: int = 60) -> list[Path]:
+        """The newest saved images, newest first."""
+        if not self.root.is_dir():
+            return []
+        files = sorted(self.root.glob("*/*.png"), key=lambda p: p.stat().st_mtime, reverse=True)
+        return files[:limit]

@@ -1,0 +1,33 @@
+"""Engine settings: which model, which folders, which device. Built once by app.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODEL = "alibaba-pai/pai-diffusion-artist-large-zh"
+
+# Chinese models users pick most often (PRODUCT.md); listed in the model dropdown even before
+# they are downloaded, so a user with a network can fetch one by choosing it.
+KNOWN_HUB_MODELS: tuple[str, ...] = (
+    "alibaba-pai/pai-diffusion-artist-large-zh",
+    "alibaba-pai/pai-diffusion-artist-xlarge-zh",
+    "alibaba-pai/pai-diffusion-general-large-zh",
+    "alibaba-pai/pai-diffusion-general-xlarge-zh",
+    "alibaba-pai/pai-diffusion-food-large-zh",
+    "alibaba-pai/pai-diffusion-anime-large-zh",
+    "IDEA-CCNL/Taiyi-Stable-Diffusion-1B-Chinese-v0.1",
+)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    model: str = DEFAULT_MODEL
+    models_dir: Path = Path("models")
+    outputs_dir: Path = Path("outputs")
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto | fp32 | fp16 | bf16
+    demo: bool = False
+    allow_download: bool = True
+    # Operator switch for the visible "AI生成" mark (the implicit metadata label is always on).
+    visible_label: bool = False

@@ -1,0 +1,207 @@
+"""The model store: the single owner of loaded weights.
+
+It holds exactly one base pipeline (one U-Net, one VAE, one text encoder) and hands out task
+pipelines built from it with ``from_pipe``, which share those modules instead of copying them.
+Loading is lazy and happens once, under a lock; switching the base model loads the new one
+first (so a failure keeps the old one active) and then frees the old one.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .devices import DevicePlan, attention_backend, dtype_name, plan_device
+from .errors import ModelError, ParamError
+from .folders import ModelFolders
+from .settings import KNOWN_HUB_MODELS, EngineSettings
+
+log = logging.getLogger(__name__)
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """One entry of the model dropdown."""
+
+    ref: str  # what the user picks: a folder name under models/checkpoints, or a hub id
+    source: str  # the local path or hub id handed to from_pretrained
+    local: bool  # files are on this machine (folder, or hub cache)
+    kind: str  # "folder" | "hub" | "path"
+
+
+def _module_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+def _hub_cached(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str)
+    except Exception:  # a broken cache must not break the model list
+        return False
+
+
+class ModelStore:
+    """Owns the base pipeline and everything loaded next to it. Pass it explicitly."""
+
+    def __init__(self, settings: EngineSettings, folders: ModelFolders | None = None) -> None:
+        self.settings = settings
+        self.folders = folders or ModelFolders(Path(settings.models_dir))
+        self.plan: DevicePlan = plan_device(settings.device, settings.dtype)
+        # Re-entrant: a job holds it while it runs, and loads inside the job take it again.
+        self.lock = threading.RLock()
+        self._base = None
+        self._base_ref: str | None = None
+        self._wanted_ref = settings.model
+        self._load_seconds: float | None = None
+
+    # 1. What can be loaded -------------------------------------------------------------
+    def model_choices(self) -> list[ModelChoice]:
+        choices: dict[str, ModelChoice] = {}
+        configured = self.settings.model
+        if Path(configured).is_dir() and not self._is_local_name(configured):
+            choices[configured] = ModelChoice(configured, configured, True, "path")
+        for name in self.folders.list_diffusers_dirs("checkpoints", "model_index.json"):
+            path = str(self.folders.folder("checkpoints") / name)
+            choices[name] = ModelChoice(name, path, True, "folder")
+        if not self.settings.demo:
+            hub_ids = [configured] if HUB_ID.match(configured) else []
+            for repo in (*hub_ids, *KNOWN_HUB_MODELS):
+                if repo not in choices:
+                    choices[repo] = ModelChoice(repo, repo, _hub_cached(repo), "hub")
+        return list(choices.values())
+
+    def _is_local_name(self, ref: str) -> bool:
+        return (self.folders.folder("checkpoints") / ref / "model_index.json").is_file()
+
+    def choice(self, ref: str) -> ModelChoice:
+        for c in self.model_choices():
+            if c.ref == ref:
+                return c
+        raise ParamError("unknown_model", name=str(ref)[:100])
+
+    @property
+    def current_ref(self) -> str:
+        return self._base_ref or self._wanted_ref
+
+    def is_loaded(self) -> bool:
+        return self._base is not None
+
+    # 2. Loading ------------------------------------------------------------------------
+    def base(self):
+        """The base pipeline, loaded on first use."""
+        with self.lock:
+            if self._base is None:
+                self._base = self._load(self.choice(self._wanted_ref))
+                self._base_ref = self._wanted_ref
+            return self._base
+
+    def switch(self, ref: str):
+        """Make ``ref`` the base model. On failure the previous model stays active."""
+        with self.lock:
+            choice = self.choice(ref)
+            if self._base is not None and ref == self._base_ref:
+                return self._base
+            new = self._load(choice)
+            old, self._base = self._base, new
+            self._base_ref = self._wanted_ref = ref
+            del old
+            self._free_memory()
+            return new
+
+    def _load(self, choice: ModelChoice):
+        from diffusers import StableDiffusionPipeline
+
+        started = time.perf_counter()
+        kwargs = dict(
+            dtype=self.plan.dtype,
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
+        try:
+            if choice.kind == "hub" and not choice.local:
+                if not self.settings.allow_download:
+                    raise ModelError("model_missing_offline", name=choice.ref)
+                log.info("downloading %s (HF_ENDPOINT honoured)", choice.ref)
+                try:
+                    pipe = StableDiffusionPipeline.from_pretrained(choice.source, **kwargs)
+                except OSError as exc:
+                    log.warning("download of %s failed: %s", choice.ref, exc)
+                    raise ModelError("model_download_failed", name=choice.ref) from exc
+            else:
+                pipe = StableDiffusionPipeline.from_pretrained(
+                    choice.source, local_files_only=True, **kwargs
+                )
+        except ModelError:
+            raise
+        except Exception as exc:  # any loader failure is a user-facing "cannot load" error
+            log.exception("loading %s failed", choice.ref)
+            text = str(exc).lower()
+            code = "model_file_corrupt" if ("deserializ" in text or "header" in text or "corrupt" in text or "unexpected eof" in text) else "model_load_failed"
+            raise ModelError(code, name=choice.ref) from exc
+        if self.plan.device.type != "cpu":
+            pipe.to(self.plan.device)
+        self._load_seconds = time.perf_counter() - started
+        log.info("loaded %s in %.1fs on %s/%s", choice.ref, self._load_seconds, self.plan.device, dtype_name(self.plan.dtype))
+        return pipe
+
+    def _free_memory(self) -> None:
+        gc.collect()
+        if self.plan.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # 3. Task pipelines -----------------------------------------------------------------
+    def pipeline(self, cls=None, **components):
+        """A task pipeline sharing the base modules (``from_pipe``: no weights are copied)."""
+        base = self.base()
+        if cls is None or (cls is type(base) and not components):
+            return base
+        pipe = cls.from_pipe(base, **components)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    # 4. What is resident ---------------------------------------------------------------
+    def resident_models(self) -> list[dict]:
+        if self._base is None:
+            return []
+        rows = []
+        for name in ("unet", "vae", "text_encoder"):
+            module = getattr(self._base, name)
+            rows.append(
+                {
+                    "name": f"{self._base_ref}/{name}",
+                    "kind": name,
+                    "bytes": _module_bytes(module),
+                    "device": str(next(module.parameters()).device),
+                    "dtype": dtype_name(next(module.parameters()).dtype),
+                }
+            )
+        return rows
+
+    def system_info(self) -> dict:
+        info = {
+            "model": self.current_ref,
+            "model_loaded": self._base is not None,
+            "device": str(self.plan.device),
+            "dtype": dtype_name(self.plan.dtype),
+            "attention": attention_backend(self._base.unet) if self._base is not None else "sdpa",
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "demo": self.settings.demo,
+            "resident": self.resident_models(),
+            "load_seconds": round(self._load_seconds, 2) if self._load_seconds else None,
+        }
+        if self.plan.device.type == "cuda":
+            info["gpu"] = torch.cuda.get_device_name(self.plan.device)
+            info["gpu_allocated_bytes"] = torch.cuda.memory_allocated(self.plan.device)
+        return info

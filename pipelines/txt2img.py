@@ -1,0 +1,71 @@
+"""Text-to-image on the store's shared base pipeline."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from .common import StepHook, check_cancel, decode_latents, generators, step_callback
+from .params import Txt2ImgParams
+from .prompts import long_prompt_embeds
+from .schedulers import make_scheduler
+
+
+@dataclass
+class Generated:
+    images: list[Image.Image]
+    seeds: list[int]
+    seconds: float
+    notices: dict = field(default_factory=dict)
+
+
+def build_pipeline(store, sampler: str):
+    """A StableDiffusionPipeline sharing the base modules, with this job's own scheduler."""
+    from diffusers import StableDiffusionPipeline
+
+    base = store.base()
+    return store.pipeline(StableDiffusionPipeline, scheduler=make_scheduler(sampler, base.scheduler.config))
+
+
+def prompt_arguments(pipe, prompt: str, negative_prompt: str, notices: dict) -> dict:
+    """Plain strings when the prompt fits the token window, chunked embeddings otherwise."""
+    long = long_prompt_embeds(pipe, prompt, negative_prompt, pipe.device)
+    if long is None:
+        return {"prompt": prompt, "negative_prompt": negative_prompt or None}
+    positive, negative, chunks = long
+    notices["prompt_chunks"] = chunks
+    return {"prompt_embeds": positive, "negative_prompt_embeds": negative}
+
+
+def run(
+    store,
+    params: Txt2ImgParams,
+    cancel: threading.Event | None = None,
+    on_step: StepHook | None = None,
+) -> Generated:
+    started = time.perf_counter()
+    with store.lock:
+        check_cancel(cancel)
+        # 1. A pipeline for this job: shared modules, its own scheduler.
+        pipe = build_pipeline(store, params.sampler)
+        notices: dict = {}
+        # 2. Denoise to latents; the callback reports steps and honours stop.
+        latents = pipe(
+            **prompt_arguments(pipe, params.prompt, params.negative_prompt, notices),
+            width=params.width,
+            height=params.height,
+            num_inference_steps=params.num_inference_steps,
+            guidance_scale=params.guidance_scale,
+            num_images_per_prompt=params.num_images_per_prompt,
+            generator=generators(params.seed, params.num_images_per_prompt),
+            output_type="latent",
+            callback_on_step_end=step_callback(params.num_inference_steps, cancel, on_step),
+        ).images
+        check_cancel(cancel)
+        # 3. Decode (fp32 fallback on NaN).
+        images = decode_latents(pipe, latents)
+    seeds = [params.seed + i for i in range(params.num_images_per_prompt)]
+    return Generated(images=images, seeds=seeds, seconds=time.perf_counter() - started, notices=notices)

@@ -1,0 +1,111 @@
+"""Shared fixtures: the demo bundle (generated once per test session into a temporary cache,
+through the same code ``--demo`` uses), a store and studio over it, and a really launched app."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("danqing-cache")
+
+
+@pytest.fixture(scope="session")
+def demo_models(demo_cache) -> Path:
+    from pipelines.demo import ensure_demo_bundle
+
+    return ensure_demo_bundle(demo_cache)
+
+
+def make_studio(models_dir: Path, outputs_dir: Path, model: str | None = None):
+    from pipelines.demo import DEMO_MODEL
+    from pipelines.outputs import OutputWriter
+    from pipelines.service import Studio
+    from pipelines.settings import EngineSettings
+    from pipelines.store import ModelStore
+
+    settings = EngineSettings(
+        model=model or DEMO_MODEL, models_dir=models_dir, outputs_dir=outputs_dir,
+        device="cpu", demo=True, allow_download=False,
+    )
+    return Studio(ModelStore(settings), OutputWriter(outputs_dir))
+
+
+@pytest.fixture(scope="session")
+def studio(demo_models, tmp_path_factory):
+    """One studio for the session: tests that must not disturb it make their own."""
+    return make_studio(demo_models, tmp_path_factory.mktemp("outputs"))
+
+
+@pytest.fixture(scope="session")
+def store(studio):
+    return studio.store
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LaunchedApp:
+    def __init__(self, args: list[str], cache: Path, outputs: Path, env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.outputs = outputs
+        self.log = outputs.parent / f"app-{self.port}.log"
+        full_env = {**os.environ, "DANQING_CACHE": str(cache), "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env.pop("SPACE_ID", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "app.py"), "--no-browser", "--port", str(self.port),
+             "--outputs-dir", str(outputs), *args],
+            cwd=outputs.parent, env=full_env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
+        )
+        self._wait()
+
+    def _wait(self, timeout: float = 120) -> None:
+        import urllib.request
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"app exited early:\n{self.log.read_text()}")
+            try:
+                urllib.request.urlopen(self.url + "config", timeout=2)
+                return
+            except Exception:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"app did not start:\n{self.log.read_text()}")
+
+    def client(self):
+        from gradio_client import Client
+
+        return Client(self.url, verbose=False)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def demo_app(demo_models, demo_cache, tmp_path_factory):
+    """``python app.py --demo`` really launched on a free port."""
+    work = tmp_path_factory.mktemp("app")
+    app = LaunchedApp(["--demo"], demo_cache, work / "outputs")
+    yield app
+    app.stop()
