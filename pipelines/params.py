@@ -54,6 +54,8 @@ class Txt2ImgParams:
     seed: int = -1
     num_images_per_prompt: int = 1
     sampler: str = DEFAULT_SAMPLER
+    # (file name under models/lora, weight) pairs; empty = no LoRA.
+    loras: tuple[tuple[str, float], ...] = ()
 
     def with_seed(self, seed: int) -> "Txt2ImgParams":
         return replace(self, seed=seed)

@@ -13,8 +13,10 @@ import logging
 import re
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -38,8 +40,53 @@ class ModelChoice:
     kind: str  # "folder" | "hub" | "path"
 
 
-def _module_bytes(module: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+def _module_bytes(module) -> int:
+    if isinstance(module, torch.nn.Module):
+        return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+    return int(getattr(module, "nbytes", 0))
+
+
+class ResidentCache:
+    """Models loaded next to the base (ControlNets, upscalers, depth estimators, ...): loaded
+    lazily once per (kind, name), kept while they fit a byte budget, least recently used
+    evicted first. The caller holds the store lock."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self._items: OrderedDict[tuple[str, str], tuple[object, int]] = OrderedDict()
+
+    def get(self, kind: str, name: str, load: Callable[[], object]):
+        key = (kind, name)
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key][0]
+        model = load()
+        size = _module_bytes(model)
+        self._items[key] = (model, size)
+        self._evict(keep=key)
+        return model
+
+    def _evict(self, keep: tuple[str, str]) -> None:
+        while self.total_bytes() > self.budget_bytes and len(self._items) > 1:
+            oldest = next(iter(self._items))
+            if oldest == keep:
+                self._items.move_to_end(keep)
+                continue
+            log.info("evicting %s/%s from the model cache", *oldest)
+            del self._items[oldest]
+
+    def drop(self, kind: str | None = None) -> None:
+        for key in [k for k in self._items if kind is None or k[0] == kind]:
+            del self._items[key]
+
+    def total_bytes(self) -> int:
+        return sum(size for _, size in self._items.values())
+
+    def rows(self) -> list[dict]:
+        return [
+            {"name": name, "kind": kind, "bytes": size}
+            for (kind, name), (_, size) in self._items.items()
+        ]
 
 
 def _hub_cached(repo_id: str) -> bool:
@@ -64,6 +111,8 @@ class ModelStore:
         self._base_ref: str | None = None
         self._wanted_ref = settings.model
         self._load_seconds: float | None = None
+        # ControlNets, upscalers, annotators: 4 GiB by default (a few SD 1.5 ControlNets in fp16).
+        self.cache = ResidentCache(settings.cache_budget_bytes)
 
     # 1. What can be loaded -------------------------------------------------------------
     def model_choices(self) -> list[ModelChoice]:
@@ -172,9 +221,9 @@ class ModelStore:
 
     # 4. What is resident ---------------------------------------------------------------
     def resident_models(self) -> list[dict]:
-        if self._base is None:
-            return []
         rows = []
+        if self._base is None:
+            return rows + self.cache.rows()
         for name in ("unet", "vae", "text_encoder"):
             module = getattr(self._base, name)
             rows.append(
@@ -186,7 +235,7 @@ class ModelStore:
                     "dtype": dtype_name(next(module.parameters()).dtype),
                 }
             )
-        return rows
+        return rows + self.cache.rows()
 
     def system_info(self) -> dict:
         info = {

@@ -1,4 +1,8 @@
-"""Text-to-image on the store's shared base pipeline."""
+"""Text-to-image on the store's shared base pipeline.
+
+``generate`` is the denoise-and-decode loop every task shares (ControlNet passes its own
+pipeline class, components and call arguments); ``run`` is text-to-image itself.
+"""
 
 from __future__ import annotations
 
@@ -22,12 +26,17 @@ class Generated:
     notices: dict = field(default_factory=dict)
 
 
-def build_pipeline(store, sampler: str):
-    """A StableDiffusionPipeline sharing the base modules, with this job's own scheduler."""
+def build_pipeline(store, params: Txt2ImgParams, cls=None, **components):
+    """A task pipeline sharing the base modules, with this job's own scheduler.
+
+    ``cls`` defaults to StableDiffusionPipeline; ControlNet passes its pipeline class and the
+    ``controlnet`` component. The caller holds ``store.lock``.
+    """
     from diffusers import StableDiffusionPipeline
 
     base = store.base()
-    return store.pipeline(StableDiffusionPipeline, scheduler=make_scheduler(sampler, base.scheduler.config))
+    scheduler = make_scheduler(params.sampler, base.scheduler.config)
+    return store.pipeline(cls or StableDiffusionPipeline, scheduler=scheduler, **components)
 
 
 def prompt_arguments(pipe, prompt: str, negative_prompt: str, notices: dict) -> dict:
@@ -40,17 +49,21 @@ def prompt_arguments(pipe, prompt: str, negative_prompt: str, notices: dict) -> 
     return {"prompt_embeds": positive, "negative_prompt_embeds": negative}
 
 
-def run(
+def generate(
     store,
     params: Txt2ImgParams,
+    cls=None,
+    components: dict | None = None,
+    call_kwargs: dict | None = None,
     cancel: threading.Event | None = None,
     on_step: StepHook | None = None,
 ) -> Generated:
+    """Build the job's pipeline, denoise to latents, decode. Runs under the store lock."""
     started = time.perf_counter()
     with store.lock:
         check_cancel(cancel)
         # 1. A pipeline for this job: shared modules, its own scheduler.
-        pipe = build_pipeline(store, params.sampler)
+        pipe = build_pipeline(store, params, cls, **(components or {}))
         notices: dict = {}
         # 2. Denoise to latents; the callback reports steps and honours stop.
         latents = pipe(
@@ -63,9 +76,19 @@ def run(
             generator=generators(params.seed, params.num_images_per_prompt),
             output_type="latent",
             callback_on_step_end=step_callback(params.num_inference_steps, cancel, on_step),
+            **(call_kwargs or {}),
         ).images
         check_cancel(cancel)
         # 3. Decode (fp32 fallback on NaN).
         images = decode_latents(pipe, latents)
     seeds = [params.seed + i for i in range(params.num_images_per_prompt)]
     return Generated(images=images, seeds=seeds, seconds=time.perf_counter() - started, notices=notices)
+
+
+def run(
+    store,
+    params: Txt2ImgParams,
+    cancel: threading.Event | None = None,
+    on_step: StepHook | None = None,
+) -> Generated:
+    return generate(store, params, cancel=cancel, on_step=on_step)

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import make_studio
 from pipelines.errors import DanqingError
+from pipelines.params import validate_txt2img
 
 
 def test_nothing_loads_until_first_use(demo_models, tmp_path):
@@ -26,7 +27,7 @@ def test_task_pipelines_share_the_base_modules(store):
     base = store.base()
     assert store.base() is base  # loaded once
     for pipe in (
-        build_pipeline(store, "Euler a"),
+        build_pipeline(store, validate_txt2img(prompt="x", sampler="Euler a")),
         store.pipeline(StableDiffusionPipeline),
         store.pipeline(StableDiffusionImg2ImgPipeline),
     ):
@@ -42,8 +43,8 @@ def test_scheduler_choice_gives_the_job_its_own_scheduler(store):
     from pipelines.txt2img import build_pipeline
 
     base_scheduler = store.base().scheduler
-    euler = build_pipeline(store, "Euler a")
-    karras = build_pipeline(store, "DPM++ 2M Karras")
+    euler = build_pipeline(store, validate_txt2img(prompt="x", sampler="Euler a"))
+    karras = build_pipeline(store, validate_txt2img(prompt="x"))
     assert isinstance(euler.scheduler, EulerAncestralDiscreteScheduler)
     assert isinstance(karras.scheduler, DPMSolverMultistepScheduler)
     assert karras.scheduler.config.use_karras_sigmas
