@@ -8,6 +8,7 @@ because Gradio enforces slider bounds only in the browser.
 from __future__ import annotations
 
 import math
+import re
 import secrets
 from dataclasses import dataclass, replace
 
@@ -39,6 +40,11 @@ MAX_IMAGES = 8
 MAX_JOB_PIXELS = 4 * 1024 * 1024
 MAX_PROMPT_CHARS = 4000
 SEED_MAX = 2**32 - 1
+MAX_LORAS = 8
+MAX_LORA_WEIGHT = 4.0
+MAX_LORA_NAME = 255
+# A1111's extra-network tag: <lora:name> or <lora:name:weight>.
+LORA_TAG = re.compile(r"<lora:([^<>]*)>", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,63 @@ def resolve_seed(seed: object) -> int:
     return value
 
 
+def parse_prompt_loras(prompt: str) -> tuple[str, list[tuple[str, float]]]:
+    """Take A1111's ``<lora:name:weight>`` tags out of a prompt.
+
+    Returns the prompt without the tags (runs of spaces left behind are collapsed) and the
+    (name, weight) pairs in the order they appear; the weight defaults to 1.0. The name may
+    omit the file extension; it is resolved later, strictly inside models/lora. A tag with
+    more fields (A1111's separate text-encoder/U-Net multipliers) is refused, not half-read.
+    """
+    found: list[tuple[str, float]] = []
+    for match in LORA_TAG.finditer(prompt):
+        fields = match.group(1).split(":")
+        if len(fields) > 2:
+            raise ParamError("bad_lora_tag", tag=match.group(0)[:80])
+        name = fields[0].strip()
+        weight = _lora_weight(fields[1].strip()) if len(fields) == 2 else 1.0
+        found.append((_lora_name(name), weight))
+    if not found:
+        return prompt, []
+    text = LORA_TAG.sub("", prompt)
+    text = re.sub(r"[ \t]{2,}", " ", text).strip()
+    return text, found
+
+
+def _lora_name(name: object) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ParamError("bad_lora_list")
+    if len(name) > MAX_LORA_NAME:
+        raise ParamError("text_too_long", name="lora", length=len(name), limit=MAX_LORA_NAME)
+    return name.strip()
+
+
+def _lora_weight(value: object) -> float:
+    weight = _as_float("lora_weight", value)
+    _in_range("lora_weight", weight, -MAX_LORA_WEIGHT, MAX_LORA_WEIGHT)
+    return weight
+
+
+def validate_loras(loras: object, from_prompt: list[tuple[str, float]] = ()) -> tuple[tuple[str, float], ...]:
+    """[[name, weight], ...] from the UI/API, then the prompt's tags; a name given twice keeps
+    its last weight (so a prompt tag overrides the list). At most ``MAX_LORAS``."""
+    pairs: list[tuple[str, float]] = []
+    if loras is not None:
+        if not isinstance(loras, (list, tuple)):
+            raise ParamError("bad_lora_list")
+        for item in loras:
+            if not isinstance(item, (list, tuple)) or len(item) != 2:
+                raise ParamError("bad_lora_list")
+            pairs.append((_lora_name(item[0]), _lora_weight(item[1])))
+    merged: dict[str, float] = {}
+    for name, weight in (*pairs, *from_prompt):
+        merged.pop(name, None)  # re-insert so the order follows the last mention
+        merged[name] = weight
+    if len(merged) > MAX_LORAS:
+        raise ParamError("too_many_loras", count=len(merged), limit=MAX_LORAS)
+    return tuple(merged.items())
+
+
 def validate_txt2img(
     prompt: object,
     negative_prompt: object = "",
@@ -138,11 +201,17 @@ def validate_txt2img(
     seed: object = -1,
     num_images_per_prompt: object = 1,
     sampler: object = DEFAULT_SAMPLER,
+    loras: object = None,
 ) -> Txt2ImgParams:
-    """Check raw request values and return a frozen parameter set with a concrete seed."""
+    """Check raw request values and return a frozen parameter set with a concrete seed.
+
+    ``<lora:name:weight>`` tags are taken out of the prompt and merged with ``loras``.
+    """
     text = _text("prompt", prompt)
     if not text.strip():
         raise ParamError("empty_prompt")
+    text, tagged = parse_prompt_loras(text)
+    lora_pairs = validate_loras(loras, tagged)
     negative = _text("negative_prompt", negative_prompt)
     steps = _as_int("num_inference_steps", num_inference_steps)
     _in_range("num_inference_steps", steps, 1, MAX_STEPS)
@@ -163,4 +232,5 @@ def validate_txt2img(
         seed=resolve_seed(seed),
         num_images_per_prompt=images,
         sampler=str(sampler),
+        loras=lora_pairs,
     )

@@ -30,11 +30,16 @@ def build_pipeline(store, params: Txt2ImgParams, cls=None, **components):
     """A task pipeline sharing the base modules, with this job's own scheduler.
 
     ``cls`` defaults to StableDiffusionPipeline; ControlNet passes its pipeline class and the
-    ``controlnet`` component. The caller holds ``store.lock``.
+    ``controlnet`` component. The job's LoRAs are switched on the shared base first (a no-op
+    when they are the same as last time), so every task gets them. The caller holds
+    ``store.lock``.
     """
     from diffusers import StableDiffusionPipeline
 
+    from .lora import apply_loras
+
     base = store.base()
+    apply_loras(store, params.loras)
     scheduler = make_scheduler(params.sampler, base.scheduler.config)
     return store.pipeline(cls or StableDiffusionPipeline, scheduler=scheduler, **components)
 
