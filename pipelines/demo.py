@@ -24,7 +24,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 # Bump when the bundle's content changes so old caches are rebuilt.
-BUNDLE_VERSION = "2"
+BUNDLE_VERSION = "3"
 DEMO_MODEL = "danqing-demo-zh"
 DEMO_MODEL_SAFETENSORS = "danqing-demo-st"
 TOKEN_WINDOW = 32
@@ -186,3 +186,12 @@ def build_bundle(root: Path) -> None:
     (root / "README.txt").write_text(
         "Danqing demo bundle: tiny random-weight models generated locally. Images are noise.\n"
     )
+    from .controlnet import save_demo_controlnets
+
+    save_demo_controlnets(root)
+    from .esrgan import save_demo_upscalers
+
+    save_demo_upscalers(folders.folder("upscalers"))
+    from .lora import save_demo_loras
+
+    save_demo_loras(root)

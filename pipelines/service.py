@@ -6,24 +6,29 @@ It holds no Gradio and no user-facing text; errors are ``DanqingError`` codes.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
-from dataclasses import asdict
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, replace
 from pathlib import Path
 
+import torch
 from PIL import Image
 
-from . import txt2img
-from .errors import DanqingError
+from . import txt2img, upscale
+from .errors import DanqingError, ParamError
 from .outputs import OutputWriter
-from .params import validate_txt2img
+from .params import Txt2ImgParams, validate_txt2img
 from .pnginfo import format_parameters, read_parameters
-from .prompts import count_tokens, token_window
+from .prompts import token_window
 from .store import ModelStore
 
 log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
+DRAFT_SIDE = 256  # Rapid Diffusion's draft: the short side at 256, then x4 with ESRGAN
 
 
 class Jobs:
@@ -53,49 +58,229 @@ class Jobs:
         return True
 
 
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
 class Studio:
     def __init__(self, store: ModelStore, outputs: OutputWriter) -> None:
         self.store = store
         self.outputs = outputs
         self.jobs = Jobs()
 
-    # -- text to image ------------------------------------------------------------------
-    def txt2img(self, client: str = "local", on_step=None, **raw) -> tuple[list[Path], dict]:
-        """Validate, generate, save. Returns the saved files and the info dict."""
-        params = validate_txt2img(**raw)
+    @contextmanager
+    def _job(self, client: str):
+        """A stop switch for the job; out-of-memory becomes a friendly error, memory freed."""
         cancel = self.jobs.start(client)
         try:
-            result = txt2img.run(self.store, params, cancel=cancel, on_step=on_step)
+            yield cancel
+        except Exception as exc:
+            if not _is_oom(exc):
+                raise
+            log.warning("out of memory: %s", exc)
+            gc.collect()
+            if self.store.plan.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise DanqingError("out_of_memory") from None
         finally:
             self.jobs.finish(client, cancel)
+
+    def stop(self, client: str) -> bool:
+        return self.jobs.stop(client)
+
+    # -- generation -------------------------------------------------------------------------
+    def txt2img(
+        self,
+        client: str = "local",
+        on_step=None,
+        hires_upscaler: str | None = None,
+        hires_scale: int = 2,
+        draft: bool = False,
+        **raw,
+    ) -> tuple[list[Path], dict]:
+        """Validate, generate, (upscale,) save. Returns the saved files and the info dict.
+
+        ``draft``: generate with the short side at 256 and upscale x4 with ``hires_upscaler``
+        (the Rapid Diffusion recipe); ``hires_upscaler`` alone upscales every image by
+        ``hires_scale`` before saving, keeping the original too.
+        """
+        params = validate_txt2img(**raw)
+        hires = self._hires(hires_upscaler, 4 if draft else hires_scale, required=draft)
+        if draft:
+            params = replace(params, **_draft_size(params.width, params.height))
+        with self._job(client) as cancel:
+            result = txt2img.run(self.store, params, cancel=cancel, on_step=on_step)
+            return self._finish(params, result, hires, cancel, {"draft": draft})
+
+    def _hires(self, upscaler: str | None, scale: int, required: bool) -> upscale.UpscaleParams | None:
+        if not upscaler:
+            if required:
+                names = upscale.list_upscalers(self.store)
+                if not names:
+                    raise ParamError("draft_needs_upscaler")
+                upscaler = names[0]
+            else:
+                return None
+        if upscaler not in upscale.list_upscalers(self.store):
+            raise ParamError("unknown_model_name", kind="upscalers", name=str(upscaler)[:80])
+        return upscale.validate_upscale(upscaler, scale)
+
+    def _finish(self, params: Txt2ImgParams, result, hires, cancel, extra: dict, fields: dict | None = None):
+        """Save each image (and its upscaled twin) with A1111 parameters; build the info dict."""
         model = self.store.current_ref
-        paths = []
+        base_fields = {
+            "Steps": params.num_inference_steps,
+            "Sampler": params.sampler,
+            "CFG scale": params.guidance_scale,
+            "Size": f"{params.width}x{params.height}",
+            "Model": Path(model).name if Path(model).is_absolute() else model,
+            **(fields or {}),
+            "Version": f"Danqing {VERSION}",
+        }
+        prompt = params.prompt
+        if params.loras:
+            # A1111 keeps the tags in the prompt text and lists short hashes: readers show
+            # them, and sending the text back to the form re-selects the same LoRAs.
+            hashes = {row["name"]: row["hash"] for row in self.loras()}
+            prompt += " " + " ".join(f"<lora:{name}:{weight:g}>" for name, weight in params.loras)
+            base_fields["Lora hashes"] = ", ".join(f"{name}: {hashes.get(name, '')}" for name, _ in params.loras)
+        paths: list[Path] = []
+        upscale_seconds = 0.0
         for image, seed in zip(result.images, result.seeds):
-            fields = {
-                "Steps": params.num_inference_steps,
-                "Sampler": params.sampler,
-                "CFG scale": params.guidance_scale,
-                "Seed": seed,
-                "Size": f"{params.width}x{params.height}",
-                "Model": Path(model).name if Path(model).is_absolute() else model,
-                "Version": f"Danqing {VERSION}",
-            }
-            text = format_parameters(params.prompt, params.negative_prompt, fields)
+            text = format_parameters(prompt, params.negative_prompt, {**base_fields, "Seed": seed})
             paths.append(self.outputs.save(image, text, seed))
+            if hires is not None:
+                started = time.perf_counter()
+                big = upscale.upscale(self.store, image, hires, cancel=cancel)
+                upscale_seconds += time.perf_counter() - started
+                up_fields = {**base_fields, "Seed": seed, "Hires upscaler": hires.upscaler, "Hires upscale": hires.scale}
+                text = format_parameters(prompt, params.negative_prompt, up_fields)
+                paths.append(self.outputs.save(big, text, seed, suffix=f"-x{hires.scale}"))
         info = {
             **asdict(params),
             "seed": params.seed,
             "all_seeds": result.seeds,
             "model": model,
-            "seconds": round(result.seconds, 3),
+            "seconds": round(result.seconds + upscale_seconds, 3),
+            "generation_seconds": round(result.seconds, 3),
             "notices": result.notices,
             "files": [p.name for p in paths],
+            **extra,
         }
-        log.info("txt2img %dx%d %d steps seed %d in %.2fs", params.width, params.height, params.num_inference_steps, params.seed, result.seconds)
+        if hires is not None:
+            info.update(upscaler=hires.upscaler, upscale=hires.scale, upscale_seconds=round(upscale_seconds, 3))
+        log.info("%dx%d %d steps seed %d: %.2fs", params.width, params.height, params.num_inference_steps, params.seed, info["seconds"])
         return paths, info
 
-    def stop(self, client: str) -> bool:
-        return self.jobs.stop(client)
+    # -- ControlNet ---------------------------------------------------------------------------
+    def control_map(self, unit: dict):
+        """The control map of one unit: the upload itself when it already is one, else Canny
+        edges or a depth map computed from it."""
+        from . import preprocess
+
+        image = preprocess.load_image(unit.get("image"))
+        if unit.get("is_map"):
+            return image
+        if unit["kind"] == "canny":
+            return preprocess.canny_map(image, unit.get("low_threshold", 100), unit.get("high_threshold", 200))
+        if unit["kind"] == "depth":
+            with self.store.lock:
+                return preprocess.depth_map(self.store, image, unit.get("estimator") or "")
+        raise ParamError("unknown_control_kind", value=str(unit.get("kind"))[:20])
+
+    def preview_control(self, unit: dict):
+        if unit.get("image") in (None, ""):
+            raise ParamError("control_image_missing")
+        return self.control_map(unit)
+
+    def control(
+        self,
+        client: str = "local",
+        on_step=None,
+        units: list[dict] = (),
+        resize_mode: str = "crop",
+        hires_upscaler: str | None = None,
+        hires_scale: int = 2,
+        **raw,
+    ) -> tuple[list[Path], dict]:
+        """ControlNet generation with one or more units (kind, image, model, weight, window)."""
+        from . import controlnet
+
+        params = validate_txt2img(**raw)
+        hires = self._hires(hires_upscaler, hires_scale, required=False)
+        if not units:
+            raise ParamError("control_image_missing")
+        for unit in units:
+            if unit.get("image") in (None, ""):
+                raise ParamError("control_image_missing")
+            if unit.get("model") not in controlnet.list_controlnets(self.store):
+                raise ParamError("unknown_model_name", kind="controlnet", name=str(unit.get("model"))[:80])
+        control_units = tuple(
+            controlnet.ControlUnit(
+                model=unit["model"], image=self.control_map(unit), weight=unit.get("weight", 1.0),
+                guidance_start=unit.get("guidance_start", 0.0), guidance_end=unit.get("guidance_end", 1.0),
+            )
+            for unit in units
+        )
+        request = controlnet.validate_control(params, control_units, resize_mode)
+        with self._job(client) as cancel:
+            result = controlnet.run(self.store, request, cancel=cancel, on_step=on_step)
+            fields = {
+                f"ControlNet {i}": (
+                    f"Module: {u['kind'] if not u.get('is_map') else 'none'}, Model: {c.model}, Weight: {c.weight}, "
+                    f"Guidance Start: {c.guidance_start}, Guidance End: {c.guidance_end}, Resize Mode: {request.resize_mode}"
+                )
+                for i, (u, c) in enumerate(zip(units, request.units))
+            }
+            paths, info = self._finish(params, result, hires, cancel, {}, fields)
+            for u, c in zip(units, request.units):
+                paths.append(self.outputs.save(c.image, f"control map: {u['kind']}", params.seed, suffix=f"-{u['kind']}-map"))
+            info["files"] = [p.name for p in paths]
+            info["controlnet"] = [
+                {"kind": u["kind"], "model": c.model, "weight": c.weight, "guidance_start": c.guidance_start,
+                 "guidance_end": c.guidance_end, "is_map": bool(u.get("is_map"))}
+                for u, c in zip(units, request.units)
+            ]
+            info["resize_mode"] = request.resize_mode
+            return paths, info
+
+    def controlnets(self) -> list[str]:
+        from . import controlnet
+
+        return controlnet.list_controlnets(self.store)
+
+    def depth_estimators(self) -> list[str]:
+        from . import preprocess
+
+        return preprocess.list_depth_estimators(self.store)
+
+    # -- super-resolution -------------------------------------------------------------------
+    def upscale_images(self, images: list[Image.Image], upscaler: str, scale: int = 4, client: str = "local", on_step=None):
+        if not images:
+            raise ParamError("upscale_no_image")
+        if upscaler not in upscale.list_upscalers(self.store):
+            raise ParamError("unknown_model_name", kind="upscalers", name=str(upscaler)[:80])
+        params = upscale.validate_upscale(upscaler, scale)
+        paths, started = [], time.perf_counter()
+        with self._job(client) as cancel:
+            for image in images:
+                big = upscale.upscale(self.store, image, params, cancel=cancel, on_step=on_step)
+                text = read_parameters(image) or ""
+                fields = {"Postprocess upscaler": upscaler, "Postprocess upscale by": scale, "Version": f"Danqing {VERSION}"}
+                text = (text + "\n" if text else "") + ", ".join(f"{k}: {v}" for k, v in fields.items())
+                paths.append(self.outputs.save(big, text, 0, suffix=f"-x{scale}"))
+        return paths, {"upscaler": upscaler, "scale": scale, "seconds": round(time.perf_counter() - started, 3),
+                       "files": [p.name for p in paths]}
+
+    def loras(self) -> list[dict]:
+        from . import lora
+
+        return lora.list_loras(self.store)
+
+    def upscalers(self) -> list[str]:
+        return upscale.list_upscalers(self.store)
 
     # -- models ---------------------------------------------------------------------------
     def model_choices(self) -> list[dict]:
@@ -108,29 +293,13 @@ class Studio:
         self.store.switch(ref)
         return self.system_info()
 
-    def model_status(self) -> dict:
-        """Whether the configured model can be loaded without a network (no loading done)."""
-        try:
-            choice = self.store.choice(self.store.current_ref)
-        except DanqingError:
-            return {"model": self.store.current_ref, "available": False}
-        return {"model": choice.ref, "available": choice.local, "kind": choice.kind}
-
     def system_info(self) -> dict:
         info = self.store.system_info()
         info["version"] = VERSION
         info["outputs_dir"] = str(self.outputs.root)
         if self.store.is_loaded():
-            pipe = self.store.base()
-            info["token_window"] = token_window(pipe)
+            info["token_window"] = token_window(self.store.base())
         return info
-
-    def prompt_tokens(self, text: str) -> tuple[int, int] | None:
-        """(tokens, window) for the loaded model's tokenizer; None before a model is loaded."""
-        if not self.store.is_loaded():
-            return None
-        pipe = self.store.base()
-        return count_tokens(pipe.tokenizer, text or ""), token_window(pipe)
 
     # -- PNG info ---------------------------------------------------------------------------
     @staticmethod
@@ -139,3 +308,11 @@ class Studio:
 
     def recent_outputs(self, limit: int = 60) -> list[Path]:
         return self.outputs.recent(limit)
+
+
+def _draft_size(width: int, height: int) -> dict:
+    """The draft's size: short side 256, the requested aspect ratio, multiples of 8."""
+    short = min(width, height)
+    w = max(8, round(width * DRAFT_SIDE / short / 8) * 8)
+    h = max(8, round(height * DRAFT_SIDE / short / 8) * 8)
+    return {"width": w, "height": h}

@@ -31,5 +31,7 @@ class EngineSettings:
     allow_download: bool = True
     # Operator switch for the visible "AI生成" mark (the implicit metadata label is always on).
     visible_label: bool = False
+    # Fast-path options (bench/RESULTS.md has what each is worth where it was measured).
+    channels_last: bool = False
     # Byte budget of the models cached next to the base (ControlNets, upscalers, annotators).
     cache_budget_bytes: int = 4 * 1024**3

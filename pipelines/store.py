@@ -118,20 +118,18 @@ class ModelStore:
     def model_choices(self) -> list[ModelChoice]:
         choices: dict[str, ModelChoice] = {}
         configured = self.settings.model
-        if Path(configured).is_dir() and not self._is_local_name(configured):
-            choices[configured] = ModelChoice(configured, configured, True, "path")
         for name in self.folders.list_diffusers_dirs("checkpoints", "model_index.json"):
             path = str(self.folders.folder("checkpoints") / name)
             choices[name] = ModelChoice(name, path, True, "folder")
+        if configured not in choices and (Path(configured) / "model_index.json").is_file():
+            # A path given on the command line (never from the UI or API: those pick from this list).
+            choices[configured] = ModelChoice(configured, configured, True, "path")
         if not self.settings.demo:
             hub_ids = [configured] if HUB_ID.match(configured) else []
             for repo in (*hub_ids, *KNOWN_HUB_MODELS):
                 if repo not in choices:
                     choices[repo] = ModelChoice(repo, repo, _hub_cached(repo), "hub")
         return list(choices.values())
-
-    def _is_local_name(self, ref: str) -> bool:
-        return (self.folders.folder("checkpoints") / ref / "model_index.json").is_file()
 
     def choice(self, ref: str) -> ModelChoice:
         for c in self.model_choices():
@@ -200,6 +198,9 @@ class ModelStore:
             raise ModelError(code, name=choice.ref) from exc
         if self.plan.device.type != "cpu":
             pipe.to(self.plan.device)
+        if self.settings.channels_last:
+            pipe.unet.to(memory_format=torch.channels_last)
+            pipe.vae.to(memory_format=torch.channels_last)
         self._load_seconds = time.perf_counter() - started
         log.info("loaded %s in %.1fs on %s/%s", choice.ref, self._load_seconds, self.plan.device, dtype_name(self.plan.dtype))
         return pipe

@@ -1,0 +1,1 @@
+"""Danqing benchmarks: ratios measured side by side in one run (``python -m bench``)."""

@@ -1,0 +1,225 @@
+"""Danqing versus plain diffusers, side by side in one run.
+
+    python -m bench --quick                 # a few minutes on a 2-core CPU
+    python -m bench --size 512 --steps 20   # the real thing (GPU: add --dtype fp16)
+
+Builds the full-size SD 1.5 architecture with random weights (bench/sd15.py) in a temporary
+folder, loads it (1) with plain ``StableDiffusionPipeline.from_pretrained`` and (2) through
+Danqing's store and text-to-image path, and times them interleaved (A B A B ...), reporting
+medians: seconds per U-Net step, end-to-end seconds, peak memory, and the largest pixel
+difference between the outputs for the same seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PROMPT = "竹林里的大熊猫，国风，水墨画"
+
+
+class PeakMemory:
+    """Peak resident memory (CPU, sampled) or peak allocated bytes (CUDA) during a block."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak = 0
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._stop = threading.Event()
+            self.peak = self._rss()
+
+            def sample():
+                while not self._stop.wait(0.005):
+                    self.peak = max(self.peak, self._rss())
+
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, self._rss())
+
+
+class StepClock:
+    """Timestamps of each denoising step, from ``callback_on_step_end``."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.times: list[float] = []
+
+    def tick(self, *_args) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter())
+
+    def per_step(self) -> float:
+        gaps = np.diff(self.times)
+        return float(np.median(gaps)) if len(gaps) else float("nan")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def make_baseline(folder: Path, device: torch.device, dtype: torch.dtype, naive: bool):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=dtype).to(device)
+    if naive:
+        from diffusers.models.attention_processor import AttnProcessor
+
+        pipe.unet.set_attn_processor(AttnProcessor())
+        pipe.vae.set_attn_processor(AttnProcessor())
+    pipe.set_progress_bar_config(disable=True)
+
+    def run(seed: int, args) -> tuple[np.ndarray, StepClock]:
+        clock = StepClock(device)
+
+        def callback(p, i, t, kw):
+            clock.tick()
+            return kw
+
+        image = pipe(
+            PROMPT, width=args.size, height=args.size, num_inference_steps=args.steps,
+            guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(seed),
+            callback_on_step_end=callback,
+        ).images[0]
+        return np.asarray(image), clock
+
+    return run
+
+
+def make_danqing(folder: Path, device: str, dtype: str, **fast):
+    from pipelines import txt2img
+    from pipelines.params import validate_txt2img
+    from pipelines.settings import EngineSettings
+    from pipelines.store import ModelStore
+
+    store = ModelStore(EngineSettings(model=str(folder), models_dir=folder.parent / "models",
+                                      device=device, dtype=dtype, **fast))
+    store.base()
+
+    def run(seed: int, args) -> tuple[np.ndarray, StepClock]:
+        clock = StepClock(store.plan.device)
+        params = validate_txt2img(prompt=PROMPT, width=args.size, height=args.size, num_inference_steps=args.steps,
+                                  guidance_scale=7.5, seed=seed, sampler="PNDM")
+        result = txt2img.run(store, params, on_step=lambda i, n: clock.tick())
+        return np.asarray(result.images[0]), clock
+
+    return run
+
+
+VARIANTS = {
+    "diffusers": lambda f, a, d, t: make_baseline(f, d, t, naive=False),
+    "diffusers-naive-attn": lambda f, a, d, t: make_baseline(f, d, t, naive=True),
+    "danqing": lambda f, a, d, t: make_danqing(f, a.device, a.dtype),
+    "danqing-channels-last": lambda f, a, d, t: make_danqing(f, a.device, a.dtype, channels_last=True),
+}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="256², 4 steps, 2 repeats: a few minutes on 2 CPU cores")
+    p.add_argument("--variants", default="diffusers,danqing", help=f"comma list of {', '.join(VARIANTS)}")
+    p.add_argument("--model-dir", default=None, help="reuse a folder built by an earlier run")
+    p.add_argument("--json", default=None, help="write the results here")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.size, args.steps, args.repeats = 256, 4, 2
+
+    from pipelines.devices import plan_device
+
+    plan = plan_device(args.device, args.dtype)
+    names = [n.strip() for n in args.variants.split(",") if n.strip()]
+
+    # 1. The model folder (full-size SD 1.5 architecture, random weights).
+    from bench.sd15 import build_sd15
+
+    root = Path(args.model_dir or tempfile.mkdtemp(prefix="danqing-bench-"))
+    folder = build_sd15(root / "sd15-random")
+
+    # 2. Load every variant once (loading is not what is timed), warm each up once.
+    runners = {n: VARIANTS[n](folder, args, plan.device, plan.dtype) for n in names}
+    for n in names:
+        runners[n](0, args)
+
+    # 3. Interleaved timing: A B A B ...
+    rows = {n: {"e2e": [], "step": [], "peak": []} for n in names}
+    images = {}
+    for r in range(args.repeats):
+        for n in names:
+            with PeakMemory(plan.device) as mem:
+                sync(plan.device)
+                started = time.perf_counter()
+                image, clock = runners[n](1234, args)
+                sync(plan.device)
+                elapsed = time.perf_counter() - started
+            rows[n]["e2e"].append(elapsed)
+            rows[n]["step"].append(clock.per_step())
+            rows[n]["peak"].append(mem.peak)
+            images[n] = image
+
+    # 4. Report.
+    base = names[0]
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus" + (f", {torch.cuda.get_device_name()}" if plan.device.type == "cuda" else ""),
+        "device": str(plan.device), "dtype": str(plan.dtype).replace("torch.", ""),
+        "size": args.size, "steps": args.steps, "repeats": args.repeats, "torch": torch.__version__,
+        "variants": {},
+    }
+    print(f"\n{args.size}x{args.size}, {args.steps} steps, CFG on, {plan.device}/{result['dtype']}, median of {args.repeats}")
+    print(f"{'variant':26} {'s/step':>8} {'e2e s':>8} {'peak MiB':>9} {'speedup':>8} {'max|diff|':>9}")
+    for n in names:
+        e2e = statistics.median(rows[n]["e2e"])
+        row = {
+            "seconds_per_step": statistics.median(rows[n]["step"]),
+            "seconds_end_to_end": e2e,
+            "peak_bytes": max(rows[n]["peak"]),
+            "speedup": statistics.median(rows[base]["e2e"]) / e2e,
+            "max_abs_diff": int(np.abs(images[n].astype(int) - images[base].astype(int)).max()),
+            "runs_e2e": rows[n]["e2e"],
+        }
+        result["variants"][n] = row
+        print(f"{n:26} {row['seconds_per_step']:8.3f} {e2e:8.2f} {row['peak_bytes'] / 2**20:9.0f} {row['speedup']:8.3f} {row['max_abs_diff']:9d}")
+    if "danqing" in result["variants"]:
+        result["speedup"] = result["variants"]["danqing"]["speedup"]
+        result["max_abs_diff"] = result["variants"]["danqing"]["max_abs_diff"]
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Pieces every part of the UI shares: the concurrency id, client ids, error translation."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import gradio as gr
+
+from pipelines.errors import DanqingError
+
+from .strings import error_text
+
+log = logging.getLogger(__name__)
+
+GPU = "gpu"  # the one concurrency id of every event that touches a model
+
+
+@dataclass(frozen=True)
+class UIOptions:
+    """What the UI needs to know about how the app was started."""
+
+    demo: bool = False
+    missing_model: str | None = None  # a configured model that could not be found
+    missing_folder: str = "models/checkpoints/"
+    download_pending: str | None = None  # a configured hub model that downloads on first use
+    default_size: int = 512
+    lang: str | None = None
+
+
+@dataclass(frozen=True)
+class UIContext:
+    S: SimpleNamespace  # the strings of the chosen language
+    studio: object  # pipelines.service.Studio (duck-typed: the UI imports no torch)
+    options: UIOptions
+
+
+def client_id(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "anonymous"
+
+
+def user_error(S, exc: BaseException) -> gr.Error:
+    """A Chinese gr.Error for any failure; unexpected ones are logged with their traceback."""
+    if isinstance(exc, DanqingError):
+        return gr.Error(error_text(S, exc.code, exc.fields))
+    log.error("unexpected error in a UI event", exc_info=exc)
+    return gr.Error(error_text(S, "internal"))
+
+
+def choices(items: list[str], none_label: str | None = None) -> list[tuple[str, str]]:
+    """Dropdown (label, value) pairs; an optional leading "none" entry with value ""."""
+    pairs = [(name, name) for name in items]
+    return ([(none_label, "")] if none_label is not None else []) + pairs

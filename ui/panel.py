@@ -1,0 +1,232 @@
+"""The shared parameter panel of the 创作 tab: prompt, sampler, size, seed, LoRAs and the
+高清放大 post-step. Text-to-image and both ControlNet modes read the same panel."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import gradio as gr
+
+from pipelines.errors import DanqingError, JobCancelled
+from pipelines.params import (
+    DEFAULT_SAMPLER,
+    MAX_CFG,
+    MAX_IMAGES,
+    MAX_SIDE,
+    MAX_STEPS,
+    MIN_SIDE,
+    SAMPLER_NAMES,
+    parse_prompt_loras,
+)
+from pipelines.pnginfo import parse_parameters
+
+from .common import GPU, UIContext, choices, client_id, user_error
+
+LORA_SLOTS = 4
+
+
+@dataclass
+class Panel:
+    ctx: UIContext
+    prompt: gr.Textbox
+    negative: gr.Textbox
+    sampler: gr.Dropdown
+    steps: gr.Slider
+    cfg: gr.Slider
+    width: gr.Slider
+    height: gr.Slider
+    seed: gr.Number
+    batch: gr.Slider
+    random_seed: gr.Button
+    reuse_seed: gr.Button
+    lora_names: list
+    lora_weights: list
+    loras: gr.JSON  # hidden: [[name, weight], ...] gathered from the slots (the API's `loras`)
+    lora_info: gr.Markdown
+    refresh_loras: gr.Button
+    hires: gr.Dropdown  # upscaler for the 高清放大 post-step ("" = off)
+    hires_scale: gr.Radio
+
+    # Inputs every generation event starts with, in the order of the API's parameters.
+    def generation_inputs(self) -> list:
+        return [self.prompt, self.negative, self.steps, self.cfg, self.width, self.height,
+                self.seed, self.batch, self.sampler, self.loras, self.hires, self.hires_scale]
+
+    def stop_job(self, request: gr.Request = None) -> None:
+        self.ctx.studio.stop(client_id(request))
+
+    def run(self, fn, request, progress, **kwargs):
+        """Call a studio job and turn its result into (gallery files, info JSON)."""
+        S = self.ctx.S
+        try:
+            paths, meta = fn(
+                client=client_id(request),
+                on_step=lambda i, n: progress((i, n), desc=S.progress_sampling),
+                **kwargs,
+            )
+        except JobCancelled:
+            gr.Warning(S.stopped)
+            return [], json.dumps({"cancelled": True}, ensure_ascii=False)
+        except Exception as exc:
+            raise user_error(S, exc) from None
+        return [str(p) for p in paths], json.dumps(meta, ensure_ascii=False, indent=2)
+
+    def wire_generation(self, generate: gr.Button, draft: gr.Checkbox, gallery, info) -> None:
+        studio = self.ctx.studio
+
+        def txt2img(
+            prompt: str,
+            negative_prompt: str = "",
+            num_inference_steps: int = 20,
+            guidance_scale: float = 7.0,
+            width: int = 512,
+            height: int = 512,
+            seed: int = -1,
+            num_images_per_prompt: int = 1,
+            sampler: str = DEFAULT_SAMPLER,
+            loras: list | None = None,
+            hires_upscaler: str = "",
+            hires_scale: int = 2,
+            draft: bool = False,
+            request: gr.Request = None,
+            progress=gr.Progress(track_tqdm=True),
+        ):
+            """Text to image. Returns the saved PNG files and a JSON info string (seed, all parameters)."""
+            return self.run(
+                studio.txt2img, request, progress,
+                prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale, width=width, height=height, seed=seed,
+                num_images_per_prompt=num_images_per_prompt, sampler=sampler, loras=loras,
+                hires_upscaler=hires_upscaler or None, hires_scale=hires_scale, draft=bool(draft),
+            )
+
+        inputs = [*self.generation_inputs(), draft]
+        generate.click(txt2img, inputs, [gallery, info], api_name="txt2img", concurrency_id=GPU, concurrency_limit=1)
+        self.prompt.submit(txt2img, inputs, [gallery, info], api_visibility="private", concurrency_id=GPU, concurrency_limit=1)
+
+    def wire_seed_buttons(self, info) -> None:
+        def last_seed(info_text: str):
+            try:
+                return int(json.loads(info_text or "{}")["seed"])
+            except (ValueError, KeyError, TypeError):
+                return -1
+
+        self.random_seed.click(lambda: -1, None, self.seed, queue=False, api_visibility="private")
+        self.reuse_seed.click(last_seed, info, self.seed, queue=False, api_visibility="private")
+
+    def send_parameters(self, text: str):
+        """PNG info → the form: [tab, prompt, negative, steps, cfg, seed, width, height, sampler]."""
+        parsed = parse_parameters(text or "")
+        fields = parsed["fields"]
+        try:
+            w, h = (int(v) for v in fields.get("Size", "").split("x"))
+        except ValueError:
+            w = h = None
+
+        def number(value):
+            try:
+                return gr.update() if value in (None, "") else float(value)
+            except ValueError:
+                return gr.update()
+
+        sampler = fields.get("Sampler")
+        # <lora:name:weight> tags go back into the LoRA slots.
+        try:
+            prompt, tagged = parse_prompt_loras(parsed["prompt"])
+        except DanqingError:
+            prompt, tagged = parsed["prompt"], []
+        listed = _lora_names(self.ctx.studio.loras())
+        tagged = [(_listed_name(n, listed), w) for n, w in tagged]
+        tagged = [(n, w) for n, w in tagged if n][:LORA_SLOTS]
+        names = [n for n, _ in tagged] + [""] * (LORA_SLOTS - len(tagged))
+        weights = [w for _, w in tagged] + [gr.update()] * (LORA_SLOTS - len(tagged))
+        return [
+            gr.Tabs(selected="create"), prompt, parsed["negative_prompt"],
+            number(fields.get("Steps")), number(fields.get("CFG scale")), number(fields.get("Seed")),
+            number(w), number(h), sampler if sampler in SAMPLER_NAMES else gr.update(),
+            *names, *weights,
+        ]
+
+
+def send_parameters_targets(panel: Panel) -> list:
+    return [panel.prompt, panel.negative, panel.steps, panel.cfg, panel.seed, panel.width, panel.height,
+            panel.sampler, *panel.lora_names, *panel.lora_weights]
+
+
+def build_panel(ctx: UIContext) -> Panel:
+    S, studio, options = ctx.S, ctx.studio, ctx.options
+    prompt = gr.Textbox(label=S.prompt_label, placeholder=S.prompt_placeholder, lines=3, elem_id="prompt")
+    negative = gr.Textbox(value="", label=S.negative_label, placeholder=S.negative_placeholder, lines=2)
+    sampler = gr.Dropdown(choices=[(S.sampler_labels[n], n) for n in SAMPLER_NAMES], value=DEFAULT_SAMPLER, label=S.sampler_label)
+    with gr.Row():
+        steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label=S.steps_label)
+        cfg = gr.Slider(0, MAX_CFG, value=7.0, step=0.5, label=S.cfg_label)
+    with gr.Row():
+        width = gr.Slider(MIN_SIDE, MAX_SIDE, value=options.default_size, step=8, label=S.width_label)
+        height = gr.Slider(MIN_SIDE, MAX_SIDE, value=options.default_size, step=8, label=S.height_label)
+    with gr.Row():
+        seed = gr.Number(value=-1, precision=0, label=S.seed_label, scale=3)
+        random_seed = gr.Button(S.random_seed, scale=1)
+        reuse_seed = gr.Button(S.reuse_seed, scale=1)
+    batch = gr.Slider(1, MAX_IMAGES, value=1, step=1, label=S.batch_label)
+
+    # LoRA slots: several LoRAs, each with its own weight, applied to every mode.
+    with gr.Accordion(S.lora_title, open=False):
+        lora_names, lora_weights = [], []
+        lora_list = studio.loras()
+        for i in range(LORA_SLOTS):
+            with gr.Row():
+                lora_names.append(gr.Dropdown(choices(_lora_names(lora_list), S.none), value="", label=S.lora_slot.format(n=i + 1), scale=3))
+                lora_weights.append(gr.Slider(-2, 2, value=0.8, step=0.05, label=S.lora_weight, scale=2))
+        lora_info = gr.Markdown()
+        refresh_loras = gr.Button(S.refresh)
+        loras = gr.JSON(value=[], visible=False)
+
+    # 高清放大: upscale each generated image before saving (the original is kept too).
+    with gr.Row():
+        upscalers = studio.upscalers()
+        hires = gr.Dropdown(choices(upscalers, S.hires_off), value="", label=S.hires_label, scale=3)
+        hires_scale = gr.Radio([("×2", 2), ("×4", 4)], value=2, label=S.upscale_scale, scale=2)
+
+    panel = Panel(ctx, prompt, negative, sampler, steps, cfg, width, height, seed, batch, random_seed,
+                  reuse_seed, lora_names, lora_weights, loras, lora_info, refresh_loras, hires, hires_scale)
+    _wire_lora_slots(panel)
+    return panel
+
+
+def _lora_names(lora_list: list[dict]) -> list[str]:
+    return [item["name"] for item in lora_list]
+
+
+def _listed_name(tag: str, listed: list[str]) -> str | None:
+    """The listed file a ``<lora:tag:w>`` means: the name itself, or the file with that stem."""
+    if tag in listed:
+        return tag
+    stems = [n for n in listed if n.rsplit("/", 1)[-1].rsplit(".", 1)[0] == tag or n.split("/", 1)[0] == tag]
+    return stems[0] if len(stems) == 1 else None
+
+
+def _wire_lora_slots(panel: Panel) -> None:
+    S, studio = panel.ctx.S, panel.ctx.studio
+    slots = [*panel.lora_names, *panel.lora_weights]
+
+    def gather(*values):
+        names, weights = values[:LORA_SLOTS], values[LORA_SLOTS:]
+        chosen = [[n, float(w)] for n, w in zip(names, weights) if n]
+        catalogue = {item["name"]: item for item in studio.loras()}
+        lines = []
+        for name, weight in chosen:
+            meta = catalogue.get(name, {})
+            words = ", ".join(meta.get("trigger_words") or [])
+            lines.append(S.lora_line.format(name=name, weight=weight, words=words or S.none, base=meta.get("base_model") or S.unknown))
+        return chosen, "\n".join(lines)
+
+    for component in slots:
+        component.change(gather, slots, [panel.loras, panel.lora_info], queue=False, api_visibility="private")
+
+    def refresh():
+        names = _lora_names(studio.loras())
+        return [gr.Dropdown(choices=choices(names, S.none)) for _ in range(LORA_SLOTS)]
+
+    panel.refresh_loras.click(refresh, None, panel.lora_names, queue=False, api_visibility="private")

@@ -1,0 +1,96 @@
+"""The tool tabs: 超分辨率 (standalone ESRGAN), 图片信息 (PNG info), 图库, 系统信息."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import gradio as gr
+
+from pipelines.errors import JobCancelled
+
+from .common import GPU, UIContext, choices, client_id, user_error
+
+
+@dataclass
+class Tools:
+    png_text: gr.Textbox
+    send: gr.Button
+    system: gr.JSON
+
+
+def build_tabs(ctx: UIContext) -> Tools:
+    S, studio = ctx.S, ctx.studio
+
+    # 1. Super-resolution.
+    with gr.Tab(S.tab_upscale, id="upscale"):
+        with gr.Row():
+            with gr.Column():
+                files = gr.File(label=S.upscale_upload, file_count="multiple", file_types=["image"])
+                names = studio.upscalers()
+                upscaler = gr.Dropdown(choices(names), value=names[0] if names else None, label=S.upscaler_label)
+                scale = gr.Radio([("×2", 2), ("×4", 4)], value=4, label=S.upscale_scale)
+                run = gr.Button(S.upscale_run, variant="primary")
+                refresh = gr.Button(S.refresh)
+                if not names:
+                    gr.Markdown(S.upscale_none)
+            with gr.Column():
+                results = gr.Gallery(label=S.gallery_label, columns=2, height=520, format="png")
+                info = gr.Code(label=S.info_label, language="json", lines=6, interactive=False)
+
+    def upscale(image: str, upscaler: str, scale: int = 4, request: gr.Request = None, progress=gr.Progress()):
+        """Upscale one or several images (file paths) with an ESRGAN model; returns the saved PNGs."""
+        from PIL import Image
+
+        paths = image if isinstance(image, list) else [image] if image else []
+        try:
+            images = [_open_image(p) for p in paths]
+            saved, meta = studio.upscale_images(
+                images, upscaler, scale, client=client_id(request),
+                on_step=lambda i, n: progress((i, n), desc=S.progress_upscaling),
+            )
+        except JobCancelled:
+            gr.Warning(S.stopped)
+            return [], "{}"
+        except Exception as exc:
+            raise user_error(S, exc) from None
+        return [str(p) for p in saved], json.dumps(meta, ensure_ascii=False, indent=2)
+
+    run.click(upscale, [files, upscaler, scale], [results, info], api_name="upscale", concurrency_id=GPU, concurrency_limit=1)
+    refresh.click(lambda: gr.Dropdown(choices=choices(studio.upscalers())), None, upscaler, queue=False, api_visibility="private")
+
+    # 2. PNG info.
+    with gr.Tab(S.tab_pnginfo, id="pnginfo"):
+        with gr.Row():
+            png = gr.Image(label=S.pnginfo_upload, type="pil", image_mode=None, sources=["upload", "clipboard"])
+            with gr.Column():
+                png_text = gr.Textbox(label=S.pnginfo_text, lines=8, interactive=False)
+                send = gr.Button(S.send_to_txt2img)
+
+    def read_png(image):
+        if image is None:
+            return ""
+        return studio.png_parameters(image) or S.pnginfo_none
+
+    png.change(read_png, png, png_text, api_name="png_info")
+
+    # 3. Saved images.
+    with gr.Tab(S.tab_gallery, id="gallery"):
+        recent = gr.Gallery(label=S.gallery_recent, columns=4, height=640, format="png")
+        refresh_recent = gr.Button(S.refresh)
+    refresh_recent.click(lambda: [str(p) for p in studio.recent_outputs()], None, recent, queue=False, api_visibility="private")
+
+    # 4. System info.
+    with gr.Tab(S.tab_system, id="system"):
+        system = gr.JSON(label=S.tab_system)
+        refresh_system = gr.Button(S.system_refresh)
+    refresh_system.click(studio.system_info, None, system, queue=False, api_name="system_info")
+    return Tools(png_text=png_text, send=send, system=system)
+
+
+def _open_image(path):
+    """An uploaded file as a PIL image (the studio validates and converts it)."""
+    from PIL import Image
+
+    name = path if isinstance(path, str) else getattr(path, "name", path)
+    return Image.open(name)
