@@ -29,7 +29,9 @@ PROMPT = "竹林里的大熊猫，国风，水墨画"
 
 
 class PeakMemory:
-    """Peak resident memory (CPU, sampled) or peak allocated bytes (CUDA) during a block."""
+    """Working memory of a block: the peak resident memory above what the process held when
+    the block began (CPU, sampled every 5 ms; every variant's weights stay loaded, so the
+    process total says nothing per variant), or peak allocated bytes (CUDA)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -45,7 +47,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
             self._stop = threading.Event()
-            self.peak = self._rss()
+            self.start = self.peak = self._rss()
 
             def sample():
                 while not self._stop.wait(0.005):
@@ -62,7 +64,7 @@ class PeakMemory:
         else:
             self._stop.set()
             self._thread.join()
-            self.peak = max(self.peak, self._rss())
+            self.peak = max(self.peak, self._rss()) - self.start
 
 
 class StepClock:
@@ -140,6 +142,9 @@ VARIANTS = {
     "diffusers-naive-attn": lambda f, a, d, t: make_baseline(f, d, t, naive=True),
     "danqing": lambda f, a, d, t: make_danqing(f, a.device, a.dtype),
     "danqing-channels-last": lambda f, a, d, t: make_danqing(f, a.device, a.dtype, channels_last=True),
+    "danqing-fuse-qkv": lambda f, a, d, t: make_danqing(f, a.device, a.dtype, fuse_qkv=True),
+    "danqing-fast": lambda f, a, d, t: make_danqing(f, a.device, a.dtype, channels_last=True, fuse_qkv=True),
+    "danqing-compile": lambda f, a, d, t: make_danqing(f, a.device, a.dtype, channels_last=True, compile=True),
 }
 
 
@@ -174,11 +179,11 @@ def main(argv=None) -> dict:
     for n in names:
         runners[n](0, args)
 
-    # 3. Interleaved timing: A B A B ...
+    # 3. Interleaved timing: A B C, B C A, C A B ... (rotating, so no variant always runs first).
     rows = {n: {"e2e": [], "step": [], "peak": []} for n in names}
     images = {}
     for r in range(args.repeats):
-        for n in names:
+        for n in names[r % len(names):] + names[: r % len(names)]:
             with PeakMemory(plan.device) as mem:
                 sync(plan.device)
                 started = time.perf_counter()
@@ -191,7 +196,7 @@ def main(argv=None) -> dict:
             images[n] = image
 
     # 4. Report.
-    base = names[0]
+    base = "diffusers" if "diffusers" in names else names[0]
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()} {os.cpu_count()} cpus" + (f", {torch.cuda.get_device_name()}" if plan.device.type == "cuda" else ""),
@@ -200,7 +205,7 @@ def main(argv=None) -> dict:
         "variants": {},
     }
     print(f"\n{args.size}x{args.size}, {args.steps} steps, CFG on, {plan.device}/{result['dtype']}, median of {args.repeats}")
-    print(f"{'variant':26} {'s/step':>8} {'e2e s':>8} {'peak MiB':>9} {'speedup':>8} {'max|diff|':>9}")
+    print(f"{'variant':26} {'s/step':>8} {'e2e s':>8} {'work MiB':>9} {'speedup':>8} {'max|diff|':>9}")
     for n in names:
         e2e = statistics.median(rows[n]["e2e"])
         row = {

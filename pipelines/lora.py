@@ -413,6 +413,9 @@ def adapters_of(base) -> _Adapters:
 def apply_loras(store, loras: Sequence[tuple[str, float]]) -> None:
     """Make exactly ``loras`` active on the store's base; () turns LoRA off. Runs inside
     ``store.lock`` before denoising. On any error the previous state stays in force."""
+    if loras and store.settings.fuse_qkv:
+        # Fused Q/K/V projections bypass the adapters on to_q/to_k/to_v: refuse, never ignore.
+        raise ParamError("lora_needs_unfused_qkv")
     with store.lock:
         base = store.base()
         state = adapters_of(base)

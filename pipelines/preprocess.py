@@ -47,9 +47,15 @@ def load_image(data) -> Image.Image:
     Raises ParamError ``image_unreadable`` (not an image, corrupt, truncated) or
     ``image_too_large`` (over MAX_INPUT_PIXELS, refused from the header before decoding).
     """
+    return to_rgb(open_upload(data))
+
+
+def open_upload(data) -> Image.Image:
+    """A decoded, upright image in its own mode (alpha, 16-bit kept) after the same checks as
+    ``load_image``: for callers that keep alpha, like upscaling."""
     if isinstance(data, Image.Image):
         _check_pixels(*data.size)
-        return to_rgb(ImageOps.exif_transpose(data))
+        return ImageOps.exif_transpose(data)
     if isinstance(data, (bytes, bytearray, memoryview)):
         source = io.BytesIO(bytes(data))
     elif isinstance(data, (str, Path)):
@@ -66,7 +72,7 @@ def load_image(data) -> Image.Image:
                 _check_pixels(*image.size)
                 image.load()
                 upright = ImageOps.exif_transpose(image)
-                return to_rgb(upright)
+                return upright if upright is not image else image.copy()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ParamError("image_too_large", megapixels=MAX_INPUT_PIXELS // 1_000_000) from None
         except ParamError:

@@ -33,5 +33,9 @@ class EngineSettings:
     visible_label: bool = False
     # Fast-path options (bench/RESULTS.md has what each is worth where it was measured).
     channels_last: bool = False
+    attention: str = "sdpa"  # sdpa (PyTorch FlashAttention-class kernels) | xformers | naive
+    fuse_qkv: bool = False
+    vae_tiling: bool = False  # decode large images tile by tile (bounded memory)
+    compile: bool = False  # torch.compile the U-Net
     # Byte budget of the models cached next to the base (ControlNets, upscalers, annotators).
     cache_budget_bytes: int = 4 * 1024**3

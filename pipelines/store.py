@@ -98,6 +98,27 @@ def _hub_cached(repo_id: str) -> bool:
         return False
 
 
+def apply_speed_options(pipe, settings: EngineSettings) -> None:
+    """The fast-path switches, each through a public diffusers/torch API (bench/RESULTS.md
+    records what each is worth where it was measured)."""
+    if settings.attention == "naive":
+        from diffusers.models.attention_processor import AttnProcessor
+
+        pipe.unet.set_attn_processor(AttnProcessor())
+    elif settings.attention == "xformers":
+        pipe.enable_xformers_memory_efficient_attention()
+    if settings.fuse_qkv:
+        pipe.fuse_qkv_projections(unet=True, vae=False)
+    if settings.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if settings.vae_tiling:
+        pipe.vae.enable_tiling()
+    if settings.compile:
+        # In place (nn.Module.compile): the store, from_pipe and LoRA keep the same module object.
+        pipe.unet.compile(mode="max-autotune-no-cudagraphs" if pipe.device.type == "cuda" else None)
+
+
 class ModelStore:
     """Owns the base pipeline and everything loaded next to it. Pass it explicitly."""
 
@@ -198,9 +219,7 @@ class ModelStore:
             raise ModelError(code, name=choice.ref) from exc
         if self.plan.device.type != "cpu":
             pipe.to(self.plan.device)
-        if self.settings.channels_last:
-            pipe.unet.to(memory_format=torch.channels_last)
-            pipe.vae.to(memory_format=torch.channels_last)
+        apply_speed_options(pipe, self.settings)
         self._load_seconds = time.perf_counter() - started
         log.info("loaded %s in %.1fs on %s/%s", choice.ref, self._load_seconds, self.plan.device, dtype_name(self.plan.dtype))
         return pipe
@@ -248,6 +267,11 @@ class ModelStore:
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "demo": self.settings.demo,
+            "speed_options": {
+                "attention": self.settings.attention, "channels_last": self.settings.channels_last,
+                "fuse_qkv": self.settings.fuse_qkv, "vae_tiling": self.settings.vae_tiling,
+                "compile": self.settings.compile,
+            },
             "resident": self.resident_models(),
             "load_seconds": round(self._load_seconds, 2) if self._load_seconds else None,
         }

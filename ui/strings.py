@@ -82,6 +82,9 @@ ZH = dict(
     prompt_placeholder="例如：竹林里的大熊猫，国风，水墨画，高清",
     negative_label="反向提示词",
     negative_placeholder="不希望出现的内容，例如：模糊，低质量，水印，文字",
+    style_label="风格",
+    style_info="可多选；点「套用风格」把所选风格加进提示词和反向提示词",
+    style_apply="套用风格",
     sampler_label="采样器",
     steps_label="采样步数",
     cfg_label="提示词引导系数（CFG）",
@@ -189,6 +192,9 @@ EN = dict(
     prompt_placeholder="e.g. a panda in a bamboo forest, ink painting",
     negative_label="Negative prompt",
     negative_placeholder="what to avoid, e.g. blurry, low quality, watermark",
+    style_label="Styles",
+    style_info="Pick one or more, then 'Apply styles' adds them to the prompt and negative prompt",
+    style_apply="Apply styles",
     sampler_label="Sampler",
     steps_label="Steps",
     cfg_label="CFG scale",
@@ -236,6 +242,7 @@ ERRORS_ZH = {
     "bad_dtype": "不支持的精度：{value}（可选 fp32、fp16、bf16）。",
     "nan_output": "生成结果出现数值溢出（NaN），已用 fp32 重试仍失败。请换一个种子或降低 CFG。",
     "out_of_memory": "显存/内存不足：请减小尺寸或张数后重试。",
+    "lora_needs_unfused_qkv": "服务器开启了 --fuse-qkv（融合 QKV 加速），此时不能使用 LoRA：请去掉该选项重启。",
     "draft_needs_upscaler": "快速草图需要一个超分模型：请把 RealESRGAN_x4plus.pth 等文件放到 models/upscalers/。",
     "unknown_control_kind": "不认识的控制类型：{value}。",
     "control_image_missing": "请先上传控制图片。",
@@ -273,6 +280,11 @@ ERRORS_ZH = {
     "lora_wrong_architecture": "LoRA {name} 是为其他结构的模型训练的（例如 SDXL 或 SD 2.x），不能用于当前模型，未加载。",
     "lora_load_failed": "LoRA {name} 加载失败，已撤销，当前模型不受影响。详情见服务器日志。",
     "internal": "生成失败：服务器内部错误，已记录日志。请重试。",
+    "api_login_required": "需要登录：请用 HTTP Basic 认证提供启动时 --auth 设置的用户名和密码。",
+    "api_bad_json": "请求体应为 JSON 对象。",
+    "api_bad_field": "参数 {name} 的值不合法。",
+    "api_body_too_large": "请求太大：最多 {limit} MB。",
+    "api_unsupported": "暂不支持：{what}。",
 }
 
 ERRORS_EN = {
@@ -296,6 +308,7 @@ ERRORS_EN = {
     "bad_dtype": "Unsupported dtype: {value} (fp32, fp16, bf16).",
     "nan_output": "The image overflowed to NaN even in fp32. Try another seed or a lower CFG.",
     "out_of_memory": "Out of memory: lower the size or the number of images.",
+    "lora_needs_unfused_qkv": "The server runs with --fuse-qkv, which LoRAs cannot use: restart without it.",
     "draft_needs_upscaler": "Draft mode needs an upscaler: put RealESRGAN_x4plus.pth or similar in models/upscalers/.",
     "unknown_control_kind": "Unknown control kind: {value}.",
     "control_image_missing": "Upload a control image first.",
@@ -333,6 +346,11 @@ ERRORS_EN = {
     "lora_wrong_architecture": "The LoRA {name} was trained for another architecture (e.g. SDXL or SD 2.x) and cannot be used with this model; not loaded.",
     "lora_load_failed": "Loading the LoRA {name} failed and was undone; the model is unchanged. See the server log.",
     "internal": "Generation failed with an internal error (logged). Please retry.",
+    "api_login_required": "Login required: send the USER:PASS set with --auth as HTTP Basic credentials.",
+    "api_bad_json": "The request body must be a JSON object.",
+    "api_bad_field": "The value of {name} is not valid.",
+    "api_body_too_large": "The request is too large: at most {limit} MB.",
+    "api_unsupported": "Not supported: {what}.",
 }
 
 if ZH.keys() != EN.keys() or ERRORS_ZH.keys() != ERRORS_EN.keys():
