@@ -1,7 +1,8 @@
 """Danqing (丹青): start the web studio.
 
-The only module with side effects: parse the command line, build the one model store, build
-the UI and launch. ``python app.py --help`` lists the options.
+The only module with side effects: parse the command line, build the one model store, load
+the extensions, build the UI and launch (with ``--api``, the A1111-compatible routes too).
+``python app.py --help`` lists the options.
 """
 
 from __future__ import annotations
@@ -36,10 +37,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--share", action="store_true", help="create a public gradio.live link (needs a network)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"], help="weights precision (default: fp16 on GPU, fp32 on CPU)")
+    p.add_argument("--attention", default="sdpa", choices=["sdpa", "xformers", "naive"], help="attention backend (default sdpa: PyTorch's FlashAttention-class kernels)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format for the U-Net and VAE")
+    p.add_argument("--fuse-qkv", action="store_true", help="fuse the U-Net's Q/K/V projections into one matmul")
+    p.add_argument("--vae-tiling", action="store_true", help="decode large images tile by tile (bounded memory)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the U-Net (slow first run; GPU only worth it)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser window")
     p.add_argument("--offline", action="store_true", help="never download models")
     p.add_argument("--queue-size", type=int, default=64, help="jobs waiting at most; more are answered 'busy' (default 64)")
     p.add_argument("--lang", default=None, choices=["zh", "en"], help="interface language (default zh)")
+    p.add_argument("--api", action="store_true", help="serve AUTOMATIC1111's /sdapi/v1 REST API on the same port and login (docs at /docs)")
+    p.add_argument("--extensions-dir", action="append", default=[], metavar="DIR", help="another folder of extensions besides extensions/ (repeatable)")
     return p.parse_args(argv)
 
 
@@ -107,20 +115,25 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 missing, use_demo = wanted, True
                 log.warning("model %s not found locally and not downloadable: starting the demo bundle", wanted)
+    speed = dict(attention=args.attention, channels_last=args.channels_last, fuse_qkv=args.fuse_qkv,
+                 vae_tiling=args.vae_tiling, compile=args.compile)
     if use_demo:
         settings = EngineSettings(
             model=DEMO_MODEL, models_dir=ensure_demo_bundle(), outputs_dir=Path(args.outputs_dir),
-            device=args.device, dtype=args.dtype, demo=True, allow_download=False,
+            device=args.device, dtype=args.dtype, demo=True, allow_download=False, **speed,
         )
     else:
         settings = EngineSettings(
             model=wanted, models_dir=Path(args.models_dir), outputs_dir=Path(args.outputs_dir),
-            device=args.device, dtype=args.dtype, allow_download=not args.offline,
+            device=args.device, dtype=args.dtype, allow_download=not args.offline, **speed,
         )
 
-    # 3. The one store, the studio over it, the UI.
+    # 3. The extensions, the one store, the studio over it, the UI.
+    from extensions import load_extensions
+
+    extensions = load_extensions(args.extensions_dir, lang=args.lang)
     store = ModelStore(settings)
-    studio = Studio(store, OutputWriter(settings.outputs_dir))
+    studio = Studio(store, OutputWriter(settings.outputs_dir, on_saved=extensions.postprocess), extensions)
     options = UIOptions(
         demo=settings.demo,
         missing_model=missing,
@@ -129,10 +142,15 @@ def main(argv: list[str] | None = None) -> None:
         default_size=256 if settings.demo else 512,
         lang=args.lang,
     )
-    demo = build_ui(studio, options)
+    demo = build_ui(studio, options, extensions)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
 
-    # 4. Launch.
+    # 4. Launch; --api puts the A1111-compatible routes on the same server.
+    app_kwargs = None
+    if args.api:
+        from api import api_app_kwargs
+
+        app_kwargs = api_app_kwargs(studio, auth=auth, lang=args.lang, styles=extensions)
     demo.launch(
         server_name=host,
         server_port=port,
@@ -144,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         enable_monitoring=False,
         allowed_paths=[],
         footer_links=["api"],
+        app_kwargs=app_kwargs,
     )
 
 

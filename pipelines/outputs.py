@@ -1,23 +1,28 @@
 """Saving generated images: ``outputs/<date>/<number>-<seed>.png`` with A1111 parameters and
-the implicit AIGC label in the PNG metadata."""
+the implicit AIGC label in the PNG metadata. Every save then goes through ``on_saved`` (the
+extensions' post-processing steps), so whatever task saved the image, they see it."""
 
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import re
 import threading
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image
 
 from .pnginfo import aigc_label, png_metadata
 
 _NUMBERED = re.compile(r"^(\d{5})-")
+log = logging.getLogger(__name__)
 
 
 class OutputWriter:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, on_saved: Callable[[Path, dict], None] | None = None) -> None:
         self.root = Path(root)
+        self.on_saved = on_saved  # called with (path, {"parameters", "seed", "suffix"}) after each save
         self._lock = threading.Lock()
         self._next: dict[Path, int] = {}
 
@@ -43,6 +48,11 @@ class OutputWriter:
                     break
             label = aigc_label(produce_id=f"{folder.name}/{path.stem}")
             image.save(path, format="PNG", pnginfo=png_metadata(parameters, label))
+        if self.on_saved is not None:
+            try:
+                self.on_saved(path, {"parameters": parameters, "seed": seed, "suffix": suffix})
+            except Exception:  # a post-processing step never costs the user the saved image
+                log.exception("post-processing of %s failed", path)
         return path
 
     def recent(self, limit: int = 60) -> list[Path]:

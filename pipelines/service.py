@@ -58,6 +58,47 @@ class Jobs:
         return True
 
 
+class Progress:
+    """What the job on the GPU is doing (client, step, total, seconds per step), for the API's
+    progress route. Fed by the step hook; read at any time without waiting for the store lock. Only
+    one job samples at a time (the store lock), so the latest report is the running job."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state: dict | None = None
+
+    def track(self, client: str, on_step=None):
+        """A step hook that records progress for ``client``, then calls ``on_step``."""
+        token = object()
+
+        def hook(step: int, total: int) -> None:
+            now = time.time()
+            with self._lock:
+                state = self._state
+                if state is None or state["token"] is not token:
+                    state = self._state = {"token": token, "client": client, "first": (now, step)}
+                state.update(step=step, total=total, updated=now)
+            if on_step is not None:
+                on_step(step, total)
+
+        return hook
+
+    def finish(self, client: str) -> None:
+        with self._lock:
+            if self._state is not None and self._state["client"] == client:
+                self._state = None
+
+    def snapshot(self) -> dict | None:
+        """{client, step, total, seconds_per_step} of the running job, or None when idle."""
+        with self._lock:
+            state = self._state
+            if state is None:
+                return None
+            (t0, s0), step = state["first"], state["step"]
+            rate = (state["updated"] - t0) / (step - s0) if step > s0 else None
+            return {"client": state["client"], "step": step, "total": state["total"], "seconds_per_step": rate}
+
+
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
@@ -65,10 +106,13 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 class Studio:
-    def __init__(self, store: ModelStore, outputs: OutputWriter) -> None:
+    def __init__(self, store: ModelStore, outputs: OutputWriter, extensions: list = ()) -> None:
         self.store = store
         self.outputs = outputs
         self.jobs = Jobs()
+        self.progress = Progress()
+        # Loaded extensions (extensions.LoadedExtension), listed in system_info.
+        self.extensions = list(extensions)
 
     @contextmanager
     def _job(self, client: str):
@@ -86,6 +130,7 @@ class Studio:
             raise DanqingError("out_of_memory") from None
         finally:
             self.jobs.finish(client, cancel)
+            self.progress.finish(client)
 
     def stop(self, client: str) -> bool:
         return self.jobs.stop(client)
@@ -110,6 +155,7 @@ class Studio:
         hires = self._hires(hires_upscaler, 4 if draft else hires_scale, required=draft)
         if draft:
             params = replace(params, **_draft_size(params.width, params.height))
+        on_step = self.progress.track(client, on_step)
         with self._job(client) as cancel:
             result = txt2img.run(self.store, params, cancel=cancel, on_step=on_step)
             return self._finish(params, result, hires, cancel, {"draft": draft})
@@ -143,7 +189,10 @@ class Studio:
         if params.loras:
             # A1111 keeps the tags in the prompt text and lists short hashes: readers show
             # them, and sending the text back to the form re-selects the same LoRAs.
-            hashes = {row["name"]: row["hash"] for row in self.loras()}
+            hashes = {}
+            for row in self.loras():  # a <lora:tag> may name the file, its stem or its folder
+                for key in (row["name"], Path(row["name"]).stem, row["name"].split("/", 1)[0]):
+                    hashes.setdefault(key, row["hash"])
             prompt += " " + " ".join(f"<lora:{name}:{weight:g}>" for name, weight in params.loras)
             base_fields["Lora hashes"] = ", ".join(f"{name}: {hashes.get(name, '')}" for name, _ in params.loras)
         paths: list[Path] = []
@@ -225,6 +274,7 @@ class Studio:
             for unit in units
         )
         request = controlnet.validate_control(params, control_units, resize_mode)
+        on_step = self.progress.track(client, on_step)
         with self._job(client) as cancel:
             result = controlnet.run(self.store, request, cancel=cancel, on_step=on_step)
             fields = {
@@ -257,13 +307,18 @@ class Studio:
         return preprocess.list_depth_estimators(self.store)
 
     # -- super-resolution -------------------------------------------------------------------
-    def upscale_images(self, images: list[Image.Image], upscaler: str, scale: int = 4, client: str = "local", on_step=None):
+    def upscale_images(self, images: list, upscaler: str, scale: int = 4, client: str = "local", on_step=None):
+        """Upscale uploads (paths, bytes or PIL images; checked before decoding) and save them."""
+        from .preprocess import open_upload
+
         if not images:
             raise ParamError("upscale_no_image")
+        images = [open_upload(image) for image in images]
         if upscaler not in upscale.list_upscalers(self.store):
             raise ParamError("unknown_model_name", kind="upscalers", name=str(upscaler)[:80])
         params = upscale.validate_upscale(upscaler, scale)
         paths, started = [], time.perf_counter()
+        on_step = self.progress.track(client, on_step)
         with self._job(client) as cancel:
             for image in images:
                 big = upscale.upscale(self.store, image, params, cancel=cancel, on_step=on_step)
@@ -297,6 +352,7 @@ class Studio:
         info = self.store.system_info()
         info["version"] = VERSION
         info["outputs_dir"] = str(self.outputs.root)
+        info["extensions"] = [ext.summary() for ext in self.extensions]
         if self.store.is_loaded():
             info["token_window"] = token_window(self.store.base())
         return info

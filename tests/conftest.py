@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -75,6 +76,7 @@ class LaunchedApp:
         self._wait()
 
     def _wait(self, timeout: float = 120) -> None:
+        import urllib.error
         import urllib.request
 
         deadline = time.time() + timeout
@@ -84,15 +86,17 @@ class LaunchedApp:
             try:
                 urllib.request.urlopen(self.url + "config", timeout=2)
                 return
+            except urllib.error.HTTPError:  # answering, behind a login (--auth)
+                return
             except Exception:
                 time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"app did not start:\n{self.log.read_text()}")
 
-    def client(self):
+    def client(self, auth: tuple[str, str] | None = None):
         from gradio_client import Client
 
-        return Client(self.url, verbose=False)
+        return Client(self.url, verbose=False, auth=auth)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -104,8 +108,63 @@ class LaunchedApp:
 
 @pytest.fixture(scope="session")
 def demo_app(demo_models, demo_cache, tmp_path_factory):
-    """``python app.py --demo`` really launched on a free port."""
+    """``python app.py --demo --api`` really launched on a free port (UI, Gradio API and the
+    A1111-compatible routes of one process)."""
     work = tmp_path_factory.mktemp("app")
-    app = LaunchedApp(["--demo"], demo_cache, work / "outputs")
+    app = LaunchedApp(["--demo", "--api"], demo_cache, work / "outputs")
+    yield app
+    app.stop()
+
+
+# Extensions that fail in every way the loader must survive, and one that works (a package
+# with a relative import). tests/test_extensions.py checks how each is reported.
+BROKEN_EXTENSIONS = {
+    "bad_import.py": "import no_such_module_for_danqing\n",
+    "bad_tab.py": textwrap.dedent("""
+        def setup(api):
+            def build(studio):
+                import gradio as gr
+                gr.Markdown("HALF-BUILT TAB")
+                raise ValueError("tab exploded")
+            api.add_tab("坏标签页", build)
+            api.add_styles({"坏风格": ("x", "")})
+    """),
+    "no_setup.py": "VALUE = 1\n",
+    "good": {
+        "__init__.py": textwrap.dedent("""
+            TITLE = "好扩展"
+            from .helper import TEXT
+
+            def setup(api):
+                def build(studio):
+                    import gradio as gr
+                    gr.Markdown(TEXT)
+                api.add_tab("好扩展页", build)
+                api.add_styles({"测试风格": ("{prompt}，测试", "")})
+        """),
+        "helper.py": "TEXT = 'EXTENSION-OK'\n",
+    },
+}
+ACCOUNTS = [("设计部", "密码"), ("bot", "secret")]
+
+
+def write_tree(folder: Path, tree: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in tree.items():
+        if isinstance(content, dict):
+            write_tree(folder / name, content)
+        else:
+            (folder / name).write_text(content, encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def guarded_app(demo_models, demo_cache, tmp_path_factory):
+    """A team server: ``--api --auth`` (a Chinese user name too) and a folder of broken
+    extensions it must start with anyway. One launch serves the login and extension tests."""
+    work = tmp_path_factory.mktemp("guarded")
+    write_tree(work / "extensions", BROKEN_EXTENSIONS)
+    accounts = ",".join(f"{user}:{password}" for user, password in ACCOUNTS)
+    app = LaunchedApp(["--demo", "--api", "--auth", accounts, "--extensions-dir", str(work / "extensions")],
+                      demo_cache, work / "outputs")
     yield app
     app.stop()

@@ -6,14 +6,14 @@ jobs from different users never interleave; stop is per browser session.
 
 Layout: a model row, then 创作 (one shared parameter panel on the left; on the right the
 modes 文生图 / 线稿控制 / 深度控制, each with its own 生成 button, above one result gallery),
-超分辨率, 图片信息, 图库, 系统信息.
+超分辨率, 图片信息, 图库, 系统信息, then the tabs extensions add.
 """
 
 from __future__ import annotations
 
 import gradio as gr
 
-from . import tab_control, tab_tools
+from . import tab_control, tab_extensions, tab_tools
 from .common import GPU, UIContext, UIOptions, user_error
 from .panel import build_panel, send_parameters_targets
 from .strings import load
@@ -28,7 +28,8 @@ def model_dropdown_choices(S, studio) -> list[tuple[str, str]]:
     ]
 
 
-def build_ui(studio, options: UIOptions = UIOptions()) -> gr.Blocks:
+def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Blocks:
+    """``extensions``: what extensions.load_extensions returned (tabs, styles), or None."""
     S = load(options.lang)
     ctx = UIContext(S=S, studio=studio, options=options)
     with gr.Blocks(title=S.title, analytics_enabled=False) as demo:
@@ -57,7 +58,7 @@ def build_ui(studio, options: UIOptions = UIOptions()) -> gr.Blocks:
             with gr.Tab(S.tab_create, id="create"):
                 with gr.Row():
                     with gr.Column(scale=5):
-                        panel = build_panel(ctx)
+                        panel = build_panel(ctx, extensions)
                     with gr.Column(scale=6):
                         with gr.Tabs():
                             with gr.Tab(S.tab_txt2img, id="txt2img"):
@@ -69,6 +70,8 @@ def build_ui(studio, options: UIOptions = UIOptions()) -> gr.Blocks:
                         info = gr.Code(label=S.info_label, language="json", lines=8, interactive=False)
             # 4. Super-resolution, PNG info, saved images, system info.
             tools = tab_tools.build_tabs(ctx)
+            # 5. Extension tabs; one that fails to build is hidden and listed as failed.
+            tab_extensions.build_tabs(ctx, extensions)
 
         # -- events ------------------------------------------------------------------------
         panel.wire_generation(generate, draft, gallery, info)
@@ -95,4 +98,6 @@ def build_ui(studio, options: UIOptions = UIOptions()) -> gr.Blocks:
             [tabs, *send_parameters_targets(panel)], queue=False, api_visibility="private",
         )
         demo.load(studio.system_info, None, tools.system, api_visibility="private")
+        if panel.style is not None:  # styles edited in an extension's tab show up on reload
+            demo.load(lambda: gr.Dropdown(choices=extensions.style_names()), None, panel.style, api_visibility="private")
     return demo

@@ -1,5 +1,5 @@
-"""The shared parameter panel of the 创作 tab: prompt, sampler, size, seed, LoRAs and the
-高清放大 post-step. Text-to-image and both ControlNet modes read the same panel."""
+"""The shared parameter panel of the 创作 tab: prompt, styles, sampler, size, seed, LoRAs and
+the 高清放大 post-step. Text-to-image and both ControlNet modes read the same panel."""
 
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ class Panel:
     refresh_loras: gr.Button
     hires: gr.Dropdown  # upscaler for the 高清放大 post-step ("" = off)
     hires_scale: gr.Radio
+    style: gr.Dropdown | None = None  # prompt styles from the extensions (None: no styles)
 
     # Inputs every generation event starts with, in the order of the API's parameters.
     def generation_inputs(self) -> list:
@@ -154,10 +155,19 @@ def send_parameters_targets(panel: Panel) -> list:
             panel.sampler, *panel.lora_names, *panel.lora_weights]
 
 
-def build_panel(ctx: UIContext) -> Panel:
+def build_panel(ctx: UIContext, styles=None) -> Panel:
+    """``styles``: the extensions' style registry (extensions.Extensions), or None."""
     S, studio, options = ctx.S, ctx.studio, ctx.options
     prompt = gr.Textbox(label=S.prompt_label, placeholder=S.prompt_placeholder, lines=3, elem_id="prompt")
     negative = gr.Textbox(value="", label=S.negative_label, placeholder=S.negative_placeholder, lines=2)
+    style = apply_style = None
+    if styles is not None:
+        with gr.Row():
+            style = gr.Dropdown(choices=styles.style_names(), value=[], multiselect=True, label=S.style_label,
+                                info=S.style_info, scale=4)
+            apply_style = gr.Button(S.style_apply, scale=1)
+        apply_style.click(styles.apply_styles, [prompt, negative, style], [prompt, negative],
+                          queue=False, api_visibility="private")
     sampler = gr.Dropdown(choices=[(S.sampler_labels[n], n) for n in SAMPLER_NAMES], value=DEFAULT_SAMPLER, label=S.sampler_label)
     with gr.Row():
         steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label=S.steps_label)
@@ -190,7 +200,8 @@ def build_panel(ctx: UIContext) -> Panel:
         hires_scale = gr.Radio([("×2", 2), ("×4", 4)], value=2, label=S.upscale_scale, scale=2)
 
     panel = Panel(ctx, prompt, negative, sampler, steps, cfg, width, height, seed, batch, random_seed,
-                  reuse_seed, lora_names, lora_weights, loras, lora_info, refresh_loras, hires, hires_scale)
+                  reuse_seed, lora_names, lora_weights, loras, lora_info, refresh_loras, hires, hires_scale,
+                  style=style)
     _wire_lora_slots(panel)
     return panel
 

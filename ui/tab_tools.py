@@ -40,13 +40,10 @@ def build_tabs(ctx: UIContext) -> Tools:
 
     def upscale(image: str, upscaler: str, scale: int = 4, request: gr.Request = None, progress=gr.Progress()):
         """Upscale one or several images (file paths) with an ESRGAN model; returns the saved PNGs."""
-        from PIL import Image
-
         paths = image if isinstance(image, list) else [image] if image else []
         try:
-            images = [_open_image(p) for p in paths]
             saved, meta = studio.upscale_images(
-                images, upscaler, scale, client=client_id(request),
+                [_path_of(p) for p in paths], upscaler, scale, client=client_id(request),
                 on_step=lambda i, n: progress((i, n), desc=S.progress_upscaling),
             )
         except JobCancelled:
@@ -88,9 +85,6 @@ def build_tabs(ctx: UIContext) -> Tools:
     return Tools(png_text=png_text, send=send, system=system)
 
 
-def _open_image(path):
-    """An uploaded file as a PIL image (the studio validates and converts it)."""
-    from PIL import Image
-
-    name = path if isinstance(path, str) else getattr(path, "name", path)
-    return Image.open(name)
+def _path_of(upload) -> str:
+    """The temporary path of an uploaded file (the studio checks and decodes it)."""
+    return upload if isinstance(upload, str) else getattr(upload, "name", upload)

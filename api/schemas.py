@@ -1,0 +1,82 @@
+"""Request bodies of the A1111-compatible API, with A1111's field names and defaults.
+
+Only the fields Danqing implements are declared; every model ignores unknown fields, as A1111
+does, so clients that send A1111's full request (``restore_faces``, ``subseed``, ...) work.
+Value ranges are checked later by the same validators the UI uses (pipelines/params.py), so the
+API and the UI refuse exactly the same requests with the same messages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Txt2ImgRequest(_Request):
+    prompt: str = Field("", description="Prompt; `<lora:name:weight>` tags select LoRAs from models/lora.")
+    negative_prompt: str = ""
+    styles: list[str] = Field(default_factory=list, description="Prompt styles (see /sdapi/v1/prompt-styles); unknown names are skipped.")
+    seed: int = Field(-1, description="-1 picks a random seed; image i of the request gets seed + i.")
+    sampler_name: str | None = Field(None, description="An A1111 sampler name from /sdapi/v1/samplers (default DPM++ 2M Karras).")
+    sampler_index: str | None = Field(None, description="Older name of sampler_name.")
+    scheduler: str | None = Field(None, description="A1111 1.9+: 'Karras' with sampler_name 'DPM++ 2M' means 'DPM++ 2M Karras'.")
+    batch_size: int = Field(1, description="Images per batch (one denoising run).")
+    n_iter: int = Field(1, description="Batches run one after another; seeds continue across batches.")
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    override_settings: dict[str, Any] = Field(default_factory=dict, description="Only sd_model_checkpoint is used.")
+    override_settings_restore_afterwards: bool = True
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict, description="Only `controlnet` with its `args` units is used.")
+    send_images: bool = True
+    save_images: bool = Field(True, description="Ignored: Danqing always saves images with their metadata and AIGC label.")
+
+
+class ControlNetUnit(_Request):
+    """One unit of ``alwayson_scripts.controlnet.args`` (the sd-webui-controlnet API)."""
+
+    enabled: bool = True
+    image: Any = Field(None, description="Base64 image (data: prefix allowed), or {'image': base64}.")
+    input_image: Any = Field(None, description="Older name of image.")
+    module: str | None = Field("none", description="canny, depth, depth_midas, depth_anything, ... or none (the image is already a control map).")
+    model: str | None = Field(None, description="A name from /controlnet/model_list.")
+    weight: float = 1.0
+    guidance_start: float = 0.0
+    guidance_end: float = 1.0
+    resize_mode: int | str = Field("Crop and Resize", description="Just Resize (0), Crop and Resize (1), Resize and Fill (2).")
+    threshold_a: float = Field(-1, description="Canny low threshold (-1: 100).")
+    threshold_b: float = Field(-1, description="Canny high threshold (-1: 200).")
+
+
+class ControlNetArgs(_Request):
+    args: list[ControlNetUnit] = Field(default_factory=list)
+
+
+class OptionsRequest(_Request):
+    model_config = ConfigDict(extra="allow")
+    sd_model_checkpoint: str | None = Field(None, description="Switch the base model (a title from /sdapi/v1/sd-models).")
+
+
+class ExtraSingleImageRequest(_Request):
+    image: str = Field(..., description="Base64 image (data: prefix allowed).")
+    resize_mode: int = Field(0, description="0: scale by upscaling_resize (Danqing supports only this).")
+    upscaling_resize: float = Field(2, description="2 or 4.")
+    upscaler_1: str = Field("None", description="A name from /sdapi/v1/upscalers (A1111's R-ESRGAN names map to the same files).")
+
+
+class PngInfoRequest(_Request):
+    image: str = Field("", description="Base64 PNG (data: prefix allowed).")
+
+
+class DetectRequest(_Request):
+    controlnet_module: str = "none"
+    controlnet_input_images: list[str] = Field(default_factory=list)
+    controlnet_processor_res: int = Field(512, description="Ignored: maps are computed at the input's own resolution.")
+    controlnet_threshold_a: float = -1
+    controlnet_threshold_b: float = -1

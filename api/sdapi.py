@@ -1,0 +1,681 @@
+"""AUTOMATIC1111-compatible REST API: ``/sdapi/v1/...`` and the ControlNet extension's
+``/controlnet/...`` routes, served by the UI's own server (same port, login and GPU queue).
+
+Why: Krita and Photoshop plugins, chat bots, the ``webuiapi`` client and batch scripts already
+speak A1111's API. Every route calls the Studio methods the UI calls (no second engine path);
+this module only translates at the edge: A1111 sampler names and checkpoint titles, ControlNet
+modules, base64 images, ``n_iter`` batches. Heavy routes are plain ``def`` (FastAPI runs them in
+a thread pool) and take ``store.lock``, the lock every UI job takes, so API and UI jobs never
+interleave; ``/progress`` and ``/interrupt`` are ``async`` and never wait for it.
+
+Errors: a Danqing error code becomes a 422 JSON body with the Chinese (or ``--lang en``)
+sentence from ui/strings.py; wrongly typed fields too. Unknown fields are ignored, as in A1111.
+With ``--auth`` every route needs HTTP Basic credentials (A1111's ``--api-auth`` style).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as _dt
+import io
+import logging
+import re
+import secrets
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from PIL import Image
+from pydantic import ValidationError
+
+from pipelines.errors import DanqingError, JobCancelled, ParamError
+from pipelines.params import DEFAULT_SAMPLER, SAMPLER_NAMES
+from pipelines.pnginfo import parse_parameters
+from ui.strings import error_text, load
+
+from .schemas import (
+    ControlNetArgs,
+    DetectRequest,
+    ExtraSingleImageRequest,
+    OptionsRequest,
+    PngInfoRequest,
+    Txt2ImgRequest,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024 * 1024  # base64 images inflate by a third: a few 25 MB uploads
+MAX_N_ITER = 64
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+_HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]{6,64}\]\s*$")  # A1111 titles: "name [abcdef1234]"
+_DATA_URL = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
+
+# k-diffusion style aliases A1111 lists next to each sampler name.
+SAMPLER_ALIASES = {
+    "DPM++ 2M Karras": ["k_dpmpp_2m_ka"],
+    "DPM++ 2M": ["k_dpmpp_2m"],
+    "DPM++ 2M SDE Karras": ["k_dpmpp_2m_sde_ka"],
+    "Euler a": ["k_euler_a", "k_euler_ancestral"],
+    "Euler": ["k_euler"],
+    "Heun": ["k_heun"],
+    "LMS": ["k_lms"],
+    "DDIM": ["ddim"],
+    "PNDM": ["pndm", "plms"],
+    "UniPC": ["uni_pc"],
+    "LCM": ["lcm"],
+}
+# A1111's names for the Real-ESRGAN files it downloads, mapped to the files' own stems.
+A1111_UPSCALERS = {
+    "r-esrgan 4x+": "RealESRGAN_x4plus",
+    "r-esrgan 4x+ anime6b": "RealESRGAN_x4plus_anime_6B",
+    "r-esrgan 2x+": "RealESRGAN_x2plus",
+    "r-esrgan general 4xv3": "realesr-general-x4v3",
+    "r-esrgan general wdn 4xv3": "realesr-general-wdn-x4v3",
+    "r-esrgan animevideo": "realesr-animevideov3",
+}
+# sd-webui-controlnet preprocessor names -> (Danqing control kind, depth estimator keyword).
+CONTROL_MODULES = {
+    "canny": ("canny", None),
+    "depth": ("depth", "midas"),
+    "depth_midas": ("depth", "midas"),
+    "depth_leres": ("depth", "leres"),
+    "depth_leres++": ("depth", "leres"),
+    "depth_zoe": ("depth", "zoe"),
+    "depth_anything": ("depth", "anything"),
+    "depth_anything_v2": ("depth", "anything"),
+}
+RESIZE_MODES = {
+    "just resize": "stretch", "0": "stretch",
+    "crop and resize": "crop", "1": "crop", "scale to fit (inner fit)": "crop", "inner fit (scale to fit)": "crop",
+    "resize and fill": "fit", "2": "fit", "envelope (outer fit)": "fit", "outer fit (shrink to fit)": "fit",
+}
+
+
+# 1. Small translations ------------------------------------------------------------------------
+def _stem(name: str) -> str:
+    base = Path(name).name
+    for suffix in WEIGHT_SUFFIXES:
+        if base.lower().endswith(suffix):
+            return base[: -len(suffix)]
+    return base
+
+
+def pick_name(name: object, available: list[str]) -> str:
+    """The listed name an A1111 client means: exact, without the ``[hash]`` A1111 appends, or the
+    one file with that stem. Anything else comes back as given (the Studio then refuses it)."""
+    text = _HASH_SUFFIX.sub("", str(name or "")).strip()
+    if text in available:
+        return text
+    matches = [a for a in available if _stem(a) == _stem(text) or Path(a).name == text]
+    return matches[0] if len(matches) == 1 else text
+
+
+def sampler_name(name: str | None, scheduler: str | None = None) -> str:
+    """An A1111 sampler name (or alias; A1111 1.9's separate 'Karras' scheduler) -> ours."""
+    if not name:
+        return DEFAULT_SAMPLER
+    wanted = name.strip().lower()
+    found = next((s for s in SAMPLER_NAMES if s.lower() == wanted), None)
+    found = found or next((s for s, aliases in SAMPLER_ALIASES.items() if wanted in aliases), None)
+    if found and scheduler and scheduler.strip().lower() == "karras" and f"{found} Karras" in SAMPLER_NAMES:
+        found = f"{found} Karras"
+    return found or name  # unknown: validate_txt2img refuses it with the list of names
+
+
+def image_bytes(value: Any, missing: str = "control_image_missing") -> bytes:
+    """Bytes of a base64 image (with or without a ``data:`` prefix; {'image': ...} accepted)."""
+    if isinstance(value, dict):
+        value = value.get("image")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ParamError(missing)
+    if not isinstance(value, str):
+        raise ParamError("image_unreadable")
+    text = _DATA_URL.sub("", value.strip())
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ParamError("image_unreadable") from None
+
+
+def b64_file(path: Path) -> str:
+    """The saved PNG itself, so clients get its parameters and AIGC label too."""
+    return base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def b64_image(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _scale_of(name: str) -> int:
+    match = re.search(r"x([248])", name, re.IGNORECASE)
+    return int(match.group(1)) if match else 4
+
+
+# 2. API jobs: a client id per request, interrupt flags, batch position ---------------------
+@dataclass
+class ApiJob:
+    user: str
+    kind: str
+    job_count: int = 1
+    job_no: int = 0
+    interrupted: bool = False
+    client: str = field(default_factory=lambda: f"sdapi-{uuid.uuid4().hex[:12]}")
+    started: float = field(default_factory=time.time)
+    timestamp: str = field(default_factory=lambda: _dt.datetime.now().strftime("%Y%m%d%H%M%S"))
+    last_image: str | None = None  # base64 of the newest finished image (the progress preview)
+
+
+class ApiJobs:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[str, ApiJob] = {}
+
+    def begin(self, user: str, kind: str, job_count: int = 1) -> ApiJob:
+        job = ApiJob(user=user, kind=kind, job_count=job_count)
+        with self._lock:
+            self._jobs[job.client] = job
+        return job
+
+    def end(self, job: ApiJob) -> None:
+        with self._lock:
+            self._jobs.pop(job.client, None)
+
+    def get(self, client: str) -> ApiJob | None:
+        with self._lock:
+            return self._jobs.get(client)
+
+    def of_user(self, user: str) -> list[ApiJob]:
+        with self._lock:
+            return [job for job in self._jobs.values() if job.user == user]
+
+
+# 3. Errors, login, request size ------------------------------------------------------------
+def _error(S, status: int, code: str, fields: dict | None = None, kind: str = "ParamError") -> JSONResponse:
+    fields = {k: v if isinstance(v, (int, float, str, bool)) or v is None else str(v) for k, v in (fields or {}).items()}
+    return JSONResponse(
+        {"error": kind, "code": code, "detail": error_text(S, code, fields), "fields": fields},
+        status_code=status,
+    )
+
+
+def _validation_error(S, errors: list[dict]) -> JSONResponse:
+    """Pydantic's first complaint as one of our sentences (the field name stays ASCII)."""
+    first = errors[0] if errors else {}
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    name, kind = ".".join(loc), first.get("type", "")
+    value = str(first.get("input"))[:40]
+    if not loc or kind in ("json_invalid", "model_attributes_type", "dict_type"):
+        code, fields = "api_bad_json", {}
+    elif kind.startswith("int_"):
+        code, fields = "not_an_integer", {"name": name, "value": value}
+    elif kind.startswith("float_") or kind == "finite_number":
+        code, fields = "not_a_number", {"name": name, "value": value}
+    elif kind.startswith("string_"):
+        code, fields = "not_text", {"name": name}
+    else:
+        code, fields = "api_bad_field", {"name": name}
+    return _error(S, 422, code, fields, kind="ValidationError")
+
+
+def _route_class(S):
+    class SdapiRoute(APIRoute):
+        """Every route: refuse huge bodies, turn errors into 422 JSON with our sentences."""
+
+        def get_route_handler(self):
+            handler = super().get_route_handler()
+
+            async def guarded(request: Request):
+                length = request.headers.get("content-length", "")
+                if length.isdigit() and int(length) > MAX_BODY_BYTES:
+                    return _error(S, 413, "api_body_too_large", {"limit": MAX_BODY_BYTES // 2**20})
+                try:
+                    return await handler(request)
+                except RequestValidationError as exc:
+                    return _validation_error(S, list(exc.errors()))
+                except DanqingError as exc:
+                    return _error(S, 422, exc.code, exc.fields, kind=type(exc).__name__)
+                except HTTPException:
+                    raise
+                except Exception:
+                    log.exception("API request %s failed", request.url.path)
+                    return _error(S, 500, "internal", kind="InternalError")
+
+            return guarded
+
+    return SdapiRoute
+
+
+def _login(auth: list[tuple[str, str]] | None, S):
+    """A dependency returning the API user ("" without --auth); HTTP Basic, UTF-8 names.
+    ``async`` so it runs on the event loop: /progress answers even when every worker thread
+    is waiting for the GPU."""
+
+    async def require_user(request: Request) -> str:
+        if not auth:
+            return ""
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                user, sep, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
+            except (binascii.Error, ValueError):
+                sep = ""
+            if sep:
+                matched = None
+                for name, secret in auth:  # compare with every account: no early exit to time
+                    if secrets.compare_digest(user.encode(), name.encode()) & secrets.compare_digest(password.encode(), secret.encode()):
+                        matched = name
+                if matched is not None:
+                    return matched
+        raise HTTPException(
+            status_code=401,
+            detail=error_text(S, "api_login_required"),
+            headers={"WWW-Authenticate": 'Basic realm="Danqing", charset="UTF-8"'},
+        )
+
+    return require_user
+
+
+# 4. The routes -----------------------------------------------------------------------------
+class SdApi:
+    """The A1111 routes over one Studio. ``styles`` is the extensions' style registry (or None)."""
+
+    def __init__(self, studio, S, styles=None) -> None:
+        self.studio = studio
+        self.S = S
+        self.styles = styles
+        self.jobs = ApiJobs()
+
+    # -- translations that need the studio ---------------------------------------------------
+    def model_ref(self, title: object) -> str:
+        return pick_name(title, [c["ref"] for c in self.studio.model_choices()])
+
+    def upscaler(self, name: str) -> str:
+        wanted = A1111_UPSCALERS.get(str(name).strip().lower(), name)
+        return pick_name(wanted, self.studio.upscalers())
+
+    def estimator(self, keyword: str | None) -> str:
+        names = self.studio.depth_estimators()
+        keywords = {"midas": ("midas", "dpt")}.get(keyword, (keyword,)) if keyword else ()
+        preferred = [n for n in names if any(k in n.lower() for k in keywords)]
+        return (preferred or names or [""])[0]
+
+    def control_units(self, scripts: dict) -> tuple[list[dict], str]:
+        """alwayson_scripts.controlnet.args -> the Studio's unit dicts and one resize mode."""
+        raw = next((v for k, v in scripts.items() if k.lower() == "controlnet"), None)
+        if not raw:
+            return [], "crop"
+        try:
+            args = ControlNetArgs.model_validate(raw if isinstance(raw, dict) else {"args": raw}).args
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**e, "loc": ("body", "alwayson_scripts", "controlnet", *e["loc"])} for e in exc.errors()]
+            ) from None
+        names = self.studio.controlnets()
+        units, resize_mode = [], None
+        for unit in (u for u in args if u.enabled):
+            module = (unit.module or "none").strip().lower()
+            model = pick_name(unit.model or "", names)
+            if module == "none":
+                kind, keyword, is_map = ("depth" if "depth" in model.lower() else "canny"), None, True
+            elif module in CONTROL_MODULES:
+                (kind, keyword), is_map = CONTROL_MODULES[module], False
+            else:
+                raise ParamError("unknown_control_kind", value=module[:20])
+            image = unit.image if unit.image not in (None, "") else unit.input_image
+            units.append({
+                "kind": kind, "image": image_bytes(image), "is_map": is_map, "model": model,
+                "weight": unit.weight, "guidance_start": unit.guidance_start, "guidance_end": unit.guidance_end,
+                "low_threshold": round(unit.threshold_a) if unit.threshold_a >= 0 else 100,
+                "high_threshold": round(unit.threshold_b) if unit.threshold_b >= 0 else 200,
+                "estimator": self.estimator(keyword) if kind == "depth" and not is_map else "",
+            })
+            if resize_mode is None:
+                mode = str(unit.resize_mode).strip().lower()
+                resize_mode = RESIZE_MODES.get(mode, mode)
+        return units, resize_mode or "crop"
+
+    # -- txt2img -------------------------------------------------------------------------------
+    def txt2img(self, req: Txt2ImgRequest, user: str) -> dict:
+        studio = self.studio
+        # 1. Translate and check what can be checked before waiting for the GPU.
+        if not 1 <= req.n_iter <= MAX_N_ITER:
+            raise ParamError("out_of_range", name="n_iter", value=req.n_iter, low=1, high=MAX_N_ITER)
+        prompt, negative = req.prompt, req.negative_prompt
+        if self.styles is not None and req.styles:
+            prompt, negative = self.styles.apply_styles(prompt, negative, req.styles)
+        sampler = sampler_name(req.sampler_name or req.sampler_index, req.scheduler)
+        units, resize_mode = self.control_units(req.alwayson_scripts)
+        checkpoint = req.override_settings.get("sd_model_checkpoint")
+        job = self.jobs.begin(user, "txt2img", req.n_iter)
+        generated, maps, infos = [], [], []
+        try:
+            # 2. The GPU: the lock UI jobs take, held for the whole request (model override,
+            #    every batch, switching back), so nothing interleaves.
+            with studio.store.lock:
+                previous = None
+                if checkpoint and not job.interrupted:
+                    ref = self.model_ref(checkpoint)
+                    if ref != studio.store.current_ref:
+                        previous = studio.store.current_ref
+                        studio.switch_model(ref)
+                try:
+                    seed = req.seed
+                    for number in range(req.n_iter):
+                        if job.interrupted:
+                            break
+                        job.job_no = number
+                        raw = dict(
+                            prompt=prompt, negative_prompt=negative, num_inference_steps=req.steps,
+                            guidance_scale=req.cfg_scale, width=req.width, height=req.height, seed=seed,
+                            num_images_per_prompt=req.batch_size, sampler=sampler,
+                        )
+                        try:
+                            if units:
+                                paths, info = studio.control(client=job.client, units=units, resize_mode=resize_mode, **raw)
+                            else:
+                                paths, info = studio.txt2img(client=job.client, **raw)
+                        except JobCancelled:
+                            job.interrupted = True
+                            break
+                        count = len(info["all_seeds"])
+                        generated += paths[:count]
+                        maps = paths[count:]
+                        infos.append(info)
+                        job.last_image = b64_file(paths[count - 1])
+                        seed = info["all_seeds"][-1] + 1  # A1111: the next batch continues the seeds
+                finally:
+                    if previous is not None and req.override_settings_restore_afterwards:
+                        studio.switch_model(previous)
+        finally:
+            self.jobs.end(job)
+        # 3. A1111's response: base64 PNGs, the request, and the info JSON string.
+        return {
+            "images": [b64_file(p) for p in (*generated, *maps)] if req.send_images else [],
+            "parameters": req.model_dump(),
+            "info": _json(self._info(req, prompt, negative, sampler, generated, infos, job)),
+        }
+
+    def _info(self, req, prompt, negative, sampler, generated, infos, job) -> dict:
+        seeds = [s for info in infos for s in info["all_seeds"]]
+        first = infos[0] if infos else {}
+        infotexts = []
+        for path in generated:
+            with Image.open(path) as image:
+                infotexts.append(image.info.get("parameters", ""))
+        count = len(generated)
+        return {
+            "prompt": prompt, "all_prompts": [prompt] * count,
+            "negative_prompt": negative, "all_negative_prompts": [negative] * count,
+            "seed": seeds[0] if seeds else req.seed, "all_seeds": seeds,
+            "subseed": -1, "all_subseeds": [-1] * count, "subseed_strength": 0,
+            "width": first.get("width", req.width), "height": first.get("height", req.height),
+            "sampler_name": sampler, "cfg_scale": req.cfg_scale, "steps": req.steps,
+            "batch_size": req.batch_size, "n_iter": req.n_iter, "restore_faces": False,
+            "sd_model_name": first.get("model", self.studio.store.current_ref), "sd_model_hash": None,
+            "styles": req.styles, "index_of_first_image": 0, "infotexts": infotexts,
+            "job_timestamp": job.timestamp, "clip_skip": 1, "version": f"Danqing {_version()}",
+            "extra_generation_params": {k: first[k] for k in ("loras", "controlnet") if first.get(k)},
+            "interrupted": job.interrupted, "files": [f for info in infos for f in info["files"]],
+            "seconds": round(sum(info["seconds"] for info in infos), 3),
+        }
+
+    # -- progress and interrupt ---------------------------------------------------------------
+    def progress(self, user: str, skip_current_image: bool = False) -> dict:
+        snap = self.studio.progress.snapshot()
+        if snap is None:
+            state = {"skipped": False, "interrupted": False, "job": "", "job_count": 0, "job_timestamp": "",
+                     "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
+            return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
+        job = self.jobs.get(snap["client"])
+        step, total, rate = snap["step"], max(1, snap["total"]), snap["seconds_per_step"]
+        job_count, job_no = (job.job_count, job.job_no) if job else (1, 0)
+        progress = min(1.0, (job_no + step / total) / job_count)
+        if rate is not None:
+            eta = (total - step) * rate + (job_count - job_no - 1) * total * rate
+        elif job is not None and progress > 0:
+            elapsed = time.time() - job.started
+            eta = elapsed / progress - elapsed
+        else:
+            eta = 0.0
+        state = {
+            "skipped": False, "interrupted": bool(job and job.interrupted), "job": job.kind if job else "ui",
+            "job_count": job_count, "job_timestamp": job.timestamp if job else "", "job_no": job_no,
+            "sampling_step": step, "sampling_steps": total,
+        }
+        # Another user's images are theirs: the preview goes only to the job's own API user.
+        image = job.last_image if job and job.user == user and not skip_current_image else None
+        return {"progress": round(progress, 4), "eta_relative": round(max(0.0, eta), 3), "state": state,
+                "current_image": image, "textinfo": f"{step}/{total}"}
+
+    def interrupt(self, user: str) -> dict:
+        """Stops this API user's jobs (running or waiting), never a UI user's or another's."""
+        stopped = 0
+        for job in self.jobs.of_user(user):
+            job.interrupted = True
+            self.studio.stop(job.client)
+            stopped += 1
+        return {"interrupted": stopped}
+
+    # -- the other routes ---------------------------------------------------------------------
+    def extra_single_image(self, req: ExtraSingleImageRequest, user: str) -> dict:
+        if req.resize_mode != 0:
+            raise ParamError("api_unsupported", what="resize_mode=1 (upscaling_resize_w/h)")
+        name = self.upscaler(req.upscaler_1)
+        data = image_bytes(req.image, missing="upscale_no_image")
+        scale = int(req.upscaling_resize) if float(req.upscaling_resize).is_integer() else req.upscaling_resize
+        job = self.jobs.begin(user, "extras")
+        try:
+            paths, info = self.studio.upscale_images([data], name, scale, client=job.client)
+        finally:
+            self.jobs.end(job)
+        with Image.open(paths[0]) as image:
+            text = image.info.get("parameters", "")
+        return {"html_info": text, "image": b64_file(paths[0])}
+
+    def png_info(self, req: PngInfoRequest) -> dict:
+        if not req.image.strip():
+            return {"info": "", "items": {}, "parameters": {}}
+        from pipelines.preprocess import open_upload
+
+        image = open_upload(image_bytes(req.image, missing="image_unreadable"))
+        text = self.studio.png_parameters(image) or ""
+        items = {k: v for k, v in image.info.items() if isinstance(v, str) and k != "parameters"}
+        parameters: dict = {}
+        if text:
+            parsed = parse_parameters(text)
+            parameters = {"Prompt": parsed["prompt"], "Negative prompt": parsed["negative_prompt"], **parsed["fields"]}
+            size = parsed["fields"].get("Size", "")
+            if re.fullmatch(r"\d+x\d+", size):
+                parameters["Size-1"], parameters["Size-2"] = size.split("x")
+        return {"info": text, "items": items, "parameters": parameters}
+
+    def detect(self, req: DetectRequest) -> dict:
+        module = req.controlnet_module.strip().lower()
+        if module != "none" and module not in CONTROL_MODULES:
+            raise ParamError("unknown_control_kind", value=module[:20])
+        if not req.controlnet_input_images:
+            raise ParamError("control_image_missing")
+        kind, keyword = CONTROL_MODULES.get(module, ("canny", None))
+        images = []
+        for encoded in req.controlnet_input_images:
+            unit = {
+                "kind": kind, "image": image_bytes(encoded), "is_map": module == "none",
+                "low_threshold": round(req.controlnet_threshold_a) if req.controlnet_threshold_a >= 0 else 100,
+                "high_threshold": round(req.controlnet_threshold_b) if req.controlnet_threshold_b >= 0 else 200,
+                "estimator": self.estimator(keyword) if kind == "depth" else "",
+            }
+            images.append(b64_image(self.studio.preview_control(unit)))
+        return {"images": images, "info": "Success"}
+
+    def options(self) -> dict:
+        return {
+            "sd_model_checkpoint": self.studio.store.current_ref,
+            "sd_checkpoint_hash": None,
+            "samples_format": "png",
+            "outdir_samples": str(self.studio.outputs.root),
+            "CLIP_stop_at_last_layers": 1,
+        }
+
+    def set_options(self, req: OptionsRequest) -> None:
+        if req.sd_model_checkpoint:
+            self.studio.switch_model(self.model_ref(req.sd_model_checkpoint))
+
+    def sd_models(self) -> list[dict]:
+        return [
+            {"title": c["ref"], "model_name": _stem(c["ref"]), "hash": None, "sha256": None,
+             "filename": c["ref"], "config": None}
+            for c in self.studio.model_choices()
+        ]
+
+    def loras(self) -> list[dict]:
+        return [
+            {"name": _stem(row["name"]), "alias": _stem(row["name"]), "path": row["name"],
+             "metadata": {"hash": row.get("hash"), "trigger_words": row.get("trigger_words"),
+                          "base_model": row.get("base_model")}}
+            for row in self.studio.loras()
+        ]
+
+    def upscalers(self) -> list[dict]:
+        return [
+            {"name": name, "model_name": _stem(name), "model_path": name, "model_url": None, "scale": _scale_of(name)}
+            for name in self.studio.upscalers()
+        ]
+
+    def prompt_styles(self) -> list[dict]:
+        styles = self.styles.styles() if self.styles is not None else {}
+        return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for s in styles.values()]
+
+
+def _json(value) -> str:
+    import json
+
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _version() -> str:
+    from pipelines.service import VERSION  # the Studio exists, so torch is already imported
+
+    return VERSION
+
+
+def build_router(studio, auth: list[tuple[str, str]] | None = None, lang: str | None = None, styles=None) -> APIRouter:
+    """Every A1111-compatible route (plus /docs and /openapi.json) over one Studio."""
+    S = load(lang)
+    api = SdApi(studio, S, styles)
+    login = _login(auth, S)
+    router = APIRouter(route_class=_route_class(S), dependencies=[Depends(login)])
+    v1 = "/sdapi/v1"
+
+    @router.post(f"{v1}/txt2img", tags=["sdapi"], summary="Text to image (ControlNet units via alwayson_scripts)")
+    def txt2img(req: Txt2ImgRequest, user: str = Depends(login)) -> dict:
+        return api.txt2img(req, user)
+
+    @router.get(f"{v1}/progress", tags=["sdapi"], summary="Progress, ETA and the newest image of the running job")
+    async def progress(skip_current_image: bool = False, user: str = Depends(login)) -> dict:
+        return api.progress(user, skip_current_image)
+
+    @router.post(f"{v1}/interrupt", tags=["sdapi"], summary="Stop your own API jobs")
+    async def interrupt(user: str = Depends(login)) -> dict:
+        return api.interrupt(user)
+
+    @router.post(f"{v1}/extra-single-image", tags=["sdapi"], summary="Upscale one image with an ESRGAN model")
+    def extra_single_image(req: ExtraSingleImageRequest, user: str = Depends(login)) -> dict:
+        return api.extra_single_image(req, user)
+
+    @router.post(f"{v1}/png-info", tags=["sdapi"], summary="Read the generation parameters of a PNG")
+    def png_info(req: PngInfoRequest) -> dict:
+        return api.png_info(req)
+
+    @router.get(f"{v1}/options", tags=["sdapi"], summary="Settings (sd_model_checkpoint)")
+    def get_options() -> dict:
+        return api.options()
+
+    @router.post(f"{v1}/options", tags=["sdapi"], summary="Switch the base model with sd_model_checkpoint")
+    def set_options(req: OptionsRequest) -> None:
+        api.set_options(req)
+
+    @router.get(f"{v1}/sd-models", tags=["sdapi"], summary="Base models")
+    def sd_models() -> list[dict]:
+        return api.sd_models()
+
+    @router.post(f"{v1}/refresh-checkpoints", tags=["sdapi"], summary="No-op: lists are read fresh on every call")
+    def refresh_checkpoints() -> None:
+        return None
+
+    @router.get(f"{v1}/samplers", tags=["sdapi"], summary="Samplers by their A1111 names")
+    def samplers() -> list[dict]:
+        return [{"name": n, "aliases": SAMPLER_ALIASES.get(n, []), "options": {}} for n in SAMPLER_NAMES]
+
+    @router.get(f"{v1}/loras", tags=["sdapi"], summary="LoRA files in models/lora (use as <lora:name:weight>)")
+    def loras() -> list[dict]:
+        return api.loras()
+
+    @router.post(f"{v1}/refresh-loras", tags=["sdapi"], summary="No-op: lists are read fresh on every call")
+    def refresh_loras() -> None:
+        return None
+
+    @router.get(f"{v1}/upscalers", tags=["sdapi"], summary="ESRGAN upscalers in models/upscalers")
+    def upscalers() -> list[dict]:
+        return api.upscalers()
+
+    @router.get(f"{v1}/prompt-styles", tags=["sdapi"], summary="Prompt styles from the extensions")
+    def prompt_styles() -> list[dict]:
+        return api.prompt_styles()
+
+    @router.get("/controlnet/version", tags=["controlnet"], summary="sd-webui-controlnet API version")
+    def controlnet_version() -> dict:
+        return {"version": 2}
+
+    @router.get("/controlnet/model_list", tags=["controlnet"], summary="ControlNet models in models/controlnet")
+    def controlnet_models() -> dict:
+        return {"model_list": studio.controlnets()}
+
+    @router.get("/controlnet/module_list", tags=["controlnet"], summary="Preprocessors (modules)")
+    def controlnet_modules(alias_names: bool = False) -> dict:
+        return {"module_list": ["none", *CONTROL_MODULES]}
+
+    @router.post("/controlnet/detect", tags=["controlnet"], summary="Preview a preprocessor's control map")
+    def controlnet_detect(req: DetectRequest) -> dict:
+        return api.detect(req)
+
+    # The OpenAPI page documents only these routes (Gradio's own are at /?view=api).
+    schema: dict = {}
+
+    @router.get("/openapi.json", include_in_schema=False)
+    def openapi() -> dict:
+        if not schema:
+            schema.update(get_openapi(
+                title="Danqing A1111-compatible API", version=_version(), routes=router.routes,
+                description="AUTOMATIC1111 `/sdapi/v1` and sd-webui-controlnet routes implemented by Danqing; "
+                            "unknown request fields are ignored, invalid values get a 422 JSON error.",
+            ))
+            if auth:
+                schema.setdefault("components", {})["securitySchemes"] = {"basic": {"type": "http", "scheme": "basic"}}
+                schema["security"] = [{"basic": []}]
+        return schema
+
+    @router.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Danqing API")
+
+    return router
+
+
+def api_app_kwargs(studio, auth: list[tuple[str, str]] | None = None, lang: str | None = None, styles=None) -> dict:
+    """Keyword arguments for ``demo.launch(app_kwargs=...)``: Gradio builds its FastAPI app with
+    these routes first, so they share its server, port and lifetime, and every launch option
+    (login page, file limits, ...) stays as it is."""
+    router = build_router(studio, auth=auth, lang=lang, styles=styles)
+    return {"routes": list(router.routes), "openapi_url": None}

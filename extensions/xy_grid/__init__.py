@@ -1,0 +1,122 @@
+"""X/Y 对比图: compare two parameters (seed, CFG, steps, sampler, LoRA weight) in one annotated
+grid image, the way designers pick settings. Written against the extension interface only: a
+tab whose events call the Studio's txt2img on the shared GPU queue. The logic is in grid.py.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .grid import AXES, GridError, run_grid
+
+log = logging.getLogger(__name__)
+
+TITLE = "X/Y 对比图"
+
+TEXT = {
+    "zh": {
+        "tab": "X/Y 对比图",
+        "intro": "选两个参数分别作为横轴和纵轴，每个格子生成一张图，拼成一张带中文标注的对比图并保存到输出文件夹。"
+                 "取值用逗号分隔，整数可写范围，如 `1-4` 或 `10-30 (+10)`；采样器写名称，如 `Euler a, DDIM`。",
+        "prompt": "提示词", "negative": "反向提示词", "sampler": "采样器", "steps": "采样步数", "cfg": "CFG",
+        "width": "宽度", "height": "高度", "seed": "随机种子（-1 为随机，所有格子用同一个）",
+        "lora": "LoRA（「LoRA 权重」轴用它）", "lora_weight": "LoRA 权重", "none": "无",
+        "x_axis": "横轴（X）", "x_values": "横轴取值", "y_axis": "纵轴（Y）", "y_values": "纵轴取值",
+        "run": "生成对比图", "result": "对比图", "info": "信息", "progress": "生成格子",
+        "axes": {"seed": "种子", "cfg": "CFG", "steps": "采样步数", "sampler": "采样器", "lora_weight": "LoRA 权重"},
+        "errors": {
+            "unknown_axis": "不认识的参数：{axis}。",
+            "bad_value": "{axis} 的取值 {value} 不合法。",
+            "no_values": "请填写 {axis} 的取值。",
+            "too_many_values": "{axis} 最多 {limit} 个取值。",
+            "too_many_cells": "格子太多：{count} 个，最多 {limit} 个。",
+            "same_axis": "横轴和纵轴不能是同一个参数。",
+            "lora_needed": "「LoRA 权重」轴需要先选择一个 LoRA。",
+        },
+    },
+    "en": {
+        "tab": "X/Y grid",
+        "intro": "Pick a parameter for each axis; every cell is generated and the grid is saved as one labelled image. "
+                 "Separate values with commas; integers take ranges like `1-4` or `10-30 (+10)`; samplers by name.",
+        "prompt": "Prompt", "negative": "Negative prompt", "sampler": "Sampler", "steps": "Steps", "cfg": "CFG",
+        "width": "Width", "height": "Height", "seed": "Seed (-1 = random, the same for every cell)",
+        "lora": "LoRA (for the LoRA weight axis)", "lora_weight": "LoRA weight", "none": "None",
+        "x_axis": "X axis", "x_values": "X values", "y_axis": "Y axis", "y_values": "Y values",
+        "run": "Make grid", "result": "Grid", "info": "Info", "progress": "Cells",
+        "axes": {"seed": "Seed", "cfg": "CFG", "steps": "Steps", "sampler": "Sampler", "lora_weight": "LoRA weight"},
+        "errors": {
+            "unknown_axis": "Unknown parameter: {axis}.",
+            "bad_value": "{axis}: {value} is not a valid value.",
+            "no_values": "Enter values for {axis}.",
+            "too_many_values": "{axis} takes at most {limit} values.",
+            "too_many_cells": "Too many cells: {count}, at most {limit}.",
+            "same_axis": "The X and Y axes must be different parameters.",
+            "lora_needed": "The LoRA weight axis needs a LoRA: pick one first.",
+        },
+    },
+}
+
+__all__ = ["AXES", "GridError", "run_grid", "setup"]
+
+
+def setup(api) -> None:
+    T = TEXT.get(api.lang, TEXT["zh"])
+
+    def build(studio) -> None:
+        import gradio as gr
+        from pipelines.params import DEFAULT_SAMPLER, SAMPLER_NAMES  # the public list of sampler names
+
+        axis_choices = [(T["axes"][key], key) for key in AXES]
+        gr.Markdown(T["intro"])
+        with gr.Row():
+            with gr.Column():
+                prompt = gr.Textbox(label=T["prompt"], lines=2)
+                negative = gr.Textbox(label=T["negative"])
+                with gr.Row():
+                    sampler = gr.Dropdown(list(SAMPLER_NAMES), value=DEFAULT_SAMPLER, label=T["sampler"])
+                    seed = gr.Number(-1, precision=0, label=T["seed"])
+                with gr.Row():
+                    steps = gr.Slider(1, 150, value=20, step=1, label=T["steps"])
+                    cfg = gr.Slider(0, 30, value=7, step=0.5, label=T["cfg"])
+                with gr.Row():
+                    width = gr.Slider(64, 1024, value=512, step=8, label=T["width"])
+                    height = gr.Slider(64, 1024, value=512, step=8, label=T["height"])
+                with gr.Row():
+                    names = [row["name"] for row in studio.loras()]
+                    lora = gr.Dropdown([(T["none"], ""), *[(n, n) for n in names]], value="", label=T["lora"])
+                    lora_weight = gr.Slider(-2, 2, value=0.8, step=0.05, label=T["lora_weight"])
+                with gr.Row():
+                    x_axis = gr.Dropdown(axis_choices, value="cfg", label=T["x_axis"])
+                    x_values = gr.Textbox("4, 7, 10", label=T["x_values"])
+                with gr.Row():
+                    y_axis = gr.Dropdown(axis_choices, value="seed", label=T["y_axis"])
+                    y_values = gr.Textbox("1, 2", label=T["y_values"])
+                run = gr.Button(T["run"], variant="primary")
+            with gr.Column():
+                result = gr.Image(label=T["result"], type="filepath", format="png", interactive=False)
+                info = gr.JSON(label=T["info"])
+
+        def make_grid(prompt, negative, sampler, seed, steps, cfg, width, height, lora, lora_weight,
+                      x_axis, x_values, y_axis, y_values, request: gr.Request = None, progress=gr.Progress()):
+            base = dict(prompt=prompt, negative_prompt=negative, sampler=sampler, seed=seed,
+                        num_inference_steps=steps, guidance_scale=cfg, width=width, height=height,
+                        lora=lora or "", lora_weight=lora_weight)
+            # The browser session is the client id, so the 创作 tab's 停止 button stops the grid too.
+            client = getattr(request, "session_hash", None) or "xy-grid"
+            try:
+                path, meta = run_grid(studio, base, x_axis, x_values, y_axis, y_values, client=client,
+                                      on_cell=lambda i, n: progress((i, n), desc=T["progress"]))
+            except GridError as exc:
+                fields = {**exc.fields}
+                if "axis" in fields:
+                    fields["axis"] = T["axes"].get(fields["axis"], fields["axis"])
+                raise gr.Error(T["errors"][exc.code].format(**fields)) from None
+            except Exception as exc:
+                raise gr.Error(api.error_message(exc)) from None
+            return str(path), meta
+
+        run.click(make_grid, [prompt, negative, sampler, seed, steps, cfg, width, height, lora, lora_weight,
+                              x_axis, x_values, y_axis, y_values], [result, info],
+                  concurrency_id=api.concurrency_id, concurrency_limit=1, api_name="xy_grid")
+
+    api.add_tab(T["tab"], build)
