@@ -46,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--offline", action="store_true", help="never download models")
     p.add_argument("--queue-size", type=int, default=64, help="jobs waiting at most; more are answered 'busy' (default 64)")
     p.add_argument("--lang", default=None, choices=["zh", "en"], help="interface language (default zh)")
+    p.add_argument("--visible-label", action="store_true", help="also draw the explicit AI-generated mark on saved images (GB 45438-2025; the metadata label is always written)")
     p.add_argument("--api", action="store_true", help="serve AUTOMATIC1111's /sdapi/v1 REST API on the same port and login (docs at /docs)")
     p.add_argument("--extensions-dir", action="append", default=[], metavar="DIR", help="another folder of extensions besides extensions/ (repeatable)")
     return p.parse_args(argv)
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
 
     extensions = load_extensions(args.extensions_dir, lang=args.lang)
     store = ModelStore(settings)
-    studio = Studio(store, OutputWriter(settings.outputs_dir, on_saved=extensions.postprocess), extensions)
+    studio = Studio(store, OutputWriter(settings.outputs_dir, on_saved=extensions.postprocess,
+                                        visible_label=strings.visible_label if args.visible_label else None), extensions)
     options = UIOptions(
         demo=settings.demo,
         missing_model=missing,

@@ -19,10 +19,40 @@ _NUMBERED = re.compile(r"^(\d{5})-")
 log = logging.getLogger(__name__)
 
 
+def add_visible_label(image: Image.Image, text: str) -> Image.Image:
+    """The explicit label of GB 45438-2025 (an operator option): ``text`` in the lower-right
+    corner on a translucent band, sized to the image."""
+    from PIL import ImageDraw
+
+    from .fonts import find_cjk_font, load_font
+
+    size = max(12, min(image.size) // 24)
+    font_path = find_cjk_font() if not text.isascii() else None
+    if not text.isascii() and font_path is None:
+        text = "AI-generated"  # no font with Chinese glyphs on this machine: never draw boxes
+    font = load_font(font_path, size)
+    base = image.convert("RGBA")
+    layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    pad = size // 3
+    x, y = base.width - (right - left) - 3 * pad, base.height - (bottom - top) - 3 * pad
+    draw.rectangle((x - pad, y - pad, x + right - left + pad, y + bottom - top + pad), fill=(0, 0, 0, 110))
+    draw.text((x - left, y - top), text, font=font, fill=(255, 255, 255, 230))
+    labelled = Image.alpha_composite(base, layer)
+    return labelled if image.mode == "RGBA" else labelled.convert("RGB")
+
+
 class OutputWriter:
-    def __init__(self, root: Path, on_saved: Callable[[Path, dict], None] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        on_saved: Callable[[Path, dict], None] | None = None,
+        visible_label: str | None = None,
+    ) -> None:
         self.root = Path(root)
         self.on_saved = on_saved  # called with (path, {"parameters", "seed", "suffix"}) after each save
+        self.visible_label = visible_label  # text of the explicit AI label, None = off
         self._lock = threading.Lock()
         self._next: dict[Path, int] = {}
 
@@ -47,6 +77,8 @@ class OutputWriter:
                 if not path.exists():
                     break
             label = aigc_label(produce_id=f"{folder.name}/{path.stem}")
+            if self.visible_label:
+                image = add_visible_label(image, self.visible_label)
             image.save(path, format="PNG", pnginfo=png_metadata(parameters, label))
         if self.on_saved is not None:
             try:

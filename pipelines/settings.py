@@ -29,8 +29,6 @@ class EngineSettings:
     dtype: str = "auto"  # auto | fp32 | fp16 | bf16
     demo: bool = False
     allow_download: bool = True
-    # Operator switch for the visible "AI生成" mark (the implicit metadata label is always on).
-    visible_label: bool = False
     # Fast-path options (bench/RESULTS.md has what each is worth where it was measured).
     channels_last: bool = False
     attention: str = "sdpa"  # sdpa (PyTorch FlashAttention-class kernels) | xformers | naive

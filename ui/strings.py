@@ -11,6 +11,7 @@ import os
 from types import SimpleNamespace
 
 ZH = dict(
+    visible_label="AI生成",
     cli_listen_needs_auth=(
         "拒绝启动：监听局域网/公网地址时必须设置登录，请加上 --auth 用户名:密码（或明知风险时加 --insecure-no-auth）。\n"
         "Refusing to start: listening beyond localhost needs --auth USER:PASS (or --insecure-no-auth)."
@@ -124,6 +125,7 @@ ZH = dict(
 )
 
 EN = dict(
+    visible_label="AI-generated",
     cli_listen_needs_auth="Refusing to start: listening beyond localhost needs --auth USER:PASS (or --insecure-no-auth).",
     cli_bad_auth="--auth must be USER:PASS, several separated by commas (USER:PASS,USER2:PASS2).",
     title="Danqing · Chinese-first AI image studio",

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from pipelines.fonts import find_cjk_font, load_font
 
 MAX_VALUES = 16  # per axis
 MAX_CELLS = 64
@@ -41,17 +41,6 @@ AXES: dict[str, Axis] = {
     "lora_weight": Axis("lora_weight", "LoRA 权重", "LoRA weight", float, ""),
 }
 
-KNOWN_CJK_FONTS = (
-    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/opentype/noto/NotoSerifCJK-Regular.ttc",
-    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
-    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
-    "/usr/share/fonts/adobe-source-han-sans/SourceHanSansCN-Regular.otf",
-    "/System/Library/Fonts/PingFang.ttc",
-    "C:/Windows/Fonts/msyh.ttc",
-    "C:/Windows/Fonts/simhei.ttf",
-)
 
 _RANGE = re.compile(r"^(-?\d+(?:\.\d+)?)\s*-\s*(-?\d+(?:\.\d+)?)(?:\s*\(\s*\+\s*(\d+(?:\.\d+)?)\s*\))?$")
 
@@ -132,44 +121,6 @@ def _studio_args(request: dict) -> dict:
 
 
 # 2. Fonts and drawing ----------------------------------------------------------------------------
-def find_cjk_font() -> str | None:
-    """A font file with Chinese glyphs, or None."""
-    import os
-
-    candidates = [os.environ.get("DANQING_FONT") or "", *KNOWN_CJK_FONTS]
-    for path in candidates:
-        if path and Path(path).is_file():
-            return path
-    if shutil.which("fc-list"):
-        try:
-            out = subprocess.run(["fc-list", ":lang=zh", "file"], capture_output=True, text=True, timeout=10).stdout
-        except (OSError, subprocess.SubprocessError):
-            return None
-        files = sorted({line.split(":")[0].strip() for line in out.splitlines() if line.strip()},
-                       key=lambda p: ("Sans" not in p and "Hei" not in p, "Bold" in p, p))
-        return next((f for f in files if Path(f).is_file()), None)
-    return None
-
-
-def load_font(path: str | None, size: int):
-    """The CJK font (its Simplified Chinese face inside a .ttc), or Pillow's own font."""
-    if path:
-        try:
-            best = ImageFont.truetype(path, size, index=0)
-            if path.lower().endswith(".ttc"):
-                for index in range(1, 10):
-                    try:
-                        face = ImageFont.truetype(path, size, index=index)
-                    except OSError:
-                        break
-                    if face.getname()[0].endswith(" SC"):
-                        return face
-            return best
-        except OSError:
-            pass
-    return ImageFont.load_default(size=size)
-
-
 def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
     """Lines no wider than ``width``, broken between characters (CJK has no spaces)."""
     lines, line = [], ""
