@@ -84,6 +84,12 @@ class StepClock:
         return float(np.median(gaps)) if len(gaps) else float("nan")
 
 
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Quality proxy of the approximate variants: PSNR against the exact image (inf = equal)."""
+    mse = float(np.mean((a.astype(float) - b.astype(float)) ** 2))
+    return float("inf") if mse == 0 else 10 * float(np.log10(255.0**2 / mse))
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -117,7 +123,7 @@ def make_baseline(folder: Path, device: torch.device, dtype: torch.dtype, naive:
     return run
 
 
-def make_danqing(folder: Path, device: str, dtype: str, **fast):
+def make_danqing(folder: Path, device: str, dtype: str, deepcache: int = 0, **fast):
     from pipelines import txt2img
     from pipelines.params import validate_txt2img
     from pipelines.settings import EngineSettings
@@ -130,7 +136,7 @@ def make_danqing(folder: Path, device: str, dtype: str, **fast):
     def run(seed: int, args) -> tuple[np.ndarray, StepClock]:
         clock = StepClock(store.plan.device)
         params = validate_txt2img(prompt=PROMPT, width=args.size, height=args.size, num_inference_steps=args.steps,
-                                  guidance_scale=7.5, seed=seed, sampler="PNDM")
+                                  guidance_scale=7.5, seed=seed, sampler="PNDM", deepcache=deepcache)
         result = txt2img.run(store, params, on_step=lambda i, n: clock.tick())
         return np.asarray(result.images[0]), clock
 
@@ -144,6 +150,8 @@ VARIANTS = {
     "danqing-channels-last": lambda f, a, d, t: make_danqing(f, a.device, a.dtype, channels_last=True),
     "danqing-fuse-qkv": lambda f, a, d, t: make_danqing(f, a.device, a.dtype, fuse_qkv=True),
     "danqing-fast": lambda f, a, d, t: make_danqing(f, a.device, a.dtype, channels_last=True, fuse_qkv=True),
+    "danqing-deepcache-2": lambda f, a, d, t: make_danqing(f, a.device, a.dtype, deepcache=2),
+    "danqing-deepcache-3": lambda f, a, d, t: make_danqing(f, a.device, a.dtype, deepcache=3),
     "danqing-compile": lambda f, a, d, t: make_danqing(f, a.device, a.dtype, channels_last=True, compile=True),
 }
 
@@ -205,7 +213,7 @@ def main(argv=None) -> dict:
         "variants": {},
     }
     print(f"\n{args.size}x{args.size}, {args.steps} steps, CFG on, {plan.device}/{result['dtype']}, median of {args.repeats}")
-    print(f"{'variant':26} {'s/step':>8} {'e2e s':>8} {'work MiB':>9} {'speedup':>8} {'max|diff|':>9}")
+    print(f"{'variant':26} {'s/step':>8} {'e2e s':>8} {'work MiB':>9} {'speedup':>8} {'max|diff|':>9} {'PSNR dB':>8}")
     for n in names:
         e2e = statistics.median(rows[n]["e2e"])
         row = {
@@ -214,10 +222,11 @@ def main(argv=None) -> dict:
             "peak_bytes": max(rows[n]["peak"]),
             "speedup": statistics.median(rows[base]["e2e"]) / e2e,
             "max_abs_diff": int(np.abs(images[n].astype(int) - images[base].astype(int)).max()),
+            "psnr_db": psnr(images[n], images[base]),
             "runs_e2e": rows[n]["e2e"],
         }
         result["variants"][n] = row
-        print(f"{n:26} {row['seconds_per_step']:8.3f} {e2e:8.2f} {row['peak_bytes'] / 2**20:9.0f} {row['speedup']:8.3f} {row['max_abs_diff']:9d}")
+        print(f"{n:26} {row['seconds_per_step']:8.3f} {e2e:8.2f} {row['peak_bytes'] / 2**20:9.0f} {row['speedup']:8.3f} {row['max_abs_diff']:9d} {row['psnr_db']:8.1f}")
     if "danqing" in result["variants"]:
         result["speedup"] = result["variants"]["danqing"]["speedup"]
         result["max_abs_diff"] = result["variants"]["danqing"]["max_abs_diff"]

@@ -39,6 +39,7 @@ MAX_IMAGES = 8
 # Pixels of one job (width * height * images): 4 images of 1024² on one GPU is the ceiling.
 MAX_JOB_PIXELS = 4 * 1024 * 1024
 MAX_PROMPT_CHARS = 4000
+MAX_DEEPCACHE = 5
 SEED_MAX = 2**32 - 1
 MAX_LORAS = 8
 MAX_LORA_WEIGHT = 4.0
@@ -62,6 +63,8 @@ class Txt2ImgParams:
     sampler: str = DEFAULT_SAMPLER
     # (file name under models/lora, weight) pairs; empty = no LoRA.
     loras: tuple[tuple[str, float], ...] = ()
+    # DeepCache-style approximation: refresh the deep U-Net features every N steps (0 = exact).
+    deepcache: int = 0
 
     def with_seed(self, seed: int) -> "Txt2ImgParams":
         return replace(self, seed=seed)
@@ -202,6 +205,7 @@ def validate_txt2img(
     num_images_per_prompt: object = 1,
     sampler: object = DEFAULT_SAMPLER,
     loras: object = None,
+    deepcache: object = 0,
 ) -> Txt2ImgParams:
     """Check raw request values and return a frozen parameter set with a concrete seed.
 
@@ -222,6 +226,8 @@ def validate_txt2img(
     w, h = validate_size(width, height, images)
     if sampler not in SAMPLER_NAMES:
         raise ParamError("unknown_sampler", value=str(sampler)[:60])
+    cache = _as_int("deepcache", deepcache or 0)
+    _in_range("deepcache", cache, 0, MAX_DEEPCACHE)
     return Txt2ImgParams(
         prompt=text,
         negative_prompt=negative,
@@ -233,4 +239,5 @@ def validate_txt2img(
         num_images_per_prompt=images,
         sampler=str(sampler),
         loras=lora_pairs,
+        deepcache=0 if cache == 1 else cache,
     )

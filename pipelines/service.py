@@ -182,6 +182,7 @@ class Studio:
             "CFG scale": params.guidance_scale,
             "Size": f"{params.width}x{params.height}",
             "Model": Path(model).name if Path(model).is_absolute() else model,
+            **({"DeepCache interval": params.deepcache} if params.deepcache else {}),
             **(fields or {}),
             "Version": f"Danqing {VERSION}",
         }

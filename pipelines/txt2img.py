@@ -14,6 +14,7 @@ from PIL import Image
 
 from .common import StepHook, check_cancel, decode_latents, generators, step_callback
 from .params import Txt2ImgParams
+from .deepcache import deep_cache
 from .prompts import long_prompt_embeds
 from .schedulers import make_scheduler
 
@@ -71,18 +72,19 @@ def generate(
         pipe = build_pipeline(store, params, cls, **(components or {}))
         notices: dict = {}
         # 2. Denoise to latents; the callback reports steps and honours stop.
-        latents = pipe(
-            **prompt_arguments(pipe, params.prompt, params.negative_prompt, notices),
-            width=params.width,
-            height=params.height,
-            num_inference_steps=params.num_inference_steps,
-            guidance_scale=params.guidance_scale,
-            num_images_per_prompt=params.num_images_per_prompt,
-            generator=generators(params.seed, params.num_images_per_prompt),
-            output_type="latent",
-            callback_on_step_end=step_callback(params.num_inference_steps, cancel, on_step),
-            **(call_kwargs or {}),
-        ).images
+        with deep_cache(pipe.unet, params.deepcache):
+            latents = pipe(
+                **prompt_arguments(pipe, params.prompt, params.negative_prompt, notices),
+                width=params.width,
+                height=params.height,
+                num_inference_steps=params.num_inference_steps,
+                guidance_scale=params.guidance_scale,
+                num_images_per_prompt=params.num_images_per_prompt,
+                generator=generators(params.seed, params.num_images_per_prompt),
+                output_type="latent",
+                callback_on_step_end=step_callback(params.num_inference_steps, cancel, on_step),
+                **(call_kwargs or {}),
+            ).images
         check_cancel(cancel)
         # 3. Decode (fp32 fallback on NaN).
         images = decode_latents(pipe, latents)

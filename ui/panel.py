@@ -47,12 +47,13 @@ class Panel:
     refresh_loras: gr.Button
     hires: gr.Dropdown  # upscaler for the 高清放大 post-step ("" = off)
     hires_scale: gr.Radio
+    deepcache: gr.Radio
     style: gr.Dropdown | None = None  # prompt styles from the extensions (None: no styles)
 
     # Inputs every generation event starts with, in the order of the API's parameters.
     def generation_inputs(self) -> list:
         return [self.prompt, self.negative, self.steps, self.cfg, self.width, self.height,
-                self.seed, self.batch, self.sampler, self.loras, self.hires, self.hires_scale]
+                self.seed, self.batch, self.sampler, self.loras, self.hires, self.hires_scale, self.deepcache]
 
     def stop_job(self, request: gr.Request = None) -> None:
         self.ctx.studio.stop(client_id(request))
@@ -89,6 +90,7 @@ class Panel:
             loras: list | None = None,
             hires_upscaler: str = "",
             hires_scale: int = 2,
+            deepcache: int = 0,
             draft: bool = False,
             request: gr.Request = None,
             progress=gr.Progress(track_tqdm=True),
@@ -99,7 +101,8 @@ class Panel:
                 prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
                 guidance_scale=guidance_scale, width=width, height=height, seed=seed,
                 num_images_per_prompt=num_images_per_prompt, sampler=sampler, loras=loras,
-                hires_upscaler=hires_upscaler or None, hires_scale=hires_scale, draft=bool(draft),
+                hires_upscaler=hires_upscaler or None, hires_scale=hires_scale, deepcache=deepcache,
+                draft=bool(draft),
             )
 
         inputs = [*self.generation_inputs(), draft]
@@ -198,10 +201,13 @@ def build_panel(ctx: UIContext, styles=None) -> Panel:
         upscalers = studio.upscalers()
         hires = gr.Dropdown(choices(upscalers, S.hires_off), value="", label=S.hires_label, scale=3)
         hires_scale = gr.Radio([("×2", 2), ("×4", 4)], value=2, label=S.upscale_scale, scale=2)
+    # DeepCache-style approximation: faster, not pixel-exact; off by default.
+    deepcache = gr.Radio([(S.deepcache_off, 0), (S.deepcache_every.format(n=2), 2), (S.deepcache_every.format(n=3), 3)],
+                         value=0, label=S.deepcache_label, info=S.deepcache_info)
 
     panel = Panel(ctx, prompt, negative, sampler, steps, cfg, width, height, seed, batch, random_seed,
                   reuse_seed, lora_names, lora_weights, loras, lora_info, refresh_loras, hires, hires_scale,
-                  style=style)
+                  deepcache, style=style)
     _wire_lora_slots(panel)
     return panel
 

@@ -11,6 +11,10 @@ import os
 from types import SimpleNamespace
 
 ZH = dict(
+    deepcache_label="近似加速（DeepCache）",
+    deepcache_info="隔几步才重算深层特征：更快，但与精确结果略有差异；选「关闭」得到精确图片。",
+    deepcache_off="关闭（精确）",
+    deepcache_every="每 {n} 步刷新",
     visible_label="AI生成",
     cli_listen_needs_auth=(
         "拒绝启动：监听局域网/公网地址时必须设置登录，请加上 --auth 用户名:密码（或明知风险时加 --insecure-no-auth）。\n"
@@ -125,6 +129,10 @@ ZH = dict(
 )
 
 EN = dict(
+    deepcache_label="Approximate speed-up (DeepCache)",
+    deepcache_info="Recompute the deep features only every few steps: faster, slightly different from the exact image; Off is exact.",
+    deepcache_off="Off (exact)",
+    deepcache_every="Refresh every {n} steps",
     visible_label="AI-generated",
     cli_listen_needs_auth="Refusing to start: listening beyond localhost needs --auth USER:PASS (or --insecure-no-auth).",
     cli_bad_auth="--auth must be USER:PASS, several separated by commas (USER:PASS,USER2:PASS2).",
@@ -287,6 +295,8 @@ ERRORS_ZH = {
     "api_bad_field": "参数 {name} 的值不合法。",
     "api_body_too_large": "请求太大：最多 {limit} MB。",
     "api_unsupported": "暂不支持：{what}。",
+    "cross_site_refused": "拒绝跨站请求：请直接打开本服务的页面操作。",
+    "login_throttled": "登录失败次数过多，请 {seconds} 秒后再试。",
 }
 
 ERRORS_EN = {
@@ -353,6 +363,8 @@ ERRORS_EN = {
     "api_bad_field": "The value of {name} is not valid.",
     "api_body_too_large": "The request is too large: at most {limit} MB.",
     "api_unsupported": "Not supported: {what}.",
+    "cross_site_refused": "Cross-site request refused: use this server's own page.",
+    "login_throttled": "Too many failed logins. Please retry in {seconds} seconds.",
 }
 
 if ZH.keys() != EN.keys() or ERRORS_ZH.keys() != ERRORS_EN.keys():

@@ -115,20 +115,20 @@ def wire(ctx: UIContext, panel: Panel, units: dict[str, Unit], gallery, info) ->
                 "guidance_start": start, "guidance_end": end, "estimator": estimator}
 
     def generate(units, request, progress, prompt, negative_prompt, num_inference_steps, guidance_scale, width,
-                 height, seed, num_images_per_prompt, sampler, loras, hires_upscaler, hires_scale, resize_mode):
+                 height, seed, num_images_per_prompt, sampler, loras, hires_upscaler, hires_scale, deepcache, resize_mode):
         return panel.run(
             studio.control, request, progress, units=units, resize_mode=resize_mode,
             prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, width=width, height=height, seed=seed,
             num_images_per_prompt=num_images_per_prompt, sampler=sampler, loras=loras,
-            hires_upscaler=hires_upscaler or None, hires_scale=hires_scale,
+            hires_upscaler=hires_upscaler or None, hires_scale=hires_scale, deepcache=deepcache,
         )
 
     def canny_generate(
         image: str, prompt: str, negative_prompt: str = "", num_inference_steps: int = 20,
         guidance_scale: float = 7.0, width: int = 512, height: int = 512, seed: int = -1,
         num_images_per_prompt: int = 1, sampler: str = "DPM++ 2M Karras", loras: list | None = None,
-        hires_upscaler: str = "", hires_scale: int = 2, image_is_control_map: bool = False,
+        hires_upscaler: str = "", hires_scale: int = 2, deepcache: int = 0, image_is_control_map: bool = False,
         controlnet_model: str = "", controlnet_conditioning_scale: float = 1.0,
         control_guidance_start: float = 0.0, control_guidance_end: float = 1.0,
         low_threshold: int = 100, high_threshold: int = 200, resize_mode: str = "crop",
@@ -144,13 +144,14 @@ def wire(ctx: UIContext, panel: Panel, units: dict[str, Unit], gallery, info) ->
             units.append(depth_unit(depth_image, depth_image_is_control_map, depth_controlnet_model,
                                     depth_conditioning_scale, depth_guidance_start, depth_guidance_end, depth_estimator))
         return generate(units, request, progress, prompt, negative_prompt, num_inference_steps, guidance_scale,
-                        width, height, seed, num_images_per_prompt, sampler, loras, hires_upscaler, hires_scale, resize_mode)
+                        width, height, seed, num_images_per_prompt, sampler, loras, hires_upscaler, hires_scale,
+                        deepcache, resize_mode)
 
     def depth_generate(
         image: str, prompt: str, negative_prompt: str = "", num_inference_steps: int = 20,
         guidance_scale: float = 7.0, width: int = 512, height: int = 512, seed: int = -1,
         num_images_per_prompt: int = 1, sampler: str = "DPM++ 2M Karras", loras: list | None = None,
-        hires_upscaler: str = "", hires_scale: int = 2, image_is_control_map: bool = False,
+        hires_upscaler: str = "", hires_scale: int = 2, deepcache: int = 0, image_is_control_map: bool = False,
         controlnet_model: str = "", controlnet_conditioning_scale: float = 1.0,
         control_guidance_start: float = 0.0, control_guidance_end: float = 1.0,
         depth_estimator: str = "", resize_mode: str = "crop",
@@ -168,7 +169,8 @@ def wire(ctx: UIContext, panel: Panel, units: dict[str, Unit], gallery, info) ->
                                     canny_conditioning_scale, canny_guidance_start, canny_guidance_end,
                                     low_threshold, high_threshold))
         return generate(units, request, progress, prompt, negative_prompt, num_inference_steps, guidance_scale,
-                        width, height, seed, num_images_per_prompt, sampler, loras, hires_upscaler, hires_scale, resize_mode)
+                        width, height, seed, num_images_per_prompt, sampler, loras, hires_upscaler, hires_scale,
+                        deepcache, resize_mode)
 
     def unit_inputs(unit: Unit) -> list:
         return [unit.is_map, unit.model, unit.weight, unit.start, unit.end]
