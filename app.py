@@ -44,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the U-Net (slow first run; GPU only worth it)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser window")
     p.add_argument("--offline", action="store_true", help="never download models")
+    p.add_argument("--login-window", type=float, default=60.0, metavar="SECONDS", help="after 5 failed logins from one address within this many seconds, refuse its logins until the window passes (default 60)")
     p.add_argument("--queue-size", type=int, default=64, help="jobs waiting at most; more are answered 'busy' (default 64)")
     p.add_argument("--lang", default=None, choices=["zh", "en"], help="interface language (default zh)")
     p.add_argument("--visible-label", action="store_true", help="also draw the explicit AI-generated mark on saved images (GB 45438-2025; the metadata label is always written)")
@@ -147,12 +148,15 @@ def main(argv: list[str] | None = None) -> None:
     demo = build_ui(studio, options, extensions)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
 
-    # 4. Launch; --api puts the A1111-compatible routes on the same server.
-    app_kwargs = None
+    # 4. Launch; --api puts the A1111-compatible routes on the same server. Every route sits
+    # behind the cross-site check and the login throttle (api/security.py).
+    from api.security import security_middleware
+
+    app_kwargs = {"middleware": [security_middleware(lang=args.lang, login_window=args.login_window)]}
     if args.api:
         from api import api_app_kwargs
 
-        app_kwargs = api_app_kwargs(studio, auth=auth, lang=args.lang, styles=extensions)
+        app_kwargs |= api_app_kwargs(studio, auth=auth, lang=args.lang, styles=extensions)
     demo.launch(
         server_name=host,
         server_port=port,

@@ -82,6 +82,24 @@ def open_upload(data) -> Image.Image:
             raise ParamError("image_unreadable") from None
 
 
+def check_upload(path) -> None:
+    """Refuse an image file from its header alone: not an image (``image_unreadable``) or over
+    MAX_INPUT_PIXELS (``image_too_large``). For the UI's image inputs, which must be checked
+    before Gradio's own preprocessing decodes or converts the pixels."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(Path(path)) as image:
+                _check_pixels(*image.size)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ParamError("image_too_large", megapixels=MAX_INPUT_PIXELS // 1_000_000) from None
+        except ParamError:
+            raise
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+            log.info("refused an unreadable upload: %s", exc)
+            raise ParamError("image_unreadable") from None
+
+
 def _check_pixels(width: int, height: int) -> None:
     if width < 1 or height < 1:
         raise ParamError("image_unreadable")

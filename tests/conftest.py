@@ -168,3 +168,15 @@ def guarded_app(demo_models, demo_cache, tmp_path_factory):
                       demo_cache, work / "outputs")
     yield app
     app.stop()
+
+
+@pytest.fixture(scope="session")
+def busy_app(demo_models, demo_cache, tmp_path_factory):
+    """A small team server for the hardening tests: ``--auth`` with a 2-second login window
+    (so a lockout ends within a test) and a queue of at most 2 waiting jobs."""
+    work = tmp_path_factory.mktemp("busy")
+    user, password = ACCOUNTS[0]
+    app = LaunchedApp(["--demo", "--api", "--auth", f"{user}:{password}", "--login-window", "2", "--queue-size", "2"],
+                      demo_cache, work / "outputs")
+    yield app
+    app.stop()

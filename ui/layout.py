@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import tab_control, tab_extensions, tab_tools
+from . import inputs, tab_control, tab_extensions, tab_tools
 from .common import GPU, UIContext, UIOptions, user_error
 from .panel import build_panel, send_parameters_targets
 from .strings import load
@@ -47,7 +47,7 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
 
         # 2. Base model switcher.
         with gr.Row():
-            model = gr.Dropdown(
+            model = inputs.dropdown(S,
                 choices=model_dropdown_choices(S, studio), value=studio.store.current_ref,
                 label=S.model_label, scale=4,
             )

@@ -21,6 +21,7 @@ from pipelines.params import (
 )
 from pipelines.pnginfo import parse_parameters
 
+from . import inputs
 from .common import GPU, UIContext, choices, client_id, user_error
 
 LORA_SLOTS = 4
@@ -166,23 +167,23 @@ def build_panel(ctx: UIContext, styles=None) -> Panel:
     style = apply_style = None
     if styles is not None:
         with gr.Row():
-            style = gr.Dropdown(choices=styles.style_names(), value=[], multiselect=True, label=S.style_label,
+            style = inputs.dropdown(S, choices=styles.style_names(), value=[], multiselect=True, label=S.style_label,
                                 info=S.style_info, scale=4)
             apply_style = gr.Button(S.style_apply, scale=1)
         apply_style.click(styles.apply_styles, [prompt, negative, style], [prompt, negative],
                           queue=False, api_visibility="private")
-    sampler = gr.Dropdown(choices=[(S.sampler_labels[n], n) for n in SAMPLER_NAMES], value=DEFAULT_SAMPLER, label=S.sampler_label)
+    sampler = inputs.dropdown(S, choices=[(S.sampler_labels[n], n) for n in SAMPLER_NAMES], value=DEFAULT_SAMPLER, label=S.sampler_label)
     with gr.Row():
-        steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label=S.steps_label)
-        cfg = gr.Slider(0, MAX_CFG, value=7.0, step=0.5, label=S.cfg_label)
+        steps = inputs.slider(S, 1, MAX_STEPS, value=20, step=1, label=S.steps_label)
+        cfg = inputs.slider(S, 0, MAX_CFG, value=7.0, step=0.5, label=S.cfg_label)
     with gr.Row():
-        width = gr.Slider(MIN_SIDE, MAX_SIDE, value=options.default_size, step=8, label=S.width_label)
-        height = gr.Slider(MIN_SIDE, MAX_SIDE, value=options.default_size, step=8, label=S.height_label)
+        width = inputs.slider(S, MIN_SIDE, MAX_SIDE, value=options.default_size, step=8, label=S.width_label)
+        height = inputs.slider(S, MIN_SIDE, MAX_SIDE, value=options.default_size, step=8, label=S.height_label)
     with gr.Row():
-        seed = gr.Number(value=-1, precision=0, label=S.seed_label, scale=3)
+        seed = inputs.number(S, value=-1, precision=0, label=S.seed_label, scale=3)
         random_seed = gr.Button(S.random_seed, scale=1)
         reuse_seed = gr.Button(S.reuse_seed, scale=1)
-    batch = gr.Slider(1, MAX_IMAGES, value=1, step=1, label=S.batch_label)
+    batch = inputs.slider(S, 1, MAX_IMAGES, value=1, step=1, label=S.batch_label)
 
     # LoRA slots: several LoRAs, each with its own weight, applied to every mode.
     with gr.Accordion(S.lora_title, open=False):
@@ -190,8 +191,8 @@ def build_panel(ctx: UIContext, styles=None) -> Panel:
         lora_list = studio.loras()
         for i in range(LORA_SLOTS):
             with gr.Row():
-                lora_names.append(gr.Dropdown(choices(_lora_names(lora_list), S.none), value="", label=S.lora_slot.format(n=i + 1), scale=3))
-                lora_weights.append(gr.Slider(-2, 2, value=0.8, step=0.05, label=S.lora_weight, scale=2))
+                lora_names.append(inputs.dropdown(S, choices(_lora_names(lora_list), S.none), value="", label=S.lora_slot.format(n=i + 1), scale=3))
+                lora_weights.append(inputs.slider(S, -2, 2, value=0.8, step=0.05, label=S.lora_weight, scale=2))
         lora_info = gr.Markdown()
         refresh_loras = gr.Button(S.refresh)
         loras = gr.JSON(value=[], visible=False)
@@ -199,10 +200,10 @@ def build_panel(ctx: UIContext, styles=None) -> Panel:
     # 高清放大: upscale each generated image before saving (the original is kept too).
     with gr.Row():
         upscalers = studio.upscalers()
-        hires = gr.Dropdown(choices(upscalers, S.hires_off), value="", label=S.hires_label, scale=3)
-        hires_scale = gr.Radio([("×2", 2), ("×4", 4)], value=2, label=S.upscale_scale, scale=2)
+        hires = inputs.dropdown(S, choices(upscalers, S.hires_off), value="", label=S.hires_label, scale=3)
+        hires_scale = inputs.radio(S, [("×2", 2), ("×4", 4)], value=2, label=S.upscale_scale, scale=2)
     # DeepCache-style approximation: faster, not pixel-exact; off by default.
-    deepcache = gr.Radio([(S.deepcache_off, 0), (S.deepcache_every.format(n=2), 2), (S.deepcache_every.format(n=3), 3)],
+    deepcache = inputs.radio(S, [(S.deepcache_off, 0), (S.deepcache_every.format(n=2), 2), (S.deepcache_every.format(n=3), 3)],
                          value=0, label=S.deepcache_label, info=S.deepcache_info)
 
     panel = Panel(ctx, prompt, negative, sampler, steps, cfg, width, height, seed, batch, random_seed,

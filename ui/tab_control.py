@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from . import inputs
 from .common import GPU, UIContext, choices, user_error
 from .panel import Panel
 
@@ -46,29 +47,29 @@ def build_tabs(ctx: UIContext, panel: Panel) -> dict[str, Unit]:
     for kind, title in (("canny", S.tab_canny), ("depth", S.tab_depth)):
         with gr.Tab(title, id=kind):
             with gr.Row():
-                image = gr.Image(label=S.control_image, type="filepath", sources=["upload", "clipboard"], height=260)
+                image = inputs.image(S, label=S.control_image, type="filepath", sources=["upload", "clipboard"], height=260)
                 preview = gr.Image(label=S.control_preview, type="pil", interactive=False, height=260, format="png")
             is_map = gr.Checkbox(False, label=S.control_is_map)
             low = high = estimator = None
             if kind == "canny":
                 with gr.Row():
-                    low = gr.Slider(0, 255, value=100, step=1, label=S.canny_low)
-                    high = gr.Slider(0, 255, value=200, step=1, label=S.canny_high)
+                    low = inputs.slider(S, 0, 255, value=100, step=1, label=S.canny_low)
+                    high = inputs.slider(S, 0, 255, value=200, step=1, label=S.canny_high)
             else:
                 estimators = studio.depth_estimators()
-                estimator = gr.Dropdown(choices(estimators), value=estimators[0] if estimators else None, label=S.depth_estimator)
+                estimator = inputs.dropdown(S, choices(estimators), value=estimators[0] if estimators else None, label=S.depth_estimator)
                 if not estimators:
                     gr.Markdown(S.depth_estimator_missing)
             preview_button = gr.Button(S.control_preview_button)
             ordered = _models_for(names, kind)
-            model = gr.Dropdown(choices(ordered), value=ordered[0] if ordered else None, label=S.controlnet_model)
+            model = inputs.dropdown(S, choices(ordered), value=ordered[0] if ordered else None, label=S.controlnet_model)
             if not names:
                 gr.Markdown(S.controlnet_missing)
-            weight = gr.Slider(0, 2, value=1.0, step=0.05, label=S.control_weight)
+            weight = inputs.slider(S, 0, 2, value=1.0, step=0.05, label=S.control_weight)
             with gr.Row():
-                start = gr.Slider(0, 1, value=0.0, step=0.05, label=S.control_start)
-                end = gr.Slider(0, 1, value=1.0, step=0.05, label=S.control_end)
-            resize_mode = gr.Radio(
+                start = inputs.slider(S, 0, 1, value=0.0, step=0.05, label=S.control_start)
+                end = inputs.slider(S, 0, 1, value=1.0, step=0.05, label=S.control_end)
+            resize_mode = inputs.radio(S,
                 [(S.resize_crop, "crop"), (S.resize_fit, "fit"), (S.resize_stretch, "stretch")],
                 value="crop", label=S.resize_mode,
             )

@@ -9,6 +9,7 @@ import gradio as gr
 
 from pipelines.errors import JobCancelled
 
+from . import inputs
 from .common import GPU, UIContext, choices, client_id, user_error
 
 
@@ -28,8 +29,8 @@ def build_tabs(ctx: UIContext) -> Tools:
             with gr.Column():
                 files = gr.File(label=S.upscale_upload, file_count="multiple", file_types=["image"])
                 names = studio.upscalers()
-                upscaler = gr.Dropdown(choices(names), value=names[0] if names else None, label=S.upscaler_label)
-                scale = gr.Radio([("×2", 2), ("×4", 4)], value=4, label=S.upscale_scale)
+                upscaler = inputs.dropdown(S, choices(names), value=names[0] if names else None, label=S.upscaler_label)
+                scale = inputs.radio(S, [("×2", 2), ("×4", 4)], value=4, label=S.upscale_scale)
                 run = gr.Button(S.upscale_run, variant="primary")
                 refresh = gr.Button(S.refresh)
                 if not names:
@@ -59,7 +60,7 @@ def build_tabs(ctx: UIContext) -> Tools:
     # 2. PNG info.
     with gr.Tab(S.tab_pnginfo, id="pnginfo"):
         with gr.Row():
-            png = gr.Image(label=S.pnginfo_upload, type="pil", image_mode=None, sources=["upload", "clipboard"])
+            png = inputs.image(S, label=S.pnginfo_upload, type="pil", image_mode=None, sources=["upload", "clipboard"])
             with gr.Column():
                 png_text = gr.Textbox(label=S.pnginfo_text, lines=8, interactive=False)
                 send = gr.Button(S.send_to_txt2img)

@@ -1,0 +1,124 @@
+"""Input components that refuse bad values in the user's language.
+
+Gradio checks slider and number bounds and dropdown choices itself, in each component's
+``preprocess``, before the event function runs, and words the refusal in English ("Value
+1000000000 is greater than maximum value 2048."), or fails with no message at all (a seed of
+"abc", NaN). API clients reach those checks directly. These subclasses re-word every refusal
+with ui/strings.py; ``CheckedImage`` also refuses an image from its header (too many pixels,
+not an image) before Gradio opens, converts or decodes it: a 100-byte PNG can declare
+12000x12000. Each is a Gradio template (``is_template``): the browser sees the plain component.
+
+Build them through the functions at the bottom, which attach the strings. Gradio writes a type
+stub (``ui/inputs.pyi``) next to any module that subclasses a component; it is git-ignored.
+"""
+
+from __future__ import annotations
+
+import math
+
+import gradio as gr
+
+from pipelines.errors import ParamError
+from pipelines.preprocess import check_upload
+
+from .strings import error_text, load
+
+
+def _refusal(component, code: str, **fields) -> gr.Error:
+    strings = getattr(component, "error_strings", None) or load()
+    return gr.Error(error_text(strings, code, {"name": component.label or "value", **fields}))
+
+
+def _short(value: object) -> str:
+    return str(value)[:40]
+
+
+def _check_number(component, payload) -> None:
+    if payload is None:
+        return
+    if isinstance(payload, bool) or not isinstance(payload, (int, float)) or not math.isfinite(payload):
+        raise _refusal(component, "not_a_number", value=_short(payload))
+    low, high = component.minimum, component.maximum
+    if (low is not None and payload < low) or (high is not None and payload > high):
+        raise _refusal(component, "out_of_range", value=_short(payload), low=low, high=high)
+
+
+class CheckedSlider(gr.Slider):
+    is_template = True
+    error_strings = None  # a plain attribute, not a constructor argument: kept out of the page config
+
+    def preprocess(self, payload):
+        _check_number(self, payload)
+        return super().preprocess(payload)
+
+
+class CheckedNumber(gr.Number):
+    is_template = True
+    error_strings = None
+
+    def preprocess(self, payload):
+        _check_number(self, payload)
+        return super().preprocess(payload)
+
+
+class CheckedDropdown(gr.Dropdown):
+    is_template = True
+    error_strings = None
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except Exception:
+            raise _refusal(self, "not_a_choice", value=_short(payload)) from None
+
+
+class CheckedRadio(gr.Radio):
+    is_template = True
+    error_strings = None
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except Exception:
+            raise _refusal(self, "not_a_choice", value=_short(payload)) from None
+
+
+class CheckedImage(gr.Image):
+    is_template = True
+    error_strings = None
+
+    def preprocess(self, payload):
+        path = getattr(payload, "path", None)
+        if path and not (getattr(payload, "url", None) or "").startswith("data:"):
+            try:
+                check_upload(path)  # the path is already one Gradio accepted as an upload
+            except ParamError as exc:
+                strings = self.error_strings or load()
+                raise gr.Error(error_text(strings, exc.code, exc.fields)) from None
+        return super().preprocess(payload)
+
+
+def _worded(cls, S, args, kwargs):
+    component = cls(*args, **kwargs)
+    component.error_strings = S
+    return component
+
+
+def slider(S, *args, **kwargs) -> CheckedSlider:
+    return _worded(CheckedSlider, S, args, kwargs)
+
+
+def number(S, *args, **kwargs) -> CheckedNumber:
+    return _worded(CheckedNumber, S, args, kwargs)
+
+
+def dropdown(S, *args, **kwargs) -> CheckedDropdown:
+    return _worded(CheckedDropdown, S, args, kwargs)
+
+
+def radio(S, *args, **kwargs) -> CheckedRadio:
+    return _worded(CheckedRadio, S, args, kwargs)
+
+
+def image(S, *args, **kwargs) -> CheckedImage:
+    return _worded(CheckedImage, S, args, kwargs)
