@@ -335,6 +335,18 @@ class Studio:
 
         return lora.list_loras(self.store)
 
+    def lora_preview(self, name: str) -> Image.Image | None:
+        """The preview image stored beside a listed LoRA file (same name, .png/.jpg), if any."""
+        from .preprocess import open_upload
+
+        row = next((r for r in self.loras() if r["name"] == name), None)
+        if row is None or not row.get("preview"):
+            return None
+        try:
+            return open_upload(row["preview"])
+        except DanqingError:
+            return None
+
     def upscalers(self) -> list[str]:
         return upscale.list_upscalers(self.store)
 

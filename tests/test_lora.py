@@ -310,3 +310,10 @@ def test_switching_the_base_model_starts_with_no_adapters(lora_models, tmp_path)
     assert np.array_equal(pixels(store), other_base)
     store.switch("danqing-demo-zh")
     assert np.array_equal(pixels(store, [[PEFT, 1.0]]), with_lora)
+
+
+def test_preview_image_beside_the_file_is_offered(studio):
+    preview = studio.lora_preview("danqing-demo-kohya.safetensors")
+    assert preview is not None and preview.size[0] > 0
+    assert studio.lora_preview("danqing-demo-peft.safetensors") is None  # none beside it
+    assert studio.lora_preview("../../etc/passwd") is None  # only listed files

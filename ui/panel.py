@@ -45,6 +45,7 @@ class Panel:
     lora_weights: list
     loras: gr.JSON  # hidden: [[name, weight], ...] gathered from the slots (the API's `loras`)
     lora_info: gr.Markdown
+    lora_previews: gr.Gallery  # preview images found beside the chosen LoRA files
     refresh_loras: gr.Button
     hires: gr.Dropdown  # upscaler for the 高清放大 post-step ("" = off)
     hires_scale: gr.Radio
@@ -194,6 +195,7 @@ def build_panel(ctx: UIContext, styles=None) -> Panel:
                 lora_names.append(inputs.dropdown(S, choices(_lora_names(lora_list), S.none), value="", label=S.lora_slot.format(n=i + 1), scale=3))
                 lora_weights.append(inputs.slider(S, -2, 2, value=0.8, step=0.05, label=S.lora_weight, scale=2))
         lora_info = gr.Markdown()
+        lora_previews = gr.Gallery(label=S.lora_previews, columns=4, height=140, object_fit="contain", interactive=False)
         refresh_loras = gr.Button(S.refresh)
         loras = gr.JSON(value=[], visible=False)
 
@@ -207,7 +209,7 @@ def build_panel(ctx: UIContext, styles=None) -> Panel:
                          value=0, label=S.deepcache_label, info=S.deepcache_info)
 
     panel = Panel(ctx, prompt, negative, sampler, steps, cfg, width, height, seed, batch, random_seed,
-                  reuse_seed, lora_names, lora_weights, loras, lora_info, refresh_loras, hires, hires_scale,
+                  reuse_seed, lora_names, lora_weights, loras, lora_info, lora_previews, refresh_loras, hires, hires_scale,
                   deepcache, style=style)
     _wire_lora_slots(panel)
     return panel
@@ -238,10 +240,11 @@ def _wire_lora_slots(panel: Panel) -> None:
             meta = catalogue.get(name, {})
             words = ", ".join(meta.get("trigger_words") or [])
             lines.append(S.lora_line.format(name=name, weight=weight, words=words or S.none, base=meta.get("base_model") or S.unknown))
-        return chosen, "\n".join(lines)
+        previews = [(image, name) for name, _ in chosen if (image := studio.lora_preview(name)) is not None]
+        return chosen, "\n".join(lines), previews
 
     for component in slots:
-        component.change(gather, slots, [panel.loras, panel.lora_info], queue=False, api_visibility="private")
+        component.change(gather, slots, [panel.loras, panel.lora_info, panel.lora_previews], queue=False, api_visibility="private")
 
     def refresh():
         names = _lora_names(studio.loras())
