@@ -60,7 +60,7 @@ def build_tabs(ctx: UIContext) -> Tools:
     # 2. PNG info.
     with gr.Tab(S.tab_pnginfo, id="pnginfo"):
         with gr.Row():
-            png = inputs.image(S, label=S.pnginfo_upload, type="pil", image_mode=None, sources=["upload", "clipboard"])
+            png = inputs.image(S, label=S.pnginfo_upload, type="pil", image_mode=None, sources=["upload", "clipboard"], elem_id="png-upload")
             with gr.Column():
                 png_text = gr.Textbox(label=S.pnginfo_text, lines=8, interactive=False)
                 send = gr.Button(S.send_to_txt2img)
