@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,39 +65,37 @@ def open_upload(data) -> Image.Image:
             raise ParamError("image_unreadable")
     else:
         raise ParamError("image_unreadable")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            # Image.open reads only the header; .size is known before any pixel is decoded.
-            with Image.open(source) as image:
-                _check_pixels(*image.size)
-                image.load()
-                upright = ImageOps.exif_transpose(image)
-                return upright if upright is not image else image.copy()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ParamError("image_too_large", megapixels=MAX_INPUT_PIXELS // 1_000_000) from None
-        except ParamError:
-            raise
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-            log.info("refused an unreadable image: %s", exc)
-            raise ParamError("image_unreadable") from None
+    with _open_checked(source) as image:
+        image.load()
+        upright = ImageOps.exif_transpose(image)
+        return upright if upright is not image else image.copy()
 
 
 def check_upload(path) -> None:
     """Refuse an image file from its header alone: not an image (``image_unreadable``) or over
     MAX_INPUT_PIXELS (``image_too_large``). For the UI's image inputs, which must be checked
     before Gradio's own preprocessing decodes or converts the pixels."""
+    with _open_checked(Path(path)):
+        pass
+
+
+@contextmanager
+def _open_checked(source):
+    """``Image.open`` (header only) with the pixel cap checked before anything is decoded;
+    PIL's errors and decompression-bomb warnings, also from the caller's block, become
+    ``image_unreadable`` / ``image_too_large``."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            with Image.open(Path(path)) as image:
+            with Image.open(source) as image:
                 _check_pixels(*image.size)
+                yield image
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ParamError("image_too_large", megapixels=MAX_INPUT_PIXELS // 1_000_000) from None
         except ParamError:
             raise
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-            log.info("refused an unreadable upload: %s", exc)
+            log.info("refused an unreadable image: %s", exc)
             raise ParamError("image_unreadable") from None
 
 
