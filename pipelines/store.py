@@ -235,7 +235,13 @@ class ModelStore:
         base = self.base()
         if cls is None or (cls is type(base) and not components):
             return base
-        pipe = cls.from_pipe(base, **components)
+        # from_pipe casts every module to its `dtype` argument, float32 when none is given: name
+        # the store's dtype so the shared fp16 weights stay fp16, and keep a VAE that was
+        # upcast after a NaN decode (common.decode_latents) in fp32.
+        vae_dtype = base.vae.dtype
+        pipe = cls.from_pipe(base, dtype=self.plan.dtype, **components)
+        if base.vae.dtype != vae_dtype:
+            base.vae.to(vae_dtype)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 

@@ -89,3 +89,24 @@ def test_unknown_model_names_are_refused(store):
         with pytest.raises(DanqingError) as info:
             store.switch(name)
         assert info.value.code == "unknown_model"
+
+
+def test_task_pipelines_keep_the_shared_weights_dtype(demo_models, tmp_path):
+    """from_pipe casts to float32 unless told otherwise: a half-precision store must stay so."""
+    import torch
+
+    from pipelines.outputs import OutputWriter
+    from pipelines.service import Studio
+    from pipelines.settings import EngineSettings
+    from pipelines.store import ModelStore
+    from pipelines.txt2img import build_pipeline
+
+    settings = EngineSettings(model="danqing-demo-zh", models_dir=demo_models, outputs_dir=tmp_path,
+                              device="cpu", dtype="bf16", demo=True, allow_download=False)
+    store = Studio(ModelStore(settings), OutputWriter(tmp_path)).store
+    base = store.base()
+    base.vae.to(torch.float32)  # as after an fp16 NaN decode: the upcast VAE must stay fp32
+    pipe = build_pipeline(store, validate_txt2img(prompt="x"))
+    assert pipe.unet is base.unet and base.unet.dtype == torch.bfloat16
+    assert base.text_encoder.dtype == torch.bfloat16
+    assert base.vae.dtype == torch.float32
