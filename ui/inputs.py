@@ -61,9 +61,8 @@ class CheckedNumber(gr.Number):
         return super().preprocess(payload)
 
 
-class CheckedDropdown(gr.Dropdown):
-    is_template = True
-    error_strings = None
+class _ChoiceRefusal:
+    """For choice components: a value outside the choices is refused in the user's language."""
 
     def preprocess(self, payload):
         try:
@@ -72,15 +71,14 @@ class CheckedDropdown(gr.Dropdown):
             raise _refusal(self, "not_a_choice", value=_short(payload)) from None
 
 
-class CheckedRadio(gr.Radio):
+class CheckedDropdown(_ChoiceRefusal, gr.Dropdown):
     is_template = True
     error_strings = None
 
-    def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except Exception:
-            raise _refusal(self, "not_a_choice", value=_short(payload)) from None
+
+class CheckedRadio(_ChoiceRefusal, gr.Radio):
+    is_template = True
+    error_strings = None
 
 
 class CheckedImage(gr.Image):
