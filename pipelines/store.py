@@ -167,7 +167,11 @@ class ModelStore:
 
     # 2. Loading ------------------------------------------------------------------------
     def base(self):
-        """The base pipeline, loaded on first use."""
+        """The base pipeline, loaded on first use. Once loaded no lock is taken, so readers
+        (系统信息, progress) never wait behind a running job."""
+        base = self._base
+        if base is not None:
+            return base
         with self.lock:
             if self._base is None:
                 self._base = self._load(self.choice(self._wanted_ref))

@@ -14,14 +14,24 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this ma
 
 
 @pytest.fixture(scope="module")
-def page(demo_app):
+def browser_app(demo_models, demo_cache, tmp_path_factory):
+    """An app of its own: no job left by other tests' clients can be queued ahead of the page."""
+    from conftest import LaunchedApp
+
+    app = LaunchedApp(["--demo"], demo_cache, tmp_path_factory.mktemp("browser") / "outputs")
+    yield app
+    app.stop()
+
+
+@pytest.fixture(scope="module")
+def page(browser_app):
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
         )
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(demo_app.url, wait_until="networkidle")
+        page.goto(browser_app.url, wait_until="networkidle")
         yield page
         browser.close()
 

@@ -61,8 +61,9 @@ class CheckedNumber(gr.Number):
         return super().preprocess(payload)
 
 
-class _ChoiceRefusal:
-    """For choice components: a value outside the choices is refused in the user's language."""
+class CheckedDropdown(gr.Dropdown):
+    is_template = True
+    error_strings = None
 
     def preprocess(self, payload):
         try:
@@ -71,14 +72,15 @@ class _ChoiceRefusal:
             raise _refusal(self, "not_a_choice", value=_short(payload)) from None
 
 
-class CheckedDropdown(_ChoiceRefusal, gr.Dropdown):
+class CheckedRadio(gr.Radio):
     is_template = True
     error_strings = None
 
-
-class CheckedRadio(_ChoiceRefusal, gr.Radio):
-    is_template = True
-    error_strings = None
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except Exception:
+            raise _refusal(self, "not_a_choice", value=_short(payload)) from None
 
 
 class CheckedImage(gr.Image):

@@ -97,7 +97,7 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
             panel.send_parameters, tools.png_text,
             [tabs, *send_parameters_targets(panel)], queue=False, api_visibility="private",
         )
-        demo.load(studio.system_info, None, tools.system, api_visibility="private")
+        demo.load(studio.system_info, None, tools.system, queue=False, api_visibility="private")
         if panel.style is not None:  # styles edited in an extension's tab show up on reload
-            demo.load(lambda: gr.Dropdown(choices=extensions.style_names()), None, panel.style, api_visibility="private")
+            demo.load(lambda: gr.Dropdown(choices=extensions.style_names()), None, panel.style, queue=False, api_visibility="private")
     return demo
