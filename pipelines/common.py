@@ -14,6 +14,7 @@ from .errors import DanqingError, JobCancelled
 log = logging.getLogger(__name__)
 
 StepHook = Callable[[int, int], None]
+LatentHook = Callable[[int, int, torch.Tensor], None]
 
 
 def generators(seed: int, count: int) -> list[torch.Generator]:
@@ -22,12 +23,16 @@ def generators(seed: int, count: int) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(seed + i) for i in range(count)]
 
 
-def step_callback(total: int, cancel: threading.Event | None, on_step: StepHook | None):
-    """A ``callback_on_step_end`` that reports progress and stops the job within one step."""
+def step_callback(total: int, cancel: threading.Event | None, on_step: StepHook | None,
+                  on_latents: LatentHook | None = None):
+    """A ``callback_on_step_end`` that reports progress (and the latents, for live previews)
+    and stops the job within one step."""
 
     def callback(pipe, step: int, timestep, kwargs: dict) -> dict:
         if on_step is not None:
             on_step(step + 1, total)
+        if on_latents is not None and "latents" in kwargs:
+            on_latents(step + 1, total, kwargs["latents"])
         if cancel is not None and cancel.is_set():
             raise JobCancelled()
         return kwargs

@@ -291,6 +291,7 @@ def run(
     params: ControlParams,
     cancel: threading.Event | None = None,
     on_step: StepHook | None = None,
+    on_preview=None,
 ) -> txt2img.Generated:
     """Text-to-image guided by one to three ControlNets, on the shared base modules."""
     from diffusers import MultiControlNetModel, StableDiffusionControlNetPipeline
@@ -323,6 +324,7 @@ def run(
             call_kwargs=call_kwargs,
             cancel=cancel,
             on_step=on_step,
+            on_preview=on_preview,
         )
     result.notices["controlnets"] = [unit.model for unit in units]
     return result

@@ -20,6 +20,7 @@ MODEL_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "controlnet": ("controlnet", (".safetensors",)),
     "upscalers": ("upscalers", (".pth", ".safetensors")),
     "annotators": ("annotators", ()),
+    "vae_approx": ("vae-approx", ()),  # tiny preview decoders (diffusers AutoencoderTiny folders)
 }
 
 

@@ -35,5 +35,9 @@ class EngineSettings:
     fuse_qkv: bool = False
     vae_tiling: bool = False  # decode large images tile by tile (bounded memory)
     compile: bool = False  # torch.compile the U-Net
+    # Live step previews (pipelines/preview.py): auto (a tiny decoder from models/vae-approx
+    # when there is one, else the linear approximation) | approx | taesd | off.
+    preview: str = "auto"
+    preview_every: float = 1.0  # seconds between two previews of one job, at least
     # Byte budget of the models cached next to the base (ControlNets, upscalers, annotators).
     cache_budget_bytes: int = 4 * 1024**3

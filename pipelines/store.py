@@ -27,6 +27,21 @@ from .settings import KNOWN_HUB_MODELS, EngineSettings
 
 log = logging.getLogger(__name__)
 
+class _EmptyFp32ListFilter(logging.Filter):
+    """diffusers 0.42's ``ModelMixin.to(dtype)`` warns "modules that should be kept in float32:
+    []" on every cast, even with no such module; ``from_pipe`` casts on every job, so each job
+    logged two false warnings. Only that empty-list form is dropped: a real list still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+
+def quiet_false_fp32_warning() -> None:
+    target = logging.getLogger("diffusers.models.modeling_utils")
+    if not any(isinstance(f, _EmptyFp32ListFilter) for f in target.filters):
+        target.addFilter(_EmptyFp32ListFilter())
+
+
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 
 
@@ -125,6 +140,7 @@ class ModelStore:
     def __init__(self, settings: EngineSettings, folders: ModelFolders | None = None) -> None:
         self.settings = settings
         self.folders = folders or ModelFolders(Path(settings.models_dir))
+        quiet_false_fp32_warning()
         self.plan: DevicePlan = plan_device(settings.device, settings.dtype)
         # Re-entrant: a job holds it while it runs, and loads inside the job take it again.
         self.lock = threading.RLock()
@@ -248,6 +264,29 @@ class ModelStore:
             base.vae.to(vae_dtype)
         pipe.set_progress_bar_config(disable=True)
         return pipe
+
+    def preview_decoder(self):
+        """How live previews are decoded (``settings.preview``): a function of the latents, or
+        None when previews are off. A tiny decoder from models/vae-approx is loaded once into
+        the cache; without one, "auto" and "taesd" use the linear approximation."""
+        from functools import partial
+
+        from .preview import approx_decode, load_tiny_decoder, tiny_decode
+
+        method = self.settings.preview
+        if method == "off":
+            return None
+        if method in ("auto", "taesd"):
+            names = self.folders.list_diffusers_dirs("vae_approx", "config.json")
+            if names:
+                folder = self.folders.folder("vae_approx") / names[0]
+                decoder = self.cache.get("preview_decoder", names[0],
+                                         lambda: load_tiny_decoder(folder, self.plan.device, self.plan.dtype))
+                return partial(tiny_decode, decoder)
+            if method == "taesd":
+                log.warning("no tiny decoder in %s; previews use the linear approximation",
+                            self.folders.folder("vae_approx"))
+        return approx_decode
 
     # 4. What is resident ---------------------------------------------------------------
     def resident_models(self) -> list[dict]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from .common import StepHook, check_cancel, decode_latents, generators, step_callback
+from .preview import PreviewHook, Previewer
 from .params import Txt2ImgParams
 from .deepcache import deep_cache
 from .prompts import long_prompt_embeds
@@ -63,14 +64,18 @@ def generate(
     call_kwargs: dict | None = None,
     cancel: threading.Event | None = None,
     on_step: StepHook | None = None,
+    on_preview: PreviewHook | None = None,
 ) -> Generated:
-    """Build the job's pipeline, denoise to latents, decode. Runs under the store lock."""
+    """Build the job's pipeline, denoise to latents, decode. Runs under the store lock.
+    ``on_preview(image, step, total)`` gets live previews (pipelines/preview.py) when given."""
     started = time.perf_counter()
     with store.lock:
         check_cancel(cancel)
         # 1. A pipeline for this job: shared modules, its own scheduler.
         pipe = build_pipeline(store, params, cls, **(components or {}))
         notices: dict = {}
+        decode = store.preview_decoder() if on_preview is not None else None
+        previewer = Previewer(decode, on_preview, store.settings.preview_every) if decode else None
         # 2. Denoise to latents; the callback reports steps and honours stop.
         with deep_cache(pipe.unet, params.deepcache):
             latents = pipe(
@@ -82,7 +87,7 @@ def generate(
                 num_images_per_prompt=params.num_images_per_prompt,
                 generator=generators(params.seed, params.num_images_per_prompt),
                 output_type="latent",
-                callback_on_step_end=step_callback(params.num_inference_steps, cancel, on_step),
+                callback_on_step_end=step_callback(params.num_inference_steps, cancel, on_step, previewer),
                 **(call_kwargs or {}),
             ).images
         check_cancel(cancel)
@@ -97,5 +102,6 @@ def run(
     params: Txt2ImgParams,
     cancel: threading.Event | None = None,
     on_step: StepHook | None = None,
+    on_preview: PreviewHook | None = None,
 ) -> Generated:
-    return generate(store, params, cancel=cancel, on_step=on_step)
+    return generate(store, params, cancel=cancel, on_step=on_step, on_preview=on_preview)

@@ -110,3 +110,26 @@ def test_task_pipelines_keep_the_shared_weights_dtype(demo_models, tmp_path):
     assert pipe.unet is base.unet and base.unet.dtype == torch.bfloat16
     assert base.text_encoder.dtype == torch.bfloat16
     assert base.vae.dtype == torch.float32
+
+
+def test_jobs_do_not_log_diffusers_false_fp32_warning(store):
+    """diffusers 0.42 warns "should be kept in float32: []" on every dtype cast; from_pipe casts
+    on every job. The store drops exactly that empty-list warning, nothing else."""
+    import logging
+
+    import torch
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    target = logging.getLogger("diffusers.models.modeling_utils")
+    target.addHandler(handler)
+    try:
+        store.pipeline(StableDiffusionImg2ImgPipeline)  # a from_pipe, as every task job does
+        store.base().unet.to(torch.float32)
+        target.warning("There are modules in X that should be kept in float32: ['norm']. Casting ...")
+    finally:
+        target.removeHandler(handler)
+    messages = [r.getMessage() for r in records]
+    assert messages == ["There are modules in X that should be kept in float32: ['norm']. Casting ..."]

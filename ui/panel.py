@@ -3,7 +3,10 @@ the 高清放大 post-step. Text-to-image and both ControlNet modes read the sam
 
 from __future__ import annotations
 
+import contextvars
 import json
+import queue
+import threading
 from dataclasses import dataclass
 
 import gradio as gr
@@ -76,6 +79,46 @@ class Panel:
             raise user_error(S, exc) from None
         return [str(p) for p in paths], json.dumps(meta, ensure_ascii=False, indent=2)
 
+    def run_live(self, fn, request, progress, **kwargs):
+        """``run`` as a generator: the job runs in a worker thread and its live previews
+        (pipelines/preview.py) are shown in the gallery while it denoises; the last value is
+        what ``run`` returns. API clients get the same final outputs."""
+        S = self.ctx.S
+        updates: queue.SimpleQueue = queue.SimpleQueue()
+        done = object()
+        outcome: dict = {}
+
+        def work() -> None:
+            try:
+                outcome["value"] = self.run(fn, request, progress,
+                                            on_preview=lambda image, step, total: updates.put((image, step, total)),
+                                            **kwargs)
+            except BaseException as exc:  # noqa: BLE001 (re-raised in the event's own thread)
+                outcome["error"] = exc
+            finally:
+                updates.put(done)
+
+        # The job's thread gets this event's context (Gradio's progress tracking lives there).
+        context = contextvars.copy_context()
+        threading.Thread(target=context.run, args=(work,), daemon=True, name="danqing-job").start()
+        try:
+            while (item := updates.get()) is not done:
+                while not updates.empty():  # show only the newest of several waiting previews
+                    newer = updates.get()
+                    if newer is done:
+                        updates.put(done)
+                        break
+                    item = newer
+                image, step, total = item
+                yield [(image, S.live_preview.format(step=step, total=total))], gr.update()
+        finally:
+            if "value" not in outcome and "error" not in outcome:
+                # Gradio closed this event early (the page went away): stop its job too.
+                self.ctx.studio.stop(client_id(request))
+        if "error" in outcome:
+            raise outcome["error"]
+        yield outcome["value"]
+
     def wire_generation(self, generate: gr.Button, draft: gr.Checkbox, gallery, info) -> None:
         studio = self.ctx.studio
 
@@ -98,7 +141,7 @@ class Panel:
             progress=gr.Progress(track_tqdm=True),
         ):
             """Text to image. Returns the saved PNG files and a JSON info string (seed, all parameters)."""
-            return self.run(
+            yield from self.run_live(
                 studio.txt2img, request, progress,
                 prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
                 guidance_scale=guidance_scale, width=width, height=height, seed=seed,

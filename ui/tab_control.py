@@ -117,7 +117,7 @@ def wire(ctx: UIContext, panel: Panel, units: dict[str, Unit], gallery, info) ->
 
     def generate(units, request, progress, prompt, negative_prompt, num_inference_steps, guidance_scale, width,
                  height, seed, num_images_per_prompt, sampler, loras, hires_upscaler, hires_scale, deepcache, resize_mode):
-        return panel.run(
+        yield from panel.run_live(
             studio.control, request, progress, units=units, resize_mode=resize_mode,
             prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, width=width, height=height, seed=seed,
@@ -144,7 +144,7 @@ def wire(ctx: UIContext, panel: Panel, units: dict[str, Unit], gallery, info) ->
         if add_depth:
             units.append(depth_unit(depth_image, depth_image_is_control_map, depth_controlnet_model,
                                     depth_conditioning_scale, depth_guidance_start, depth_guidance_end, depth_estimator))
-        return generate(units, request, progress, prompt, negative_prompt, num_inference_steps, guidance_scale,
+        yield from generate(units, request, progress, prompt, negative_prompt, num_inference_steps, guidance_scale,
                         width, height, seed, num_images_per_prompt, sampler, loras, hires_upscaler, hires_scale,
                         deepcache, resize_mode)
 
@@ -169,7 +169,7 @@ def wire(ctx: UIContext, panel: Panel, units: dict[str, Unit], gallery, info) ->
             units.append(canny_unit(canny_image, canny_image_is_control_map, canny_controlnet_model,
                                     canny_conditioning_scale, canny_guidance_start, canny_guidance_end,
                                     low_threshold, high_threshold))
-        return generate(units, request, progress, prompt, negative_prompt, num_inference_steps, guidance_scale,
+        yield from generate(units, request, progress, prompt, negative_prompt, num_inference_steps, guidance_scale,
                         width, height, seed, num_images_per_prompt, sampler, loras, hires_upscaler, hires_scale,
                         deepcache, resize_mode)
 
