@@ -42,10 +42,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fuse-qkv", action="store_true", help="fuse the U-Net's Q/K/V projections into one matmul")
     p.add_argument("--vae-tiling", action="store_true", help="decode large images tile by tile (bounded memory)")
     p.add_argument("--compile", action="store_true", help="torch.compile the U-Net (slow first run; GPU only worth it)")
+    p.add_argument("--preview", default="auto", choices=["auto", "approx", "taesd", "off"],
+                   help="live step previews: a tiny decoder from models/vae-approx (taesd) or the linear approximation")
+    p.add_argument("--preview-every", type=float, default=1.0, metavar="SECONDS",
+                   help="at most one live preview per this many seconds of a job")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser window")
     p.add_argument("--offline", action="store_true", help="never download models")
     p.add_argument("--login-window", type=float, default=60.0, metavar="SECONDS", help="after 5 failed logins from one address within this many seconds, refuse its logins until the window passes (default 60)")
     p.add_argument("--queue-size", type=int, default=64, help="jobs waiting at most; more are answered 'busy' (default 64)")
+    p.add_argument("--client-queue-limit", type=int, default=4, metavar="N",
+                   help="jobs one client (address) may have waiting or running at once; 0: no limit (default 4)")
     p.add_argument("--lang", default=None, choices=["zh", "en"], help="interface language (default zh)")
     p.add_argument("--visible-label", action="store_true", help="also draw the explicit AI-generated mark on saved images (GB 45438-2025; the metadata label is always written)")
     p.add_argument("--api", action="store_true", help="serve AUTOMATIC1111's /sdapi/v1 REST API on the same port and login (docs at /docs)")
@@ -90,6 +96,10 @@ def main(argv: list[str] | None = None) -> None:
     auth = parse_auth(args.auth, strings)
     if host not in LOCAL_HOSTS and not auth and not args.insecure_no_auth and not on_space:
         sys.exit(strings.cli_listen_needs_auth)
+    if on_space:
+        # Only HF's proxy reaches a Space: its X-Forwarded-For names the visitor, so per-client
+        # limits (api/queue_guard.py) and the login throttle count visitors, not the proxy.
+        os.environ.setdefault("FORWARDED_ALLOW_IPS", "*")
 
     from pipelines.demo import DEMO_MODEL, ensure_demo_bundle
     from pipelines.folders import ModelFolders
@@ -118,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
                 missing, use_demo = wanted, True
                 log.warning("model %s not found locally and not downloadable: starting the demo bundle", wanted)
     speed = dict(attention=args.attention, channels_last=args.channels_last, fuse_qkv=args.fuse_qkv,
-                 vae_tiling=args.vae_tiling, compile=args.compile)
+                 vae_tiling=args.vae_tiling, compile=args.compile,
+                 preview=args.preview, preview_every=args.preview_every)
     if use_demo:
         settings = EngineSettings(
             model=DEMO_MODEL, models_dir=ensure_demo_bundle(), outputs_dir=Path(args.outputs_dir),
@@ -152,7 +163,12 @@ def main(argv: list[str] | None = None) -> None:
     # behind the cross-site check and the login throttle (api/security.py).
     from api.security import security_middleware
 
-    app_kwargs = {"middleware": [security_middleware(lang=args.lang, login_window=args.login_window)]}
+    from api.queue_guard import queue_guard
+
+    app_kwargs = {"middleware": [
+        security_middleware(lang=args.lang, login_window=args.login_window),
+        queue_guard(demo, limit=args.client_queue_limit, queue_size=args.queue_size, lang=args.lang),
+    ]}
     if args.api:
         from api import api_app_kwargs
 

@@ -10,6 +10,7 @@ import gc
 import logging
 import threading
 import time
+import traceback
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -118,19 +119,26 @@ class Studio:
     def _job(self, client: str):
         """A stop switch for the job; out-of-memory becomes a friendly error, memory freed."""
         cancel = self.jobs.start(client)
+        out_of_memory = False
         try:
             yield cancel
         except Exception as exc:
             if not _is_oom(exc):
                 raise
             log.warning("out of memory: %s", exc)
-            gc.collect()
-            if self.store.plan.device.type == "cuda":
-                torch.cuda.empty_cache()
-            raise DanqingError("out_of_memory") from None
+            # The finished frames of the failed job (U-Net forward, sampler loop) hold its
+            # tensors through the traceback; clear them, or the memory stays taken.
+            traceback.clear_frames(exc.__traceback__)
+            out_of_memory = True
         finally:
             self.jobs.finish(client, cancel)
             self.progress.finish(client)
+        if out_of_memory:
+            # Raised outside the except block, so the collection runs with the frames cleared.
+            gc.collect()
+            if self.store.plan.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise DanqingError("out_of_memory")
 
     def stop(self, client: str) -> bool:
         return self.jobs.stop(client)
@@ -140,6 +148,7 @@ class Studio:
         self,
         client: str = "local",
         on_step=None,
+        on_preview=None,
         hires_upscaler: str | None = None,
         hires_scale: int = 2,
         draft: bool = False,
@@ -149,7 +158,8 @@ class Studio:
 
         ``draft``: generate with the short side at 256 and upscale x4 with ``hires_upscaler``
         (the Rapid Diffusion recipe); ``hires_upscaler`` alone upscales every image by
-        ``hires_scale`` before saving, keeping the original too.
+        ``hires_scale`` before saving, keeping the original too. ``on_preview(image, step,
+        total)`` gets live previews while it denoises.
         """
         params = validate_txt2img(**raw)
         hires = self._hires(hires_upscaler, 4 if draft else hires_scale, required=draft)
@@ -157,7 +167,7 @@ class Studio:
             params = replace(params, **_draft_size(params.width, params.height))
         on_step = self.progress.track(client, on_step)
         with self._job(client) as cancel:
-            result = txt2img.run(self.store, params, cancel=cancel, on_step=on_step)
+            result = txt2img.run(self.store, params, cancel=cancel, on_step=on_step, on_preview=on_preview)
             return self._finish(params, result, hires, cancel, {"draft": draft})
 
     def _hires(self, upscaler: str | None, scale: int, required: bool) -> upscale.UpscaleParams | None:
@@ -249,6 +259,7 @@ class Studio:
         self,
         client: str = "local",
         on_step=None,
+        on_preview=None,
         units: list[dict] = (),
         resize_mode: str = "crop",
         hires_upscaler: str | None = None,
@@ -277,7 +288,7 @@ class Studio:
         request = controlnet.validate_control(params, control_units, resize_mode)
         on_step = self.progress.track(client, on_step)
         with self._job(client) as cancel:
-            result = controlnet.run(self.store, request, cancel=cancel, on_step=on_step)
+            result = controlnet.run(self.store, request, cancel=cancel, on_step=on_step, on_preview=on_preview)
             fields = {
                 f"ControlNet {i}": (
                     f"Module: {u['kind'] if not u.get('is_map') else 'none'}, Model: {c.model}, Weight: {c.weight}, "

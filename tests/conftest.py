@@ -111,7 +111,7 @@ def demo_app(demo_models, demo_cache, tmp_path_factory):
     """``python app.py --demo --api`` really launched on a free port (UI, Gradio API and the
     A1111-compatible routes of one process)."""
     work = tmp_path_factory.mktemp("app")
-    app = LaunchedApp(["--demo", "--api"], demo_cache, work / "outputs")
+    app = LaunchedApp(["--demo", "--api", "--preview-every", "0"], demo_cache, work / "outputs")
     yield app
     app.stop()
 
@@ -178,5 +178,17 @@ def busy_app(demo_models, demo_cache, tmp_path_factory):
     user, password = ACCOUNTS[0]
     app = LaunchedApp(["--demo", "--api", "--auth", f"{user}:{password}", "--login-window", "2", "--queue-size", "2"],
                       demo_cache, work / "outputs")
+    yield app
+    app.stop()
+
+
+@pytest.fixture(scope="session")
+def crowd_app(demo_models, demo_cache, tmp_path_factory):
+    """A LAN server for the load tests: 6 waiting jobs at most, 2 per client address (the tests
+    speak from 127.0.0.2, 127.0.0.3, ... to be many clients), no login."""
+    work = tmp_path_factory.mktemp("crowd")
+    app = LaunchedApp(["--demo", "--queue-size", "6", "--client-queue-limit", "2", "--preview-every", "0"],
+                      demo_cache, work / "outputs", env={"GRADIO_TEMP_DIR": str(work / "gradio-tmp")})
+    app.temp = work / "gradio-tmp"
     yield app
     app.stop()

@@ -32,7 +32,9 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
     """``extensions``: what extensions.load_extensions returned (tabs, styles), or None."""
     S = load(options.lang)
     ctx = UIContext(S=S, studio=studio, options=options)
-    with gr.Blocks(title=S.title, analytics_enabled=False) as demo:
+    # delete_cache: Gradio copies every shown image (results, live previews, uploads) into its
+    # temporary folder; every 10 minutes, files older than an hour go (results stay in outputs/).
+    with gr.Blocks(title=S.title, analytics_enabled=False, delete_cache=(600, 3600)) as demo:
         # 1. Header and banners.
         gr.Markdown(f"# {S.title}\n{S.subtitle}")
         if options.demo:

@@ -106,6 +106,7 @@ ZH = dict(
     info_label="生成信息",
     progress_loading="正在加载模型……",
     progress_sampling="采样中",
+    live_preview="实时预览 · 第 {step}/{total} 步（模糊属正常，完成后显示原图）",
     progress_saving="正在保存图片……",
     pnginfo_upload="上传图片（PNG）",
     pnginfo_text="图片参数",
@@ -222,6 +223,7 @@ EN = dict(
     info_label="Generation info",
     progress_loading="Loading model…",
     progress_sampling="Sampling",
+    live_preview="Live preview · step {step}/{total} (blurry by design; the real image follows)",
     progress_saving="Saving…",
     pnginfo_upload="Upload an image (PNG)",
     pnginfo_text="Parameters",
@@ -300,6 +302,8 @@ ERRORS_ZH = {
     "api_unsupported": "暂不支持：{what}。",
     "cross_site_refused": "拒绝跨站请求：请直接打开本服务的页面操作。",
     "login_throttled": "登录失败次数过多，请 {seconds} 秒后再试。",
+    "queue_full": "服务器繁忙：排队的任务已满（最多 {limit} 个）。请稍后再试，已生成的图片不受影响。",
+    "client_queue_full": "你已有 {count} 个任务在排队或运行（每人最多 {limit} 个）。请等前面的任务完成后再提交。",
 }
 
 ERRORS_EN = {
@@ -369,6 +373,8 @@ ERRORS_EN = {
     "api_unsupported": "Not supported: {what}.",
     "cross_site_refused": "Cross-site request refused: use this server's own page.",
     "login_throttled": "Too many failed logins. Please retry in {seconds} seconds.",
+    "queue_full": "The server is busy: the queue is full ({limit} jobs at most). Please try again shortly; images already made are safe.",
+    "client_queue_full": "You already have {count} jobs waiting or running ({limit} per person at most). Submit more when they finish.",
 }
 
 if ZH.keys() != EN.keys() or ERRORS_ZH.keys() != ERRORS_EN.keys():
