@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--offline", action="store_true", help="never download models")
     p.add_argument("--login-window", type=float, default=60.0, metavar="SECONDS", help="after 5 failed logins from one address within this many seconds, refuse its logins until the window passes (default 60)")
     p.add_argument("--queue-size", type=int, default=64, help="jobs waiting at most; more are answered 'busy' (default 64)")
+    p.add_argument("--session-capacity", type=int, default=1000, metavar="N",
+                   help="page/API sessions whose state the server keeps (oldest dropped first; default 1000)")
     p.add_argument("--client-queue-limit", type=int, default=4, metavar="N",
                    help="jobs one client (address) may have waiting or running at once; 0: no limit (default 4)")
     p.add_argument("--lang", default=None, choices=["zh", "en"], help="interface language (default zh)")
@@ -156,6 +158,12 @@ def main(argv: list[str] | None = None) -> None:
         default_size=256 if settings.demo else 512,
         lang=args.lang,
     )
+    # Results are served from outputs/ as they are (they never change once saved) instead of
+    # being copied into Gradio's temporary folder: one file per image, not two, and a temp
+    # folder that stays flat however many jobs run.
+    import gradio as gr
+
+    gr.set_static_paths([str(settings.outputs_dir.resolve())])
     demo = build_ui(studio, options, extensions)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
 
@@ -183,6 +191,9 @@ def main(argv: list[str] | None = None) -> None:
         max_file_size="25mb",
         enable_monitoring=False,
         allowed_paths=[],
+        # Every REST call is a session of its own, and Gradio keeps each session's state (about
+        # 0.3 MiB per generation job): bound them, or an API-driven server grows without end.
+        state_session_capacity=args.session_capacity,
         footer_links=["api"],
         app_kwargs=app_kwargs,
     )

@@ -187,7 +187,8 @@ def crowd_app(demo_models, demo_cache, tmp_path_factory):
     """A LAN server for the load tests: 6 waiting jobs at most, 2 per client address (the tests
     speak from 127.0.0.2, 127.0.0.3, ... to be many clients), no login."""
     work = tmp_path_factory.mktemp("crowd")
-    app = LaunchedApp(["--demo", "--queue-size", "6", "--client-queue-limit", "2", "--preview-every", "0"],
+    app = LaunchedApp(["--demo", "--queue-size", "6", "--client-queue-limit", "2", "--preview-every", "0",
+                       "--session-capacity", "40"],
                       demo_cache, work / "outputs", env={"GRADIO_TEMP_DIR": str(work / "gradio-tmp")})
     app.temp = work / "gradio-tmp"
     yield app

@@ -201,17 +201,19 @@ def temp_files(app) -> int:
 
 def test_hundreds_of_identical_jobs_keep_memory_and_the_temp_folder_flat(crowd_app):
     """Through the launched server (HTTP, queue, live previews, Gradio's file cache): after a
-    warm-up, 150 more identical jobs add no temp files and no resident memory to speak of."""
+    warm-up, 150 more identical jobs add no temp files and no resident memory to speak of.
+    Each REST call is a session of its own; the app keeps the state of 40 (--session-capacity),
+    so the warm-up fills that first."""
     def jobs(count: int) -> None:
         for _ in range(count):
             status, answer = submit(crowd_app, "127.0.0.200", num_inference_steps=2, seed=77)
             assert status == 200
             assert follow(crowd_app, "127.0.0.200", answer["event_id"])[-1][0] == "complete"
 
-    jobs(30)
+    jobs(60)
     rss, files = rss_bytes(crowd_app.proc.pid), temp_files(crowd_app)
     jobs(150)
     grown = rss_bytes(crowd_app.proc.pid) - rss
     assert temp_files(crowd_app) == files
     assert grown < 40 * 2**20, f"resident memory grew by {grown / 2**20:.1f} MiB over 150 jobs"
-    assert len(list(crowd_app.outputs.rglob("*-77.png"))) >= 180  # every image kept
+    assert len(list(crowd_app.outputs.rglob("*-77.png"))) >= 210  # every image kept
