@@ -28,7 +28,7 @@ import re
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 
-from ui.strings import error_text, load
+from strings import error_text, load
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Why: Krita and Photoshop plugins, chat bots, the ``webuiapi`` client and batch s
 speak A1111's API. Every route calls the Studio methods the UI calls (no second engine path);
 this module only translates at the edge: A1111 sampler names and checkpoint titles, ControlNet
 modules, base64 images, ``n_iter`` batches. Heavy routes are plain ``def`` (FastAPI runs them in
-a thread pool) and take ``store.lock``, the lock every UI job takes, so API and UI jobs never
+a thread pool) and run through the studio's job context (the GPU lock every UI job takes), so API and UI jobs never
 interleave; ``/progress`` and ``/interrupt`` are ``async`` and never wait for it.
 
 Errors: a Danqing error code becomes a 422 JSON body with the Chinese (or ``--lang en``)
@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime as _dt
 import io
 import logging
 import re
 import secrets
-import threading
 import time
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +36,9 @@ from PIL import Image
 from pydantic import ValidationError
 
 from pipelines.errors import DanqingError, JobCancelled, ParamError
-from pipelines.params import DEFAULT_SAMPLER, SAMPLER_NAMES
-from pipelines.pnginfo import parse_parameters
-from ui.strings import error_text, load
+from pipelines.requests import DEFAULT_SAMPLER, SAMPLER_NAMES, Control, ControlUnit, Txt2Img, Upscale
+from pipelines.formats.pnginfo import parse_parameters
+from strings import error_text, load
 
 from .schemas import (
     ControlNetArgs,
@@ -163,44 +160,6 @@ def _scale_of(name: str) -> int:
     return int(match.group(1)) if match else 4
 
 
-# 2. API jobs: a client id per request, interrupt flags, batch position ---------------------
-@dataclass
-class ApiJob:
-    user: str
-    kind: str
-    job_count: int = 1
-    job_no: int = 0
-    interrupted: bool = False
-    client: str = field(default_factory=lambda: f"sdapi-{uuid.uuid4().hex[:12]}")
-    started: float = field(default_factory=time.time)
-    timestamp: str = field(default_factory=lambda: _dt.datetime.now().strftime("%Y%m%d%H%M%S"))
-    last_image: str | None = None  # base64 of the newest finished image (the progress preview)
-
-
-class ApiJobs:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._jobs: dict[str, ApiJob] = {}
-
-    def begin(self, user: str, kind: str, job_count: int = 1) -> ApiJob:
-        job = ApiJob(user=user, kind=kind, job_count=job_count)
-        with self._lock:
-            self._jobs[job.client] = job
-        return job
-
-    def end(self, job: ApiJob) -> None:
-        with self._lock:
-            self._jobs.pop(job.client, None)
-
-    def get(self, client: str) -> ApiJob | None:
-        with self._lock:
-            return self._jobs.get(client)
-
-    def of_user(self, user: str) -> list[ApiJob]:
-        with self._lock:
-            return [job for job in self._jobs.values() if job.user == user]
-
-
 # 3. Errors, login, request size ------------------------------------------------------------
 def _error(S, status: int, code: str, fields: dict | None = None, kind: str = "ParamError") -> JSONResponse:
     fields = {k: v if isinstance(v, (int, float, str, bool)) or v is None else str(v) for k, v in (fields or {}).items()}
@@ -295,7 +254,7 @@ class SdApi:
         self.studio = studio
         self.S = S
         self.styles = styles
-        self.jobs = ApiJobs()
+        self.jobs = studio.jobs  # the studio's job context: batches, progress, stop switches
 
     # -- translations that need the studio ---------------------------------------------------
     def model_ref(self, title: object) -> str:
@@ -312,7 +271,7 @@ class SdApi:
         return (preferred or names or [""])[0]
 
     def control_units(self, scripts: dict) -> tuple[list[dict], str]:
-        """alwayson_scripts.controlnet.args -> the Studio's unit dicts and one resize mode."""
+        """alwayson_scripts.controlnet.args -> ControlUnit fields and one resize mode."""
         raw = next((v for k, v in scripts.items() if k.lower() == "controlnet"), None)
         if not raw:
             return [], "crop"
@@ -358,34 +317,36 @@ class SdApi:
         sampler = sampler_name(req.sampler_name or req.sampler_index, req.scheduler)
         units, resize_mode = self.control_units(req.alwayson_scripts)
         checkpoint = req.override_settings.get("sd_model_checkpoint")
-        job = self.jobs.begin(user, "txt2img", req.n_iter)
+        job = self.jobs.open_batch(user, "txt2img", req.n_iter)
         generated, maps, infos = [], [], []
         try:
             # 2. The GPU: the lock UI jobs take, held for the whole request (model override,
             #    every batch, switching back), so nothing interleaves.
-            with studio.store.lock:
+            with studio.hold_gpu():
                 previous = None
                 if checkpoint and not job.interrupted:
                     ref = self.model_ref(checkpoint)
-                    if ref != studio.store.current_ref:
-                        previous = studio.store.current_ref
+                    if ref != studio.current_model():
+                        previous = studio.current_model()
                         studio.switch_model(ref)
                 try:
-                    seed = req.seed
+                    request = None
                     for number in range(req.n_iter):
                         if job.interrupted:
                             break
                         job.job_no = number
-                        raw = dict(
-                            prompt=prompt, negative_prompt=negative, num_inference_steps=req.steps,
-                            guidance_scale=req.cfg_scale, width=req.width, height=req.height, seed=seed,
-                            num_images_per_prompt=req.batch_size, sampler=sampler,
-                        )
+                        if request is None:  # validated once; later batches continue its seeds
+                            request = Txt2Img.from_fields(
+                                prompt=prompt, negative_prompt=negative, num_inference_steps=req.steps,
+                                guidance_scale=req.cfg_scale, width=req.width, height=req.height, seed=req.seed,
+                                num_images_per_prompt=req.batch_size, sampler=sampler,
+                            )
+                            control = Control.build(request, units, resize_mode) if units else None
                         try:
-                            if units:
-                                paths, info = studio.control(client=job.client, units=units, resize_mode=resize_mode, **raw)
+                            if control is not None:
+                                paths, info = studio.control(replace(control, base=request), client=job.client)
                             else:
-                                paths, info = studio.txt2img(client=job.client, **raw)
+                                paths, info = studio.txt2img(request, client=job.client)
                         except JobCancelled:
                             job.interrupted = True
                             break
@@ -394,12 +355,13 @@ class SdApi:
                         maps = paths[count:]
                         infos.append(info)
                         job.last_image = b64_file(paths[count - 1])
-                        seed = info["all_seeds"][-1] + 1  # A1111: the next batch continues the seeds
+                        # A1111: the next batch continues the seeds.
+                        request = replace(request, seed=info["all_seeds"][-1] + 1)
                 finally:
                     if previous is not None and req.override_settings_restore_afterwards:
                         studio.switch_model(previous)
         finally:
-            self.jobs.end(job)
+            self.jobs.close_batch(job)
         # 3. A1111's response: base64 PNGs, the request, and the info JSON string.
         return {
             "images": [b64_file(p) for p in (*generated, *maps)] if req.send_images else [],
@@ -423,7 +385,7 @@ class SdApi:
             "width": first.get("width", req.width), "height": first.get("height", req.height),
             "sampler_name": sampler, "cfg_scale": req.cfg_scale, "steps": req.steps,
             "batch_size": req.batch_size, "n_iter": req.n_iter, "restore_faces": False,
-            "sd_model_name": first.get("model", self.studio.store.current_ref), "sd_model_hash": None,
+            "sd_model_name": first.get("model", self.studio.current_model()), "sd_model_hash": None,
             "styles": req.styles, "index_of_first_image": 0, "infotexts": infotexts,
             "job_timestamp": job.timestamp, "clip_skip": 1, "version": f"Danqing {_version()}",
             "extra_generation_params": {k: first[k] for k in ("loras", "controlnet") if first.get(k)},
@@ -433,12 +395,12 @@ class SdApi:
 
     # -- progress and interrupt ---------------------------------------------------------------
     def progress(self, user: str, skip_current_image: bool = False) -> dict:
-        snap = self.studio.progress.snapshot()
+        snap = self.jobs.snapshot()
         if snap is None:
             state = {"skipped": False, "interrupted": False, "job": "", "job_count": 0, "job_timestamp": "",
                      "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
             return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
-        job = self.jobs.get(snap["client"])
+        job = self.jobs.batch(snap["client"])
         step, total, rate = snap["step"], max(1, snap["total"]), snap["seconds_per_step"]
         job_count, job_no = (job.job_count, job.job_no) if job else (1, 0)
         progress = min(1.0, (job_no + step / total) / job_count)
@@ -461,12 +423,7 @@ class SdApi:
 
     def interrupt(self, user: str) -> dict:
         """Stops this API user's jobs (running or waiting), never a UI user's or another's."""
-        stopped = 0
-        for job in self.jobs.of_user(user):
-            job.interrupted = True
-            self.studio.stop(job.client)
-            stopped += 1
-        return {"interrupted": stopped}
+        return {"interrupted": self.jobs.interrupt(user)}
 
     # -- the other routes ---------------------------------------------------------------------
     def extra_single_image(self, req: ExtraSingleImageRequest, user: str) -> dict:
@@ -475,11 +432,12 @@ class SdApi:
         name = self.upscaler(req.upscaler_1)
         data = image_bytes(req.image, missing="upscale_no_image")
         scale = int(req.upscaling_resize) if float(req.upscaling_resize).is_integer() else req.upscaling_resize
-        job = self.jobs.begin(user, "extras")
+        request = Upscale.from_fields(upscaler=name, scale=scale)
+        job = self.jobs.open_batch(user, "extras")
         try:
-            paths, info = self.studio.upscale_images([data], name, scale, client=job.client)
+            paths, info = self.studio.upscale_images([data], request, client=job.client)
         finally:
-            self.jobs.end(job)
+            self.jobs.close_batch(job)
         with Image.open(paths[0]) as image:
             text = image.info.get("parameters", "")
         return {"html_info": text, "image": b64_file(paths[0])}
@@ -487,7 +445,7 @@ class SdApi:
     def png_info(self, req: PngInfoRequest) -> dict:
         if not req.image.strip():
             return {"info": "", "items": {}, "parameters": {}}
-        from pipelines.preprocess import open_upload
+        from pipelines.formats.images import open_upload
 
         image = open_upload(image_bytes(req.image, missing="image_unreadable"))
         text = self.studio.png_parameters(image) or ""
@@ -516,15 +474,15 @@ class SdApi:
                 "high_threshold": round(req.controlnet_threshold_b) if req.controlnet_threshold_b >= 0 else 200,
                 "estimator": self.estimator(keyword) if kind == "depth" else "",
             }
-            images.append(b64_image(self.studio.preview_control(unit)))
+            images.append(b64_image(self.studio.preview_control(ControlUnit.from_fields(unit))))
         return {"images": images, "info": "Success"}
 
     def options(self) -> dict:
         return {
-            "sd_model_checkpoint": self.studio.store.current_ref,
+            "sd_model_checkpoint": self.studio.current_model(),
             "sd_checkpoint_hash": None,
             "samples_format": "png",
-            "outdir_samples": str(self.studio.outputs.root),
+            "outdir_samples": str(self.studio.outputs_dir()),
             "CLIP_stop_at_last_layers": 1,
         }
 
@@ -565,7 +523,7 @@ def _json(value) -> str:
 
 
 def _version() -> str:
-    from pipelines.service import VERSION  # the Studio exists, so torch is already imported
+    from pipelines.studio import VERSION  # the Studio exists, so torch is already imported
 
     return VERSION
 

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 
-from ui.strings import error_text, load
+from strings import error_text, load
 
 log = logging.getLogger(__name__)
 

@@ -124,9 +124,9 @@ def make_baseline(folder: Path, device: torch.device, dtype: torch.dtype, naive:
 
 
 def make_danqing(folder: Path, device: str, dtype: str, deepcache: int = 0, **fast):
-    from pipelines import txt2img
-    from pipelines.params import validate_txt2img
-    from pipelines.settings import EngineSettings
+    from pipelines.tasks import txt2img
+    from pipelines.requests import Txt2Img
+    from pipelines.store.settings import EngineSettings
     from pipelines.store import ModelStore
 
     store = ModelStore(EngineSettings(model=str(folder), models_dir=folder.parent / "models",
@@ -135,7 +135,7 @@ def make_danqing(folder: Path, device: str, dtype: str, deepcache: int = 0, **fa
 
     def run(seed: int, args) -> tuple[np.ndarray, StepClock]:
         clock = StepClock(store.plan.device)
-        params = validate_txt2img(prompt=PROMPT, width=args.size, height=args.size, num_inference_steps=args.steps,
+        params = Txt2Img.from_fields(prompt=PROMPT, width=args.size, height=args.size, num_inference_steps=args.steps,
                                   guidance_scale=7.5, seed=seed, sampler="PNDM", deepcache=deepcache)
         result = txt2img.run(store, params, on_step=lambda i, n: clock.tick())
         return np.asarray(result.images[0]), clock
@@ -171,7 +171,7 @@ def main(argv=None) -> dict:
     if args.quick:
         args.size, args.steps, args.repeats = 256, 4, 2
 
-    from pipelines.devices import plan_device
+    from pipelines.store.devices import plan_device
 
     plan = plan_device(args.device, args.dtype)
     names = [n.strip() for n in args.variants.split(",") if n.strip()]

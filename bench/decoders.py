@@ -68,8 +68,8 @@ def main(argv=None) -> dict:
     from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
 
     from bench.sd15 import SD15_UNET, SD15_VAE
-    from pipelines.devices import plan_device
-    from pipelines.preview import approx_decode
+    from pipelines.store.devices import plan_device
+    from pipelines.tasks.preview import approx_decode
 
     plan = plan_device(args.device, args.dtype)
     device, dtype = plan.device, plan.dtype

@@ -36,7 +36,7 @@ def sync(device: torch.device) -> None:
 def build_models(root: Path, quick: bool) -> Path:
     """The checkpoint folder and models/upscalers/RealESRGAN_x4plus.pth (wrapped in
     ``params_ema`` like the published file); reused when already there."""
-    from pipelines.esrgan import RRDBNet
+    from pipelines.formats.esrgan import RRDBNet
 
     upscalers = root / "models" / "upscalers"
     upscalers.mkdir(parents=True, exist_ok=True)
@@ -73,11 +73,12 @@ def main(argv=None) -> dict:
     if args.quick:
         args.draft_size, args.steps, args.repeats = 64, 2, 1
 
-    from pipelines import txt2img
-    from pipelines.params import validate_txt2img
-    from pipelines.settings import EngineSettings
+    from pipelines.tasks import txt2img
+    from pipelines.requests import Txt2Img
+    from pipelines.store.settings import EngineSettings
     from pipelines.store import ModelStore
-    from pipelines.upscale import UpscaleParams, upscale
+    from pipelines.requests import Upscale
+    from pipelines.tasks.upscale import upscale
 
     # 1. Models in their real formats, loaded through the store (loading is not timed).
     root = Path(args.model_dir or tempfile.mkdtemp(prefix="danqing-draft-"))
@@ -87,10 +88,10 @@ def main(argv=None) -> dict:
     store.base()
     device = store.plan.device
     big = args.draft_size * 4
-    up_params = UpscaleParams(UPSCALER, scale=4, tile=args.tile)
+    up_params = Upscale(UPSCALER, scale=4, tile=args.tile)
 
     def generate(side: int, steps: int):
-        params = validate_txt2img(prompt=PROMPT, width=side, height=side, num_inference_steps=steps, seed=1234)
+        params = Txt2Img.from_fields(prompt=PROMPT, width=side, height=side, num_inference_steps=steps, seed=1234)
         return txt2img.run(store, params).images[0]
 
     def draft(steps: int) -> dict:

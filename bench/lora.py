@@ -5,7 +5,7 @@
 
 Random rank-16 LoRAs (every attention, feed-forward and text-encoder linear layer, peft
 format) are written next to the base in a temporary models folder and switched through the
-store with ``pipelines.lora.apply_loras``, exactly as a job does. Reported, as medians:
+store with ``pipelines.tasks.lora.apply_loras``, exactly as a job does. Reported, as medians:
 the first load of a file, a switch between loaded adapters, a switch back to none, a repeated
 identical request (the no-op), and seconds per U-Net step (batch 2, as with CFG) with none,
 1 and 3 LoRAs active, timed interleaved (none, 1, 3, none, 1, 3, ...) with their ratios.
@@ -90,8 +90,8 @@ def main() -> None:
     size = args.size or (512 if args.full else 64)
     rounds = args.rounds or (3 if args.full else 15)
 
-    from pipelines import lora
-    from pipelines.settings import EngineSettings
+    from pipelines.tasks import lora
+    from pipelines.store.settings import EngineSettings
     from pipelines.store import ModelStore
 
     with tempfile.TemporaryDirectory(prefix="danqing-bench-lora-") as tmp:
@@ -103,7 +103,7 @@ def main() -> None:
         base = store.base()
         load_base = time.perf_counter() - started
         names = write_loras(base, models / "lora", args.rank, LORA_COUNT)
-        state = lora.adapters_of(base)
+        state = store.adapters
 
         # 2. Switching costs.
         first_loads = [timed(lambda n=n: lora.apply_loras(store, [(n, 1.0)])) for n in names]

@@ -41,13 +41,13 @@ def build_sd15(folder: Path, seed: int = 0) -> Path:
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import BertTokenizer, CLIPTextConfig, CLIPTextModel
 
-    from pipelines.demo import TOKEN_WINDOW, _write_vocab
+    from pipelines.demo.sd import TOKEN_WINDOW, write_vocab
 
     folder = Path(folder)
     if (folder / "model_index.json").exists():
         return folder
     started = time.perf_counter()
-    _write_vocab(folder / "tokenizer")
+    write_vocab(folder / "tokenizer")
     tokenizer = BertTokenizer.from_pretrained(folder / "tokenizer")
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(
@@ -77,6 +77,6 @@ def build_sd15(folder: Path, seed: int = 0) -> Path:
     pipe.save_pretrained(folder, safe_serialization=True)
     # Like PAI's repositories: the tokenizer is a plain WordPiece vocab.txt.
     shutil.rmtree(folder / "tokenizer")
-    _write_vocab(folder / "tokenizer")
+    write_vocab(folder / "tokenizer")
     (folder / "BENCH.json").write_text(json.dumps({"seconds_to_build": round(time.perf_counter() - started, 1)}))
     return folder

@@ -33,9 +33,10 @@ def main(argv=None) -> dict:
     from diffusers import ControlNetModel, UNet2DConditionModel
 
     from bench.sd15 import build_sd15
-    from pipelines import controlnet, txt2img
-    from pipelines.params import validate_txt2img
-    from pipelines.settings import EngineSettings
+    from pipelines.tasks import controlnet
+    from pipelines.tasks import txt2img
+    from pipelines.requests import Txt2Img
+    from pipelines.store.settings import EngineSettings
     from pipelines.store import ModelStore
 
     # 1. Models: the SD 1.5 folder and a ControlNet built from its U-Net, in models/controlnet.
@@ -45,7 +46,7 @@ def main(argv=None) -> dict:
     if not (cn_dir / "config.json").exists():
         ControlNetModel.from_unet(UNet2DConditionModel.from_pretrained(folder / "unet")).save_pretrained(cn_dir)
     store = ModelStore(EngineSettings(model=str(folder), models_dir=root / "models", device=args.device, dtype=args.dtype))
-    params = validate_txt2img(prompt="竹林里的大熊猫", width=args.size, height=args.size,
+    params = Txt2Img.from_fields(prompt="竹林里的大熊猫", width=args.size, height=args.size,
                               num_inference_steps=args.steps, seed=1, sampler="PNDM")
     edges = Image.fromarray((np.random.RandomState(0).rand(args.size, args.size, 3) > 0.9).astype(np.uint8) * 255)
 

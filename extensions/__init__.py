@@ -5,8 +5,8 @@ An extension is a Python module (``name.py``) or package (``name/__init__.py``) 
 ``api`` object (:class:`ExtensionAPI`) is all it gets:
 
 - ``api.add_tab(title, build)``: a tab after the built-in ones; ``build(studio)`` creates the
-  Gradio components inside it (``studio`` is pipelines.service.Studio, ``studio.store`` the
-  model store). Events that use the model should pass ``concurrency_id=api.concurrency_id``.
+  Gradio components inside it (``studio`` is pipelines.studio.Studio, the engine's facade:
+  requests in, saved files out). Events that use the model should pass ``concurrency_id=api.concurrency_id``.
 - ``api.add_styles({name: (prompt, negative_prompt)})``: prompt styles, A1111 semantics
   (``{prompt}`` in a style's text is replaced by the user's prompt, else the style is appended).
   Calling it again replaces the styles this extension added before (for reloading a file).
@@ -38,7 +38,7 @@ from typing import Callable, Iterable, Iterator, Mapping
 log = logging.getLogger(__name__)
 
 BUILTIN_DIR = Path(__file__).resolve().parent
-GPU_CONCURRENCY_ID = "gpu"  # the same id as ui.common.GPU: one queue for every model job
+GPU_CONCURRENCY_ID = "gpu"  # the one queue for every model job (ui.common.GPU is this name)
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ class ExtensionAPI:
     def error_message(self, exc: BaseException) -> str:
         """The sentence users read for an error the studio raised (its ``code``), in ``lang``;
         anything else is logged and gets the generic "internal error" sentence."""
-        from ui.strings import error_text, load
+        from strings import error_text, load
 
         code = getattr(exc, "code", None)
         if code is None:

@@ -1,5 +1,5 @@
-"""Danqing's engine: the model store and one module per task. No Gradio, no user-facing text.
-
-Modules import torch and diffusers lazily where they can; ``params``, ``errors``, ``folders``
-and ``pnginfo`` are pure Python and safe for the UI to import.
+"""Danqing's engine. No Gradio, no user-facing text; imports flow one way:
+formats → store → tasks → studio (docs/ARCHITECTURE.md). ``requests`` and ``errors`` are pure
+Python and safe for the UI to import; ``demo`` writes the demo bundle and is never imported by
+the engine.
 """

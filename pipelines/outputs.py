@@ -13,7 +13,7 @@ from typing import Callable
 
 from PIL import Image
 
-from .pnginfo import aigc_label, png_metadata
+from .formats.pnginfo import aigc_label, png_metadata
 
 _NUMBERED = re.compile(r"^(\d{5})-")
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ def add_visible_label(image: Image.Image, text: str) -> Image.Image:
     corner on a translucent band, sized to the image."""
     from PIL import ImageDraw
 
-    from .fonts import find_cjk_font, load_font
+    from .formats.fonts import find_cjk_font, load_font
 
     size = max(12, min(image.size) // 24)
     font_path = find_cjk_font() if not text.isascii() else None

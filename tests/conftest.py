@@ -32,8 +32,8 @@ def demo_models(demo_cache) -> Path:
 def make_studio(models_dir: Path, outputs_dir: Path, model: str | None = None):
     from pipelines.demo import DEMO_MODEL
     from pipelines.outputs import OutputWriter
-    from pipelines.service import Studio
-    from pipelines.settings import EngineSettings
+    from pipelines.studio import Studio
+    from pipelines.store.settings import EngineSettings
     from pipelines.store import ModelStore
 
     settings = EngineSettings(

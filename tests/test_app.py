@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, LaunchedApp
-from pipelines.pnginfo import parse_parameters, read_aigc_label
+from pipelines.formats.pnginfo import parse_parameters, read_aigc_label
 
 
 def test_txt2img_endpoint_returns_saved_images_with_metadata(demo_app):

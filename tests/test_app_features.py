@@ -8,7 +8,7 @@ import pytest
 from gradio_client import handle_file
 from PIL import Image
 
-from pipelines.pnginfo import parse_parameters
+from pipelines.formats.pnginfo import parse_parameters
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,22 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from pipelines import controlnet as cn
-from pipelines import preprocess, txt2img
+from pipelines.demo.controlnet import DEMO_CANNY, DEMO_DEPTH, DEMO_DEPTH_ESTIMATOR, DEMO_HINT_CHANNELS, DEMO_WRONG
+from pipelines.formats import images as preprocess
+from pipelines.formats.controlnet import shape_from_config, check_fits
+from pipelines.requests import Control, ControlUnit, validate_units
+from pipelines.tasks import annotators
+from pipelines.tasks import controlnet as cn
+from pipelines.tasks.denoise import build_pipeline
+from pipelines.tasks import txt2img
 from pipelines.errors import ModelError, ParamError
-from pipelines.params import validate_txt2img
+from pipelines.requests import Txt2Img
 
 SMALL = dict(prompt="竹林里的熊猫，水墨画", width=64, height=64, num_inference_steps=3)
 
 
 def base_params(seed=21):
-    return validate_txt2img(**SMALL, seed=seed)
+    return Txt2Img.from_fields(**SMALL, seed=seed)
 
 
 def scene(width=80, height=48) -> Image.Image:
@@ -39,8 +45,8 @@ def pixels(result):
 @pytest.fixture(scope="module")
 def maps(store):
     return {
-        "canny": preprocess.canny_map(scene(64, 64), 50, 150),
-        "depth": preprocess.depth_map(store, scene(64, 64), cn.DEMO_DEPTH_ESTIMATOR),
+        "canny": annotators.canny_map(scene(64, 64), 50, 150),
+        "depth": annotators.depth_map(store, scene(64, 64), DEMO_DEPTH_ESTIMATOR),
     }
 
 
@@ -52,16 +58,16 @@ def plain(store):
 
 # 1. What is listed and how it loads -----------------------------------------------------------
 def test_lists_folders_files_and_depth_estimators(store):
-    assert cn.list_controlnets(store) == [cn.DEMO_CANNY, cn.DEMO_DEPTH, cn.DEMO_WRONG]
-    assert preprocess.list_depth_estimators(store) == [cn.DEMO_DEPTH_ESTIMATOR]
+    assert cn.list_controlnets(store) == [DEMO_CANNY, DEMO_DEPTH, DEMO_WRONG]
+    assert annotators.list_depth_estimators(store) == [DEMO_DEPTH_ESTIMATOR]
 
 
 def test_controlnet_pipeline_shares_the_base_modules(store):
     from diffusers import StableDiffusionControlNetPipeline
 
-    net = cn.load_controlnet(store, cn.DEMO_CANNY)
-    assert cn.load_controlnet(store, cn.DEMO_CANNY) is net  # cached, loaded once
-    pipe = txt2img.build_pipeline(store, base_params(), StableDiffusionControlNetPipeline, controlnet=net)
+    net = cn.load_controlnet(store, DEMO_CANNY)
+    assert cn.load_controlnet(store, DEMO_CANNY) is net  # cached, loaded once
+    pipe = build_pipeline(store, base_params(), StableDiffusionControlNetPipeline, controlnet=net)
     base = store.base()
     assert pipe.unet is base.unet and pipe.vae is base.vae and pipe.text_encoder is base.text_encoder
     assert pipe.controlnet is net
@@ -71,33 +77,33 @@ def test_single_file_controlnet_loads_with_its_own_weights(store, demo_models):
     from diffusers import ControlNetModel
     from safetensors.torch import load_file
 
-    net = cn.load_controlnet(store, cn.DEMO_DEPTH)
+    net = cn.load_controlnet(store, DEMO_DEPTH)
     assert isinstance(net, ControlNetModel)
-    ldm = load_file(demo_models / "controlnet" / cn.DEMO_DEPTH)
+    ldm = load_file(demo_models / "controlnet" / DEMO_DEPTH)
     assert "middle_block_out.0.weight" in ldm and "controlnet_mid_block.weight" not in ldm
     assert np.array_equal(net.controlnet_mid_block.weight.detach().numpy(), ldm["middle_block_out.0.weight"].numpy())
-    assert tuple(net.config.conditioning_embedding_out_channels) == cn.DEMO_HINT_CHANNELS  # read from the file
+    assert tuple(net.config.conditioning_embedding_out_channels) == DEMO_HINT_CHANNELS  # read from the file
 
 
 # 2. Preprocessors ----------------------------------------------------------------------------
 def test_canny_preview_is_cv2_canny_at_the_input_resolution():
     image = scene(80, 48)
-    edges = np.asarray(preprocess.canny_map(image, 60, 140))
+    edges = np.asarray(annotators.canny_map(image, 60, 140))
     expected = cv2.Canny(np.asarray(image), 60, 140)
     assert edges.shape == (48, 80, 3)
     for channel in range(3):
         assert np.array_equal(edges[..., channel], expected)
     assert expected.any()
     with pytest.raises(ParamError) as info:
-        preprocess.canny_map(image, 200, 100)
+        annotators.canny_map(image, 200, 100)
     assert info.value.code == "canny_thresholds_order"
     with pytest.raises(ParamError) as info:
-        preprocess.canny_map(image, 10, 256)
+        annotators.canny_map(image, 10, 256)
     assert info.value.code == "out_of_range"
 
 
 def test_depth_map_is_full_range_rgb_at_the_input_resolution(store):
-    depth = preprocess.depth_map(store, scene(80, 48), cn.DEMO_DEPTH_ESTIMATOR)
+    depth = annotators.depth_map(store, scene(80, 48), DEMO_DEPTH_ESTIMATOR)
     values = np.asarray(depth)
     assert depth.mode == "RGB" and values.shape == (48, 80, 3)
     assert values.min() == 0 and values.max() == 255
@@ -106,17 +112,17 @@ def test_depth_map_is_full_range_rgb_at_the_input_resolution(store):
 
 def test_missing_depth_estimator_says_what_to_put_where(store):
     with pytest.raises(ModelError) as info:
-        preprocess.depth_map(store, scene(), "dpt-hybrid-midas")
+        annotators.depth_map(store, scene(), "dpt-hybrid-midas")
     assert info.value.code == "depth_estimator_missing"
     assert info.value.fields["folder"].endswith("annotators/dpt-hybrid-midas")
     assert info.value.fields["suggestion"] == "Intel/dpt-hybrid-midas"
     with pytest.raises(ParamError):
-        preprocess.depth_map(store, scene(), "../checkpoints")
+        annotators.depth_map(store, scene(), "../checkpoints")
 
 
 # 3. Generation ---------------------------------------------------------------------------------
 def test_controlnet_changes_the_image_for_the_same_seed(store, maps, plain):
-    params = cn.ControlParams(base_params(), (cn.ControlUnit(cn.DEMO_CANNY, maps["canny"]),))
+    params = Control(base_params(), (ControlUnit(DEMO_CANNY, maps["canny"]),))
     result = cn.run(store, params)
     assert result.images[0].size == (64, 64)
     assert np.abs(pixels(result) - plain).mean() > 1
@@ -125,13 +131,13 @@ def test_controlnet_changes_the_image_for_the_same_seed(store, maps, plain):
 def test_multi_controlnet_uses_each_units_weight(store, maps, plain):
     def run(w_canny, w_depth):
         units = (
-            cn.ControlUnit(cn.DEMO_CANNY, maps["canny"], weight=w_canny),
-            cn.ControlUnit(cn.DEMO_DEPTH, maps["depth"].resize((96, 40)), weight=w_depth, guidance_end=0.7),
+            ControlUnit(DEMO_CANNY, maps["canny"], weight=w_canny),
+            ControlUnit(DEMO_DEPTH, maps["depth"].resize((96, 40)), weight=w_depth, guidance_end=0.7),
         )
-        return cn.run(store, cn.ControlParams(base_params(), units, resize_mode="fit"))
+        return cn.run(store, Control(base_params(), units, resize_mode="fit"))
 
     both = run(0.5, 1.5)
-    assert both.notices["controlnets"] == [cn.DEMO_CANNY, cn.DEMO_DEPTH]
+    assert both.notices["controlnets"] == [DEMO_CANNY, DEMO_DEPTH]
     assert np.abs(pixels(both) - plain).mean() > 1
     # Weight 0 on both: the ControlNets add nothing, and the image is text-to-image's.
     assert np.abs(pixels(run(0.0, 0.0)) - plain).max() <= 1
@@ -139,54 +145,54 @@ def test_multi_controlnet_uses_each_units_weight(store, maps, plain):
 
 def test_mismatched_controlnet_is_refused_before_touching_the_base(store, maps, plain):
     unet = store.base().unet
-    params = cn.ControlParams(base_params(), (cn.ControlUnit(cn.DEMO_WRONG, maps["canny"]),))
+    params = Control(base_params(), (ControlUnit(DEMO_WRONG, maps["canny"]),))
     with pytest.raises(ModelError) as info:
         cn.run(store, params)
     assert info.value.code == "controlnet_mismatch"
     assert info.value.fields["what"] == "cross_attention_dim"
-    assert cn.DEMO_WRONG not in [row["name"] for row in store.resident_models()]
+    assert DEMO_WRONG not in [row["name"] for row in store.resident_models()]
     assert store.base().unet is unet
     assert np.array_equal(pixels(txt2img.run(store, base_params())), plain)
 
 
 def test_sdxl_and_other_width_configs_are_refused():
-    base = cn.shape_from_config({"block_out_channels": [32, 64], "layers_per_block": 1, "cross_attention_dim": 32, "in_channels": 4})
+    base = shape_from_config({"block_out_channels": [32, 64], "layers_per_block": 1, "cross_attention_dim": 32, "in_channels": 4})
     sdxl = {"block_out_channels": [32, 64], "layers_per_block": 1, "cross_attention_dim": 2048, "in_channels": 4, "addition_embed_type": "text_time"}
     with pytest.raises(ModelError) as info:
-        cn.check_fits("x", cn.shape_from_config(sdxl), base)
+        check_fits("x", shape_from_config(sdxl), base)
     assert info.value.code == "controlnet_sdxl"
     wider = {"block_out_channels": [32, 64, 64], "layers_per_block": 1, "cross_attention_dim": 32, "in_channels": 4}
     with pytest.raises(ModelError) as info:
-        cn.check_fits("x", cn.shape_from_config(wider), base)
+        check_fits("x", shape_from_config(wider), base)
     assert info.value.fields["what"] == "block_out_channels"
 
 
 def test_resident_models_show_one_unet_and_the_controlnets(store):
-    cn.load_controlnet(store, cn.DEMO_CANNY)
-    cn.load_controlnet(store, cn.DEMO_DEPTH)
+    cn.load_controlnet(store, DEMO_CANNY)
+    cn.load_controlnet(store, DEMO_DEPTH)
     rows = store.resident_models()
     assert len([r for r in rows if r["kind"] == "unet"]) == 1
-    assert {r["name"] for r in rows if r["kind"] == "controlnet"} >= {cn.DEMO_CANNY, cn.DEMO_DEPTH}
+    assert {r["name"] for r in rows if r["kind"] == "controlnet"} >= {DEMO_CANNY, DEMO_DEPTH}
 
 
 def test_units_are_validated_on_the_server():
     image = scene()
-    good = cn.ControlUnit(cn.DEMO_CANNY, image)
-    assert cn.validate_units([good]) == (good,)
-    request = cn.validate_control(base_params(), [good], "fit")
+    good = ControlUnit(DEMO_CANNY, image)
+    assert validate_units([good]) == (good,)
+    request = Control.build(base_params(), [good], "fit")
     assert request.units == (good,) and request.resize_mode == "fit"
     cases = [
         ([], "crop", "controlnet_no_units"),
         ([good] * 4, "crop", "controlnet_too_many_units"),
         ([good], "zoom", "unknown_resize_mode"),
-        ([cn.ControlUnit(cn.DEMO_CANNY, image, weight=2.5)], "crop", "out_of_range"),
-        ([cn.ControlUnit(cn.DEMO_CANNY, image, weight=float("nan"))], "crop", "not_a_number"),
-        ([cn.ControlUnit(cn.DEMO_CANNY, image, guidance_start=0.6, guidance_end=0.6)], "crop", "controlnet_guidance_order"),
-        ([cn.ControlUnit(cn.DEMO_CANNY, None)], "crop", "controlnet_no_image"),
+        ([ControlUnit(DEMO_CANNY, image, weight=2.5)], "crop", "out_of_range"),
+        ([ControlUnit(DEMO_CANNY, image, weight=float("nan"))], "crop", "not_a_number"),
+        ([ControlUnit(DEMO_CANNY, image, guidance_start=0.6, guidance_end=0.6)], "crop", "controlnet_guidance_order"),
+        ([ControlUnit(DEMO_CANNY, None)], "crop", "controlnet_no_image"),
     ]
     for units, mode, code in cases:
         with pytest.raises(ParamError) as info:
-            cn.validate_units(units, mode)
+            validate_units(units, mode)
         assert info.value.code == code
 
 

@@ -3,12 +3,12 @@ exact image but not equal (it is labelled approximate), and the shared U-Net is 
 
 import numpy as np
 
-from pipelines import txt2img
-from pipelines.params import validate_txt2img
+from pipelines.tasks import txt2img
+from pipelines.requests import Txt2Img
 
 
 def run(store, **kwargs):
-    params = validate_txt2img(prompt="竹林里的熊猫", width=64, height=64, num_inference_steps=6, seed=8, **kwargs)
+    params = Txt2Img.from_fields(prompt="竹林里的熊猫", width=64, height=64, num_inference_steps=6, seed=8, **kwargs)
     return np.asarray(txt2img.run(store, params).images[0]).astype(float)
 
 
@@ -45,5 +45,5 @@ def test_deepcache_is_validated():
     from pipelines.errors import ParamError
 
     with pytest.raises(ParamError):
-        validate_txt2img(prompt="x", deepcache=9)
-    assert validate_txt2img(prompt="x", deepcache=1).deepcache == 0
+        Txt2Img.from_fields(prompt="x", deepcache=9)
+    assert Txt2Img.from_fields(prompt="x", deepcache=1).deepcache == 0

@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import ACCOUNTS
 from extensions import load_extensions
 from pipelines.outputs import OutputWriter
-from pipelines.pnginfo import parse_parameters
+from pipelines.formats.pnginfo import parse_parameters
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from PIL import Image
 
 from conftest import make_studio
 from pipelines.errors import DanqingError
+from pipelines.requests import Txt2Img, Upscale
 
 JOB = dict(prompt="荷花", width=64, height=64, num_inference_steps=3, seed=21)
 
@@ -31,7 +32,7 @@ def first_image(paths) -> np.ndarray:
 @pytest.fixture
 def fresh(demo_models, tmp_path):
     studio = make_studio(demo_models, tmp_path / "outputs")
-    paths, _ = studio.txt2img(**JOB)  # loads the model; the reference image
+    paths, _ = studio.txt2img(Txt2Img.from_fields(JOB))  # loads the model; the reference image
     return studio, first_image(paths)
 
 
@@ -56,15 +57,15 @@ def test_out_of_memory_in_a_model_is_a_friendly_error_and_the_next_job_succeeds(
     saved_before = sorted(studio.outputs.root.rglob("*.png"))
     try:
         with pytest.raises(DanqingError) as err:
-            studio.txt2img(**JOB)
+            studio.txt2img(Txt2Img.from_fields(JOB))
         assert err.value.code == "out_of_memory"
         # Nothing half-made was saved, the stop switch and progress are released, and no
         # tensor of the failed job is still alive.
         assert sorted(studio.outputs.root.rglob("*.png")) == saved_before
-        assert studio.jobs._running == {} and studio.progress.snapshot() is None
+        assert studio.jobs._running == {} and studio.jobs.snapshot() is None
         assert live_tensors() <= baseline + 5
         # 2. The next job (the hook now lets it through) gives the same image as before.
-        paths, _ = studio.txt2img(**JOB)
+        paths, _ = studio.txt2img(Txt2Img.from_fields(JOB))
         assert len(calls) > 1
         assert np.array_equal(first_image(paths), reference)
     finally:
@@ -75,8 +76,8 @@ def test_out_of_memory_in_the_upscaler_is_a_friendly_error_and_the_next_run_work
     studio, _ = fresh
     name = "realesr-general-x4v3-tiny.safetensors"
     picture = Image.new("RGB", (40, 32), (120, 30, 200))
-    studio.upscale_images([picture], name, 4)  # loads the upscaler
-    from pipelines.upscale import load_upscaler
+    studio.upscale_images([picture], Upscale(name, 4))  # loads the upscaler
+    from pipelines.tasks.upscale import load_upscaler
 
     model = load_upscaler(studio.store, name)
 
@@ -86,11 +87,11 @@ def test_out_of_memory_in_the_upscaler_is_a_friendly_error_and_the_next_run_work
     handle = model.register_forward_pre_hook(always)
     try:
         with pytest.raises(DanqingError) as err:
-            studio.upscale_images([picture], name, 4)
+            studio.upscale_images([picture], Upscale(name, 4))
         assert err.value.code == "out_of_memory"
     finally:
         handle.remove()
-    paths, info = studio.upscale_images([picture], name, 4)
+    paths, info = studio.upscale_images([picture], Upscale(name, 4))
     assert Image.open(paths[0]).size == (160, 128) and info["scale"] == 4
 
 
@@ -103,7 +104,7 @@ def test_switching_the_model_while_a_job_runs_waits_for_the_job(fresh):
         time.sleep(0.05)  # a slow job, so the switch surely arrives while it runs
 
     def job():
-        result["paths"], _ = studio.txt2img(on_step=on_step, **{**JOB, "num_inference_steps": 12})
+        result["paths"], _ = studio.txt2img(Txt2Img.from_fields({**JOB, "num_inference_steps": 12}), on_step=on_step)
         order.append("job done")
 
     def switch():
@@ -121,5 +122,5 @@ def test_switching_the_model_while_a_job_runs_waits_for_the_job(fresh):
     assert studio.store.current_ref == "danqing-demo-st"
     # The job ran on the old model from start to end: it matches the same job run alone there.
     alone = make_studio(studio.store.settings.models_dir, studio.outputs.root.parent / "alone")
-    paths, _ = alone.txt2img(**{**JOB, "num_inference_steps": 12})
+    paths, _ = alone.txt2img(Txt2Img.from_fields({**JOB, "num_inference_steps": 12}))
     assert np.array_equal(first_image(result["paths"]), first_image(paths))

@@ -12,9 +12,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import make_studio
-from pipelines import lora, txt2img
+from pipelines.tasks import lora
+from pipelines.tasks import txt2img
 from pipelines.errors import DanqingError, ParamError
-from pipelines.params import parse_prompt_loras, validate_txt2img
+from pipelines.requests import parse_prompt_loras, Txt2Img
 
 SMALL = dict(prompt="竹林里的熊猫，水墨画", width=64, height=64, num_inference_steps=2, seed=321)
 PEFT, KOHYA, PAI = "danqing-demo-peft", "danqing-demo-kohya.safetensors", "pai-poem-tiny"
@@ -90,7 +91,7 @@ def lstudio(lora_models, tmp_path_factory):
 
 
 def pixels(store, loras=None, **kwargs):
-    result = txt2img.run(store, validate_txt2img(**{**SMALL, **kwargs}, loras=loras))
+    result = txt2img.run(store, Txt2Img.from_fields(**{**SMALL, **kwargs}, loras=loras))
     return np.asarray(result.images[0]).astype(int)
 
 
@@ -179,7 +180,7 @@ def test_prompt_tags_are_parsed_and_removed():
     assert text == "熊猫 , 竹林 水墨"
     assert found == [("danqing-demo-kohya", 0.5), ("pai-poem-tiny", 1.0)]
     assert parse_prompt_loras("no tags") == ("no tags", [])
-    params = validate_txt2img(prompt="山水 <lora:a:0.5>", loras=[["b", 1], ["a", "2"]])
+    params = Txt2Img.from_fields(prompt="山水 <lora:a:0.5>", loras=[["b", 1], ["a", "2"]])
     assert params.prompt == "山水"
     assert params.loras == (("b", 1.0), ("a", 0.5))
 
@@ -199,7 +200,7 @@ def test_prompt_tags_are_parsed_and_removed():
 )
 def test_bad_lora_requests_are_refused(prompt, loras, code):
     with pytest.raises(ParamError) as err:
-        validate_txt2img(prompt=prompt, loras=loras)
+        Txt2Img.from_fields(prompt=prompt, loras=loras)
     assert err.value.code == code
 
 
@@ -284,7 +285,7 @@ def test_names_resolve_only_inside_the_lora_folder(lstudio, name):
 def test_least_recently_used_adapter_is_evicted(lstudio, monkeypatch):
     store = lstudio.store
     monkeypatch.setattr(lora, "MAX_ADAPTERS", 2)
-    state = lora.adapters_of(store.base())
+    state = store.adapters
     for name in (PEFT, KOHYA, PAI):
         lora.apply_loras(store, [(name, 1.0)])
     assert len(state.loaded) == 2
@@ -304,7 +305,7 @@ def test_switching_the_base_model_starts_with_no_adapters(lora_models, tmp_path)
     with_lora = pixels(store, [[PEFT, 1.0]])
     old = store.base()
     store.switch("danqing-demo-st")
-    assert store.base() is not old and not lora.adapters_of(store.base()).loaded
+    assert store.base() is not old and not store.adapters.loaded
     other_base = pixels(store)
     assert not np.array_equal(pixels(store, [[PEFT, 1.0]]), other_base)
     assert np.array_equal(pixels(store), other_base)

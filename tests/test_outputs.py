@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines.outputs import OutputWriter
-from pipelines.pnginfo import read_aigc_label
+from pipelines.formats.pnginfo import read_aigc_label
 
 
 def test_files_are_numbered_and_never_overwritten(tmp_path):

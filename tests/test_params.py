@@ -5,17 +5,17 @@ import math
 import pytest
 
 from pipelines.errors import ParamError
-from pipelines.params import SAMPLER_NAMES, SEED_MAX, validate_size, validate_txt2img
+from pipelines.requests import SAMPLER_NAMES, SEED_MAX, validate_size, Txt2Img
 
 
 def code_of(**kwargs):
     with pytest.raises(ParamError) as info:
-        validate_txt2img(**{"prompt": "一只猫", **kwargs})
+        Txt2Img.from_fields(**{"prompt": "一只猫", **kwargs})
     return info.value.code
 
 
 def test_valid_request_gets_a_concrete_seed():
-    p = validate_txt2img(prompt="一只猫", seed=-1, width=512.0, num_inference_steps="20")
+    p = Txt2Img.from_fields(prompt="一只猫", seed=-1, width=512.0, num_inference_steps="20")
     assert 0 <= p.seed <= SEED_MAX
     assert p.width == 512 and p.num_inference_steps == 20
 
@@ -51,6 +51,6 @@ def test_size_checks_multiple_of_8():
 
 
 def test_sampler_lists_agree():
-    from pipelines.schedulers import SAMPLERS
+    from pipelines.tasks.schedulers import SAMPLERS
 
     assert tuple(SAMPLERS) == SAMPLER_NAMES

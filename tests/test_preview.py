@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import txt2img
-from pipelines.folders import ModelFolders
-from pipelines.params import validate_txt2img
-from pipelines.preview import SD1_LATENT_RGB, Previewer, approx_decode
+from pipelines.tasks import txt2img
+from pipelines.store.folders import ModelFolders
+from pipelines.requests import Txt2Img
+from pipelines.tasks.preview import SD1_LATENT_RGB, Previewer, approx_decode, preview_decoder
 from pipelines.store import ModelStore
 
 SMALL = dict(prompt="竹林", width=64, height=72, num_inference_steps=4, seed=3)
@@ -81,7 +81,7 @@ def preview_store(store, tmp_path, method="auto"):
 def test_previews_arrive_during_the_job_and_leave_the_image_unchanged(store, tmp_path):
     live, _ = preview_store(store, tmp_path)
     shown = []
-    params = validate_txt2img(**SMALL)
+    params = Txt2Img.from_fields(**SMALL)
     with_previews = txt2img.run(live, params, on_preview=lambda image, step, total: shown.append((image, step, total)))
     plain = txt2img.run(store, params)
     assert [(s, t) for _, s, t in shown] == [(1, 4), (2, 4), (3, 4)]
@@ -97,18 +97,18 @@ def test_a_tiny_decoder_in_vae_approx_is_used_and_cached(store, tmp_path):
                            num_encoder_blocks=(1,) * 4, num_decoder_blocks=(1,) * 4)
     tiny.save_pretrained(approx / "taesd-tiny")
     shown = []
-    txt2img.run(live, validate_txt2img(**SMALL), on_preview=lambda image, step, total: shown.append(image))
+    txt2img.run(live, Txt2Img.from_fields(**SMALL), on_preview=lambda image, step, total: shown.append(image))
     assert len(shown) == 3 and shown[0].size == (64, 72)
     rows = [row for row in live.resident_models() if row["kind"] == "preview_decoder"]
     assert [row["name"] for row in rows] == ["taesd-tiny"]
-    assert live.preview_decoder().func.__name__ == "tiny_decode"
+    assert preview_decoder(live).func.__name__ == "tiny_decode"
 
 
 def test_previews_off_means_no_decoder(store, tmp_path):
     live, _ = preview_store(store, tmp_path, method="off")
-    assert live.preview_decoder() is None
+    assert preview_decoder(live) is None
     shown = []
-    txt2img.run(live, validate_txt2img(**SMALL), on_preview=lambda *a: shown.append(a))
+    txt2img.run(live, Txt2Img.from_fields(**SMALL), on_preview=lambda *a: shown.append(a))
     assert shown == []
 
 

@@ -5,6 +5,7 @@ import gc
 import os
 
 from conftest import make_studio
+from pipelines.requests import Txt2Img
 
 
 def rss_mib() -> float:
@@ -17,8 +18,8 @@ def test_memory_stays_flat_over_many_jobs(demo_models, tmp_path):
     loras = [None, [["danqing-demo-kohya.safetensors", 0.8]], [["danqing-demo-peft.safetensors", 1.0]]]
     marks = {}
     for i in range(120):
-        studio.txt2img(prompt="竹林", width=64, height=64, num_inference_steps=1, seed=i,
-                       loras=loras[i % 3], deepcache=2 if i % 4 == 0 else 0)
+        studio.txt2img(Txt2Img.from_fields(prompt="竹林", width=64, height=64, num_inference_steps=1, seed=i,
+                                           loras=loras[i % 3], deepcache=2 if i % 4 == 0 else 0))
         if i in (30, 119):
             gc.collect()
             marks[i] = rss_mib()

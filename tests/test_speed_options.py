@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from pipelines import txt2img
+from pipelines.tasks import txt2img
 from pipelines.errors import ParamError
 from pipelines.outputs import OutputWriter
-from pipelines.params import validate_txt2img
-from pipelines.service import Studio
-from pipelines.settings import EngineSettings
+from pipelines.requests import Txt2Img
+from pipelines.studio import Studio
+from pipelines.store.settings import EngineSettings
 from pipelines.store import ModelStore
 
 
@@ -19,7 +19,7 @@ def studio_with(demo_models, tmp_path, **speed):
 
 
 def image(store, **kwargs):
-    params = validate_txt2img(prompt="竹林里的熊猫", width=64, height=64, num_inference_steps=3, seed=21, **kwargs)
+    params = Txt2Img.from_fields(prompt="竹林里的熊猫", width=64, height=64, num_inference_steps=3, seed=21, **kwargs)
     return np.asarray(txt2img.run(store, params).images[0]).astype(int)
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import make_studio
 from pipelines.errors import DanqingError
-from pipelines.params import validate_txt2img
+from pipelines.requests import Txt2Img
 
 
 def test_nothing_loads_until_first_use(demo_models, tmp_path):
@@ -22,12 +22,12 @@ def test_nothing_loads_until_first_use(demo_models, tmp_path):
 def test_task_pipelines_share_the_base_modules(store):
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
-    from pipelines.txt2img import build_pipeline
+    from pipelines.tasks.denoise import build_pipeline
 
     base = store.base()
     assert store.base() is base  # loaded once
     for pipe in (
-        build_pipeline(store, validate_txt2img(prompt="x", sampler="Euler a")),
+        build_pipeline(store, Txt2Img.from_fields(prompt="x", sampler="Euler a")),
         store.pipeline(StableDiffusionPipeline),
         store.pipeline(StableDiffusionImg2ImgPipeline),
     ):
@@ -40,11 +40,11 @@ def test_task_pipelines_share_the_base_modules(store):
 def test_scheduler_choice_gives_the_job_its_own_scheduler(store):
     from diffusers import DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
 
-    from pipelines.txt2img import build_pipeline
+    from pipelines.tasks.denoise import build_pipeline
 
     base_scheduler = store.base().scheduler
-    euler = build_pipeline(store, validate_txt2img(prompt="x", sampler="Euler a"))
-    karras = build_pipeline(store, validate_txt2img(prompt="x"))
+    euler = build_pipeline(store, Txt2Img.from_fields(prompt="x", sampler="Euler a"))
+    karras = build_pipeline(store, Txt2Img.from_fields(prompt="x"))
     assert isinstance(euler.scheduler, EulerAncestralDiscreteScheduler)
     assert isinstance(karras.scheduler, DPMSolverMultistepScheduler)
     assert karras.scheduler.config.use_karras_sigmas
@@ -96,17 +96,17 @@ def test_task_pipelines_keep_the_shared_weights_dtype(demo_models, tmp_path):
     import torch
 
     from pipelines.outputs import OutputWriter
-    from pipelines.service import Studio
-    from pipelines.settings import EngineSettings
+    from pipelines.studio import Studio
+    from pipelines.store.settings import EngineSettings
     from pipelines.store import ModelStore
-    from pipelines.txt2img import build_pipeline
+    from pipelines.tasks.denoise import build_pipeline
 
     settings = EngineSettings(model="danqing-demo-zh", models_dir=demo_models, outputs_dir=tmp_path,
                               device="cpu", dtype="bf16", demo=True, allow_download=False)
     store = Studio(ModelStore(settings), OutputWriter(tmp_path)).store
     base = store.base()
     base.vae.to(torch.float32)  # as after an fp16 NaN decode: the upcast VAE must stay fp32
-    pipe = build_pipeline(store, validate_txt2img(prompt="x"))
+    pipe = build_pipeline(store, Txt2Img.from_fields(prompt="x"))
     assert pipe.unet is base.unet and base.unet.dtype == torch.bfloat16
     assert base.text_encoder.dtype == torch.bfloat16
     assert base.vae.dtype == torch.float32

@@ -5,15 +5,15 @@ import threading
 import numpy as np
 import pytest
 
-from pipelines import txt2img
+from pipelines.tasks import txt2img
 from pipelines.errors import JobCancelled
-from pipelines.params import validate_txt2img
+from pipelines.requests import Txt2Img
 
 SMALL = dict(width=64, height=64, num_inference_steps=3)
 
 
 def pixels(store, **kwargs):
-    result = txt2img.run(store, validate_txt2img(**{"prompt": "竹林里的熊猫，水墨画", **SMALL, **kwargs}))
+    result = txt2img.run(store, Txt2Img.from_fields(**{"prompt": "竹林里的熊猫，水墨画", **SMALL, **kwargs}))
     return [np.asarray(im) for im in result.images], result
 
 
@@ -48,7 +48,7 @@ def test_matches_plain_diffusers_for_the_same_seed(store):
     plain = StableDiffusionPipeline.from_pretrained(
         store.choice("danqing-demo-zh").source, safety_checker=None, requires_safety_checker=False
     )
-    from pipelines.schedulers import make_scheduler
+    from pipelines.tasks.schedulers import make_scheduler
 
     plain.scheduler = make_scheduler("DPM++ 2M", plain.scheduler.config)
     ref = plain(
@@ -76,7 +76,7 @@ def test_stop_ends_the_job_within_one_step(store):
         if step == 2:
             cancel.set()
 
-    params = validate_txt2img(prompt="猫", width=64, height=64, num_inference_steps=20, seed=1)
+    params = Txt2Img.from_fields(prompt="猫", width=64, height=64, num_inference_steps=20, seed=1)
     with pytest.raises(JobCancelled):
         txt2img.run(store, params, cancel=cancel, on_step=on_step)
     assert seen == [1, 2]

@@ -1,4 +1,4 @@
-"""The UI's promises: no torch in ui/, every user-visible string in ui/strings.py, every
+"""The UI's promises: no torch in ui/, every user-visible string in strings.py, every
 engine error code translated."""
 
 import ast
@@ -13,7 +13,7 @@ CJK = re.compile(r"[\u3400-\u9fff\uff00-\uffef\u3000-\u303f]")
 
 def test_ui_imports_no_torch_or_diffusers():
     code = (
-        "import sys; import ui.layout, ui.strings; "
+        "import sys; import ui.layout, strings; "
         "bad = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -46,7 +46,7 @@ def test_chinese_text_lives_only_in_the_strings_module():
 
 
 def test_every_engine_error_code_has_both_translations():
-    from ui.strings import ERRORS_EN, ERRORS_ZH
+    from strings import ERRORS_EN, ERRORS_ZH
 
     codes = set()
     pattern = re.compile(r'(?:DanqingError|ParamError|ModelError)\(\s*"([a-z_0-9]+)"')
@@ -58,7 +58,7 @@ def test_every_engine_error_code_has_both_translations():
 
 
 def test_error_text_formats_fields_in_chinese():
-    from ui.strings import error_text, load
+    from strings import error_text, load
 
     text = error_text(load("zh"), "size_not_multiple_of_8", {"width": 65, "height": 64})
     assert "8 的倍数" in text and "65" in text
@@ -66,7 +66,7 @@ def test_error_text_formats_fields_in_chinese():
 
 def test_ui_builds_on_the_demo_studio(studio):
     from ui.layout import UIOptions, build_ui
-    from ui.strings import ZH
+    from strings import ZH
 
     demo = build_ui(studio, UIOptions(demo=True))
     config = demo.get_config_file()

@@ -13,9 +13,10 @@ from PIL import Image
 
 from conftest import make_studio
 from pipelines.errors import DanqingError, JobCancelled, ModelError, ParamError
-from pipelines.esrgan import RRDBNet, SRVGGNetCompact, build_upscaler, load_upscaler_file, read_state_dict
-from pipelines import upscale as up
-from pipelines.upscale import UpscaleParams, list_upscalers, load_upscaler, upscale, validate_upscale
+from pipelines.formats.esrgan import RRDBNet, SRVGGNetCompact, build_upscaler, load_upscaler_file, read_state_dict
+from pipelines.tasks import upscale as up
+from pipelines.tasks.upscale import list_upscalers, load_upscaler, upscale
+from pipelines.requests import Upscale
 
 X4 = "RealESRGAN_x4plus-tiny.pth"
 X2 = "RealESRGAN_x2plus-tiny.pth"
@@ -196,30 +197,30 @@ def test_unknown_architectures_go_to_spandrel_when_installed(monkeypatch):
 )
 def test_bad_parameters_are_refused(raw, code):
     with pytest.raises(ParamError) as err:
-        validate_upscale(**{"upscaler": X4, **raw})
+        Upscale.from_fields(**{"upscaler": X4, **raw})
     assert err.value.code == code
 
 
 def test_bad_names_are_refused(fresh_store):
     for name, code in (("../demo-v2/README.txt", "bad_model_name"), ("missing.pth", "unknown_model_name")):
         with pytest.raises(ParamError) as err:
-            upscale(fresh_store, picture(), UpscaleParams(name))
+            upscale(fresh_store, picture(), Upscale(name))
         assert err.value.code == code
 
 
 def test_too_large_inputs_are_refused_before_any_work(fresh_store, monkeypatch):
-    monkeypatch.setattr(up, "MAX_INPUT_PIXELS", 40 * 32 - 1)
+    monkeypatch.setattr(up, "MAX_UPSCALE_INPUT_PIXELS", 40 * 32 - 1)
     steps = []
     with pytest.raises(ParamError) as err:
-        upscale(fresh_store, picture(40, 32), UpscaleParams(X4), on_step=lambda *a: steps.append(a))
+        upscale(fresh_store, picture(40, 32), Upscale(X4), on_step=lambda *a: steps.append(a))
     assert err.value.code == "upscale_image_too_large"
     assert fresh_store.resident_models() == [] and steps == []
-    assert up.MAX_INPUT_PIXELS == 40 * 32 - 1 and 4096 * 4096 > 40 * 32  # the real cap is the default
+    assert up.MAX_UPSCALE_INPUT_PIXELS == 40 * 32 - 1 and 4096 * 4096 > 40 * 32  # the real cap is the default
 
 
 def test_list_and_resident(store):
     assert {X4, X2, COMPACT} <= set(list_upscalers(store))
-    upscale(store, picture(16, 16), UpscaleParams(COMPACT, scale=4))
+    upscale(store, picture(16, 16), Upscale(COMPACT, scale=4))
     rows = [r for r in store.resident_models() if r["kind"] == "upscaler"]
     assert any(r["name"] == COMPACT and r["bytes"] > 0 for r in rows)
     assert load_upscaler(store, COMPACT) is load_upscaler(store, COMPACT)  # cached, loaded once
@@ -229,8 +230,8 @@ def test_list_and_resident(store):
 @pytest.mark.parametrize("name", [X4, X2, COMPACT])
 def test_tiled_matches_untiled(store, name):
     image = picture(44, 34)  # not a multiple of the tile, odd halves for the x2 unshuffle
-    whole = upscale(store, image, UpscaleParams(name, scale=4, tile=0))
-    tiled = upscale(store, image, UpscaleParams(name, scale=4, tile=32, tile_overlap=16))
+    whole = upscale(store, image, Upscale(name, scale=4, tile=0))
+    tiled = upscale(store, image, Upscale(name, scale=4, tile=32, tile_overlap=16))
     assert whole.size == tiled.size == (176, 136) and whole.mode == "RGB"
     assert pixels(whole).std() > 5  # real values, not a clipped flat image
     assert np.abs(pixels(whole) - pixels(tiled)).max() <= 2
@@ -238,16 +239,16 @@ def test_tiled_matches_untiled(store, name):
 
 def test_progress_and_cancel(store):
     steps = []
-    upscale(store, picture(40, 32), UpscaleParams(X4, scale=4, tile=32, tile_overlap=8), on_step=lambda d, t: steps.append((d, t)))
+    upscale(store, picture(40, 32), Upscale(X4, scale=4, tile=32, tile_overlap=8), on_step=lambda d, t: steps.append((d, t)))
     assert steps == [(1, 2), (2, 2)]
     cancel = threading.Event()
     with pytest.raises(JobCancelled):
-        upscale(store, picture(40, 32), UpscaleParams(X4, tile=32), cancel=cancel, on_step=lambda d, t: cancel.set())
+        upscale(store, picture(40, 32), Upscale(X4, tile=32), cancel=cancel, on_step=lambda d, t: cancel.set())
 
 
 def test_simulated_out_of_memory_halves_the_tile(fresh_store):
     image = picture(48, 40)
-    reference = upscale(fresh_store, image, UpscaleParams(COMPACT, tile=0))
+    reference = upscale(fresh_store, image, Upscale(COMPACT, tile=0))
     model = load_upscaler(fresh_store, COMPACT)
     real_forward, seen = model.forward, []
 
@@ -258,7 +259,7 @@ def test_simulated_out_of_memory_halves_the_tile(fresh_store):
         return real_forward(x)
 
     model.forward = forward
-    result = upscale(fresh_store, image, UpscaleParams(COMPACT, tile=128, tile_overlap=8))
+    result = upscale(fresh_store, image, Upscale(COMPACT, tile=128, tile_overlap=8))
     assert seen[0] == 48 and max(seen) > 40 and all(s <= 40 for s in seen[-4:])  # 128 -> 64 -> 32
     assert np.abs(pixels(result) - pixels(reference)).max() <= 2
 
@@ -267,28 +268,28 @@ def test_simulated_out_of_memory_halves_the_tile(fresh_store):
 
     model.forward = always_oom
     with pytest.raises(DanqingError) as err:
-        upscale(fresh_store, image, UpscaleParams(COMPACT, tile=64))
+        upscale(fresh_store, image, Upscale(COMPACT, tile=64))
     assert err.value.code == "out_of_memory"
     def broken(x):
         raise RuntimeError("shape mismatch")
 
     model.forward = broken
     with pytest.raises(RuntimeError, match="shape mismatch"):  # other errors are not retried
-        upscale(fresh_store, image, UpscaleParams(COMPACT))
+        upscale(fresh_store, image, Upscale(COMPACT))
 
 
 # 5. Scales and image modes ------------------------------------------------------------------
 def test_x2_from_a_x4_model_is_a_lanczos_of_the_x4_result(store):
     image = picture(30, 22)
-    x4 = upscale(store, image, UpscaleParams(X4, scale=4))
-    x2 = upscale(store, image, UpscaleParams(X4, scale=2))
+    x4 = upscale(store, image, Upscale(X4, scale=4))
+    x2 = upscale(store, image, Upscale(X4, scale=2))
     assert x2.size == (60, 44)
     assert np.array_equal(pixels(x2), pixels(x4.resize((60, 44), Image.Resampling.LANCZOS)))
 
 
 def test_x4_from_a_x2_model_runs_it_twice(store):
     steps = []
-    out = upscale(store, picture(21, 15), UpscaleParams(X2, scale=4, tile=0), on_step=lambda d, t: steps.append((d, t)))
+    out = upscale(store, picture(21, 15), Upscale(X2, scale=4, tile=0), on_step=lambda d, t: steps.append((d, t)))
     assert out.size == (84, 60) and steps == [(1, 2), (2, 2)]
 
 
@@ -296,10 +297,10 @@ def test_rgba_keeps_its_alpha(store):
     image = picture(32, 24, "RGBA")
     alpha = Image.linear_gradient("L").resize((32, 24))
     image.putalpha(alpha)
-    out = upscale(store, image, UpscaleParams(COMPACT, scale=2))
+    out = upscale(store, image, Upscale(COMPACT, scale=2))
     assert out.mode == "RGBA" and out.size == (64, 48)
     assert np.array_equal(np.asarray(out.getchannel("A")), np.asarray(alpha.resize((64, 48), Image.Resampling.LANCZOS)))
-    rgb = upscale(store, image.convert("RGB"), UpscaleParams(COMPACT, scale=2))
+    rgb = upscale(store, image.convert("RGB"), Upscale(COMPACT, scale=2))
     assert np.array_equal(pixels(out.convert("RGB")), pixels(rgb))
 
 
@@ -308,10 +309,10 @@ def test_gray_and_16_bit_inputs(store):
     as16 = Image.fromarray(np.asarray(gray).astype(np.uint16) * 257)  # full 16-bit range
     as32 = Image.fromarray(np.asarray(gray).astype(np.int32) * 257)
     palette = picture(24, 16).convert("P")
-    outs = [upscale(store, im, UpscaleParams(COMPACT, scale=2)) for im in (gray, as16, as32, palette)]
+    outs = [upscale(store, im, Upscale(COMPACT, scale=2)) for im in (gray, as16, as32, palette)]
     assert (as16.mode, as32.mode) == ("I;16", "I") and all(o.mode == "RGB" and o.size == (48, 32) for o in outs)
     assert np.array_equal(pixels(outs[0]), pixels(outs[1]))
     assert np.array_equal(pixels(outs[0]), pixels(outs[2]))
     with pytest.raises(ParamError) as err:
-        upscale(store, None, UpscaleParams(COMPACT))
+        upscale(store, None, Upscale(COMPACT))
     assert err.value.code == "upscale_no_image"

@@ -8,13 +8,13 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from extensions import GPU_CONCURRENCY_ID as GPU  # noqa: F401  (the one queue of every model event; ui modules import it from here)
 from pipelines.errors import DanqingError
 
-from .strings import error_text
+from strings import error_text
 
 log = logging.getLogger(__name__)
 
-GPU = "gpu"  # the one concurrency id of every event that touches a model
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class UIOptions:
 @dataclass(frozen=True)
 class UIContext:
     S: SimpleNamespace  # the strings of the chosen language
-    studio: object  # pipelines.service.Studio (duck-typed: the UI imports no torch)
+    studio: object  # pipelines.studio.Studio (duck-typed: the UI imports no torch)
     options: UIOptions
 
 

@@ -19,9 +19,9 @@ import math
 import gradio as gr
 
 from pipelines.errors import ParamError
-from pipelines.preprocess import check_upload
+from pipelines.formats.images import check_upload
 
-from .strings import error_text, load
+from strings import error_text, load
 
 
 def _refusal(component, code: str, **fields) -> gr.Error:

@@ -1,7 +1,7 @@
 """The Gradio UI: layout and event wiring only.
 
 It never imports torch or diffusers: everything it runs goes through the ``studio`` object
-that app.py passes in (pipelines.service.Studio). GPU work runs under one concurrency id, so
+that app.py passes in (pipelines.studio.Studio). GPU work runs under one concurrency id, so
 jobs from different users never interleave; stop is per browser session.
 
 Layout: a model row, then 创作 (one shared parameter panel on the left; on the right the
@@ -16,7 +16,7 @@ import gradio as gr
 from . import inputs, tab_control, tab_extensions, tab_tools
 from .common import GPU, UIContext, UIOptions, user_error
 from .panel import build_panel, send_parameters_targets
-from .strings import load
+from strings import load
 
 __all__ = ["UIOptions", "build_ui"]
 
@@ -50,7 +50,7 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
         # 2. Base model switcher.
         with gr.Row():
             model = inputs.dropdown(S,
-                choices=model_dropdown_choices(S, studio), value=studio.store.current_ref,
+                choices=model_dropdown_choices(S, studio), value=studio.current_model(),
                 label=S.model_label, scale=4,
             )
             refresh_models = gr.Button(S.refresh, scale=1)
@@ -92,7 +92,7 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
 
         model.input(switch_model, model, tools.system, api_name="switch_model", concurrency_id=GPU, concurrency_limit=1)
         refresh_models.click(
-            lambda: gr.Dropdown(choices=model_dropdown_choices(S, studio), value=studio.store.current_ref),
+            lambda: gr.Dropdown(choices=model_dropdown_choices(S, studio), value=studio.current_model()),
             None, model, queue=False, api_visibility="private",
         )
         tools.send.click(

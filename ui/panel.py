@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import gradio as gr
 
 from pipelines.errors import DanqingError, JobCancelled
-from pipelines.params import (
+from pipelines.requests import (
     DEFAULT_SAMPLER,
+    Txt2Img,
     MAX_CFG,
     MAX_IMAGES,
     MAX_SIDE,
@@ -22,12 +23,15 @@ from pipelines.params import (
     SAMPLER_NAMES,
     parse_prompt_loras,
 )
-from pipelines.pnginfo import parse_parameters
+from pipelines.formats.pnginfo import parse_parameters
 
 from . import inputs
+from .binding import endpoint, request_defaults, request_fields
 from .common import GPU, UIContext, choices, client_id, user_error
 
 LORA_SLOTS = 4
+# The Gradio API's defaults: the request's own, with "" for no upscaler and None for no LoRA list.
+API_DEFAULTS = {**request_defaults(Txt2Img), "hires_upscaler": "", "loras": None}
 
 
 @dataclass
@@ -55,19 +59,25 @@ class Panel:
     deepcache: gr.Radio
     style: gr.Dropdown | None = None  # prompt styles from the extensions (None: no styles)
 
-    # Inputs every generation event starts with, in the order of the API's parameters.
-    def generation_inputs(self) -> list:
-        return [self.prompt, self.negative, self.steps, self.cfg, self.width, self.height,
-                self.seed, self.batch, self.sampler, self.loras, self.hires, self.hires_scale, self.deepcache]
+    def fields(self) -> dict:
+        """The panel's components by request field name (pipelines/requests.Txt2Img)."""
+        return {
+            "prompt": self.prompt, "negative_prompt": self.negative, "num_inference_steps": self.steps,
+            "guidance_scale": self.cfg, "width": self.width, "height": self.height, "seed": self.seed,
+            "num_images_per_prompt": self.batch, "sampler": self.sampler, "loras": self.loras,
+            "hires_upscaler": self.hires, "hires_scale": self.hires_scale, "deepcache": self.deepcache,
+        }
 
     def stop_job(self, request: gr.Request = None) -> None:
         self.ctx.studio.stop(client_id(request))
 
-    def run(self, fn, request, progress, **kwargs):
-        """Call a studio job and turn its result into (gallery files, info JSON)."""
+    def run(self, job, request, progress, **kwargs):
+        """Call ``job(client=..., on_step=..., **kwargs)`` (a studio method with its request
+        built inside, so a bad value becomes a Chinese error) and turn its result into
+        (gallery files, info JSON)."""
         S = self.ctx.S
         try:
-            paths, meta = fn(
+            paths, meta = job(
                 client=client_id(request),
                 on_step=lambda i, n: progress((i, n), desc=S.progress_sampling),
                 **kwargs,
@@ -79,7 +89,7 @@ class Panel:
             raise user_error(S, exc) from None
         return [str(p) for p in paths], json.dumps(meta, ensure_ascii=False, indent=2)
 
-    def run_live(self, fn, request, progress, **kwargs):
+    def run_live(self, job, request, progress):
         """``run`` as a generator: the job runs in a worker thread and its live previews
         (pipelines/preview.py) are shown in the gallery while it denoises; the last value is
         what ``run`` returns. API clients get the same final outputs."""
@@ -90,9 +100,8 @@ class Panel:
 
         def work() -> None:
             try:
-                outcome["value"] = self.run(fn, request, progress,
-                                            on_preview=lambda image, step, total: updates.put((image, step, total)),
-                                            **kwargs)
+                outcome["value"] = self.run(job, request, progress,
+                                            on_preview=lambda image, step, total: updates.put((image, step, total)))
             except BaseException as exc:  # noqa: BLE001 (re-raised in the event's own thread)
                 outcome["error"] = exc
             finally:
@@ -122,37 +131,16 @@ class Panel:
     def wire_generation(self, generate: gr.Button, draft: gr.Checkbox, gallery, info) -> None:
         studio = self.ctx.studio
 
-        def txt2img(
-            prompt: str,
-            negative_prompt: str = "",
-            num_inference_steps: int = 20,
-            guidance_scale: float = 7.0,
-            width: int = 512,
-            height: int = 512,
-            seed: int = -1,
-            num_images_per_prompt: int = 1,
-            sampler: str = DEFAULT_SAMPLER,
-            loras: list | None = None,
-            hires_upscaler: str = "",
-            hires_scale: int = 2,
-            deepcache: int = 0,
-            draft: bool = False,
-            request: gr.Request = None,
-            progress=gr.Progress(track_tqdm=True),
-        ):
-            """Text to image. Returns the saved PNG files and a JSON info string (seed, all parameters)."""
-            yield from self.run_live(
-                studio.txt2img, request, progress,
-                prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale, width=width, height=height, seed=seed,
-                num_images_per_prompt=num_images_per_prompt, sampler=sampler, loras=loras,
-                hires_upscaler=hires_upscaler or None, hires_scale=hires_scale, deepcache=deepcache,
-                draft=bool(draft),
-            )
+        def txt2img(values: dict, request: gr.Request = None, progress=None):
+            yield from self.run_live(lambda **job: studio.txt2img(Txt2Img.from_fields(values), **job), request, progress)
 
-        inputs = [*self.generation_inputs(), draft]
-        generate.click(txt2img, inputs, [gallery, info], api_name="txt2img", concurrency_id=GPU, concurrency_limit=1)
-        self.prompt.submit(txt2img, inputs, [gallery, info], api_visibility="private", concurrency_id=GPU, concurrency_limit=1)
+        event, inputs = endpoint(
+            request_fields(Txt2Img), {**self.fields(), "draft": draft}, txt2img,
+            doc="Text to image. Returns the saved PNG files and a JSON info string (seed, all parameters).",
+            defaults=API_DEFAULTS, track_tqdm=True,
+        )
+        generate.click(event, inputs, [gallery, info], api_name="txt2img", concurrency_id=GPU, concurrency_limit=1)
+        self.prompt.submit(event, inputs, [gallery, info], api_visibility="private", concurrency_id=GPU, concurrency_limit=1)
 
     def wire_seed_buttons(self, info) -> None:
         def last_seed(info_text: str):

@@ -11,9 +11,12 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from pipelines.requests import Control, ControlUnit, Txt2Img
+
 from . import inputs
-from .common import GPU, UIContext, choices, user_error
-from .panel import Panel
+from .binding import endpoint, request_fields
+from .common import GPU, UIContext, choices, client_id, user_error
+from .panel import API_DEFAULTS, Panel
 
 
 @dataclass
@@ -80,6 +83,57 @@ def build_tabs(ctx: UIContext, panel: Panel) -> dict[str, Unit]:
     return units
 
 
+# API parameter name -> ControlUnit field, for the tab's own unit and for the other tab's unit
+# when it is added (multi-ControlNet). The endpoints' parameter lists are built from these.
+OWN_UNIT = {
+    "image_is_control_map": "is_map", "controlnet_model": "model", "controlnet_conditioning_scale": "weight",
+    "control_guidance_start": "guidance_start", "control_guidance_end": "guidance_end",
+}
+CANNY_EXTRA = {"low_threshold": "low_threshold", "high_threshold": "high_threshold"}
+DEPTH_EXTRA = {"depth_estimator": "estimator"}
+ADDED = {
+    "canny": {"canny_image": "image", "canny_image_is_control_map": "is_map", "canny_controlnet_model": "model",
+              "canny_conditioning_scale": "weight", "canny_guidance_start": "guidance_start",
+              "canny_guidance_end": "guidance_end"},
+    "depth": {"depth_image": "image", "depth_image_is_control_map": "is_map", "depth_controlnet_model": "model",
+              "depth_conditioning_scale": "weight", "depth_guidance_start": "guidance_start",
+              "depth_guidance_end": "guidance_end", "depth_estimator": "estimator"},
+}
+# The two endpoints' parameters, in the order the Gradio API has always listed them.
+BASE_FIELDS = request_fields(Txt2Img, exclude=("draft",))
+ENDPOINTS = {
+    "canny": ("image", *BASE_FIELDS, *OWN_UNIT, *CANNY_EXTRA, "resize_mode", "add_depth", *ADDED["depth"]),
+    "depth": ("image", *BASE_FIELDS, *OWN_UNIT, *DEPTH_EXTRA, "resize_mode", "add_canny", *ADDED["canny"],
+              *CANNY_EXTRA),
+}
+DEFAULTS = {
+    **API_DEFAULTS, "image_is_control_map": False, "controlnet_model": "", "controlnet_conditioning_scale": 1.0,
+    "control_guidance_start": 0.0, "control_guidance_end": 1.0, "low_threshold": 100, "high_threshold": 200,
+    "resize_mode": "crop", "add_depth": False, "add_canny": False, "depth_image": None, "canny_image": None,
+    "depth_image_is_control_map": False, "canny_image_is_control_map": False, "depth_controlnet_model": "",
+    "canny_controlnet_model": "", "depth_conditioning_scale": 1.0, "canny_conditioning_scale": 1.0,
+    "depth_guidance_start": 0.0, "canny_guidance_start": 0.0, "depth_guidance_end": 1.0, "canny_guidance_end": 1.0,
+    "depth_estimator": "",
+}
+DOCS = {
+    "canny": "ControlNet from Canny edges (optionally plus depth). Returns saved PNGs and a JSON info string.",
+    "depth": "ControlNet from a depth map (optionally plus Canny). Returns saved PNGs and a JSON info string.",
+}
+
+
+def units_of(kind: str, values: dict) -> list[dict]:
+    """The ControlUnit fields of an endpoint's values: the tab's own unit, then the other's."""
+    other = "depth" if kind == "canny" else "canny"
+    own = {"kind": kind, "image": values["image"], **{f: values[k] for k, f in OWN_UNIT.items()}}
+    extra = {"low_threshold": values["low_threshold"], "high_threshold": values["high_threshold"]} if "low_threshold" in values else {}
+    estimator = {"estimator": values["depth_estimator"]} if "depth_estimator" in values else {}
+    units = [{**own, **(extra if kind == "canny" else estimator)}]
+    if values[f"add_{other}"]:
+        units.append({"kind": other, **{f: values[k] for k, f in ADDED[other].items()},
+                      **(extra if other == "canny" else {})})
+    return units
+
+
 def wire(ctx: UIContext, panel: Panel, units: dict[str, Unit], gallery, info) -> None:
     S, studio = ctx.S, ctx.studio
     canny, depth = units["canny"], units["depth"]
@@ -88,14 +142,17 @@ def wire(ctx: UIContext, panel: Panel, units: dict[str, Unit], gallery, info) ->
     def canny_preview(image: str, low_threshold: int = 100, high_threshold: int = 200):
         """The Canny edge map of an image at its own resolution."""
         try:
-            return studio.preview_control({"kind": "canny", "image": image, "low_threshold": low_threshold, "high_threshold": high_threshold})
+            unit = ControlUnit.from_fields(kind="canny", image=image, low_threshold=low_threshold,
+                                           high_threshold=high_threshold)
+            return studio.preview_control(unit)
         except Exception as exc:
             raise user_error(S, exc) from None
 
-    def depth_preview(image: str, estimator: str = "", progress=gr.Progress()):
+    def depth_preview(image: str, estimator: str = "", request: gr.Request = None, progress=gr.Progress()):
         """The depth map of an image, from a local depth estimator."""
         try:
-            return studio.preview_control({"kind": "depth", "image": image, "estimator": estimator})
+            unit = ControlUnit.from_fields(kind="depth", image=image, estimator=estimator)
+            return studio.preview_control(unit, client=client_id(request))
         except Exception as exc:
             raise user_error(S, exc) from None
 
@@ -107,78 +164,28 @@ def wire(ctx: UIContext, panel: Panel, units: dict[str, Unit], gallery, info) ->
                                concurrency_id=GPU, concurrency_limit=1)
 
     # 2. Generation: the tab's own unit, plus the other tab's when combined (multi-ControlNet).
-    def canny_unit(image, is_map, model, weight, start, end, low, high):
-        return {"kind": "canny", "image": image, "is_map": bool(is_map), "model": model, "weight": weight,
-                "guidance_start": start, "guidance_end": end, "low_threshold": low, "high_threshold": high}
+    def components(own: Unit, other: Unit) -> dict:
+        """Every component an endpoint reads, by its API parameter name."""
+        def unit_components(unit: Unit, keys) -> dict:
+            return dict(zip(keys, [unit.is_map, unit.model, unit.weight, unit.start, unit.end]))
 
-    def depth_unit(image, is_map, model, weight, start, end, estimator):
-        return {"kind": "depth", "image": image, "is_map": bool(is_map), "model": model, "weight": weight,
-                "guidance_start": start, "guidance_end": end, "estimator": estimator}
+        other_keys = list(ADDED[other.kind])[1:6]  # after the image: map flag, model, weight, window
+        return {
+            **panel.fields(), "image": own.image, **unit_components(own, OWN_UNIT), "resize_mode": own.resize_mode,
+            f"add_{other.kind}": own.combine, f"{other.kind}_image": other.image, **unit_components(other, other_keys),
+            "low_threshold": canny.low, "high_threshold": canny.high, "depth_estimator": depth.estimator,
+        }
 
-    def generate(units, request, progress, prompt, negative_prompt, num_inference_steps, guidance_scale, width,
-                 height, seed, num_images_per_prompt, sampler, loras, hires_upscaler, hires_scale, deepcache, resize_mode):
-        yield from panel.run_live(
-            studio.control, request, progress, units=units, resize_mode=resize_mode,
-            prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, width=width, height=height, seed=seed,
-            num_images_per_prompt=num_images_per_prompt, sampler=sampler, loras=loras,
-            hires_upscaler=hires_upscaler or None, hires_scale=hires_scale, deepcache=deepcache,
-        )
+    for own, other in ((canny, depth), (depth, canny)):
+        kind = own.kind
 
-    def canny_generate(
-        image: str, prompt: str, negative_prompt: str = "", num_inference_steps: int = 20,
-        guidance_scale: float = 7.0, width: int = 512, height: int = 512, seed: int = -1,
-        num_images_per_prompt: int = 1, sampler: str = "DPM++ 2M Karras", loras: list | None = None,
-        hires_upscaler: str = "", hires_scale: int = 2, deepcache: int = 0, image_is_control_map: bool = False,
-        controlnet_model: str = "", controlnet_conditioning_scale: float = 1.0,
-        control_guidance_start: float = 0.0, control_guidance_end: float = 1.0,
-        low_threshold: int = 100, high_threshold: int = 200, resize_mode: str = "crop",
-        add_depth: bool = False, depth_image: str | None = None, depth_image_is_control_map: bool = False,
-        depth_controlnet_model: str = "", depth_conditioning_scale: float = 1.0,
-        depth_guidance_start: float = 0.0, depth_guidance_end: float = 1.0, depth_estimator: str = "",
-        request: gr.Request = None, progress=gr.Progress(),
-    ):
-        """ControlNet from Canny edges (optionally plus depth). Returns saved PNGs and a JSON info string."""
-        units = [canny_unit(image, image_is_control_map, controlnet_model, controlnet_conditioning_scale,
-                            control_guidance_start, control_guidance_end, low_threshold, high_threshold)]
-        if add_depth:
-            units.append(depth_unit(depth_image, depth_image_is_control_map, depth_controlnet_model,
-                                    depth_conditioning_scale, depth_guidance_start, depth_guidance_end, depth_estimator))
-        yield from generate(units, request, progress, prompt, negative_prompt, num_inference_steps, guidance_scale,
-                        width, height, seed, num_images_per_prompt, sampler, loras, hires_upscaler, hires_scale,
-                        deepcache, resize_mode)
+        def generate(values: dict, request: gr.Request = None, progress=None, kind=kind):
+            def job(**kw):
+                base = Txt2Img.from_fields({k: values[k] for k in BASE_FIELDS})
+                return studio.control(Control.build(base, units_of(kind, values), values["resize_mode"]), **kw)
 
-    def depth_generate(
-        image: str, prompt: str, negative_prompt: str = "", num_inference_steps: int = 20,
-        guidance_scale: float = 7.0, width: int = 512, height: int = 512, seed: int = -1,
-        num_images_per_prompt: int = 1, sampler: str = "DPM++ 2M Karras", loras: list | None = None,
-        hires_upscaler: str = "", hires_scale: int = 2, deepcache: int = 0, image_is_control_map: bool = False,
-        controlnet_model: str = "", controlnet_conditioning_scale: float = 1.0,
-        control_guidance_start: float = 0.0, control_guidance_end: float = 1.0,
-        depth_estimator: str = "", resize_mode: str = "crop",
-        add_canny: bool = False, canny_image: str | None = None, canny_image_is_control_map: bool = False,
-        canny_controlnet_model: str = "", canny_conditioning_scale: float = 1.0,
-        canny_guidance_start: float = 0.0, canny_guidance_end: float = 1.0,
-        low_threshold: int = 100, high_threshold: int = 200,
-        request: gr.Request = None, progress=gr.Progress(),
-    ):
-        """ControlNet from a depth map (optionally plus Canny). Returns saved PNGs and a JSON info string."""
-        units = [depth_unit(image, image_is_control_map, controlnet_model, controlnet_conditioning_scale,
-                            control_guidance_start, control_guidance_end, depth_estimator)]
-        if add_canny:
-            units.append(canny_unit(canny_image, canny_image_is_control_map, canny_controlnet_model,
-                                    canny_conditioning_scale, canny_guidance_start, canny_guidance_end,
-                                    low_threshold, high_threshold))
-        yield from generate(units, request, progress, prompt, negative_prompt, num_inference_steps, guidance_scale,
-                        width, height, seed, num_images_per_prompt, sampler, loras, hires_upscaler, hires_scale,
-                        deepcache, resize_mode)
+            yield from panel.run_live(job, request, progress)
 
-    def unit_inputs(unit: Unit) -> list:
-        return [unit.is_map, unit.model, unit.weight, unit.start, unit.end]
-
-    canny_inputs = [canny.image, *panel.generation_inputs(), *unit_inputs(canny), canny.low, canny.high,
-                    canny.resize_mode, canny.combine, depth.image, *unit_inputs(depth), depth.estimator]
-    depth_inputs = [depth.image, *panel.generation_inputs(), *unit_inputs(depth), depth.estimator,
-                    depth.resize_mode, depth.combine, canny.image, *unit_inputs(canny), canny.low, canny.high]
-    canny.generate.click(canny_generate, canny_inputs, [gallery, info], api_name="canny", concurrency_id=GPU, concurrency_limit=1)
-    depth.generate.click(depth_generate, depth_inputs, [gallery, info], api_name="depth", concurrency_id=GPU, concurrency_limit=1)
+        generate.__name__ = f"{kind}_generate"
+        event, inputs = endpoint(ENDPOINTS[kind], components(own, other), generate, doc=DOCS[kind], defaults=DEFAULTS)
+        own.generate.click(event, inputs, [gallery, info], api_name=kind, concurrency_id=GPU, concurrency_limit=1)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from pipelines.errors import JobCancelled
+from pipelines.requests import Upscale
 
 from . import inputs
 from .common import GPU, UIContext, choices, client_id, user_error
@@ -44,7 +45,7 @@ def build_tabs(ctx: UIContext) -> Tools:
         paths = image if isinstance(image, list) else [image] if image else []
         try:
             saved, meta = studio.upscale_images(
-                [_path_of(p) for p in paths], upscaler, scale, client=client_id(request),
+                [_path_of(p) for p in paths], Upscale.from_fields(upscaler=upscaler, scale=scale), client=client_id(request),
                 on_step=lambda i, n: progress((i, n), desc=S.progress_upscaling),
             )
         except JobCancelled:

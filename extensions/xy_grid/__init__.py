@@ -64,7 +64,7 @@ def setup(api) -> None:
 
     def build(studio) -> None:
         import gradio as gr
-        from pipelines.params import DEFAULT_SAMPLER, SAMPLER_NAMES  # the public list of sampler names
+        from pipelines.requests import DEFAULT_SAMPLER, SAMPLER_NAMES  # the public list of sampler names
 
         axis_choices = [(T["axes"][key], key) for key in AXES]
         gr.Markdown(T["intro"])

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from pipelines.fonts import find_cjk_font, load_font
+from pipelines.formats.fonts import find_cjk_font, load_font
+from pipelines.requests import SEED_MAX, Txt2Img
 
 MAX_VALUES = 16  # per axis
 MAX_CELLS = 64
-SEED_MAX = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,7 @@ def run_grid(studio, base: dict, x_axis: str, x_text: str, y_axis: str, y_text: 
         images = []
         for col, x_value in enumerate(x_values):
             request = cell_request(cell_request(base, y_axis, y_value), x_axis, x_value)
-            paths, info = studio.txt2img(client=client, **_studio_args(request))
+            paths, info = studio.txt2img(Txt2Img.from_fields(_studio_args(request)), client=client)
             with Image.open(paths[0]) as image:
                 images.append(image.copy())
                 first_text = first_text or image.info.get("parameters", "")
@@ -211,7 +211,7 @@ def run_grid(studio, base: dict, x_axis: str, x_text: str, y_axis: str, y_text: 
     }
     extra = ", ".join(f"{k}: {json.dumps(v, ensure_ascii=False) if ',' in v else v}" for k, v in fields.items())
     seed = x_values[0] if x_axis == "seed" else y_values[0] if y_axis == "seed" else int(base["seed"])
-    path = studio.outputs.save(grid, f"{first_text}, {extra}" if first_text else extra, seed, suffix="-xy")
+    path = studio.save(grid, f"{first_text}, {extra}" if first_text else extra, seed, suffix="-xy")
     info = {
         "file": path.name, "size": list(grid.size), "cell_size": list(cells[0][0].size),
         "columns": len(x_values), "rows": len(y_values), "left": layout["left"], "top": layout["top"],

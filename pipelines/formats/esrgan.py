@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
 import re
 from pathlib import Path
 
@@ -24,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ModelError
+from ..errors import ModelError
+from .weights import read_tensors
 
 log = logging.getLogger(__name__)
 
@@ -154,37 +154,7 @@ class Upscaler(nn.Module):
 # 2. Reading a file safely ----------------------------------------------------------------
 def read_state_dict(path: Path, name: str) -> dict[str, torch.Tensor]:
     """Tensors of a ``.pth`` (bare, or under ``params_ema``/``params``) or ``.safetensors``."""
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        text = str(exc).lower()
-        if "weights only" not in text or "unsupported operand" in text:  # not a pickle at all
-            log.warning("cannot read %s: %s", name, exc)
-            raise ModelError("upscaler_file_corrupt", name=name) from None
-        # weights_only refuses any global it does not know (a class, a function, os.system).
-        log.warning("refused %s: the pickle holds more than tensors (%s)", name, str(exc).splitlines()[0][:200])
-        raise ModelError("upscaler_unsafe_file", name=name) from None
-    except Exception as exc:  # truncated zip, bad header, not a torch file at all
-        log.warning("cannot read %s: %s", name, exc)
-        raise ModelError("upscaler_file_corrupt", name=name) from None
-    if isinstance(state, dict):
-        for wrapper in ("params_ema", "params", "state_dict", "model"):
-            if isinstance(state.get(wrapper), dict):
-                state = state[wrapper]
-                break
-    if not isinstance(state, dict) or not state or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise ModelError("upscaler_unknown_arch", name=name)
-    # Weights saved from DataParallel carry a "module." prefix.
-    if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
+    return read_tensors(path, name, "upscaler", "upscaler_unknown_arch", ("params_ema", "params", "state_dict", "model"))
 
 
 # 3. Recognising the architecture from the weights ----------------------------------------
@@ -298,36 +268,3 @@ def load_upscaler_file(path: Path, name: str, device: torch.device, dtype: torch
     return model
 
 
-# 4. The demo bundle's upscalers ----------------------------------------------------------
-def _calibrate(net: nn.Module, last: nn.Conv2d, probe: torch.Tensor) -> None:
-    """Rescale the last conv so a random net's output sits around mid-gray with a visible
-    spread, instead of clipping to black or white (tests compare tiles on real values)."""
-    with torch.no_grad():
-        out = net(probe) - last.bias.view(1, -1, 1, 1)
-        gain = 0.15 / out.std(dim=(0, 2, 3)).clamp_min(1e-6)
-        last.weight.mul_(gain.view(-1, 1, 1, 1))
-        last.bias.copy_(0.5 - out.mean(dim=(0, 2, 3)) * gain)
-
-
-def save_demo_upscalers(folder: Path, seed: int = 0) -> None:
-    """One tiny random upscaler per architecture, in the published file layouts: a wrapped
-    x4 RRDBNet ``.pth``, a bare x2 RRDBNet ``.pth``, an SRVGGNetCompact ``.safetensors``.
-    The SRVGG residual branch is damped so its output still shows the input image."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator().manual_seed(seed)
-    probe = torch.rand(1, 3, 32, 32, generator=generator)
-    torch.manual_seed(seed)
-    x4 = RRDBNet(scale=4, num_feat=8, num_block=1, num_grow_ch=4)
-    _calibrate(x4, x4.conv_last, probe)
-    torch.save({"params_ema": x4.state_dict()}, folder / "RealESRGAN_x4plus-tiny.pth")
-    x2 = RRDBNet(scale=2, num_feat=8, num_block=1, num_grow_ch=4)
-    _calibrate(x2, x2.conv_last, probe)
-    torch.save(x2.state_dict(), folder / "RealESRGAN_x2plus-tiny.pth")
-    compact = SRVGGNetCompact(num_feat=8, num_conv=2, upscale=4)
-    with torch.no_grad():
-        compact.body[-1].weight.mul_(0.1)
-        compact.body[-1].bias.zero_()
-    state = {k: v.contiguous() for k, v in compact.state_dict().items()}
-    save_file(state, str(folder / "realesr-general-x4v3-tiny.safetensors"))

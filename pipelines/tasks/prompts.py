@@ -17,10 +17,6 @@ def token_window(pipe) -> int:
     return min(limit, positions)
 
 
-def count_tokens(tokenizer, text: str) -> int:
-    return len(tokenizer(text, add_special_tokens=False).input_ids)
-
-
 def _chunks(tokenizer, text: str, size: int) -> list[list[int]]:
     ids = tokenizer(text, add_special_tokens=False).input_ids
     return [ids[i : i + size] for i in range(0, len(ids), size)] or [[]]

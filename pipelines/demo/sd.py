@@ -1,65 +1,24 @@
-"""The demo bundle: tiny random-weight models in the real on-disk formats.
-
-``python app.py --demo``, the tests and CI use it. It is generated locally (once, into a cache
-folder) with a fixed seed, laid out like a user's ``models/`` folder, and then loaded back
-through exactly the code a real model goes through:
-
-- ``checkpoints/danqing-demo-zh``: a PAI-Diffusion-shaped pipeline (BertTokenizer with a
-  Chinese WordPiece ``vocab.txt`` and a 32-token window, CLIP text encoder, ``.bin`` weights),
-  with the SD 1.x U-Net block layout at tiny widths;
-- ``checkpoints/danqing-demo-st``: the same architecture with other weights, as safetensors.
-
-Images from it are noise: the weights are random.
-"""
+"""The demo base models: a PAI-Diffusion-shaped SD 1.x pipeline at tiny widths (BertTokenizer
+with a Chinese WordPiece ``vocab.txt`` and a 32-token window, CLIP text encoder), saved as a
+diffusers folder with ``.bin`` or safetensors weights."""
 
 from __future__ import annotations
 
 import json
-import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
-log = logging.getLogger(__name__)
 
-# Bump when the bundle's content changes so old caches are rebuilt.
-BUNDLE_VERSION = "3"
 DEMO_MODEL = "danqing-demo-zh"
+
+
 DEMO_MODEL_SAFETENSORS = "danqing-demo-st"
+
+
 TOKEN_WINDOW = 32
 
 
-def default_cache_dir() -> Path:
-    base = os.environ.get("DANQING_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "danqing"
-    )
-    return Path(base)
-
-
-def ensure_demo_bundle(cache_dir: Path | None = None) -> Path:
-    """Return the bundle's models folder, generating it first if it is missing or outdated."""
-    root = (cache_dir or default_cache_dir()) / f"demo-v{BUNDLE_VERSION}"
-    if (root / "COMPLETE").exists():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    # Build in a temporary sibling and rename, so a crash never leaves half a bundle.
-    staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=root.parent))
-    try:
-        log.info("generating the demo bundle in %s", root)
-        build_bundle(staging)
-        (staging / "COMPLETE").write_text(BUNDLE_VERSION)
-        try:
-            staging.rename(root)
-        except OSError:
-            if not (root / "COMPLETE").exists():  # lost a race only if the winner finished
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return root
-
-
-def _write_vocab(folder: Path) -> None:
+def write_vocab(folder: Path) -> None:
     """A Chinese WordPiece vocabulary like bert-base-chinese's: specials, ASCII, every CJK
     ideograph of the basic block (so any Chinese prompt tokenizes without [UNK])."""
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -90,7 +49,7 @@ def build_sd_components(folder: Path, seed: int):
     # Tokenizers are built from files on disk: in transformers 5 the vocab_file argument of
     # BertTokenizer(...) is ignored, from_pretrained(dir) is the reliable way.
     tok_dir = folder / "_tokenizer_src"
-    _write_vocab(tok_dir)
+    write_vocab(tok_dir)
     tokenizer = BertTokenizer.from_pretrained(tok_dir)
     shutil.rmtree(tok_dir)
 
@@ -163,7 +122,7 @@ def save_sd_pipeline(folder: Path, seed: int, safe_serialization: bool):
     pipe.save_pretrained(folder, safe_serialization=safe_serialization)
     # Published PAI repositories ship the tokenizer as a plain WordPiece vocab.txt.
     shutil.rmtree(folder / "tokenizer")
-    _write_vocab(folder / "tokenizer")
+    write_vocab(folder / "tokenizer")
     if not safe_serialization:
         # transformers 5 always writes safetensors; PAI's text encoder is pytorch_model.bin.
         encoder_dir = folder / "text_encoder"
@@ -171,27 +130,3 @@ def save_sd_pipeline(folder: Path, seed: int, safe_serialization: bool):
         state = {k: v.contiguous() for k, v in pipe.text_encoder.state_dict().items()}
         torch.save(state, encoder_dir / "pytorch_model.bin")
     return pipe
-
-
-def build_bundle(root: Path) -> None:
-    """Write every demo model into ``root`` in the ``models/<kind>/`` layout."""
-    from .folders import ModelFolders
-
-    folders = ModelFolders(root)
-    folders.ensure()
-    ckpt = folders.folder("checkpoints")
-    # PAI publishes .bin weights; the second demo model covers safetensors.
-    save_sd_pipeline(ckpt / DEMO_MODEL, seed=0, safe_serialization=False)
-    save_sd_pipeline(ckpt / DEMO_MODEL_SAFETENSORS, seed=1, safe_serialization=True)
-    (root / "README.txt").write_text(
-        "Danqing demo bundle: tiny random-weight models generated locally. Images are noise.\n"
-    )
-    from .controlnet import save_demo_controlnets
-
-    save_demo_controlnets(root)
-    from .esrgan import save_demo_upscalers
-
-    save_demo_upscalers(folders.folder("upscalers"))
-    from .lora import save_demo_loras
-
-    save_demo_loras(root)

@@ -8,38 +8,24 @@ first (so a failure keeps the old one active) and then frees the old one.
 
 from __future__ import annotations
 
-import gc
 import logging
 import re
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from .devices import DevicePlan, attention_backend, dtype_name, plan_device
-from .errors import ModelError, ParamError
+from ..errors import ModelError, ParamError
+from .adapters import AdapterTable
+from .cache import ResidentCache, module_bytes
+from .devices import DevicePlan, attention_backend, dtype_name, free_memory, plan_device
 from .folders import ModelFolders
 from .settings import KNOWN_HUB_MODELS, EngineSettings
+from .speed import apply_speed_options, quiet_false_fp32_warning
 
 log = logging.getLogger(__name__)
-
-class _EmptyFp32ListFilter(logging.Filter):
-    """diffusers 0.42's ``ModelMixin.to(dtype)`` warns "modules that should be kept in float32:
-    []" on every cast, even with no such module; ``from_pipe`` casts on every job, so each job
-    logged two false warnings. Only that empty-list form is dropped: a real list still shows."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "should be kept in float32: []" not in record.getMessage()
-
-
-def quiet_false_fp32_warning() -> None:
-    target = logging.getLogger("diffusers.models.modeling_utils")
-    if not any(isinstance(f, _EmptyFp32ListFilter) for f in target.filters):
-        target.addFilter(_EmptyFp32ListFilter())
 
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
@@ -55,55 +41,6 @@ class ModelChoice:
     kind: str  # "folder" | "hub" | "path"
 
 
-def _module_bytes(module) -> int:
-    if isinstance(module, torch.nn.Module):
-        return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
-    return int(getattr(module, "nbytes", 0))
-
-
-class ResidentCache:
-    """Models loaded next to the base (ControlNets, upscalers, depth estimators, ...): loaded
-    lazily once per (kind, name), kept while they fit a byte budget, least recently used
-    evicted first. The caller holds the store lock."""
-
-    def __init__(self, budget_bytes: int) -> None:
-        self.budget_bytes = budget_bytes
-        self._items: OrderedDict[tuple[str, str], tuple[object, int]] = OrderedDict()
-
-    def get(self, kind: str, name: str, load: Callable[[], object]):
-        key = (kind, name)
-        if key in self._items:
-            self._items.move_to_end(key)
-            return self._items[key][0]
-        model = load()
-        size = _module_bytes(model)
-        self._items[key] = (model, size)
-        self._evict(keep=key)
-        return model
-
-    def _evict(self, keep: tuple[str, str]) -> None:
-        while self.total_bytes() > self.budget_bytes and len(self._items) > 1:
-            oldest = next(iter(self._items))
-            if oldest == keep:
-                self._items.move_to_end(keep)
-                continue
-            log.info("evicting %s/%s from the model cache", *oldest)
-            del self._items[oldest]
-
-    def drop(self, kind: str | None = None) -> None:
-        for key in [k for k in self._items if kind is None or k[0] == kind]:
-            del self._items[key]
-
-    def total_bytes(self) -> int:
-        return sum(size for _, size in self._items.values())
-
-    def rows(self) -> list[dict]:
-        return [
-            {"name": name, "kind": kind, "bytes": size}
-            for (kind, name), (_, size) in self._items.items()
-        ]
-
-
 def _hub_cached(repo_id: str) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -111,27 +48,6 @@ def _hub_cached(repo_id: str) -> bool:
         return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str)
     except Exception:  # a broken cache must not break the model list
         return False
-
-
-def apply_speed_options(pipe, settings: EngineSettings) -> None:
-    """The fast-path switches, each through a public diffusers/torch API (bench/RESULTS.md
-    records what each is worth where it was measured)."""
-    if settings.attention == "naive":
-        from diffusers.models.attention_processor import AttnProcessor
-
-        pipe.unet.set_attn_processor(AttnProcessor())
-    elif settings.attention == "xformers":
-        pipe.enable_xformers_memory_efficient_attention()
-    if settings.fuse_qkv:
-        pipe.fuse_qkv_projections(unet=True, vae=False)
-    if settings.channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
-    if settings.vae_tiling:
-        pipe.vae.enable_tiling()
-    if settings.compile:
-        # In place (nn.Module.compile): the store, from_pipe and LoRA keep the same module object.
-        pipe.unet.compile(mode="max-autotune-no-cudagraphs" if pipe.device.type == "cuda" else None)
 
 
 class ModelStore:
@@ -148,8 +64,11 @@ class ModelStore:
         self._base_ref: str | None = None
         self._wanted_ref = settings.model
         self._load_seconds: float | None = None
-        # ControlNets, upscalers, annotators: 4 GiB by default (a few SD 1.5 ControlNets in fp16).
-        self.cache = ResidentCache(settings.cache_budget_bytes)
+        # The LoRA adapters on the current base (a new table with every base loaded).
+        self.adapters = AdapterTable()
+        # ControlNets, upscalers, annotators: 4 GiB by default (a few SD 1.5 ControlNets in fp16),
+        # shared with the LoRA adapters.
+        self.cache = ResidentCache(settings.cache_budget_bytes, other_bytes=lambda: self.adapters.total_bytes())
 
     # 1. What can be loaded -------------------------------------------------------------
     def model_choices(self) -> list[ModelChoice]:
@@ -203,8 +122,9 @@ class ModelStore:
             new = self._load(choice)
             old, self._base = self._base, new
             self._base_ref = self._wanted_ref = ref
+            self.adapters = AdapterTable()  # the old base's adapters go with it
             del old
-            self._free_memory()
+            free_memory(self.plan.device)
             return new
 
     def _load(self, choice: ModelChoice):
@@ -244,11 +164,6 @@ class ModelStore:
         log.info("loaded %s in %.1fs on %s/%s", choice.ref, self._load_seconds, self.plan.device, dtype_name(self.plan.dtype))
         return pipe
 
-    def _free_memory(self) -> None:
-        gc.collect()
-        if self.plan.device.type == "cuda":
-            torch.cuda.empty_cache()
-
     # 3. Task pipelines -----------------------------------------------------------------
     def pipeline(self, cls=None, **components):
         """A task pipeline sharing the base modules (``from_pipe``: no weights are copied)."""
@@ -257,7 +172,7 @@ class ModelStore:
             return base
         # from_pipe casts every module to its `dtype` argument, float32 when none is given: name
         # the store's dtype so the shared fp16 weights stay fp16, and keep a VAE that was
-        # upcast after a NaN decode (common.decode_latents) in fp32.
+        # upcast after a NaN decode (tasks/denoise.decode_latents) in fp32.
         vae_dtype = base.vae.dtype
         pipe = cls.from_pipe(base, dtype=self.plan.dtype, **components)
         if base.vae.dtype != vae_dtype:
@@ -265,28 +180,12 @@ class ModelStore:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def preview_decoder(self):
-        """How live previews are decoded (``settings.preview``): a function of the latents, or
-        None when previews are off. A tiny decoder from models/vae-approx is loaded once into
-        the cache; without one, "auto" and "taesd" use the linear approximation."""
-        from functools import partial
 
-        from .preview import approx_decode, load_tiny_decoder, tiny_decode
-
-        method = self.settings.preview
-        if method == "off":
-            return None
-        if method in ("auto", "taesd"):
-            names = self.folders.list_diffusers_dirs("vae_approx", "config.json")
-            if names:
-                folder = self.folders.folder("vae_approx") / names[0]
-                decoder = self.cache.get("preview_decoder", names[0],
-                                         lambda: load_tiny_decoder(folder, self.plan.device, self.plan.dtype))
-                return partial(tiny_decode, decoder)
-            if method == "taesd":
-                log.warning("no tiny decoder in %s; previews use the linear approximation",
-                            self.folders.folder("vae_approx"))
-        return approx_decode
+    def cached(self, kind: str, name: str, load):
+        """A model beside the base (ControlNet, upscaler, annotator, preview decoder), loaded
+        once by ``load()`` into the byte-budgeted cache."""
+        with self.lock:
+            return self.cache.get(kind, name, load)
 
     # 4. What is resident ---------------------------------------------------------------
     def resident_models(self) -> list[dict]:
@@ -299,12 +198,12 @@ class ModelStore:
                 {
                     "name": f"{self._base_ref}/{name}",
                     "kind": name,
-                    "bytes": _module_bytes(module),
+                    "bytes": module_bytes(module),
                     "device": str(next(module.parameters()).device),
                     "dtype": dtype_name(next(module.parameters()).dtype),
                 }
             )
-        return rows + self.cache.rows()
+        return rows + self.adapters.rows() + self.cache.rows()
 
     def system_info(self) -> dict:
         info = {

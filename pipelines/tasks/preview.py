@@ -4,7 +4,7 @@ Why: on a shared server or a CPU a 20-step image takes from seconds to minutes; 
 wants to see early whether the composition is going where they meant, and stop it if not.
 
 Two decoders, never the full VAE (decoding 512² with the SD VAE costs about 2.3 U-Net steps on
-a CPU — a preview every step would more than double the job; ``python -m bench.preview``):
+a CPU — a preview every step would more than double the job; ``python -m bench.decoders``):
 
 - ``approx``: a fixed 4×3 linear map from SD 1.x latent channels to RGB (the "Approx cheap"
   projection A1111 publishes in ``sd_samplers_common.py``; SD 1.x VAEs share the latent space,
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -111,3 +112,27 @@ class Previewer:
         self.last = self.clock()
         self.count += 1
         self.sink(image, step, total)
+
+
+def preview_decoder(store):
+    """How live previews are decoded (``settings.preview``): a function of the latents, or
+    None when previews are off. A tiny decoder from models/vae-approx is loaded once into the
+    store's cache; without one, or when it fails to load, the linear approximation is used."""
+    method = store.settings.preview
+    if method == "off":
+        return None
+    if method in ("auto", "taesd"):
+        folders = store.folders
+        names = folders.list_diffusers_dirs("vae_approx", "config.json")
+        if names:
+            folder = folders.folder("vae_approx") / names[0]
+            try:
+                decoder = store.cached("preview_decoder", names[0],
+                                       lambda: load_tiny_decoder(folder, store.plan.device, store.plan.dtype))
+            except Exception:  # a broken folder must not break generation: previews fall back
+                log.exception("the tiny preview decoder %s failed to load; using the approximation", names[0])
+                return approx_decode
+            return partial(tiny_decode, decoder)
+        if method == "taesd":
+            log.warning("no tiny decoder in %s; previews use the linear approximation", folders.folder("vae_approx"))
+    return approx_decode

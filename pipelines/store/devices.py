@@ -1,13 +1,14 @@
 """Device and dtype policy: fp16 on CUDA, fp32 on CPU (bf16 on CPUs without native support is
-8-90x slower than fp32, measured), and the attention backend in use."""
+8-90x slower than fp32, measured), and the attention backend in use; what out of memory looks like and how memory is given back."""
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 
 import torch
 
-from .errors import ParamError
+from ..errors import ParamError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -55,3 +56,18 @@ def attention_backend(unet) -> str:
     if names <= {"AttnProcessor"}:
         return "naive"
     return ",".join(sorted(names))
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Out of memory on any device: CUDA's error, or the CPU allocator's "can't allocate memory"."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def free_memory(device: torch.device) -> None:
+    """Collect garbage and give cached GPU memory back (after a switch, a failure, an eviction)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -14,54 +14,23 @@ runs out of memory the tile size halves and the job restarts (ComfyUI does the s
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import threading
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .common import StepHook, check_cancel
-from .errors import DanqingError, ParamError
-from .esrgan import load_upscaler_file
-from .params import _as_int, _in_range
+from ..errors import DanqingError, ParamError
+from ..formats.esrgan import load_upscaler_file
+from ..formats.images import MAX_UPSCALE_INPUT_PIXELS, to_rgb8
+from ..requests import MIN_TILE, Upscale
+from ..store.devices import free_memory, is_oom
+from .denoise import StepHook, check_cancel
 
 log = logging.getLogger(__name__)
 
-SCALES = (2, 4)
-MIN_TILE = 32  # the OOM fallback stops halving here
-MAX_TILE = 2048
-MAX_TILE_OVERLAP = 128
-# Input pixels one job may have: a 4096² input is 16384² (805 MB as RGB) at x4.
-MAX_INPUT_PIXELS = 4096 * 4096
-
-
-@dataclass(frozen=True)
-class UpscaleParams:
-    """One upscale request."""
-
-    upscaler: str  # file name under models/upscalers
-    scale: int = 4
-    tile: int = 192  # tile side in input pixels; 0 = the whole image at once
-    tile_overlap: int = 16  # padding each tile borrows from its neighbours, in input pixels
-
-
-def validate_upscale(upscaler: object, scale: object = 4, tile: object = 192, tile_overlap: object = 16) -> UpscaleParams:
-    """Check raw request values (the browser enforces nothing) and return frozen parameters."""
-    if not isinstance(upscaler, str) or not upscaler:
-        raise ParamError("bad_model_name", kind="upscalers")
-    factor = _as_int("scale", scale)
-    if factor not in SCALES:
-        raise ParamError("bad_upscale_scale", value=factor, allowed="/".join(map(str, SCALES)))
-    side = _as_int("tile", tile)
-    if side != 0 and not MIN_TILE <= side <= MAX_TILE:
-        raise ParamError("bad_tile_size", value=side, low=MIN_TILE, high=MAX_TILE)
-    overlap = _as_int("tile_overlap", tile_overlap)
-    _in_range("tile_overlap", overlap, 0, MAX_TILE_OVERLAP)
-    return UpscaleParams(upscaler=upscaler, scale=factor, tile=side, tile_overlap=overlap)
 
 
 def list_upscalers(store) -> list[str]:
@@ -81,40 +50,37 @@ def load_upscaler(store, name: str):
             raise ParamError("unknown_model_name", kind="upscalers", name=name[:80])
         return load_upscaler_file(path, name, device, dtype)
 
-    with store.lock:
-        return store.cache.get("upscaler", name, load)
+    return store.cached("upscaler", name, load)
 
 
 def upscale(
     store,
     image: Image.Image,
-    params: UpscaleParams,
+    params: Upscale,
     cancel: threading.Event | None = None,
     on_step: StepHook | None = None,
 ) -> Image.Image:
     """``image`` enlarged ``params.scale`` times by ``params.upscaler``; RGB or RGBA."""
     # 1. Refuse bad requests before any work.
-    params = validate_upscale(**asdict(params))
     if not isinstance(image, Image.Image):
         raise ParamError("upscale_no_image")
     width, height = image.size
-    if width * height > MAX_INPUT_PIXELS:
-        raise ParamError("upscale_image_too_large", width=width, height=height, limit=MAX_INPUT_PIXELS)
+    if width * height > MAX_UPSCALE_INPUT_PIXELS:
+        raise ParamError("upscale_image_too_large", width=width, height=height, limit=MAX_UPSCALE_INPUT_PIXELS)
     check_cancel(cancel)
     target = (width * params.scale, height * params.scale)
 
     # 2. 8-bit RGB for the model; alpha kept aside.
     rgb, alpha = to_rgb8(image)
 
-    with store.lock:
-        model = load_upscaler(store, params.upscaler)
-        # 3. Passes: repeat the model until it reaches the requested scale.
-        passes = 1
-        while model.scale > 1 and model.scale**passes < params.scale:
-            passes += 1
-        progress = _Progress(on_step, [(height * model.scale**i, width * model.scale**i) for i in range(passes)])
-        for index in range(passes):
-            rgb = _run_with_oom_fallback(store, model, rgb, params, progress, index, cancel)
+    model = load_upscaler(store, params.upscaler)
+    # 3. Passes: repeat the model until it reaches the requested scale.
+    passes = 1
+    while model.scale > 1 and model.scale**passes < params.scale:
+        passes += 1
+    progress = _Progress(on_step, [(height * model.scale**i, width * model.scale**i) for i in range(passes)])
+    for index in range(passes):
+        rgb = _run_with_oom_fallback(store, model, rgb, params, progress, index, cancel)
 
     # 4. Exact size: Lanczos down from an overshoot (x2 from a x4 model) or up from a x1 model.
     result = Image.fromarray(rgb, "RGB")
@@ -123,25 +89,6 @@ def upscale(
     if alpha is not None:
         result.putalpha(alpha.resize(target, Image.Resampling.LANCZOS))
     return result
-
-
-def to_rgb8(image: Image.Image) -> tuple[np.ndarray, Image.Image | None]:
-    """(H×W×3 uint8 RGB, alpha as an "L" image or None) for any PIL mode."""
-    mode = image.mode
-    if mode in ("I", "F") or mode.startswith("I;16"):
-        values = np.asarray(image).astype(np.float32)
-        peak = float(values.max()) if values.size else 0.0
-        if mode.startswith("I;16") or peak > 255:  # 16-bit samples: 65535 maps to 255
-            values = values / 257.0
-        elif mode == "F" and peak <= 1.0:  # float images in [0, 1]
-            values = values * 255.0
-        gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2), None
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        return np.asarray(rgba.convert("RGB")), rgba.getchannel("A")
-    return np.asarray(image.convert("RGB")), None
 
 
 class _Progress:
@@ -173,14 +120,7 @@ def _tile_count(height: int, width: int, tile: int) -> int:
     return math.ceil(height / tile) * math.ceil(width / tile)
 
 
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
-def _run_with_oom_fallback(store, model, rgb: np.ndarray, params: UpscaleParams, progress: _Progress, index: int, cancel) -> np.ndarray:
+def _run_with_oom_fallback(store, model, rgb: np.ndarray, params: Upscale, progress: _Progress, index: int, cancel) -> np.ndarray:
     """One model pass; on out-of-memory, halve the tile and start the pass again."""
     tile = params.tile  # 0: the whole image as one tile
     while True:
@@ -190,12 +130,10 @@ def _run_with_oom_fallback(store, model, rgb: np.ndarray, params: UpscaleParams,
             progress.end_pass()
             return out
         except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
-            if not _is_oom(exc):
+            if not is_oom(exc):
                 raise
         # Out of the except block, so the failed tile's tensors are already freed.
-        if store.plan.device.type == "cuda":
-            gc.collect()
-            torch.cuda.empty_cache()
+        free_memory(store.plan.device)
         tile = tile or max(rgb.shape[:2])
         if tile <= MIN_TILE:
             raise DanqingError("out_of_memory", tile=tile)

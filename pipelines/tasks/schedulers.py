@@ -14,7 +14,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from .errors import ParamError
+from ..errors import ParamError
 
 SAMPLERS: dict[str, tuple[type, dict]] = {
     "DPM++ 2M Karras": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),

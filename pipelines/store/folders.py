@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ParamError
+from ..errors import ParamError
 
 # kind -> (sub-folder of the models dir, accepted file endings; empty means "folders only")
 MODEL_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -46,7 +46,7 @@ class ModelFolders:
             return []
         names = []
         for path in sorted(folder.rglob("*")):
-            if path.suffix.lower() in endings and path.is_file() and _inside(folder, path):
+            if path.suffix.lower() in endings and path.is_file() and inside(folder, path):
                 names.append(path.relative_to(folder).as_posix())
         return names
 
@@ -58,7 +58,7 @@ class ModelFolders:
         found = []
         for pattern in (f"*/{marker}", f"*/*/{marker}"):
             for path in sorted(folder.glob(pattern)):
-                if _inside(folder, path.parent):
+                if inside(folder, path.parent):
                     found.append(path.parent.relative_to(folder).as_posix())
         return found
 
@@ -76,12 +76,12 @@ class ModelFolders:
         ):
             raise ParamError("bad_model_name", kind=kind)
         path = folder / name
-        if not path.exists() or not _inside(folder, path):
+        if not path.exists() or not inside(folder, path):
             raise ParamError("unknown_model_name", kind=kind, name=name[:80])
         return path
 
 
-def _inside(folder: Path, path: Path) -> bool:
+def inside(folder: Path, path: Path) -> bool:
     """True when ``path`` (symlinks resolved) lies inside ``folder`` (symlinks resolved)."""
     try:
         real_folder = Path(os.path.realpath(folder))

@@ -1,0 +1,80 @@
+"""The demo bundle: tiny random-weight models in the real on-disk formats.
+
+``python app.py --demo``, the tests and CI use it. It is generated locally (once, into a cache
+folder) with a fixed seed, laid out like a user's ``models/`` folder, and then loaded back
+through exactly the code a real model goes through:
+
+- ``checkpoints/danqing-demo-zh``: a PAI-Diffusion-shaped pipeline (BertTokenizer with a
+  Chinese WordPiece ``vocab.txt`` and a 32-token window, CLIP text encoder, ``.bin`` weights),
+  with the SD 1.x U-Net block layout at tiny widths;
+- ``checkpoints/danqing-demo-st``: the same architecture with other weights, as safetensors.
+
+Images from it are noise: the weights are random. The writers import the engine (to check
+what they wrote loads back); the engine never imports them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..store.folders import ModelFolders
+from .controlnet import save_demo_controlnets
+from .esrgan import save_demo_upscalers
+from .lora import save_demo_loras
+from .sd import DEMO_MODEL, DEMO_MODEL_SAFETENSORS, TOKEN_WINDOW, save_sd_pipeline
+
+__all__ = ["DEMO_MODEL", "DEMO_MODEL_SAFETENSORS", "TOKEN_WINDOW", "ensure_demo_bundle"]
+
+log = logging.getLogger(__name__)
+
+# Bump when the bundle's content changes so old caches are rebuilt.
+BUNDLE_VERSION = "3"
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("DANQING_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "danqing"
+    )
+    return Path(base)
+
+
+def ensure_demo_bundle(cache_dir: Path | None = None) -> Path:
+    """Return the bundle's models folder, generating it first if it is missing or outdated."""
+    root = (cache_dir or default_cache_dir()) / f"demo-v{BUNDLE_VERSION}"
+    if (root / "COMPLETE").exists():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # Build in a temporary sibling and rename, so a crash never leaves half a bundle.
+    staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=root.parent))
+    try:
+        log.info("generating the demo bundle in %s", root)
+        build_bundle(staging)
+        (staging / "COMPLETE").write_text(BUNDLE_VERSION)
+        try:
+            staging.rename(root)
+        except OSError:
+            if not (root / "COMPLETE").exists():  # lost a race only if the winner finished
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return root
+
+
+def build_bundle(root: Path) -> None:
+    """Write every demo model into ``root`` in the ``models/<kind>/`` layout."""
+    folders = ModelFolders(root)
+    folders.ensure()
+    ckpt = folders.folder("checkpoints")
+    # PAI publishes .bin weights; the second demo model covers safetensors.
+    save_sd_pipeline(ckpt / DEMO_MODEL, seed=0, safe_serialization=False)
+    save_sd_pipeline(ckpt / DEMO_MODEL_SAFETENSORS, seed=1, safe_serialization=True)
+    (root / "README.txt").write_text(
+        "Danqing demo bundle: tiny random-weight models generated locally. Images are noise.\n"
+    )
+    save_demo_controlnets(root)
+    save_demo_upscalers(folders.folder("upscalers"))
+    save_demo_loras(root)

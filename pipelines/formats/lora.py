@@ -1,0 +1,261 @@
+"""LoRA files: their metadata, and every key layout mapped onto an SD 1.x pipeline's modules.
+
+Formats: diffusers/peft (``lora_A``/``lora_B``), Kohya/A1111 (``lora_unet_...`` with alpha, conv
+layers), PAI's old attention-processor ``pytorch_lora_weights.bin``. Reading only: loading an
+adapter onto the shared base is tasks/lora.py; which adapters are loaded is the store's table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelError
+from .weights import read_tensors
+
+log = logging.getLogger(__name__)
+
+
+TRIGGER_WORDS = 10
+
+
+HEADER_LIMIT = 100 * 1024 * 1024  # a safetensors JSON header larger than this is not a LoRA
+
+
+# Components of an SD 1.x pipeline that take LoRA weights, as named in state-dict prefixes.
+COMPONENTS = ("unet", "text_encoder")
+
+
+# Prefixes of other architectures' components (SDXL, SD3, Flux, ...): refused, never skipped.
+FOREIGN_PREFIXES = ("text_encoder_2.", "text_encoder_3.", "transformer.", "lora_te1_", "lora_te2_", "lora_transformer_")
+
+
+# PAI / diffusers-old attention processors: processor.to_q_lora.down -> the module it adapts.
+ATTN_PROCESSOR = {
+    "unet": {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"},
+    "text_encoder": {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"},
+}
+
+
+ATTN_LORA = re.compile(r"^(?:(?P<head>.*)\.)?(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<part>down|up)\.weight$")
+
+
+# Key endings of the two LoRA matrices, in every layout the converters leave behind.
+DOWN_UP = (
+    (".lora_A.weight", ".lora_B.weight"),
+    (".lora.down.weight", ".lora.up.weight"),
+    (".lora_linear_layer.down.weight", ".lora_linear_layer.up.weight"),
+    (".lora_down.weight", ".lora_up.weight"),
+)
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors header, read without loading any tensor."""
+    if path.suffix.lower() != ".safetensors":
+        return {}
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if length > HEADER_LIMIT:
+                return {}
+            header = json.loads(f.read(length))
+        metadata = header.get("__metadata__") or {}
+        return {str(k): str(v) for k, v in metadata.items()}
+    except (OSError, ValueError, struct.error, AttributeError):
+        return {}
+
+
+def trigger_words(metadata: dict[str, str], limit: int = TRIGGER_WORDS) -> list[str]:
+    words: list[str] = []
+    phrase = metadata.get("modelspec.trigger_phrase", "")
+    words += [w.strip() for w in phrase.split(",") if w.strip()]
+    try:
+        frequency = json.loads(metadata.get("ss_tag_frequency") or "{}")
+    except ValueError:
+        frequency = {}
+    counts: dict[str, int] = {}
+    if isinstance(frequency, dict):
+        for tags in frequency.values():
+            if isinstance(tags, dict):
+                for tag, count in tags.items():
+                    tag = str(tag).strip()
+                    if tag and isinstance(count, (int, float)):
+                        counts[tag] = counts.get(tag, 0) + int(count)
+    words += [t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return list(dict.fromkeys(words))[:limit]
+
+
+def base_model(metadata: dict[str, str]) -> str | None:
+    for key in ("ss_base_model_version", "ss_sd_model_name", "modelspec.architecture"):
+        if metadata.get(key):
+            return metadata[key]
+    return None
+
+
+# 3. Reading and mapping a file -----------------------------------------------------------
+def read_state_dict(path: Path, label: str) -> dict[str, torch.Tensor]:
+    """The tensors of a LoRA file (formats/weights.py: pickles never run)."""
+    return read_tensors(path, label, "lora", "lora_unsupported_format")
+
+
+@dataclass
+class LoraLayers:
+    """A LoRA mapped onto this base: (component, module path) -> (down, up), scale folded in."""
+
+    layers: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    def diffusers_state_dict(self) -> dict[str, torch.Tensor]:
+        """Keys diffusers 0.42 loads without guessing: peft ``lora_A/B`` for the U-Net, the
+        ``lora_linear_layer`` form for the text encoder (its peft form with only MLP layers
+        fails there: "Could not automatically infer state dict type"). ``lora_A`` comes first:
+        diffusers looks at the first key to pick a converter."""
+        downs, ups = {}, {}
+        for (component, path), (down, up) in self.layers.items():
+            if component == "unet":
+                downs[f"unet.{path}.lora_A.weight"], ups[f"unet.{path}.lora_B.weight"] = down, up
+            else:
+                downs[f"text_encoder.{path}.lora_linear_layer.down.weight"] = down
+                ups[f"text_encoder.{path}.lora_linear_layer.up.weight"] = up
+        return {**downs, **ups}
+
+
+def map_state_dict(pipe, state: dict[str, torch.Tensor], label: str) -> LoraLayers:
+    """Map every key of a LoRA state dict onto a module of ``pipe``, or raise.
+
+    Raises ``lora_unsupported_format`` (keys that are not LoRA matrices: LyCORIS, DoRA, ...),
+    ``lora_no_match`` (no key names a module of this model) or ``lora_wrong_architecture``
+    (another model's components, modules or shapes).
+    """
+    from diffusers import StableDiffusionPipeline
+
+    # 1. Kohya/A1111 names go through diffusers' own converter (alphas come back separately).
+    alphas: dict[str, float] = {}
+    if any(k.startswith(FOREIGN_PREFIXES) for k in state):
+        raise ModelError("lora_wrong_architecture", name=label, detail=_first(state, FOREIGN_PREFIXES))
+    kohya_layers = 0
+    if state and all(k.startswith(("lora_unet_", "lora_te_")) for k in state):
+        # LyCORIS (hada_, lokr_), DoRA (dora_scale) and the like: refused, not half-read.
+        odd = next((k for k in state if not k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha"))), None)
+        if odd is not None:
+            raise ModelError("lora_unsupported_format", name=label, detail=odd[:120])
+        kohya_layers = sum(k.endswith(".lora_down.weight") for k in state)
+        try:
+            state, network_alphas = StableDiffusionPipeline.lora_state_dict(dict(state), unet_config=pipe.unet.config)
+        except (ValueError, KeyError, IndexError) as exc:
+            log.warning("diffusers cannot convert the Kohya LoRA %s: %s", label, exc)
+            raise ModelError("lora_unsupported_format", name=label, detail=str(exc)[:120]) from exc
+        alphas = {k: float(v) for k, v in (network_alphas or {}).items()}
+    # 2. Each key -> (component, module path, "down" | "up" | "alpha").
+    parts: dict[tuple[str, str], dict[str, object]] = {}
+    for key, tensor in state.items():
+        if key.endswith(".alpha"):
+            alphas[key] = float(tensor.float().reshape(-1)[0]) if tensor.numel() else 1.0
+            continue
+        parsed = _parse_key(key)
+        if parsed is None:
+            raise ModelError("lora_unsupported_format", name=label, detail=key[:120])
+        component, path, part = parsed
+        parts.setdefault((component, path), {})[part] = tensor
+    for key, value in alphas.items():
+        parsed = _parse_key(key.removesuffix(".alpha"), alpha=True)
+        if parsed is not None and parsed[:2] in parts:
+            parts[parsed[:2]]["alpha"] = value
+    if not parts:
+        raise ModelError("lora_no_match", name=label, detail="empty")
+    # 3. Find each module on this base and check shapes.
+    mapped = LoraLayers()
+    missing: list[str] = []
+    for (component, path), found in parts.items():
+        if "down" not in found or "up" not in found:
+            raise ModelError("lora_unsupported_format", name=label, detail=f"{component}.{path} lacks a matrix")
+        if component not in COMPONENTS:
+            raise ModelError("lora_wrong_architecture", name=label, detail=component)
+        model = getattr(pipe, component)
+        module_path = _module_path(model, path)
+        if module_path is None:
+            missing.append(f"{component}.{path}")
+            continue
+        module = model.get_submodule(module_path)
+        down, up = _fit(getattr(module, "base_layer", module), found["down"], found["up"], label, f"{component}.{path}")
+        rank = down.shape[0]
+        alpha = found.get("alpha")  # Kohya: scale alpha/rank; 0 or none means rank (scale 1)
+        if alpha and math.isfinite(alpha) and alpha != rank:
+            up = up.float() * (alpha / rank)
+        mapped.layers[(component, module_path)] = (down, up)
+    if not mapped.layers:
+        raise ModelError("lora_no_match", name=label, detail=missing[0][:120])
+    if kohya_layers and kohya_layers != len(mapped.layers) + len(missing):  # the converter lost some
+        raise ModelError("lora_unsupported_format", name=label, detail=f"{kohya_layers} Kohya layers")
+    if missing:
+        log.warning("LoRA %s names %d modules this model lacks, e.g. %s", label, len(missing), missing[0])
+        raise ModelError("lora_wrong_architecture", name=label, detail=missing[0][:120])
+    return mapped
+
+
+def _first(state: dict, prefixes: tuple[str, ...]) -> str:
+    return next(k for k in state if k.startswith(prefixes))[:120]
+
+
+def _parse_key(key: str, alpha: bool = False) -> tuple[str, str, str] | None:
+    """``unet.a.b.to_q.lora_A.weight`` -> ("unet", "a.b.to_q", "down"); None if unknown.
+    With ``alpha``, ``key`` is a Kohya alpha's name without ``.alpha``: a module or a down key."""
+    component = "unet"  # PAI / bare U-Net files carry no prefix
+    for prefix in (*COMPONENTS, "text_encoder_2", "text_encoder_3", "transformer"):
+        if key.startswith(prefix + "."):
+            component, key = prefix, key[len(prefix) + 1 :]
+            break
+    key = key.replace(".processor.", ".")
+    match = ATTN_LORA.match(key)
+    if match:  # an attention processor's LoRA: attn1.to_q_lora.down -> attn1.to_q
+        proj = ATTN_PROCESSOR.get(component, ATTN_PROCESSOR["unet"])[match["proj"]]
+        path = f"{match['head']}.{proj}" if match["head"] else proj
+        return component, path, match["part"]
+    for down, up in DOWN_UP:
+        for suffix, part in ((down, "down"), (up, "up")):
+            if key.endswith(suffix):
+                return component, key[: -len(suffix)], part
+    return (component, key, "alpha") if alpha else None
+
+
+def _module_path(model, path: str) -> str | None:
+    """The module's name in this model; CLIP files may carry ``text_model.`` or lack it
+    (transformers 5 dropped that level)."""
+    candidates = [path, path.removeprefix("text_model."), f"text_model.{path}"]
+    for candidate in candidates:
+        try:
+            model.get_submodule(candidate)
+            return candidate
+        except AttributeError:
+            continue
+    return None
+
+
+def _fit(module, down: torch.Tensor, up: torch.Tensor, label: str, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check (and for 1x1 convolutions reshape) the two matrices against the module."""
+    wrong = ModelError("lora_wrong_architecture", name=label, detail=where[:120])
+    if down.ndim < 2 or up.ndim < 2 or down.shape[0] != up.shape[1]:
+        raise wrong
+    if isinstance(module, torch.nn.Linear):
+        if down.ndim == 4 and down.shape[2:] == (1, 1) and up.ndim == 4 and up.shape[2:] == (1, 1):
+            down, up = down.flatten(1), up.flatten(1)
+        if down.ndim != 2 or up.ndim != 2 or down.shape[1] != module.in_features or up.shape[0] != module.out_features:
+            raise wrong
+    elif isinstance(module, torch.nn.Conv2d):
+        if down.ndim == 2 and up.ndim == 2 and module.kernel_size == (1, 1):
+            down, up = down[:, :, None, None], up[:, :, None, None]
+        if (
+            down.ndim != 4 or up.ndim != 4
+            or down.shape[1] != module.in_channels or tuple(down.shape[2:]) != tuple(module.kernel_size)
+            or up.shape[0] != module.out_channels or tuple(up.shape[2:]) != (1, 1)
+        ):
+            raise wrong
+    else:
+        raise wrong
+    return down, up

@@ -1,0 +1,399 @@
+"""One frozen, validated request per task: the single contract between callers and the engine.
+
+The UI, the Gradio API, the A1111 API and extensions all build these from a mapping of named
+fields (``Txt2Img.from_fields({...})``); each is validated once, here, and the engine trusts
+what it gets. Field names follow diffusers' pipeline arguments, and their order is the order of
+the Gradio API's parameters (``ui/binding.py`` builds the endpoints from it).
+
+Pure Python on purpose: the UI imports this module and must not pull in torch. Every value
+from a browser or an API client is checked here before any work, because Gradio enforces
+slider bounds only in the browser.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+from dataclasses import dataclass, fields, replace
+from typing import Any, Mapping
+
+from .errors import ParamError
+
+# A1111 sampler names, in the order the UI lists them. pipelines/schedulers.py maps each to a
+# diffusers scheduler; a test checks both lists agree.
+SAMPLER_NAMES: tuple[str, ...] = (
+    "DPM++ 2M Karras",
+    "DPM++ 2M",
+    "DPM++ 2M SDE Karras",
+    "Euler a",
+    "Euler",
+    "Heun",
+    "LMS",
+    "DDIM",
+    "PNDM",
+    "UniPC",
+    "LCM",
+)
+DEFAULT_SAMPLER = "DPM++ 2M Karras"
+
+MAX_STEPS = 150
+MAX_CFG = 30.0
+MIN_SIDE = 64
+MAX_SIDE = 2048
+MAX_IMAGES = 8
+# Pixels of one job (width * height * images): 4 images of 1024² on one GPU is the ceiling.
+MAX_JOB_PIXELS = 4 * 1024 * 1024
+MAX_PROMPT_CHARS = 4000
+MAX_DEEPCACHE = 5
+SEED_MAX = 2**32 - 1
+MAX_LORAS = 8
+MAX_LORA_WEIGHT = 4.0
+MAX_LORA_NAME = 255
+# A1111's extra-network tag: <lora:name> or <lora:name:weight>.
+LORA_TAG = re.compile(r"<lora:([^<>]*)>", re.IGNORECASE)
+
+
+def as_int(name: str, value: object) -> int:
+    """An integer from an int, an integral float or a numeric string; anything else is refused."""
+    if isinstance(value, bool):
+        raise ParamError("not_an_integer", name=name, value=str(value))
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            raise ParamError("not_an_integer", name=name, value=str(value))
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise ParamError("not_an_integer", name=name, value=value[:40]) from None
+    raise ParamError("not_an_integer", name=name, value=type(value).__name__)
+
+
+def as_float(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ParamError("not_a_number", name=name, value=type(value).__name__)
+    try:
+        number = float(value)
+    except ValueError:
+        raise ParamError("not_a_number", name=name, value=str(value)[:40]) from None
+    if not math.isfinite(number):
+        raise ParamError("not_a_number", name=name, value=str(value)[:40])
+    return number
+
+
+def in_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ParamError("out_of_range", name=name, value=value, low=low, high=high)
+
+
+def text_field(name: str, value: object) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ParamError("not_text", name=name)
+    if len(value) > MAX_PROMPT_CHARS:
+        raise ParamError("text_too_long", name=name, length=len(value), limit=MAX_PROMPT_CHARS)
+    return value
+
+
+def validate_size(width: object, height: object, images: int = 1) -> tuple[int, int]:
+    w, h = as_int("width", width), as_int("height", height)
+    for name, side in (("width", w), ("height", h)):
+        in_range(name, side, MIN_SIDE, MAX_SIDE)
+    if w % 8 or h % 8:
+        raise ParamError("size_not_multiple_of_8", width=w, height=h)
+    if w * h * images > MAX_JOB_PIXELS:
+        raise ParamError("job_too_large", width=w, height=h, images=images, limit=MAX_JOB_PIXELS)
+    return w, h
+
+
+def resolve_seed(seed: object) -> int:
+    """-1 (or empty) picks a random seed; otherwise an integer in [0, 2³²−1]."""
+    if seed is None or seed == "":
+        return secrets.randbelow(SEED_MAX + 1)
+    value = as_int("seed", seed)
+    if value == -1:
+        return secrets.randbelow(SEED_MAX + 1)
+    in_range("seed", value, 0, SEED_MAX)
+    return value
+
+
+def parse_prompt_loras(prompt: str) -> tuple[str, list[tuple[str, float]]]:
+    """Take A1111's ``<lora:name:weight>`` tags out of a prompt.
+
+    Returns the prompt without the tags (runs of spaces left behind are collapsed) and the
+    (name, weight) pairs in the order they appear; the weight defaults to 1.0. The name may
+    omit the file extension; it is resolved later, strictly inside models/lora. A tag with
+    more fields (A1111's separate text-encoder/U-Net multipliers) is refused, not half-read.
+    """
+    found: list[tuple[str, float]] = []
+    for match in LORA_TAG.finditer(prompt):
+        fields = match.group(1).split(":")
+        if len(fields) > 2:
+            raise ParamError("bad_lora_tag", tag=match.group(0)[:80])
+        name = fields[0].strip()
+        weight = _lora_weight(fields[1].strip()) if len(fields) == 2 else 1.0
+        found.append((_lora_name(name), weight))
+    if not found:
+        return prompt, []
+    text = LORA_TAG.sub("", prompt)
+    text = re.sub(r"[ \t]{2,}", " ", text).strip()
+    return text, found
+
+
+def _lora_name(name: object) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ParamError("bad_lora_list")
+    if len(name) > MAX_LORA_NAME:
+        raise ParamError("text_too_long", name="lora", length=len(name), limit=MAX_LORA_NAME)
+    return name.strip()
+
+
+def _lora_weight(value: object) -> float:
+    weight = as_float("lora_weight", value)
+    in_range("lora_weight", weight, -MAX_LORA_WEIGHT, MAX_LORA_WEIGHT)
+    return weight
+
+
+def validate_loras(loras: object, from_prompt: list[tuple[str, float]] = ()) -> tuple[tuple[str, float], ...]:
+    """[[name, weight], ...] from the UI/API, then the prompt's tags; a name given twice keeps
+    its last weight (so a prompt tag overrides the list). At most ``MAX_LORAS``."""
+    pairs: list[tuple[str, float]] = []
+    if loras is not None:
+        if not isinstance(loras, (list, tuple)):
+            raise ParamError("bad_lora_list")
+        for item in loras:
+            if not isinstance(item, (list, tuple)) or len(item) != 2:
+                raise ParamError("bad_lora_list")
+            pairs.append((_lora_name(item[0]), _lora_weight(item[1])))
+    merged: dict[str, float] = {}
+    for name, weight in (*pairs, *from_prompt):
+        merged.pop(name, None)  # re-insert so the order follows the last mention
+        merged[name] = weight
+    if len(merged) > MAX_LORAS:
+        raise ParamError("too_many_loras", count=len(merged), limit=MAX_LORAS)
+    return tuple(merged.items())
+
+
+
+
+def _merge(mapping: Mapping | None, more: dict) -> dict:
+    merged = dict(mapping or {})
+    merged.update(more)
+    return merged
+
+
+def _known(cls, raw: dict) -> dict:
+    """The fields of ``cls`` present in ``raw``; anything else is a caller's mistake."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field(s) {unknown}")
+    return raw
+
+
+# 1. Text to image --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Txt2Img:
+    """One text-to-image request (also the base of every other generation request).
+
+    ``hires_upscaler``: upscale every image by ``hires_scale`` with that ESRGAN file before
+    saving (the original is kept too). ``draft``: generate with the short side at 256 and
+    upscale x4 (Rapid Diffusion); without an upscaler the first listed one is used.
+    """
+
+    prompt: str
+    negative_prompt: str = ""
+    num_inference_steps: int = 20
+    guidance_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    seed: int = -1
+    num_images_per_prompt: int = 1
+    sampler: str = DEFAULT_SAMPLER
+    # (file name under models/lora, weight) pairs; empty = no LoRA.
+    loras: tuple[tuple[str, float], ...] = ()
+    hires_upscaler: str | None = None
+    hires_scale: int = 2
+    # DeepCache-style approximation: refresh the deep U-Net features every N steps (0 = exact).
+    deepcache: int = 0
+    draft: bool = False
+
+    @classmethod
+    def from_fields(cls, mapping: Mapping | None = None, /, **more: Any) -> "Txt2Img":
+        """Check raw values (a mapping and/or keywords) and return a request with a concrete
+        seed. ``<lora:name:weight>`` tags are taken out of the prompt and merged with ``loras``."""
+        raw = _known(cls, _merge(mapping, more))
+        text = text_field("prompt", raw.get("prompt"))
+        if not text.strip():
+            raise ParamError("empty_prompt")
+        text, tagged = parse_prompt_loras(text)
+        lora_pairs = validate_loras(raw.get("loras"), tagged)
+        negative = text_field("negative_prompt", raw.get("negative_prompt", ""))
+        steps = as_int("num_inference_steps", raw.get("num_inference_steps", 20))
+        in_range("num_inference_steps", steps, 1, MAX_STEPS)
+        cfg = as_float("guidance_scale", raw.get("guidance_scale", 7.0))
+        in_range("guidance_scale", cfg, 0.0, MAX_CFG)
+        images = as_int("num_images_per_prompt", raw.get("num_images_per_prompt", 1))
+        in_range("num_images_per_prompt", images, 1, MAX_IMAGES)
+        w, h = validate_size(raw.get("width", 512), raw.get("height", 512), images)
+        sampler = raw.get("sampler", DEFAULT_SAMPLER)
+        if sampler not in SAMPLER_NAMES:
+            raise ParamError("unknown_sampler", value=str(sampler)[:60])
+        cache = as_int("deepcache", raw.get("deepcache") or 0)
+        in_range("deepcache", cache, 0, MAX_DEEPCACHE)
+        draft = bool(raw.get("draft", False))
+        upscaler = raw.get("hires_upscaler") or None
+        scale = 4 if draft else 2
+        if upscaler is not None:
+            scale = Upscale.from_fields(upscaler=upscaler, scale=scale if draft else raw.get("hires_scale", 2)).scale
+        return cls(
+            prompt=text,
+            negative_prompt=negative,
+            num_inference_steps=steps,
+            guidance_scale=cfg,
+            width=w,
+            height=h,
+            seed=resolve_seed(raw.get("seed", -1)),
+            num_images_per_prompt=images,
+            sampler=str(sampler),
+            loras=lora_pairs,
+            hires_upscaler=upscaler,
+            hires_scale=scale,
+            deepcache=0 if cache == 1 else cache,
+            draft=draft,
+        )
+
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.num_images_per_prompt)]
+
+
+# 2. ControlNet ---------------------------------------------------------------------------------
+MAX_UNITS = 3
+MAX_WEIGHT = 2.0
+CONTROL_KINDS = ("canny", "depth")
+RESIZE_MODES: tuple[str, ...] = ("crop", "fit", "stretch")
+
+
+@dataclass(frozen=True)
+class ControlUnit:
+    """One ControlNet, its image and how the image becomes a control map.
+
+    ``image``: an upload (path, bytes or PIL image; decoded by the task, one at a time, after
+    every count and name is checked). ``is_map``: the image already is the control map;
+    otherwise ``kind`` says which annotator makes it (Canny thresholds, depth estimator).
+    """
+
+    model: str  # a name from the ControlNet list
+    image: Any
+    weight: float = 1.0  # diffusers' controlnet_conditioning_scale
+    guidance_start: float = 0.0  # fraction of the steps where the guidance starts
+    guidance_end: float = 1.0
+    kind: str = "canny"
+    is_map: bool = True
+    low_threshold: int = 100
+    high_threshold: int = 200
+    estimator: str = ""
+
+    @classmethod
+    def from_fields(cls, mapping: Mapping | None = None, /, **more: Any) -> "ControlUnit":
+        """A unit from raw values (the UI's and the APIs' names). The image and how it becomes
+        a map are checked here; the ControlNet and its weights when the unit is used in a
+        ``Control`` request (a map preview needs no ControlNet)."""
+        raw = _known(cls, _merge(mapping, more))
+        if raw.get("image") is None or (isinstance(raw.get("image"), str) and not raw["image"]):
+            raise ParamError("control_image_missing")
+        kind = raw.get("kind", "canny")
+        if kind not in CONTROL_KINDS:
+            raise ParamError("unknown_control_kind", value=str(kind)[:20])
+        model = raw.get("model")
+        unit = cls(model=model if isinstance(model, str) else "", image=raw["image"], kind=kind,
+                   is_map=bool(raw.get("is_map", False)), estimator=str(raw.get("estimator") or ""),
+                   **{k: raw[k] for k in ("weight", "guidance_start", "guidance_end") if raw.get(k) is not None},
+                   **{k: as_int(k, raw[k]) for k in ("low_threshold", "high_threshold") if raw.get(k) is not None})
+        return unit
+
+
+def _check_unit(unit: ControlUnit) -> ControlUnit:
+    if not isinstance(unit, ControlUnit) or not isinstance(unit.model, str) or not unit.model:
+        raise ParamError("controlnet_no_model")
+    if unit.image is None:
+        raise ParamError("controlnet_no_image", model=unit.model[:80])
+    weight = as_float("controlnet_weight", unit.weight)
+    in_range("controlnet_weight", weight, 0.0, MAX_WEIGHT)
+    start = as_float("guidance_start", unit.guidance_start)
+    end = as_float("guidance_end", unit.guidance_end)
+    in_range("guidance_start", start, 0.0, 1.0)
+    in_range("guidance_end", end, 0.0, 1.0)
+    if start >= end:
+        raise ParamError("controlnet_guidance_order", start=start, end=end)
+    return replace(unit, weight=weight, guidance_start=start, guidance_end=end)
+
+
+def validate_units(units, resize_mode: str = "crop") -> tuple[ControlUnit, ...]:
+    """Server-side checks of the ControlNet units; returns them with plain float fields."""
+    if resize_mode not in RESIZE_MODES:
+        raise ParamError("unknown_resize_mode", value=str(resize_mode)[:40])
+    units = tuple(units or ())
+    if not units:
+        raise ParamError("controlnet_no_units")
+    if len(units) > MAX_UNITS:
+        raise ParamError("controlnet_too_many_units", count=len(units), limit=MAX_UNITS)
+    return tuple(_check_unit(unit) for unit in units)
+
+
+@dataclass(frozen=True)
+class Control:
+    """Text to image guided by one to three ControlNet units."""
+
+    base: Txt2Img
+    units: tuple[ControlUnit, ...]
+    resize_mode: str = "crop"  # how maps are fitted to the output size: crop | fit | stretch
+
+    @classmethod
+    def build(cls, base: Txt2Img, units, resize_mode: str = "crop") -> "Control":
+        """The checked request: ``base`` is a Txt2Img, ``units`` ControlUnits (or their raw
+        mappings); counts and values are checked here, before any image is decoded."""
+        units = tuple(units or ())
+        if not units:
+            raise ParamError("control_image_missing")
+        if len(units) > MAX_UNITS:
+            raise ParamError("controlnet_too_many_units", count=len(units), limit=MAX_UNITS)
+        built = [u if isinstance(u, ControlUnit) else ControlUnit.from_fields(u) for u in units]
+        return cls(base=base, units=validate_units(built, resize_mode), resize_mode=resize_mode)
+
+
+# 3. Upscaling ------------------------------------------------------------------------------------
+SCALES = (2, 4)
+MIN_TILE = 32  # the OOM fallback stops halving here
+MAX_TILE = 2048
+MAX_TILE_OVERLAP = 128
+
+
+@dataclass(frozen=True)
+class Upscale:
+    """One upscale: an ESRGAN file, the factor and the tiling."""
+
+    upscaler: str  # file name under models/upscalers
+    scale: int = 4
+    tile: int = 192  # tile side in input pixels; 0 = the whole image at once
+    tile_overlap: int = 16  # padding each tile borrows from its neighbours, in input pixels
+
+    @classmethod
+    def from_fields(cls, mapping: Mapping | None = None, /, **more: Any) -> "Upscale":
+        raw = _known(cls, _merge(mapping, more))
+        upscaler = raw.get("upscaler")
+        if not isinstance(upscaler, str) or not upscaler:
+            raise ParamError("bad_model_name", kind="upscalers")
+        factor = as_int("scale", raw.get("scale", 4))
+        if factor not in SCALES:
+            raise ParamError("bad_upscale_scale", value=factor, allowed="/".join(map(str, SCALES)))
+        side = as_int("tile", raw.get("tile", 192))
+        if side != 0 and not MIN_TILE <= side <= MAX_TILE:
+            raise ParamError("bad_tile_size", value=side, low=MIN_TILE, high=MAX_TILE)
+        overlap = as_int("tile_overlap", raw.get("tile_overlap", 16))
+        in_range("tile_overlap", overlap, 0, MAX_TILE_OVERLAP)
+        return cls(upscaler=upscaler, scale=factor, tile=side, tile_overlap=overlap)

@@ -1,0 +1,223 @@
+"""The studio: the facade the UI, the APIs and extensions call. Request → task → save.
+
+Each generation method takes one validated request (pipelines/requests.py), runs its task on
+the store inside the job context (pipelines/jobs.py: GPU lock, stop switch, progress, out of
+memory), and saves the results with their A1111 parameters and AIGC label. Everything a caller
+needs of the engine (lists of models, the current model, saving, stopping) is a method here, so
+nobody reaches into the store.
+
+It holds no Gradio and no user-facing text; errors are ``DanqingError`` codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from PIL import Image
+
+from .errors import DanqingError, ParamError
+from .formats.images import open_upload
+from .formats.pnginfo import format_parameters, read_parameters
+from .jobs import Jobs
+from .outputs import OutputWriter
+from .requests import Control, ControlUnit, Txt2Img, Upscale
+from .store import ModelStore
+from .tasks import annotators, controlnet, lora, txt2img, upscale
+from .tasks.denoise import Generated
+from .tasks.prompts import token_window
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+# Request fields that the info JSON does not repeat (the post-step is reported by its result).
+_NOT_IN_INFO = ("hires_upscaler", "hires_scale", "draft")
+
+
+class Studio:
+    def __init__(self, store: ModelStore, outputs: OutputWriter, extensions: list = ()) -> None:
+        self.store = store
+        self.outputs = outputs
+        self.jobs = Jobs(store.lock, store.plan.device)
+        # Loaded extensions (extensions.LoadedExtension), listed in system_info.
+        self.extensions = list(extensions)
+
+    # -- jobs ---------------------------------------------------------------------------------
+    def stop(self, client: str) -> bool:
+        return self.jobs.stop(client)
+
+    def hold_gpu(self):
+        """The GPU for several jobs in a row (the A1111 API's model override and batches)."""
+        return self.jobs.hold()
+
+    # -- generation -------------------------------------------------------------------------
+    def txt2img(self, request: Txt2Img, client: str = "local", on_step=None, on_preview=None) -> tuple[list[Path], dict]:
+        """Generate, (upscale,) save. Returns the saved files and the info dict.
+        ``on_preview(image, step, total)`` gets live previews while it denoises."""
+        with self.jobs.run(client, on_step) as (cancel, hook):
+            result = txt2img.run(self.store, request, cancel=cancel, on_step=hook, on_preview=on_preview)
+            return self._save(result, {"draft": request.draft})
+
+    def control(self, request: Control, client: str = "local", on_step=None, on_preview=None) -> tuple[list[Path], dict]:
+        """ControlNet generation with one to three units; the control maps are saved too."""
+        with self.jobs.run(client, on_step) as (cancel, hook):
+            result = controlnet.run(self.store, request, cancel=cancel, on_step=hook, on_preview=on_preview)
+            fields = {
+                f"ControlNet {i}": (
+                    f"Module: {u.kind if not u.is_map else 'none'}, Model: {u.model}, Weight: {u.weight}, "
+                    f"Guidance Start: {u.guidance_start}, Guidance End: {u.guidance_end}, Resize Mode: {request.resize_mode}"
+                )
+                for i, u in enumerate(request.units)
+            }
+            paths, info = self._save(result, {}, fields)
+            for u, image in zip(request.units, result.maps):
+                paths.append(self.outputs.save(image, f"control map: {u.kind}", result.request.seed, suffix=f"-{u.kind}-map"))
+            info["files"] = [p.name for p in paths]
+            info["controlnet"] = [
+                {"kind": u.kind, "model": u.model, "weight": u.weight, "guidance_start": u.guidance_start,
+                 "guidance_end": u.guidance_end, "is_map": u.is_map}
+                for u in request.units
+            ]
+            info["resize_mode"] = request.resize_mode
+            return paths, info
+
+    def _save(self, result: Generated, extra: dict, fields: dict | None = None) -> tuple[list[Path], dict]:
+        """Save each image (and its upscaled twin) with A1111 parameters; build the info dict."""
+        params = result.request
+        model = self.current_model()
+        base_fields = {
+            "Steps": params.num_inference_steps,
+            "Sampler": params.sampler,
+            "CFG scale": params.guidance_scale,
+            "Size": f"{params.width}x{params.height}",
+            "Model": Path(model).name if Path(model).is_absolute() else model,
+            **({"DeepCache interval": params.deepcache} if params.deepcache else {}),
+            **(fields or {}),
+            "Version": f"Danqing {VERSION}",
+        }
+        prompt = params.prompt
+        if params.loras:
+            # A1111 keeps the tags in the prompt text and lists short hashes: readers show
+            # them, and sending the text back to the form re-selects the same LoRAs.
+            hashes = {}
+            for row in self.loras():  # a <lora:tag> may name the file, its stem or its folder
+                for key in (row["name"], Path(row["name"]).stem, row["name"].split("/", 1)[0]):
+                    hashes.setdefault(key, row["hash"])
+            prompt += " " + " ".join(f"<lora:{name}:{weight:g}>" for name, weight in params.loras)
+            base_fields["Lora hashes"] = ", ".join(f"{name}: {hashes.get(name, '')}" for name, _ in params.loras)
+        hires = result.hires
+        paths: list[Path] = []
+        for i, (image, seed) in enumerate(zip(result.images, result.seeds)):
+            text = format_parameters(prompt, params.negative_prompt, {**base_fields, "Seed": seed})
+            paths.append(self.outputs.save(image, text, seed))
+            if hires is not None:
+                up_fields = {**base_fields, "Seed": seed, "Hires upscaler": hires.upscaler, "Hires upscale": hires.scale}
+                text = format_parameters(prompt, params.negative_prompt, up_fields)
+                paths.append(self.outputs.save(result.upscaled[i], text, seed, suffix=f"-x{hires.scale}"))
+        info = {
+            **{k: v for k, v in asdict(params).items() if k not in _NOT_IN_INFO},
+            "seed": params.seed,
+            "all_seeds": result.seeds,
+            "model": model,
+            "seconds": round(result.seconds + result.upscale_seconds, 3),
+            "generation_seconds": round(result.seconds, 3),
+            "notices": result.notices,
+            "files": [p.name for p in paths],
+            **extra,
+        }
+        if hires is not None:
+            info.update(upscaler=hires.upscaler, upscale=hires.scale, upscale_seconds=round(result.upscale_seconds, 3))
+        log.info("%dx%d %d steps seed %d: %.2fs", params.width, params.height, params.num_inference_steps, params.seed, info["seconds"])
+        return paths, info
+
+    # -- ControlNet maps ----------------------------------------------------------------------
+    def preview_control(self, unit: ControlUnit, client: str = "local") -> Image.Image:
+        """The control map of one unit (the preview beside the control image). A depth map runs
+        a model, so it waits for the GPU like any job."""
+        if unit.kind == "depth" and not unit.is_map:
+            with self.jobs.run(client):
+                return controlnet.control_map(self.store, unit)
+        return controlnet.control_map(self.store, unit)
+
+    def controlnets(self) -> list[str]:
+        return controlnet.list_controlnets(self.store)
+
+    def depth_estimators(self) -> list[str]:
+        return annotators.list_depth_estimators(self.store)
+
+    # -- super-resolution -------------------------------------------------------------------
+    def upscale_images(self, images: list, request: Upscale, client: str = "local", on_step=None):
+        """Upscale uploads (paths, bytes or PIL images; checked before decoding) and save them."""
+        if not images:
+            raise ParamError("upscale_no_image")
+        if request.upscaler not in self.upscalers():
+            raise ParamError("unknown_model_name", kind="upscalers", name=str(request.upscaler)[:80])
+        paths, started = [], time.perf_counter()
+        with self.jobs.run(client, on_step) as (cancel, hook):
+            for source in images:
+                image = open_upload(source)  # one decoded image at a time
+                big = upscale.upscale(self.store, image, request, cancel=cancel, on_step=hook)
+                text = read_parameters(image) or ""
+                fields = {"Postprocess upscaler": request.upscaler, "Postprocess upscale by": request.scale,
+                          "Version": f"Danqing {VERSION}"}
+                text = (text + "\n" if text else "") + ", ".join(f"{k}: {v}" for k, v in fields.items())
+                paths.append(self.outputs.save(big, text, 0, suffix=f"-x{request.scale}"))
+        return paths, {"upscaler": request.upscaler, "scale": request.scale,
+                       "seconds": round(time.perf_counter() - started, 3), "files": [p.name for p in paths]}
+
+    def upscalers(self) -> list[str]:
+        return upscale.list_upscalers(self.store)
+
+    # -- LoRAs --------------------------------------------------------------------------------
+    def loras(self) -> list[dict]:
+        return lora.list_loras(self.store)
+
+    def lora_preview(self, name: str) -> Image.Image | None:
+        """The preview image stored beside a listed LoRA file (same name, .png/.jpg), if any."""
+        row = next((r for r in self.loras() if r["name"] == name), None)
+        if row is None or not row.get("preview"):
+            return None
+        try:
+            return open_upload(row["preview"])
+        except DanqingError:
+            return None
+
+    # -- models ---------------------------------------------------------------------------
+    def model_choices(self) -> list[dict]:
+        return [
+            {"ref": c.ref, "local": c.local, "kind": c.kind}
+            for c in self.store.model_choices()
+        ]
+
+    def current_model(self) -> str:
+        return self.store.current_ref
+
+    def switch_model(self, ref: str) -> dict:
+        self.store.switch(ref)
+        return self.system_info()
+
+    def system_info(self) -> dict:
+        info = self.store.system_info()
+        info["version"] = VERSION
+        info["outputs_dir"] = str(self.outputs.root)
+        info["extensions"] = [ext.summary() for ext in self.extensions]
+        if self.store.is_loaded():
+            info["token_window"] = token_window(self.store.base())
+        return info
+
+    # -- outputs and PNG info ---------------------------------------------------------------
+    def save(self, image: Image.Image, parameters: str, seed: int, suffix: str = "") -> Path:
+        """Save an image made from generated ones (an extension's grid) with its parameters."""
+        return self.outputs.save(image, parameters, seed, suffix=suffix)
+
+    def outputs_dir(self) -> Path:
+        return self.outputs.root
+
+    @staticmethod
+    def png_parameters(image: Image.Image) -> str | None:
+        return read_parameters(image)
+
+    def recent_outputs(self, limit: int = 60) -> list[Path]:
+        return self.outputs.recent(limit)

@@ -1,0 +1,172 @@
+"""ControlNet (Canny, depth, ...) on the store's shared base model.
+
+A ControlNet job is a text-to-image job with extra guidance: ``run`` hands diffusers'
+``StableDiffusionControlNetPipeline`` and the loaded ControlNet(s) to ``denoise.generate``, so
+the pipeline comes from ``from_pipe`` and uses the base's own U-Net, VAE and text encoder (no
+second copy). ControlNets are loaded once into the store's cache, from either
+
+- a diffusers folder (``config.json`` + ``.bin``/``.safetensors``, as PAI publishes them), or
+- a single ``.safetensors`` file in the original (LDM) key layout, as lllyasviel's
+  ``control_v11p_sd15_canny.safetensors``: diffusers' ``from_single_file`` converts it, with a
+  config derived from the base U-Net and written to a local folder, so nothing is downloaded.
+
+Before anything is loaded, a ControlNet's shape (formats/controlnet.py) is compared with the base
+U-Net: a mismatch is a clear ``ModelError``, never a tensor error in the middle of a job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import threading
+from functools import partial
+from pathlib import Path
+
+from ..errors import ModelError, ParamError
+from ..formats.controlnet import (
+    check_fits,
+    controlnet_config_from_unet,
+    header_shapes,
+    is_controlnet_folder,
+    shape_from_config,
+    shape_from_file,
+)
+from ..formats.images import fit_to, load_image, to_rgb
+from ..requests import Control, ControlUnit
+from . import annotators
+from .denoise import Generated, StepHook, check_cancel, generate
+from .txt2img import hires_of, upscale_results
+
+log = logging.getLogger(__name__)
+
+
+def list_controlnets(store) -> list[str]:
+    """Diffusers ControlNet folders and single ``.safetensors`` files under models/controlnet."""
+    root = store.folders.folder("controlnet")
+    folders = [n for n in store.folders.list_diffusers_dirs("controlnet", "config.json") if is_controlnet_folder(root / n)]
+    inside = tuple(f"{n}/" for n in folders)
+    files = [n for n in store.folders.list_files("controlnet") if not n.startswith(inside)]
+    return sorted(folders + files)
+
+
+def _load_folder(store, path: Path):
+    from diffusers import ControlNetModel
+
+    return ControlNetModel.from_pretrained(path, dtype=store.plan.dtype, local_files_only=True)
+
+
+def _load_single_file(store, path: Path, shapes: dict[str, tuple[int, ...]]):
+    from diffusers import ControlNetModel
+
+    config = controlnet_config_from_unet(store.base().unet.config, shapes)
+    with tempfile.TemporaryDirectory(prefix="danqing-cn-") as folder:
+        (Path(folder) / "config.json").write_text(json.dumps(config))
+        return ControlNetModel.from_single_file(
+            str(path), config=folder, local_files_only=True, torch_dtype=store.plan.dtype
+        )
+
+
+def load_controlnet(store, name: str):
+    """The ControlNet ``name`` (from list_controlnets), loaded once on the store's device and
+    dtype. Checked against the base U-Net first, on every call (the base may have changed)."""
+    path = store.folders.resolve("controlnet", name)
+    base = shape_from_config(store.base().unet.config)
+    # 1. Read the shape without loading weights, and refuse what does not fit.
+    if path.is_dir():
+        if not is_controlnet_folder(path):
+            raise ModelError("not_a_controlnet", name=name)
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        check_fits(name, shape_from_config(config), base)
+        load = partial(_load_folder, store, path)
+    elif path.suffix.lower() == ".safetensors":
+        try:
+            shapes = header_shapes(path)
+        except Exception as exc:  # a truncated or foreign file
+            log.warning("cannot read the header of %s: %s", path, exc)
+            raise ModelError("controlnet_load_failed", name=name) from exc
+        net = shape_from_file(shapes)
+        if net is None:
+            raise ModelError("not_a_controlnet", name=name)
+        check_fits(name, net, base)
+        load = partial(_load_single_file, store, path, shapes)
+    else:
+        raise ModelError("not_a_controlnet", name=name)
+
+    # 2. Load into the cache (once), on the base's device.
+    def loader():
+        try:
+            model = load()
+        except Exception as exc:
+            log.exception("loading ControlNet %s failed", name)
+            raise ModelError("controlnet_load_failed", name=name) from exc
+        if any(p.is_meta for p in model.parameters()):
+            raise ModelError("controlnet_load_failed", name=name)
+        log.info("loaded ControlNet %s", name)
+        return model.to(store.plan.device).eval()
+
+    return store.cached("controlnet", name, loader)
+
+
+# 3. Control maps --------------------------------------------------------------------------------
+def control_map(store, unit: ControlUnit):
+    """The control map of one unit: the image itself when it already is one, else Canny edges
+    or a depth map computed from it. Decoded here, after the request was checked."""
+    image = load_image(unit.image)
+    if unit.is_map:
+        return image
+    if unit.kind == "canny":
+        return annotators.canny_map(image, unit.low_threshold, unit.high_threshold)
+    return annotators.depth_map(store, image, unit.estimator)
+
+
+# 4. Generation --------------------------------------------------------------------------------
+def run(
+    store,
+    request: Control,
+    cancel: threading.Event | None = None,
+    on_step: StepHook | None = None,
+    on_preview=None,
+) -> Generated:
+    """Text-to-image guided by one to three ControlNets, on the shared base modules."""
+    from diffusers import MultiControlNetModel, StableDiffusionControlNetPipeline
+
+    base, units = request.base, request.units
+    # 1. Names and the post-step first: nothing is decoded or loaded for a request that fails.
+    names = list_controlnets(store)
+    for unit in units:
+        if unit.model not in names:
+            raise ParamError("unknown_model_name", kind="controlnet", name=str(unit.model)[:80])
+    hires = hires_of(store, base)
+    # 2. Each control map, one image at a time.
+    maps = [control_map(store, unit) for unit in units]
+    check_cancel(cancel)
+    # 3. Load (or reuse) each ControlNet; a misfit is refused before the base is touched.
+    nets = [load_controlnet(store, unit.model) for unit in units]
+    # 4. Each control map at the output size.
+    fitted = [fit_to(to_rgb(image), base.width, base.height, request.resize_mode) for image in maps]
+    # 5. One ControlNet as itself, several through MultiControlNetModel (each its own weight).
+    if len(nets) == 1:
+        controlnet, image, scale = nets[0], fitted[0], units[0].weight
+    else:
+        controlnet, image, scale = MultiControlNetModel(nets), fitted, [u.weight for u in units]
+    call_kwargs = {
+        "image": image,
+        "controlnet_conditioning_scale": scale,
+        "control_guidance_start": [u.guidance_start for u in units],
+        "control_guidance_end": [u.guidance_end for u in units],
+    }
+    # 6. The shared denoise-and-decode loop, with the ControlNet pipeline class; the post-step.
+    result = generate(
+        store,
+        base,
+        cls=StableDiffusionControlNetPipeline,
+        components={"controlnet": controlnet},
+        call_kwargs=call_kwargs,
+        cancel=cancel,
+        on_step=on_step,
+        on_preview=on_preview,
+    )
+    result.notices["controlnets"] = [unit.model for unit in units]
+    result.maps = maps
+    return upscale_results(store, result, hires, cancel)

@@ -1,0 +1,158 @@
+"""The denoise-and-decode loop every generation task shares: the job's pipeline (shared
+modules, its own scheduler, the job's LoRAs), prompt encoding (chunked when long), seeded
+generators, the step callback (progress, stop, live previews) and VAE decoding with the fp32
+fallback when fp16 decoding overflows to NaN.
+
+Tasks run inside the job context (pipelines/jobs.py), which holds the GPU lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from ..errors import DanqingError, JobCancelled
+from ..requests import Txt2Img
+from .deepcache import deep_cache
+from .lora import apply_loras
+from .preview import PreviewHook, Previewer, preview_decoder
+from .prompts import long_prompt_embeds
+from .schedulers import make_scheduler
+
+log = logging.getLogger(__name__)
+
+StepHook = Callable[[int, int], None]
+LatentHook = Callable[[int, int, torch.Tensor], None]
+
+
+def generators(seed: int, count: int) -> list[torch.Generator]:
+    """One CPU generator per image (seed, seed+1, ...): each image can be remade on its own,
+    and CPU noise makes a seed mean the same picture on any device."""
+    return [torch.Generator("cpu").manual_seed(seed + i) for i in range(count)]
+
+
+def step_callback(total: int, cancel: threading.Event | None, on_step: StepHook | None,
+                  on_latents: LatentHook | None = None):
+    """A ``callback_on_step_end`` that reports progress (and the latents, for live previews)
+    and stops the job within one step."""
+
+    def callback(pipe, step: int, timestep, kwargs: dict) -> dict:
+        if on_step is not None:
+            on_step(step + 1, total)
+        if on_latents is not None and "latents" in kwargs:
+            on_latents(step + 1, total, kwargs["latents"])
+        if cancel is not None and cancel.is_set():
+            raise JobCancelled()
+        return kwargs
+
+    return callback
+
+
+def check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise JobCancelled()
+
+
+def decode_latents(pipe, latents: torch.Tensor):
+    """Latents (as the pipeline returns them with ``output_type="latent"``) to PIL images.
+
+    fp16 VAEs can overflow to NaN on some images; then the shared VAE is upcast to fp32 once
+    and the decode retried. A NaN after that is an error, never a silent black image.
+    """
+    vae = pipe.vae
+    with torch.no_grad():
+        image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        if not torch.isfinite(image).all() and vae.dtype != torch.float32:
+            log.warning("VAE produced NaN in %s; upcasting the VAE to fp32 and retrying", vae.dtype)
+            vae.to(torch.float32)
+            image = vae.decode(latents.float() / vae.config.scaling_factor, return_dict=False)[0]
+    if not torch.isfinite(image).all():
+        raise DanqingError("nan_output")
+    return pipe.image_processor.postprocess(image.float(), output_type="pil", do_denormalize=[True] * len(image))
+
+
+@dataclass
+class Generated:
+    """What a generation task made: the images of ``request`` (the effective one: a draft's
+    own size), their seeds, and the post-step's upscaled twins when there was one."""
+
+    images: list[Image.Image]
+    seeds: list[int]
+    seconds: float
+    request: Txt2Img
+    notices: dict = field(default_factory=dict)
+    upscaled: list[Image.Image] | None = None
+    hires: object = None  # the requests.Upscale of the post-step
+    upscale_seconds: float = 0.0
+    maps: list[Image.Image] = field(default_factory=list)  # ControlNet maps, saved beside the images
+
+
+def build_pipeline(store, params: Txt2Img, cls=None, **components):
+    """A task pipeline sharing the base modules, with this job's own scheduler.
+
+    ``cls`` defaults to StableDiffusionPipeline; ControlNet passes its pipeline class and the
+    ``controlnet`` component. The job's LoRAs are switched on the shared base first (a no-op
+    when they are the same as last time), so every task gets them.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    base = store.base()
+    apply_loras(store, params.loras)
+    scheduler = make_scheduler(params.sampler, base.scheduler.config)
+    return store.pipeline(cls or StableDiffusionPipeline, scheduler=scheduler, **components)
+
+
+def prompt_arguments(pipe, prompt: str, negative_prompt: str, notices: dict) -> dict:
+    """Plain strings when the prompt fits the token window, chunked embeddings otherwise."""
+    long = long_prompt_embeds(pipe, prompt, negative_prompt, pipe.device)
+    if long is None:
+        return {"prompt": prompt, "negative_prompt": negative_prompt or None}
+    positive, negative, chunks = long
+    notices["prompt_chunks"] = chunks
+    return {"prompt_embeds": positive, "negative_prompt_embeds": negative}
+
+
+def generate(
+    store,
+    params: Txt2Img,
+    cls=None,
+    components: dict | None = None,
+    call_kwargs: dict | None = None,
+    cancel: threading.Event | None = None,
+    on_step: StepHook | None = None,
+    on_preview: PreviewHook | None = None,
+) -> Generated:
+    """Build the job's pipeline, denoise to latents, decode. ``on_preview(image, step, total)``
+    gets live previews (tasks/preview.py) when given."""
+    started = time.perf_counter()
+    check_cancel(cancel)
+    # 1. A pipeline for this job: shared modules, its own scheduler.
+    pipe = build_pipeline(store, params, cls, **(components or {}))
+    notices: dict = {}
+    decode = preview_decoder(store) if on_preview is not None else None
+    previewer = Previewer(decode, on_preview, store.settings.preview_every) if decode else None
+    # 2. Denoise to latents; the callback reports steps and honours stop.
+    with deep_cache(pipe.unet, params.deepcache):
+        latents = pipe(
+            **prompt_arguments(pipe, params.prompt, params.negative_prompt, notices),
+            width=params.width,
+            height=params.height,
+            num_inference_steps=params.num_inference_steps,
+            guidance_scale=params.guidance_scale,
+            num_images_per_prompt=params.num_images_per_prompt,
+            generator=generators(params.seed, params.num_images_per_prompt),
+            output_type="latent",
+            callback_on_step_end=step_callback(params.num_inference_steps, cancel, on_step, previewer),
+            **(call_kwargs or {}),
+        ).images
+    check_cancel(cancel)
+    # 3. Decode (fp32 fallback on NaN).
+    images = decode_latents(pipe, latents)
+    return Generated(images=images, seeds=params.seeds(), seconds=time.perf_counter() - started,
+                     request=params, notices=notices)

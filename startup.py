@@ -1,0 +1,88 @@
+"""Start-up for ``app.py``: which model to run (the configured one when it can be
+had, else the demo bundle with a message saying what is missing), the one store over it and
+the studio facade. The composition root beside app.py: it may import the demo bundle, which
+the engine (pipelines/) never does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines.outputs import OutputWriter
+from pipelines.store import DEFAULT_MODEL, HUB_ID, EngineSettings, ModelFolders, ModelStore
+from pipelines.studio import Studio
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """What the command line says about the engine."""
+
+    model: str | None = None
+    models_dir: str = "models"
+    outputs_dir: str = "outputs"
+    demo: bool = False
+    offline: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+    speed: dict = field(default_factory=dict)  # attention, channels_last, ... (EngineSettings fields)
+
+
+@dataclass(frozen=True)
+class Startup:
+    """How the engine started, for the UI's banners."""
+
+    settings: EngineSettings
+    missing_model: str | None  # the configured model could not be had: the demo runs instead
+    missing_folder: str  # where a model should be put
+    download_pending: str | None  # a hub model that downloads on first use
+
+
+def hub_reachable(repo_id: str) -> bool:
+    """A quick look at the hub (or HF_ENDPOINT mirror); False offline, never a long hang."""
+    try:
+        from huggingface_hub import model_info
+
+        model_info(repo_id, timeout=5)
+        return True
+    except Exception:
+        return False
+
+
+def choose_model(options: EngineOptions) -> Startup:
+    """The configured model if it is on disk or downloadable, else the demo bundle."""
+    from pipelines.demo import DEMO_MODEL, ensure_demo_bundle
+
+    wanted = options.model or DEFAULT_MODEL
+    user_folders = ModelFolders(Path(options.models_dir))
+    user_folders.ensure()
+    missing = pending = None
+    use_demo = options.demo
+    if not use_demo:
+        probe = ModelStore(EngineSettings(model=wanted, models_dir=Path(options.models_dir), device="cpu"), user_folders)
+        try:
+            choice = probe.choice(wanted)
+        except Exception:
+            choice = None
+        if choice is None or not choice.local:
+            if choice is not None and HUB_ID.match(wanted) and not options.offline and hub_reachable(wanted):
+                pending = wanted
+            else:
+                missing, use_demo = wanted, True
+                log.warning("model %s not found locally and not downloadable: starting the demo bundle", wanted)
+    common = dict(outputs_dir=Path(options.outputs_dir), device=options.device, dtype=options.dtype, **options.speed)
+    if use_demo:
+        settings = EngineSettings(model=DEMO_MODEL, models_dir=ensure_demo_bundle(), demo=True, allow_download=False, **common)
+    else:
+        settings = EngineSettings(model=wanted, models_dir=Path(options.models_dir), allow_download=not options.offline, **common)
+    return Startup(settings, missing, str(user_folders.folder("checkpoints")) + os.sep, pending)
+
+
+def build_studio(settings: EngineSettings, extensions, visible_label: str | None = None) -> Studio:
+    """The one store and the studio over it; saved images go through the extensions' hooks."""
+    outputs = OutputWriter(settings.outputs_dir, on_saved=extensions.postprocess, visible_label=visible_label)
+    return Studio(ModelStore(settings), outputs, extensions)

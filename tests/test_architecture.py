@@ -1,0 +1,136 @@
+"""The architecture holds: no import circle anywhere in the project (function-local imports
+count), and imports flow one way — formats → store → tasks → studio → ui / api / extensions,
+with the demo bundle importing the engine and never the reverse. Read with ``ast``: nothing
+is imported to check it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("pipelines", "ui", "api", "extensions")
+TOP_MODULES = ("app", "cli", "startup", "strings")
+
+
+def project_modules() -> dict[str, Path]:
+    modules = {name: ROOT / f"{name}.py" for name in TOP_MODULES}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            modules[name] = path
+    return modules
+
+
+def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """Project modules ``name`` imports anywhere in its file (top level or inside functions)."""
+    is_package = path.name == "__init__.py"
+    package = name if is_package else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".") if package else []
+                base = base[: len(base) - (node.level - 1)]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            # "from pkg import sub" imports the submodule when there is one.
+            targets = [f"{module}.{a.name}" if f"{module}.{a.name}" in modules else module for a in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    modules = project_modules()
+    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(edges):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_checker_finds_a_circle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_circle_anywhere():
+    assert find_cycle(graph()) is None, " -> ".join(find_cycle(graph()) or [])
+
+
+def layer(name: str) -> str:
+    for prefix in ("pipelines.formats", "pipelines.store", "pipelines.tasks", "pipelines.demo"):
+        if name == prefix or name.startswith(prefix + "."):
+            return prefix.split(".")[1]
+    if name in ("pipelines.errors", "pipelines.requests"):
+        return "contract"
+    if name.startswith("pipelines"):
+        return "studio"  # studio, jobs, outputs
+    return name.split(".")[0]
+
+
+# What each engine layer may import from the project (besides itself).
+ALLOWED = {
+    "contract": {"contract"},
+    "formats": {"contract", "formats"},
+    "store": {"contract", "formats", "store"},
+    "tasks": {"contract", "formats", "store", "tasks"},
+    "studio": {"contract", "formats", "store", "tasks", "studio"},
+    "demo": {"contract", "formats", "store", "tasks", "studio", "demo"},
+}
+
+
+def test_imports_flow_one_way():
+    wrong = []
+    for name, targets in graph().items():
+        allowed = ALLOWED.get(layer(name))
+        if allowed is None:
+            continue
+        wrong += [f"{name} -> {t}" for t in sorted(targets) if layer(t) not in allowed]
+    assert not wrong, wrong
+
+
+def test_only_the_start_up_imports_the_demo_bundle():
+    users = {name for name, targets in graph().items()
+             if any(layer(t) == "demo" for t in targets) and layer(name) != "demo"}
+    assert users == {"startup"}, users
+
+
+def test_nobody_outside_the_engine_reaches_into_the_store():
+    """UI, APIs and extensions go through the studio facade: no store lock, no store internals."""
+    offenders = []
+    for package in ("ui", "api", "extensions"):
+        for path in (ROOT / package).rglob("*.py"):
+            text = path.read_text(encoding="utf-8")
+            for needle in ("studio.store", ".lock", "studio.outputs.", "studio.progress", "pipelines.store"):
+                if needle in text:
+                    offenders.append(f"{path.relative_to(ROOT)}: {needle}")
+    assert not offenders, offenders
