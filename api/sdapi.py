@@ -316,6 +316,11 @@ class SdApi:
             prompt, negative = self.styles.apply_styles(prompt, negative, req.styles)
         sampler = sampler_name(req.sampler_name or req.sampler_index, req.scheduler)
         units, resize_mode = self.control_units(req.alwayson_scripts)
+        request = Txt2Img.from_fields(
+            prompt=prompt, negative_prompt=negative, num_inference_steps=req.steps, guidance_scale=req.cfg_scale,
+            width=req.width, height=req.height, seed=req.seed, num_images_per_prompt=req.batch_size, sampler=sampler,
+        )
+        control = Control.build(request, units, resize_mode) if units else None
         checkpoint = req.override_settings.get("sd_model_checkpoint")
         job = self.jobs.open_batch(user, "txt2img", req.n_iter)
         generated, maps, infos = [], [], []
@@ -330,18 +335,10 @@ class SdApi:
                         previous = studio.current_model()
                         studio.switch_model(ref)
                 try:
-                    request = None
                     for number in range(req.n_iter):
                         if job.interrupted:
                             break
                         job.job_no = number
-                        if request is None:  # validated once; later batches continue its seeds
-                            request = Txt2Img.from_fields(
-                                prompt=prompt, negative_prompt=negative, num_inference_steps=req.steps,
-                                guidance_scale=req.cfg_scale, width=req.width, height=req.height, seed=req.seed,
-                                num_images_per_prompt=req.batch_size, sampler=sampler,
-                            )
-                            control = Control.build(request, units, resize_mode) if units else None
                         try:
                             if control is not None:
                                 paths, info = studio.control(replace(control, base=request), client=job.client)

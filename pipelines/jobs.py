@@ -51,7 +51,7 @@ class Jobs:
         self._guard = threading.Lock()
         self._running: dict[str, threading.Event] = {}
         self._batches: dict[str, Batch] = {}
-        self.progress = Progress()
+        self._progress = Progress()
 
     # 1. One job ---------------------------------------------------------------------------------
     @contextmanager
@@ -60,7 +60,7 @@ class Jobs:
         before waiting for the GPU (停止 while queued ends the job at its first step check);
         out of memory becomes ``out_of_memory`` with the failed job's memory freed."""
         cancel = self._start(client)
-        hook = self.progress.track(client, on_step)
+        hook = self._progress.track(client, on_step)
         out_of_memory = False
         try:
             with self.lock:
@@ -75,7 +75,7 @@ class Jobs:
             out_of_memory = True
         finally:
             self._finish(client, cancel)
-            self.progress.finish(client)
+            self._progress.finish(client)
         if out_of_memory:
             # Raised outside the except block, so the collection runs with the frames cleared.
             free_memory(self.device)
@@ -136,13 +136,13 @@ class Jobs:
 
     def snapshot(self) -> dict | None:
         """{client, step, total, seconds_per_step} of the running job, or None when idle."""
-        return self.progress.snapshot()
+        return self._progress.snapshot()
 
 
 class Progress:
     """What the job on the GPU is doing (client, step, total, seconds per step), for the API's
-    progress route. Fed by the step hook; read at any time without waiting for the store lock. Only
-    one job samples at a time (the store lock), so the latest report is the running job."""
+    progress route. Fed by the step hook; read at any time without waiting for the GPU lock. Only
+    one job samples at a time (the GPU lock), so the latest report is the running job."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -131,11 +131,11 @@ def parse_prompt_loras(prompt: str) -> tuple[str, list[tuple[str, float]]]:
     """
     found: list[tuple[str, float]] = []
     for match in LORA_TAG.finditer(prompt):
-        fields = match.group(1).split(":")
-        if len(fields) > 2:
+        parts = match.group(1).split(":")
+        if len(parts) > 2:
             raise ParamError("bad_lora_tag", tag=match.group(0)[:80])
-        name = fields[0].strip()
-        weight = _lora_weight(fields[1].strip()) if len(fields) == 2 else 1.0
+        name = parts[0].strip()
+        weight = _lora_weight(parts[1].strip()) if len(parts) == 2 else 1.0
         found.append((_lora_name(name), weight))
     if not found:
         return prompt, []
@@ -178,18 +178,11 @@ def validate_loras(loras: object, from_prompt: list[tuple[str, float]] = ()) -> 
     return tuple(merged.items())
 
 
-
-
-def _merge(mapping: Mapping | None, more: dict) -> dict:
-    merged = dict(mapping or {})
-    merged.update(more)
-    return merged
-
-
-def _known(cls, raw: dict) -> dict:
-    """The fields of ``cls`` present in ``raw``; anything else is a caller's mistake."""
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(raw) - names)
+def _raw(cls, mapping: Mapping | None, more: dict) -> dict:
+    """The raw values of a ``from_fields`` call (a mapping and/or keywords); a name that is not
+    a field of ``cls`` is a caller's mistake, not a user's."""
+    raw = {**(mapping or {}), **more}
+    unknown = sorted(set(raw) - {f.name for f in fields(cls)})
     if unknown:
         raise TypeError(f"{cls.__name__} has no field(s) {unknown}")
     return raw
@@ -226,7 +219,7 @@ class Txt2Img:
     def from_fields(cls, mapping: Mapping | None = None, /, **more: Any) -> "Txt2Img":
         """Check raw values (a mapping and/or keywords) and return a request with a concrete
         seed. ``<lora:name:weight>`` tags are taken out of the prompt and merged with ``loras``."""
-        raw = _known(cls, _merge(mapping, more))
+        raw = _raw(cls, mapping, more)
         text = text_field("prompt", raw.get("prompt"))
         if not text.strip():
             raise ParamError("empty_prompt")
@@ -303,7 +296,7 @@ class ControlUnit:
         """A unit from raw values (the UI's and the APIs' names). The image and how it becomes
         a map are checked here; the ControlNet and its weights when the unit is used in a
         ``Control`` request (a map preview needs no ControlNet)."""
-        raw = _known(cls, _merge(mapping, more))
+        raw = _raw(cls, mapping, more)
         if raw.get("image") is None or (isinstance(raw.get("image"), str) and not raw["image"]):
             raise ParamError("control_image_missing")
         kind = raw.get("kind", "canny")
@@ -358,10 +351,8 @@ class Control:
         """The checked request: ``base`` is a Txt2Img, ``units`` ControlUnits (or their raw
         mappings); counts and values are checked here, before any image is decoded."""
         units = tuple(units or ())
-        if not units:
+        if not units:  # the user gave no control image at all
             raise ParamError("control_image_missing")
-        if len(units) > MAX_UNITS:
-            raise ParamError("controlnet_too_many_units", count=len(units), limit=MAX_UNITS)
         built = [u if isinstance(u, ControlUnit) else ControlUnit.from_fields(u) for u in units]
         return cls(base=base, units=validate_units(built, resize_mode), resize_mode=resize_mode)
 
@@ -384,7 +375,7 @@ class Upscale:
 
     @classmethod
     def from_fields(cls, mapping: Mapping | None = None, /, **more: Any) -> "Upscale":
-        raw = _known(cls, _merge(mapping, more))
+        raw = _raw(cls, mapping, more)
         upscaler = raw.get("upscaler")
         if not isinstance(upscaler, str) or not upscaler:
             raise ParamError("bad_model_name", kind="upscalers")

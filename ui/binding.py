@@ -65,7 +65,7 @@ def endpoint(names: Sequence[str], components: Mapping[str, gr.components.Compon
                                         default=gr.Progress(track_tqdm=track_tqdm)))
     # Once a parameter has a default, every later one needs one (the API shows them optional).
     seen_default = False
-    for i, p in enumerate(parameters):
+    for p in parameters:
         if p.default is not inspect.Parameter.empty:
             seen_default = True
         elif seen_default:

@@ -83,38 +83,32 @@ def build_tabs(ctx: UIContext, panel: Panel) -> dict[str, Unit]:
     return units
 
 
-# API parameter name -> ControlUnit field, for the tab's own unit and for the other tab's unit
-# when it is added (multi-ControlNet). The endpoints' parameter lists are built from these.
-OWN_UNIT = {
-    "image_is_control_map": "is_map", "controlnet_model": "model", "controlnet_conditioning_scale": "weight",
-    "control_guidance_start": "guidance_start", "control_guidance_end": "guidance_end",
-}
-CANNY_EXTRA = {"low_threshold": "low_threshold", "high_threshold": "high_threshold"}
-DEPTH_EXTRA = {"depth_estimator": "estimator"}
-ADDED = {
-    "canny": {"canny_image": "image", "canny_image_is_control_map": "is_map", "canny_controlnet_model": "model",
-              "canny_conditioning_scale": "weight", "canny_guidance_start": "guidance_start",
-              "canny_guidance_end": "guidance_end"},
-    "depth": {"depth_image": "image", "depth_image_is_control_map": "is_map", "depth_controlnet_model": "model",
-              "depth_conditioning_scale": "weight", "depth_guidance_start": "guidance_start",
-              "depth_guidance_end": "guidance_end", "depth_estimator": "estimator"},
-}
+# The API names of one unit's settings, in ControlUnit field order (UNIT_FIELDS): the tab's own
+# unit, and the other tab's unit when it is added (multi-ControlNet). The annotator settings
+# (Canny thresholds, depth estimator) are one set of components shared by both tabs.
+UNIT_FIELDS = ("is_map", "model", "weight", "guidance_start", "guidance_end")
+OWN_NAMES = ("image_is_control_map", "controlnet_model", "controlnet_conditioning_scale",
+             "control_guidance_start", "control_guidance_end")
+UNIT_DEFAULTS = (False, "", 1.0, 0.0, 1.0)
+
+
+def added_names(kind: str) -> tuple[str, ...]:
+    return (f"{kind}_image_is_control_map", f"{kind}_controlnet_model", f"{kind}_conditioning_scale",
+            f"{kind}_guidance_start", f"{kind}_guidance_end")
+
+
 # The two endpoints' parameters, in the order the Gradio API has always listed them.
 BASE_FIELDS = request_fields(Txt2Img, exclude=("draft",))
 ENDPOINTS = {
-    "canny": ("image", *BASE_FIELDS, *OWN_UNIT, *CANNY_EXTRA, "resize_mode", "add_depth", *ADDED["depth"]),
-    "depth": ("image", *BASE_FIELDS, *OWN_UNIT, *DEPTH_EXTRA, "resize_mode", "add_canny", *ADDED["canny"],
-              *CANNY_EXTRA),
+    "canny": ("image", *BASE_FIELDS, *OWN_NAMES, "low_threshold", "high_threshold", "resize_mode",
+              "add_depth", "depth_image", *added_names("depth"), "depth_estimator"),
+    "depth": ("image", *BASE_FIELDS, *OWN_NAMES, "depth_estimator", "resize_mode",
+              "add_canny", "canny_image", *added_names("canny"), "low_threshold", "high_threshold"),
 }
-DEFAULTS = {
-    **API_DEFAULTS, "image_is_control_map": False, "controlnet_model": "", "controlnet_conditioning_scale": 1.0,
-    "control_guidance_start": 0.0, "control_guidance_end": 1.0, "low_threshold": 100, "high_threshold": 200,
-    "resize_mode": "crop", "add_depth": False, "add_canny": False, "depth_image": None, "canny_image": None,
-    "depth_image_is_control_map": False, "canny_image_is_control_map": False, "depth_controlnet_model": "",
-    "canny_controlnet_model": "", "depth_conditioning_scale": 1.0, "canny_conditioning_scale": 1.0,
-    "depth_guidance_start": 0.0, "canny_guidance_start": 0.0, "depth_guidance_end": 1.0, "canny_guidance_end": 1.0,
-    "depth_estimator": "",
-}
+DEFAULTS = {**API_DEFAULTS, "low_threshold": 100, "high_threshold": 200, "depth_estimator": "", "resize_mode": "crop",
+            "add_depth": False, "add_canny": False, "depth_image": None, "canny_image": None,
+            **dict(zip(OWN_NAMES, UNIT_DEFAULTS)), **dict(zip(added_names("canny"), UNIT_DEFAULTS)),
+            **dict(zip(added_names("depth"), UNIT_DEFAULTS))}
 DOCS = {
     "canny": "ControlNet from Canny edges (optionally plus depth). Returns saved PNGs and a JSON info string.",
     "depth": "ControlNet from a depth map (optionally plus Canny). Returns saved PNGs and a JSON info string.",
@@ -123,14 +117,16 @@ DOCS = {
 
 def units_of(kind: str, values: dict) -> list[dict]:
     """The ControlUnit fields of an endpoint's values: the tab's own unit, then the other's."""
+    def unit(unit_kind: str, image: str, names: tuple[str, ...]) -> dict:
+        fields = {"kind": unit_kind, "image": values[image], **{f: values[n] for f, n in zip(UNIT_FIELDS, names)}}
+        if unit_kind == "canny":
+            return {**fields, "low_threshold": values["low_threshold"], "high_threshold": values["high_threshold"]}
+        return {**fields, "estimator": values["depth_estimator"]}
+
     other = "depth" if kind == "canny" else "canny"
-    own = {"kind": kind, "image": values["image"], **{f: values[k] for k, f in OWN_UNIT.items()}}
-    extra = {"low_threshold": values["low_threshold"], "high_threshold": values["high_threshold"]} if "low_threshold" in values else {}
-    estimator = {"estimator": values["depth_estimator"]} if "depth_estimator" in values else {}
-    units = [{**own, **(extra if kind == "canny" else estimator)}]
+    units = [unit(kind, "image", OWN_NAMES)]
     if values[f"add_{other}"]:
-        units.append({"kind": other, **{f: values[k] for k, f in ADDED[other].items()},
-                      **(extra if other == "canny" else {})})
+        units.append(unit(other, f"{other}_image", added_names(other)))
     return units
 
 
@@ -166,13 +162,13 @@ def wire(ctx: UIContext, panel: Panel, units: dict[str, Unit], gallery, info) ->
     # 2. Generation: the tab's own unit, plus the other tab's when combined (multi-ControlNet).
     def components(own: Unit, other: Unit) -> dict:
         """Every component an endpoint reads, by its API parameter name."""
-        def unit_components(unit: Unit, keys) -> dict:
-            return dict(zip(keys, [unit.is_map, unit.model, unit.weight, unit.start, unit.end]))
+        def settings(unit: Unit) -> list:  # in UNIT_FIELDS order
+            return [unit.is_map, unit.model, unit.weight, unit.start, unit.end]
 
-        other_keys = list(ADDED[other.kind])[1:6]  # after the image: map flag, model, weight, window
         return {
-            **panel.fields(), "image": own.image, **unit_components(own, OWN_UNIT), "resize_mode": own.resize_mode,
-            f"add_{other.kind}": own.combine, f"{other.kind}_image": other.image, **unit_components(other, other_keys),
+            **panel.fields(), "image": own.image, **dict(zip(OWN_NAMES, settings(own))), "resize_mode": own.resize_mode,
+            f"add_{other.kind}": own.combine, f"{other.kind}_image": other.image,
+            **dict(zip(added_names(other.kind), settings(other))),
             "low_threshold": canny.low, "high_threshold": canny.high, "depth_estimator": depth.estimator,
         }
 

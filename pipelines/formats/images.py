@@ -112,6 +112,11 @@ def _grey8(image: Image.Image) -> np.ndarray | None:
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
+def has_alpha(image: Image.Image) -> bool:
+    """An alpha channel, or a palette/grey/RGB image with a transparent colour (PNG tRNS)."""
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode to 8-bit RGB: alpha composited on white, 16/32-bit grey scaled to 8 bits."""
     mode = image.mode
@@ -120,9 +125,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     grey = _grey8(image)
     if grey is not None:
         return Image.fromarray(grey, mode="L").convert("RGB")
-    if mode == "P" and "transparency" in image.info:
-        image, mode = image.convert("RGBA"), "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if has_alpha(image):
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
@@ -130,6 +133,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return image.convert("RGB")
     except (ValueError, OSError):
         raise ParamError("image_unreadable") from None
+
+
+def to_rgb8(image: Image.Image) -> tuple[np.ndarray, Image.Image | None]:
+    """(H×W×3 uint8 RGB, alpha as an "L" image or None) for any PIL mode: ``to_rgb`` for
+    callers that keep alpha apart (upscaling)."""
+    grey = _grey8(image)
+    if grey is not None:
+        return np.repeat(grey[:, :, None], 3, axis=2), None
+    if has_alpha(image):
+        rgba = image.convert("RGBA")
+        return np.asarray(rgba.convert("RGB")), rgba.getchannel("A")
+    return np.asarray(image.convert("RGB")), None
 
 
 # 2. Fitting to the output size --------------------------------------------------------------
@@ -152,17 +167,3 @@ def fit_to(image: Image.Image, width: int, height: int, mode: str = "crop") -> I
     if mode == "fit":
         return ImageOps.pad(image, size, method=Image.Resampling.LANCZOS, color=(0, 0, 0))
     return image.resize(size, Image.Resampling.LANCZOS)
-
-
-def to_rgb8(image: Image.Image) -> tuple[np.ndarray, Image.Image | None]:
-    """(H×W×3 uint8 RGB, alpha as an "L" image or None) for any PIL mode: ``to_rgb`` for
-    callers that keep alpha apart (upscaling)."""
-    mode = image.mode
-    grey = _grey8(image)
-    if grey is not None:
-        return np.repeat(grey[:, :, None], 3, axis=2), None
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        return np.asarray(rgba.convert("RGB")), rgba.getchannel("A")
-    return np.asarray(image.convert("RGB")), None

@@ -36,7 +36,7 @@ class AdapterTable:
         return sum(self.sizes.values())
 
     def rows(self) -> list[dict]:
-        """One row per loaded adapter for 系统信息: the file, its adapter name, bytes, weight."""
+        """One row per loaded adapter for 系统信息: the file, its adapter name, bytes, whether active."""
         weights = dict(self.active)
         return [
             {"name": Path(identity[0]).name, "kind": "lora", "adapter": name,

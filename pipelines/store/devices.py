@@ -1,5 +1,6 @@
 """Device and dtype policy: fp16 on CUDA, fp32 on CPU (bf16 on CPUs without native support is
-8-90x slower than fp32, measured), and the attention backend in use; what out of memory looks like and how memory is given back."""
+8-90x slower than fp32, measured), the attention backend in use, what out of memory looks like
+and how memory is given back."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ..errors import DanqingError, JobCancelled
-from ..requests import Txt2Img
+from ..requests import Txt2Img, Upscale
 from .deepcache import deep_cache
 from .lora import apply_loras
 from .preview import PreviewHook, Previewer, preview_decoder
@@ -88,7 +88,7 @@ class Generated:
     request: Txt2Img
     notices: dict = field(default_factory=dict)
     upscaled: list[Image.Image] | None = None
-    hires: object = None  # the requests.Upscale of the post-step
+    hires: Upscale | None = None  # the post-step's upscale
     upscale_seconds: float = 0.0
     maps: list[Image.Image] = field(default_factory=list)  # ControlNet maps, saved beside the images
 
