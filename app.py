@@ -34,10 +34,17 @@ def main(argv: list[str] | None = None) -> None:
     auth = parse_auth(args.auth, strings)
     if host not in LOCAL_HOSTS and not auth and not args.insecure_no_auth and not on_space:
         sys.exit(strings.cli_listen_needs_auth)
-    if on_space:
-        # Only HF's proxy reaches a Space: its X-Forwarded-For names the visitor, so per-client
-        # limits (api/queue_guard.py) and the login throttle count visitors, not the proxy.
-        os.environ.setdefault("FORWARDED_ALLOW_IPS", "*")
+    from api.accounts import Accounts
+    from api.addresses import Addresses
+
+    try:
+        accounts = Accounts.of(auth, args.admins)
+        addresses = Addresses.for_bind(host, args.allowed_hosts, args.forwarded_allow_ips, on_space)
+    except ValueError as exc:
+        sys.exit(f"{strings.cli_bad_option}: {exc}")
+    # X-Forwarded-* are read by the edge (api/addresses.py) from configured proxies only (on a
+    # Space: the entry HF's proxy appended); uvicorn's own reading is off.
+    os.environ["FORWARDED_ALLOW_IPS"] = ""
 
     # 2. Which model (the configured one if it can be had, else the demo bundle), the
     # extensions, the one store and the studio over it.
@@ -50,8 +57,11 @@ def main(argv: list[str] | None = None) -> None:
     started = choose_model(EngineOptions(model=args.model, models_dir=args.models_dir, outputs_dir=args.outputs_dir,
                                          demo=args.demo, offline=args.offline, device=args.device, dtype=args.dtype,
                                          speed=speed))
-    extensions = load_extensions(args.extensions_dir, lang=args.lang)
-    studio = build_studio(started.settings, extensions, strings.visible_label if args.visible_label else None)
+    shared_locked = accounts.shared_by_several()
+    extensions = load_extensions(args.extensions_dir, lang=args.lang,
+                                 may_change_shared=accounts.is_admin if shared_locked else None)
+    studio = build_studio(started.settings, extensions, strings.visible_label if args.visible_label else None,
+                          quota_mb=args.max_user_outputs_mb)
 
     # 3. The UI. Results are served from outputs/ as they are (they never change once saved)
     # instead of being copied into Gradio's temporary folder.
@@ -61,24 +71,28 @@ def main(argv: list[str] | None = None) -> None:
 
     options = UIOptions(demo=started.settings.demo, missing_model=started.missing_model,
                         missing_folder=started.missing_folder, download_pending=started.download_pending,
-                        default_size=256 if started.settings.demo else 512, lang=args.lang)
+                        default_size=256 if started.settings.demo else 512, lang=args.lang,
+                        admins=tuple(sorted(accounts.admins)), shared_locked=shared_locked)
     gr.set_static_paths([str(started.settings.outputs_dir.resolve())])
     demo = build_ui(studio, options, extensions)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
 
     # 4. Launch; --api puts the A1111-compatible routes on the same server. Every route sits
-    # behind the cross-site check and the login throttle (api/security.py).
+    # behind the edge (api/security.py: addresses, hosts, cross-site, login, bodies, whose
+    # files) and the queue guard (per-client caps for every job route).
     from api.queue_guard import queue_guard
-    from api.security import security_middleware
+    from api.security import EdgePolicy, security_middleware
 
+    policy = EdgePolicy(accounts=accounts, addresses=addresses, login_window=args.login_window, lang=args.lang,
+                        may_read=studio.may_read)
     app_kwargs = {"middleware": [
-        security_middleware(lang=args.lang, login_window=args.login_window),
+        security_middleware(policy),
         queue_guard(demo, limit=args.client_queue_limit, queue_size=args.queue_size, lang=args.lang),
     ]}
     if args.api:
         from api import api_app_kwargs
 
-        app_kwargs |= api_app_kwargs(studio, auth=auth, lang=args.lang, styles=extensions)
+        app_kwargs |= api_app_kwargs(studio, accounts=accounts, lang=args.lang, styles=extensions)
     demo.launch(
         server_name=host, server_port=port, auth=auth, share=args.share,
         inbrowser=not (args.no_browser or on_space), show_error=False, max_file_size="25mb",

@@ -34,6 +34,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="at most one live preview per this many seconds of a job")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser window")
     p.add_argument("--offline", action="store_true", help="never download models")
+    p.add_argument("--admins", default=None, metavar="USER[,USER]",
+                   help="users of --auth who may change what everyone shares (prompt styles, the base model); default: the first --auth user")
+    p.add_argument("--allowed-hosts", default=os.environ.get("DANQING_ALLOWED_HOSTS"), metavar="NAME[,NAME]",
+                   help="host names the server answers to besides localhost and IP addresses (DNS-rebinding guard); on a LAN bind without it, any name is accepted")
+    p.add_argument("--forwarded-allow-ips", default=os.environ.get("FORWARDED_ALLOW_IPS", ""), metavar="IP[,NET]",
+                   help="reverse proxies whose X-Forwarded-For/-Proto/-Host are believed (addresses or networks, e.g. 127.0.0.1); default none")
+    p.add_argument("--max-user-outputs-mb", type=float, default=0, metavar="MB",
+                   help="saved images one user may keep in outputs/ before new jobs are refused (0: no cap)")
     p.add_argument("--login-window", type=float, default=60.0, metavar="SECONDS", help="after 5 failed logins from one address within this many seconds, refuse its logins until the window passes (default 60)")
     p.add_argument("--queue-size", type=int, default=64, help="jobs waiting at most; more are answered 'busy' (default 64)")
     p.add_argument("--session-capacity", type=int, default=1000, metavar="N",

@@ -82,7 +82,10 @@ def choose_model(options: EngineOptions) -> Startup:
     return Startup(settings, missing, str(user_folders.folder("checkpoints")) + os.sep, pending)
 
 
-def build_studio(settings: EngineSettings, extensions, visible_label: str | None = None) -> Studio:
-    """The one store and the studio over it; saved images go through the extensions' hooks."""
-    outputs = OutputWriter(settings.outputs_dir, on_saved=extensions.postprocess, visible_label=visible_label)
+def build_studio(settings: EngineSettings, extensions, visible_label: str | None = None,
+                 quota_mb: float = 0) -> Studio:
+    """The one store and the studio over it; saved images go through the extensions' hooks.
+    ``quota_mb``: what one user may keep in outputs/ (0: no cap)."""
+    outputs = OutputWriter(settings.outputs_dir, on_saved=extensions.postprocess, visible_label=visible_label,
+                           quota_bytes=int(quota_mb * 2**20))
     return Studio(ModelStore(settings), outputs, extensions)

@@ -11,6 +11,9 @@ import os
 from types import SimpleNamespace
 
 ZH = dict(
+    cli_bad_option="启动参数有误",
+    admin_what_model="切换基础模型",
+    admin_what_styles="风格预设",
     deepcache_label="近似加速（DeepCache）",
     deepcache_info="隔几步才重算深层特征：更快，但与精确结果略有差异；选「关闭」得到精确图片。",
     deepcache_off="关闭（精确）",
@@ -131,6 +134,9 @@ ZH = dict(
 )
 
 EN = dict(
+    cli_bad_option="Bad option",
+    admin_what_model="switching the base model",
+    admin_what_styles="prompt styles",
     deepcache_label="Approximate speed-up (DeepCache)",
     deepcache_info="Recompute the deep features only every few steps: faster, slightly different from the exact image; Off is exact.",
     deepcache_off="Off (exact)",
@@ -262,7 +268,7 @@ ERRORS_ZH = {
     "unknown_control_kind": "不认识的控制类型：{value}。",
     "control_image_missing": "请先上传控制图片。",
     "cancelled": "已停止当前任务。",
-    "image_unreadable": "无法读取这张图片：文件不是图片，或已损坏。",
+    "image_unreadable": "无法读取这张图片：文件不是图片、已损坏，或不是支持的格式（PNG、JPEG、WebP、BMP、TIFF、GIF）。",
     "image_too_large": "图片太大：最多支持 {megapixels} 百万像素，请缩小后再上传。",
     "unknown_resize_mode": "不认识的缩放方式：{value}。",
     "canny_thresholds_order": "Canny 低阈值（{low}）不能高于高阈值（{high}）。",
@@ -304,6 +310,16 @@ ERRORS_ZH = {
     "login_throttled": "登录失败次数过多，请 {seconds} 秒后再试。",
     "queue_full": "服务器繁忙：排队的任务已满（最多 {limit} 个）。请稍后再试，已生成的图片不受影响。",
     "client_queue_full": "你已有 {count} 个任务在排队或运行（每人最多 {limit} 个）。请等前面的任务完成后再提交。",
+    "host_not_allowed": "拒绝访问：这个地址（{host}）不是本服务允许的主机名。本机使用请打开 http://127.0.0.1，局域网请让管理员用 --allowed-hosts 加上这个名字。",
+    "login_required": "需要先登录。",
+    "file_not_found": "没有这个文件。",
+    "body_not_utf8": "请求体不是 UTF-8 编码的文字。",
+    "json_too_deep": "请求的 JSON 嵌套太深（最多 {limit} 层）。",
+    "number_too_long": "请求里的数字太长（最多 {limit} 位）。",
+    "text_bad_unicode": "文字里有无效的字符（孤立的代理码位），请重新输入或粘贴。",
+    "admin_only": "只有管理员（{admins}）可以修改大家共用的设置：{what}。",
+    "outputs_quota_full": "你保存的图片已占用 {used} MB，达到每人 {limit} MB 的上限。请先下载并清理旧图片，或请管理员调高 --max-user-outputs-mb。",
+    "image_format_refused": "不支持这种图片格式（{format}）：请上传 PNG、JPEG、WebP、BMP、TIFF 或 GIF。",
 }
 
 ERRORS_EN = {
@@ -333,7 +349,7 @@ ERRORS_EN = {
     "unknown_control_kind": "Unknown control kind: {value}.",
     "control_image_missing": "Upload a control image first.",
     "cancelled": "The job was stopped.",
-    "image_unreadable": "Cannot read this image: the file is not an image or is corrupt.",
+    "image_unreadable": "Cannot read this image: the file is not an image, is corrupt, or is not an accepted format (PNG, JPEG, WebP, BMP, TIFF, GIF).",
     "image_too_large": "The image is too large: at most {megapixels} megapixels. Please shrink it and upload again.",
     "unknown_resize_mode": "Unknown resize mode: {value}.",
     "canny_thresholds_order": "The Canny low threshold ({low}) cannot be above the high threshold ({high}).",
@@ -375,6 +391,16 @@ ERRORS_EN = {
     "login_throttled": "Too many failed logins. Please retry in {seconds} seconds.",
     "queue_full": "The server is busy: the queue is full ({limit} jobs at most). Please try again shortly; images already made are safe.",
     "client_queue_full": "You already have {count} jobs waiting or running ({limit} per person at most). Submit more when they finish.",
+    "host_not_allowed": "Refused: {host} is not a host name this server accepts. Locally open http://127.0.0.1; on a LAN ask the operator to add the name with --allowed-hosts.",
+    "login_required": "Please log in first.",
+    "file_not_found": "No such file.",
+    "body_not_utf8": "The request body is not UTF-8 text.",
+    "json_too_deep": "The request's JSON is nested too deep ({limit} levels at most).",
+    "number_too_long": "A number in the request is too long ({limit} digits at most).",
+    "text_bad_unicode": "The text contains an invalid character (a lone surrogate); please type or paste it again.",
+    "admin_only": "Only an administrator ({admins}) may change settings everyone shares: {what}.",
+    "outputs_quota_full": "Your saved images take {used} MB, the limit of {limit} MB per person. Download and clear old ones, or ask the operator to raise --max-user-outputs-mb.",
+    "image_format_refused": "This image format ({format}) is not accepted: upload PNG, JPEG, WebP, BMP, TIFF or GIF.",
 }
 
 if ZH.keys() != EN.keys() or ERRORS_ZH.keys() != ERRORS_EN.keys():

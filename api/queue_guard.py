@@ -1,4 +1,5 @@
-"""Fair use of the one GPU queue: a per-client cap on jobs, and "busy" answers people can read.
+"""Fair use of the one GPU queue: a per-client cap on jobs whatever route they come by, jobs
+stopped when their caller goes away, and "busy" answers people can read.
 
 Why: Gradio's ``queue(max_size=N)`` bounds the queue as a whole, so one API client (or one
 person with many tabs) can fill all N places and everybody else is told "busy". And when the
@@ -14,6 +15,11 @@ queue is full, Gradio's page shows a fixed English sentence whatever the server 
    "Queue is full"), with a Chinese ``detail`` and ``"error": "queue_full"``. For the page (a
    request with ``Origin``: browsers send it on every POST), it becomes 429: Gradio's front end
    replaces any 503's text with its own English sentence, but shows the ``detail`` of a 429.
+3. Jobs outside Gradio's queue: the A1111 routes (``/sdapi/v1/txt2img``, ...) and direct
+   ``/gradio_api/run/...`` calls. They are counted here while they wait or run, so the same cap
+   and the same queue size hold for them (they then take turns at the GPU with every other job:
+   pipelines/jobs.py ``Turns``). When such a caller disconnects, whatever its route registered
+   with ``on_disconnect`` runs (the A1111 routes stop their batch; the UI events their job).
 
 The count reads Gradio's queue (``Blocks._queue``: the waiting events of every concurrency
 group and the running ones) without changing it; tests/test_load.py fails if that layout moves.
@@ -21,9 +27,12 @@ group and the running ones) without changing it; tests/test_load.py fails if tha
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+import threading
+from collections import Counter
 
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
@@ -34,10 +43,74 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CLIENT_LIMIT = 4
 JOIN_PATHS = re.compile(r"^/gradio_api/(queue/join|call/(v2/)?[\w.-]+)/?$")
+DIRECT_PATHS = re.compile(r"^(/gradio_api/run/[\w.-]+|/sdapi/v1/(txt2img|img2img|extra-single-image|extra-batch-images)"
+                          r"|/controlnet/detect)/?$")
+DISCONNECT_KEY = "danqing_on_disconnect"
+
+
+def on_disconnect(scope_or_state, callback) -> bool:
+    """Run ``callback()`` (on the event loop) when this request's caller goes away; at once if it
+    already has. False when the request is not watched (not a direct job route)."""
+    state = scope_or_state.get("state", {}) if isinstance(scope_or_state, dict) else scope_or_state
+    register = state.get(DISCONNECT_KEY) if isinstance(state, dict) else getattr(state, DISCONNECT_KEY, None)
+    if register is None:
+        return False
+    register(callback)
+    return True
+
+
+class _Watch:
+    """The caller's disconnect, noticed while the route works (after it has read the body)."""
+
+    def __init__(self, receive) -> None:
+        self.receive = receive
+        self.gone = asyncio.Event()
+        self.callbacks: list = []
+        self._guard = threading.Lock()
+        self.task: asyncio.Task | None = None
+        self.loop = asyncio.get_running_loop()
+
+    def register(self, callback) -> None:
+        with self._guard:
+            if not self.gone.is_set():
+                self.callbacks.append(callback)
+                return
+        self.loop.call_soon_threadsafe(callback)
+
+    async def app_receive(self):
+        if self.task is None:
+            message = await self.receive()
+            if message["type"] == "http.request" and not message.get("more_body"):
+                self.task = asyncio.create_task(self._wait())
+            return message
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def _wait(self) -> None:
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+        with self._guard:
+            self.gone.set()
+            callbacks, self.callbacks = self.callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("stopping a job whose caller went away failed")
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
 
 
 def client_address(scope) -> str:
     return (scope.get("client") or ("unknown", 0))[0]
+
+
+def waiting_jobs(blocks) -> int:
+    """Jobs waiting in Gradio's queue (every concurrency group), not counting running ones."""
+    queue = blocks._queue
+    return sum(len(group.queue) for group in list(queue.event_queue_per_concurrency_id.values()))
 
 
 def queued_jobs(blocks, address: str) -> int:
@@ -58,21 +131,32 @@ class QueueGuardMiddleware:
                  lang: str | None = None) -> None:
         self.app, self.blocks, self.limit, self.queue_size = app, blocks, limit, queue_size
         self.S = load(lang)
+        self.direct: Counter[str] = Counter()  # jobs outside Gradio's queue, per address
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope.get("method") != "POST" or not JOIN_PATHS.match(scope["path"]):
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        if DIRECT_PATHS.match(scope["path"]):
+            await self._direct(scope, receive, send)
+            return
+        if not JOIN_PATHS.match(scope["path"]):
             await self.app(scope, receive, send)
             return
         # 1. Per-client cap.
         address = client_address(scope)
         if self.limit > 0:
-            count = queued_jobs(self.blocks, address)
+            count = queued_jobs(self.blocks, address) + self.direct[address]
             if count >= self.limit:
                 log.info("client %s has %d jobs queued: refusing another", address, count)
                 await self._answer(send, 429, "client_queue_full", {"count": count, "limit": self.limit})
                 return
-        # 2. Queue full: Gradio answers 503; re-word it (and keep the page able to show it).
+        # 2. Queue full: Gradio answers 503 (its own count); jobs outside its queue count too.
+        #    Re-word it (and keep the page able to show it).
         browser = Headers(scope=scope).get("origin") is not None
+        if self.queue_size and self.direct and sum(self.direct.values()) + waiting_jobs(self.blocks) >= self.queue_size:
+            await self._answer(send, 429 if browser else 503, "queue_full", {"limit": self.queue_size})
+            return
         held: dict = {}
 
         async def watch(message) -> None:
@@ -87,6 +171,32 @@ class QueueGuardMiddleware:
             await send(message)
 
         await self.app(scope, receive, watch)
+
+    async def _direct(self, scope, receive, send) -> None:
+        """A job outside Gradio's queue: the same caps, counted while it runs, stopped when its
+        caller goes away."""
+        address = client_address(scope)
+        if self.limit > 0:
+            count = queued_jobs(self.blocks, address) + self.direct[address]
+            if count >= self.limit:
+                log.info("client %s has %d jobs queued: refusing another", address, count)
+                await self._answer(send, 429, "client_queue_full", {"count": count, "limit": self.limit})
+                return
+        if self.queue_size:
+            waiting = sum(self.direct.values()) + waiting_jobs(self.blocks)
+            if waiting > self.queue_size:  # the running job is not waiting
+                await self._answer(send, 503, "queue_full", {"limit": self.queue_size})
+                return
+        watch = _Watch(receive)
+        scope.setdefault("state", {})[DISCONNECT_KEY] = watch.register
+        self.direct[address] += 1
+        try:
+            await self.app(scope, watch.app_receive, send)
+        finally:
+            watch.close()
+            self.direct[address] -= 1
+            if self.direct[address] <= 0:
+                del self.direct[address]
 
     async def _answer(self, send, status: int, code: str, fields: dict) -> None:
         body = json.dumps({"detail": error_text(self.S, code, fields), "error": code}, ensure_ascii=False).encode()

@@ -19,9 +19,10 @@ import base64
 import binascii
 import io
 import logging
+import math
 import re
-import secrets
 import time
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,14 @@ from PIL import Image
 from pydantic import ValidationError
 
 from pipelines.errors import DanqingError, JobCancelled, ParamError
-from pipelines.requests import DEFAULT_SAMPLER, SAMPLER_NAMES, Control, ControlUnit, Txt2Img, Upscale
-from pipelines.formats.pnginfo import parse_parameters
+from pipelines.formats.images import MAX_INPUT_PIXELS, MAX_UPLOAD_BYTES, read_info
+from pipelines.formats.pnginfo import MAX_PARAMETERS_CHARS, parse_parameters, read_parameters_of
+from pipelines.jobs import Caller
+from pipelines.requests import DEFAULT_SAMPLER, MAX_UNITS, SAMPLER_NAMES, Control, ControlUnit, Txt2Img, Upscale
 from strings import error_text, load
+
+from .accounts import Accounts, user_of
+from .queue_guard import on_disconnect
 
 from .schemas import (
     ControlNetArgs,
@@ -51,8 +57,8 @@ from .schemas import (
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 64 * 1024 * 1024  # base64 images inflate by a third: a few 25 MB uploads
 MAX_N_ITER = 64
+MAX_DETECT_IMAGES = 8
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 _HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]{6,64}\]\s*$")  # A1111 titles: "name [abcdef1234]"
 _DATA_URL = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
@@ -160,6 +166,20 @@ def _scale_of(name: str) -> int:
     return int(match.group(1)) if match else 4
 
 
+def _threshold(value: float, default: int, name: str) -> int:
+    """A ControlNet threshold (-1: the default); anything not finite is refused."""
+    if not math.isfinite(value):
+        raise ParamError("not_a_number", name=name, value=str(value))
+    return round(value) if value >= 0 else default
+
+
+def _decoded_size(value: Any) -> int:
+    """Bytes a base64 image will take once decoded (checked before decoding it)."""
+    if isinstance(value, dict):
+        value = value.get("image")
+    return len(value) * 3 // 4 if isinstance(value, str) else 0
+
+
 # 3. Errors, login, request size ------------------------------------------------------------
 def _error(S, status: int, code: str, fields: dict | None = None, kind: str = "ParamError") -> JSONResponse:
     fields = {k: v if isinstance(v, (int, float, str, bool)) or v is None else str(v) for k, v in (fields or {}).items()}
@@ -190,21 +210,20 @@ def _validation_error(S, errors: list[dict]) -> JSONResponse:
 
 def _route_class(S):
     class SdapiRoute(APIRoute):
-        """Every route: refuse huge bodies, turn errors into 422 JSON with our sentences."""
+        """Every route: errors become 422 JSON with our sentences (bodies were counted and
+        checked at the edge: api/security.py)."""
 
         def get_route_handler(self):
             handler = super().get_route_handler()
 
             async def guarded(request: Request):
-                length = request.headers.get("content-length", "")
-                if length.isdigit() and int(length) > MAX_BODY_BYTES:
-                    return _error(S, 413, "api_body_too_large", {"limit": MAX_BODY_BYTES // 2**20})
                 try:
                     return await handler(request)
                 except RequestValidationError as exc:
                     return _validation_error(S, list(exc.errors()))
                 except DanqingError as exc:
-                    return _error(S, 422, exc.code, exc.fields, kind=type(exc).__name__)
+                    status = 403 if exc.code == "admin_only" else 422
+                    return _error(S, status, exc.code, exc.fields, kind=type(exc).__name__)
                 except HTTPException:
                     raise
                 except Exception:
@@ -216,32 +235,22 @@ def _route_class(S):
     return SdapiRoute
 
 
-def _login(auth: list[tuple[str, str]] | None, S):
-    """A dependency returning the API user ("" without --auth); HTTP Basic, UTF-8 names.
+def _login(accounts: Accounts, S):
+    """A dependency returning the API user ("" without --auth). The edge middleware
+    (api/security.py) has already checked the credentials, before the body was read; this
+    only reads its answer (and refuses, should a route ever be reached without it).
     ``async`` so it runs on the event loop: /progress answers even when every worker thread
     is waiting for the GPU."""
 
     async def require_user(request: Request) -> str:
-        if not auth:
-            return ""
-        scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "basic":
-            try:
-                user, sep, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
-            except (binascii.Error, ValueError):
-                sep = ""
-            if sep:
-                matched = None
-                for name, secret in auth:  # compare with every account: no early exit to time
-                    if secrets.compare_digest(user.encode(), name.encode()) & secrets.compare_digest(password.encode(), secret.encode()):
-                        matched = name
-                if matched is not None:
-                    return matched
-        raise HTTPException(
-            status_code=401,
-            detail=error_text(S, "api_login_required"),
-            headers={"WWW-Authenticate": 'Basic realm="Danqing", charset="UTF-8"'},
-        )
+        user = user_of(request.scope)
+        if accounts.required and not user:
+            raise HTTPException(
+                status_code=401,
+                detail=error_text(S, "api_login_required"),
+                headers={"WWW-Authenticate": 'Basic realm="Danqing", charset="UTF-8"'},
+            )
+        return user
 
     return require_user
 
@@ -250,9 +259,10 @@ def _login(auth: list[tuple[str, str]] | None, S):
 class SdApi:
     """The A1111 routes over one Studio. ``styles`` is the extensions' style registry (or None)."""
 
-    def __init__(self, studio, S, styles=None) -> None:
+    def __init__(self, studio, S, styles=None, accounts: Accounts | None = None) -> None:
         self.studio = studio
         self.S = S
+        self.accounts = accounts or Accounts()
         self.styles = styles
         self.jobs = studio.jobs  # the studio's job context: batches, progress, stop switches
 
@@ -281,9 +291,13 @@ class SdApi:
             raise RequestValidationError(
                 [{**e, "loc": ("body", "alwayson_scripts", "controlnet", *e["loc"])} for e in exc.errors()]
             ) from None
+        # 1. Count, names and sizes first: no image is decoded before the request is known to fit.
+        enabled = [u for u in args if u.enabled]
+        if len(enabled) > MAX_UNITS:
+            raise ParamError("controlnet_too_many_units", count=len(enabled), limit=MAX_UNITS)
         names = self.studio.controlnets()
-        units, resize_mode = [], None
-        for unit in (u for u in args if u.enabled):
+        plans, resize_mode = [], None
+        for unit in enabled:
             module = (unit.module or "none").strip().lower()
             model = pick_name(unit.model or "", names)
             if module == "none":
@@ -292,22 +306,41 @@ class SdApi:
                 (kind, keyword), is_map = CONTROL_MODULES[module], False
             else:
                 raise ParamError("unknown_control_kind", value=module[:20])
+            if model not in names:
+                raise ParamError("unknown_model_name", kind="controlnet", name=model[:80])
             image = unit.image if unit.image not in (None, "") else unit.input_image
-            units.append({
-                "kind": kind, "image": image_bytes(image), "is_map": is_map, "model": model,
-                "weight": unit.weight, "guidance_start": unit.guidance_start, "guidance_end": unit.guidance_end,
-                "low_threshold": round(unit.threshold_a) if unit.threshold_a >= 0 else 100,
-                "high_threshold": round(unit.threshold_b) if unit.threshold_b >= 0 else 200,
-                "estimator": self.estimator(keyword) if kind == "depth" and not is_map else "",
-            })
+            if _decoded_size(image) > MAX_UPLOAD_BYTES:
+                raise ParamError("image_too_large", megapixels=MAX_INPUT_PIXELS // 1_000_000)
+            plans.append((unit, image, kind, keyword, is_map, model, _threshold(unit.threshold_a, 100, "threshold_a"),
+                          _threshold(unit.threshold_b, 200, "threshold_b")))
             if resize_mode is None:
                 mode = str(unit.resize_mode).strip().lower()
                 resize_mode = RESIZE_MODES.get(mode, mode)
+        # 2. Then the images, one at a time (base64 to bytes; pixels are decoded by the task).
+        units = []
+        for unit, image, kind, keyword, is_map, model, low, high in plans:
+            units.append({
+                "kind": kind, "image": image_bytes(image), "is_map": is_map, "model": model,
+                "weight": unit.weight, "guidance_start": unit.guidance_start, "guidance_end": unit.guidance_end,
+                "low_threshold": low, "high_threshold": high,
+                "estimator": self.estimator(keyword) if kind == "depth" and not is_map else "",
+            })
         return units, resize_mode or "crop"
 
+    def _turn(self, job) -> ExitStack:
+        """The GPU for a whole request. Interrupted while waiting, the request holds nothing and
+        ``job.interrupted`` is set: it ends with what it has (nothing), as A1111 answers."""
+        stack = ExitStack()
+        try:
+            stack.enter_context(self.studio.hold_gpu(job))
+        except JobCancelled:
+            job.interrupted = True
+        return stack
+
     # -- txt2img -------------------------------------------------------------------------------
-    def txt2img(self, req: Txt2ImgRequest, user: str) -> dict:
+    def txt2img(self, req: Txt2ImgRequest, user: str, scope: dict) -> dict:
         studio = self.studio
+        address = (scope.get("client") or ("unknown", 0))[0]
         # 1. Translate and check what can be checked before waiting for the GPU.
         if not 1 <= req.n_iter <= MAX_N_ITER:
             raise ParamError("out_of_range", name="n_iter", value=req.n_iter, low=1, high=MAX_N_ITER)
@@ -322,12 +355,16 @@ class SdApi:
         )
         control = Control.build(request, units, resize_mode) if units else None
         checkpoint = req.override_settings.get("sd_model_checkpoint")
-        job = self.jobs.open_batch(user, "txt2img", req.n_iter)
+        if checkpoint and not req.override_settings_restore_afterwards and not self.accounts.is_admin(user):
+            raise ParamError("admin_only", admins="、".join(sorted(self.accounts.admins)), what=self.S.admin_what_model)
+        job = self.jobs.open_batch(user, "txt2img", req.n_iter, address=address)
+        on_disconnect(scope, lambda: self.jobs.interrupt_batch(job))
         generated, maps, infos = [], [], []
         try:
             # 2. The GPU: the lock UI jobs take, held for the whole request (model override,
-            #    every batch, switching back), so nothing interleaves.
-            with studio.hold_gpu():
+            #    every batch, switching back), so nothing interleaves. The request waits for its
+            #    turn like any job; interrupted (or its caller gone) while waiting, it leaves.
+            with self._turn(job):
                 previous = None
                 if checkpoint and not job.interrupted:
                     ref = self.model_ref(checkpoint)
@@ -341,9 +378,9 @@ class SdApi:
                         job.job_no = number
                         try:
                             if control is not None:
-                                paths, info = studio.control(replace(control, base=request), client=job.client)
+                                paths, info = studio.control(replace(control, base=request), client=job.caller)
                             else:
-                                paths, info = studio.txt2img(request, client=job.client)
+                                paths, info = studio.txt2img(request, client=job.caller)
                         except JobCancelled:
                             job.interrupted = True
                             break
@@ -393,9 +430,10 @@ class SdApi:
     # -- progress and interrupt ---------------------------------------------------------------
     def progress(self, user: str, skip_current_image: bool = False) -> dict:
         snap = self.jobs.snapshot()
-        if snap is None:
-            state = {"skipped": False, "interrupted": False, "job": "", "job_count": 0, "job_timestamp": "",
-                     "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
+        if snap is None or (self.accounts.required and snap["user"] != user):
+            # Idle, or another user's job: with logins, its details are that user's alone.
+            state = {"skipped": False, "interrupted": False, "job": "" if snap is None else "busy", "job_count": 0,
+                     "job_timestamp": "", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
             return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
         job = self.jobs.batch(snap["client"])
         step, total, rate = snap["step"], max(1, snap["total"]), snap["seconds_per_step"]
@@ -423,16 +461,17 @@ class SdApi:
         return {"interrupted": self.jobs.interrupt(user)}
 
     # -- the other routes ---------------------------------------------------------------------
-    def extra_single_image(self, req: ExtraSingleImageRequest, user: str) -> dict:
+    def extra_single_image(self, req: ExtraSingleImageRequest, user: str, scope: dict) -> dict:
         if req.resize_mode != 0:
             raise ParamError("api_unsupported", what="resize_mode=1 (upscaling_resize_w/h)")
         name = self.upscaler(req.upscaler_1)
         data = image_bytes(req.image, missing="upscale_no_image")
         scale = int(req.upscaling_resize) if float(req.upscaling_resize).is_integer() else req.upscaling_resize
         request = Upscale.from_fields(upscaler=name, scale=scale)
-        job = self.jobs.open_batch(user, "extras")
+        job = self.jobs.open_batch(user, "extras", address=(scope.get("client") or ("unknown", 0))[0])
+        on_disconnect(scope, lambda: self.jobs.interrupt_batch(job))
         try:
-            paths, info = self.studio.upscale_images([data], request, client=job.client)
+            paths, info = self.studio.upscale_images([data], request, client=job.caller)
         finally:
             self.jobs.close_batch(job)
         with Image.open(paths[0]) as image:
@@ -442,11 +481,10 @@ class SdApi:
     def png_info(self, req: PngInfoRequest) -> dict:
         if not req.image.strip():
             return {"info": "", "items": {}, "parameters": {}}
-        from pipelines.formats.images import open_upload
-
-        image = open_upload(image_bytes(req.image, missing="image_unreadable"))
-        text = self.studio.png_parameters(image) or ""
-        items = {k: v for k, v in image.info.items() if isinstance(v, str) and k != "parameters"}
+        # The text chunks only: the pixels are never decoded.
+        info = read_info(image_bytes(req.image, missing="image_unreadable"))
+        text = read_parameters_of(info) or ""
+        items = {k: v[:MAX_PARAMETERS_CHARS] for k, v in info.items() if isinstance(v, str) and k != "parameters"}
         parameters: dict = {}
         if text:
             parsed = parse_parameters(text)
@@ -456,22 +494,26 @@ class SdApi:
                 parameters["Size-1"], parameters["Size-2"] = size.split("x")
         return {"info": text, "items": items, "parameters": parameters}
 
-    def detect(self, req: DetectRequest) -> dict:
+    def detect(self, req: DetectRequest, caller) -> dict:
         module = req.controlnet_module.strip().lower()
         if module != "none" and module not in CONTROL_MODULES:
             raise ParamError("unknown_control_kind", value=module[:20])
         if not req.controlnet_input_images:
             raise ParamError("control_image_missing")
+        if len(req.controlnet_input_images) > MAX_DETECT_IMAGES:
+            raise ParamError("out_of_range", name="controlnet_input_images", value=len(req.controlnet_input_images),
+                             low=1, high=MAX_DETECT_IMAGES)
+        if any(_decoded_size(encoded) > MAX_UPLOAD_BYTES for encoded in req.controlnet_input_images):
+            raise ParamError("image_too_large", megapixels=MAX_INPUT_PIXELS // 1_000_000)
         kind, keyword = CONTROL_MODULES.get(module, ("canny", None))
+        low = _threshold(req.controlnet_threshold_a, 100, "controlnet_threshold_a")
+        high = _threshold(req.controlnet_threshold_b, 200, "controlnet_threshold_b")
+        estimator = self.estimator(keyword) if kind == "depth" else ""
         images = []
-        for encoded in req.controlnet_input_images:
-            unit = {
-                "kind": kind, "image": image_bytes(encoded), "is_map": module == "none",
-                "low_threshold": round(req.controlnet_threshold_a) if req.controlnet_threshold_a >= 0 else 100,
-                "high_threshold": round(req.controlnet_threshold_b) if req.controlnet_threshold_b >= 0 else 200,
-                "estimator": self.estimator(keyword) if kind == "depth" else "",
-            }
-            images.append(b64_image(self.studio.preview_control(ControlUnit.from_fields(unit))))
+        for encoded in req.controlnet_input_images:  # one image decoded at a time
+            unit = {"kind": kind, "image": image_bytes(encoded), "is_map": module == "none",
+                    "low_threshold": low, "high_threshold": high, "estimator": estimator}
+            images.append(b64_image(self.studio.preview_control(ControlUnit.from_fields(unit), client=caller)))
         return {"images": images, "info": "Success"}
 
     def options(self) -> dict:
@@ -479,12 +521,14 @@ class SdApi:
             "sd_model_checkpoint": self.studio.current_model(),
             "sd_checkpoint_hash": None,
             "samples_format": "png",
-            "outdir_samples": str(self.studio.outputs_dir()),
+            "outdir_samples": "outputs",  # never a server path
             "CLIP_stop_at_last_layers": 1,
         }
 
-    def set_options(self, req: OptionsRequest) -> None:
+    def set_options(self, req: OptionsRequest, user: str) -> None:
         if req.sd_model_checkpoint:
+            if not self.accounts.is_admin(user):
+                raise ParamError("admin_only", admins="、".join(sorted(self.accounts.admins)), what=self.S.admin_what_model)
             self.studio.switch_model(self.model_ref(req.sd_model_checkpoint))
 
     def sd_models(self) -> list[dict]:
@@ -525,17 +569,18 @@ def _version() -> str:
     return VERSION
 
 
-def build_router(studio, auth: list[tuple[str, str]] | None = None, lang: str | None = None, styles=None) -> APIRouter:
+def build_router(studio, accounts: Accounts | None = None, lang: str | None = None, styles=None) -> APIRouter:
     """Every A1111-compatible route (plus /docs and /openapi.json) over one Studio."""
     S = load(lang)
-    api = SdApi(studio, S, styles)
-    login = _login(auth, S)
+    accounts = accounts or Accounts()
+    api = SdApi(studio, S, styles, accounts)
+    login = _login(accounts, S)
     router = APIRouter(route_class=_route_class(S), dependencies=[Depends(login)])
     v1 = "/sdapi/v1"
 
     @router.post(f"{v1}/txt2img", tags=["sdapi"], summary="Text to image (ControlNet units via alwayson_scripts)")
-    def txt2img(req: Txt2ImgRequest, user: str = Depends(login)) -> dict:
-        return api.txt2img(req, user)
+    def txt2img(req: Txt2ImgRequest, request: Request, user: str = Depends(login)) -> dict:
+        return api.txt2img(req, user, request.scope)
 
     @router.get(f"{v1}/progress", tags=["sdapi"], summary="Progress, ETA and the newest image of the running job")
     async def progress(skip_current_image: bool = False, user: str = Depends(login)) -> dict:
@@ -546,8 +591,8 @@ def build_router(studio, auth: list[tuple[str, str]] | None = None, lang: str | 
         return api.interrupt(user)
 
     @router.post(f"{v1}/extra-single-image", tags=["sdapi"], summary="Upscale one image with an ESRGAN model")
-    def extra_single_image(req: ExtraSingleImageRequest, user: str = Depends(login)) -> dict:
-        return api.extra_single_image(req, user)
+    def extra_single_image(req: ExtraSingleImageRequest, request: Request, user: str = Depends(login)) -> dict:
+        return api.extra_single_image(req, user, request.scope)
 
     @router.post(f"{v1}/png-info", tags=["sdapi"], summary="Read the generation parameters of a PNG")
     def png_info(req: PngInfoRequest) -> dict:
@@ -558,8 +603,8 @@ def build_router(studio, auth: list[tuple[str, str]] | None = None, lang: str | 
         return api.options()
 
     @router.post(f"{v1}/options", tags=["sdapi"], summary="Switch the base model with sd_model_checkpoint")
-    def set_options(req: OptionsRequest) -> None:
-        api.set_options(req)
+    def set_options(req: OptionsRequest, user: str = Depends(login)) -> None:
+        api.set_options(req, user)
 
     @router.get(f"{v1}/sd-models", tags=["sdapi"], summary="Base models")
     def sd_models() -> list[dict]:
@@ -602,8 +647,9 @@ def build_router(studio, auth: list[tuple[str, str]] | None = None, lang: str | 
         return {"module_list": ["none", *CONTROL_MODULES]}
 
     @router.post("/controlnet/detect", tags=["controlnet"], summary="Preview a preprocessor's control map")
-    def controlnet_detect(req: DetectRequest) -> dict:
-        return api.detect(req)
+    def controlnet_detect(req: DetectRequest, request: Request, user: str = Depends(login)) -> dict:
+        address = (request.scope.get("client") or ("unknown", 0))[0]
+        return api.detect(req, Caller(client=f"detect-{id(request):x}", user=user, address=address))
 
     # The OpenAPI page documents only these routes (Gradio's own are at /?view=api).
     schema: dict = {}
@@ -616,7 +662,7 @@ def build_router(studio, auth: list[tuple[str, str]] | None = None, lang: str | 
                 description="AUTOMATIC1111 `/sdapi/v1` and sd-webui-controlnet routes implemented by Danqing; "
                             "unknown request fields are ignored, invalid values get a 422 JSON error.",
             ))
-            if auth:
+            if accounts.required:
                 schema.setdefault("components", {})["securitySchemes"] = {"basic": {"type": "http", "scheme": "basic"}}
                 schema["security"] = [{"basic": []}]
         return schema
@@ -628,9 +674,9 @@ def build_router(studio, auth: list[tuple[str, str]] | None = None, lang: str | 
     return router
 
 
-def api_app_kwargs(studio, auth: list[tuple[str, str]] | None = None, lang: str | None = None, styles=None) -> dict:
+def api_app_kwargs(studio, accounts: Accounts | None = None, lang: str | None = None, styles=None) -> dict:
     """Keyword arguments for ``demo.launch(app_kwargs=...)``: Gradio builds its FastAPI app with
     these routes first, so they share its server, port and lifetime, and every launch option
     (login page, file limits, ...) stays as it is."""
-    router = build_router(studio, auth=auth, lang=lang, styles=styles)
+    router = build_router(studio, accounts=accounts, lang=lang, styles=styles)
     return {"routes": list(router.routes), "openapi_url": None}

@@ -1,18 +1,27 @@
-"""Request guards in front of every route (Gradio's UI and queue, ``/sdapi``): one ASGI middleware.
+"""The edge: every request to the server (Gradio's page, queue and files, the Gradio API, the
+A1111 routes) passes here first, as one pure ASGI middleware, in this order:
 
-Why: a studio started with ``--listen`` is reachable from a whole LAN, where two attacks are
-cheap and Gradio 6 leaves them open:
-
-1. Cross-site requests. Any web page a colleague opens can make their browser POST to
+1. Who is calling: the peer address, or behind a configured proxy the address it reports
+   (api/addresses.py); written back into the request, so every later count uses it.
+2. Which name was asked for: a ``Host`` this server does not answer to is refused (DNS
+   rebinding; api/addresses.py).
+3. Cross-site requests. Any web page a colleague opens can make their browser POST to
    ``http://192.168.x.y:7860/gradio_api/...`` (a "simple" request needs no CORS preflight);
    Gradio's own CORS check only protects a server bound to localhost. A browser always sends
-   ``Origin`` on such requests, so one whose origin is not this server's own address (the
-   ``Host`` header, or ``X-Forwarded-Host`` behind a proxy) is answered 403. Requests without
-   ``Origin`` (gradio_client, curl, A1111 clients) are not browser cross-site requests and pass.
-2. Password guessing. After ``MAX_LOGIN_FAILURES`` failed logins from one address within
-   ``window`` seconds (Gradio's ``POST /login`` answered 400/401, or HTTP Basic credentials
-   answered 401), further login attempts from that address are answered 429 until the oldest
-   failure is older than the window. A successful login clears the address's record.
+   ``Origin`` on such requests, so one whose origin is not this server's own address is answered
+   403. Requests without ``Origin`` (gradio_client, curl, A1111 clients) pass.
+4. Who is logged in (with ``--auth``; api/accounts.py): Gradio's session cookie, or HTTP Basic
+   credentials, checked here. A request that carries a body, or asks for an A1111 route, and is
+   not logged in is answered 401 before a byte of its body is read. Password guessing: after
+   ``MAX_LOGIN_FAILURES`` failed logins from one address within ``window`` seconds (the login
+   form answered 400/401, or Basic credentials refused), its logins are answered 429 until the
+   oldest failure leaves the window. Only credentials that were checked and accepted (the form
+   answered 2xx, or Basic credentials matched here) clear the record.
+5. Whose files: a saved image in another user's outputs folder is answered 404, as if absent.
+6. The body: read here, at most ``limit_for(path)`` bytes whatever ``Content-Length`` says
+   (chunked too), and a JSON body checked before any route parses it (api/bodies.py).
+7. Framing: ``Content-Security-Policy: frame-ancestors`` (and ``X-Frame-Options``) on every
+   answer, so no other site can frame the studio (on a Space: huggingface.co may).
 
 Registered through ``demo.launch(app_kwargs={"middleware": [...]})`` (Gradio's App is a FastAPI
 subclass, so no library internals are touched).
@@ -26,18 +35,27 @@ import math
 import threading
 import time
 from collections import deque
-from urllib.parse import urlsplit
+from dataclasses import dataclass, field
+from typing import Callable
+from urllib.parse import unquote, urlsplit
 
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 
 from strings import error_text, load
 
+from .accounts import USER_KEY, Accounts
+from .addresses import Addresses
+from .bodies import BODY_METHODS, DRAIN_BYTES, MIB, BodyTooLarge, is_json, json_problem, limit_for, read_body, replay
+
 log = logging.getLogger(__name__)
 
 MAX_LOGIN_FAILURES = 5
 DEFAULT_LOGIN_WINDOW = 60.0
 LOGIN_PATHS = ("/login", "/login/")
+API_PREFIXES = ("/sdapi/", "/controlnet/", "/docs", "/openapi.json")
+FILE_ROUTE = "/gradio_api/file="
+BASIC_CHALLENGE = {"www-authenticate": 'Basic realm="Danqing", charset="UTF-8"'}
 _DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
 
 
@@ -100,63 +118,194 @@ class LoginThrottle:
 
 
 class SecurityMiddleware:
-    """Pure ASGI middleware: the cross-site check, then the login throttle (see module doc)."""
+    """Pure ASGI middleware: the steps of the module doc, in order."""
 
-    def __init__(self, app, lang: str | None = None, login_window: float = DEFAULT_LOGIN_WINDOW,
-                 login_limit: int = MAX_LOGIN_FAILURES) -> None:
+    def __init__(self, app, policy: "EdgePolicy") -> None:
         self.app = app
-        self.S = load(lang)
-        self.throttle = LoginThrottle(login_limit, login_window)
+        self.policy = policy
+        self.S = load(policy.lang)
+        self.throttle = LoginThrottle(MAX_LOGIN_FAILURES, policy.login_window)
+        frame = "'self'" + (" https://huggingface.co https://*.hf.space" if policy.addresses.last_hop else "")
+        self.headers = [(b"content-security-policy", f"frame-ancestors {frame}".encode()),
+                        (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin")]
+        if not policy.addresses.last_hop:
+            self.headers.append((b"x-frame-options", b"SAMEORIGIN"))
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        # 1. Cross-site: a browser request from another site's page.
+        policy, headers = self.policy, Headers(scope=scope)
+        send = self._with_headers(send)
+        # 1. Who is calling.
+        if policy.addresses.trusted_peer(scope):
+            client = policy.addresses.client(scope, headers.get("x-forwarded-for", ""))
+            if client:
+                scope["client"] = (client, 0)
+        else:
+            # Not from a trusted proxy: the forwarded headers are the client's own words.
+            scope["headers"] = [(k, v) for k, v in scope["headers"] if not k.startswith(b"x-forwarded-")]
+            headers = Headers(scope=scope)
+        # 2. Which name it asked for.
+        host = headers.get("host", "")
+        if not policy.addresses.host_allowed(host):
+            log.warning("refused %s %s for host %r", scope.get("method", "WS"), scope["path"], host[:100])
+            await self._refuse(scope, send, 421, "host_not_allowed", {"host": host[:60]})
+            return
+        # 3. Cross-site: a browser request from another site's page.
         origin = headers.get("origin")
         if origin is not None and not same_origin(origin, headers, scope.get("scheme", "http").replace("ws", "http")):
             log.warning("refused a cross-site %s %s from origin %r", scope.get("method", "WS"), scope["path"], origin[:100])
-            await self._refuse(scope, receive, send, 403, error_text(self.S, "cross_site_refused"))
+            await self._refuse(scope, send, 403, "cross_site_refused")
             return
-        # 2. Login attempts: Gradio's login form, or HTTP Basic credentials (the /sdapi routes).
-        is_form = scope["type"] == "http" and scope.get("method") == "POST" and scope["path"] in LOGIN_PATHS
-        is_basic = headers.get("authorization", "").lower().startswith("basic ")
-        if not (is_form or is_basic):
-            await self.app(scope, receive, send)
-            return
-        client = (scope.get("client") or ("unknown", 0))[0]
-        wait = self.throttle.retry_after(client)
-        if wait > 0:
-            seconds = max(1, math.ceil(wait))
-            await self._refuse(scope, receive, send, 429, error_text(self.S, "login_throttled", {"seconds": seconds}),
-                               {"retry-after": str(seconds)})
-            return
-        failures = (400, 401) if is_form else (401,)
+        # 4. Who is logged in.
+        path, method = scope["path"], scope.get("method", "GET")
+        address = (scope.get("client") or ("unknown", 0))[0]
+        is_form = scope["type"] == "http" and method == "POST" and path in LOGIN_PATHS
+        is_api = path.startswith(API_PREFIXES)
+        user = ""
+        if policy.accounts.required:
+            user = policy.accounts.session_user(scope) or ""
+            basic = headers.get("authorization", "")
+            if not user and is_api and basic.lower().startswith("basic "):
+                if not await self._login_allowed(scope, send, address):
+                    return
+                user = policy.accounts.basic(basic) or ""
+                if not user:
+                    self.throttle.failed(address)
+                    await self._refuse(scope, send, 401, "api_login_required", extra=BASIC_CHALLENGE)
+                    return
+                self.throttle.succeeded(address)
+            if is_form and not await self._login_allowed(scope, send, address):
+                return
+            if not user and not is_form and (is_api or method in BODY_METHODS):
+                await self._refuse(scope, send, 401, "api_login_required" if is_api else "login_required",
+                                   extra=BASIC_CHALLENGE if is_api else None)
+                return
+        scope.setdefault("state", {})[USER_KEY] = user
+        # 5. Whose files.
+        if policy.may_read is not None and path.startswith(FILE_ROUTE):
+            if not policy.may_read(unquote(path[len(FILE_ROUTE):]), user):
+                log.warning("refused %s another user's file %s", user or "a visitor", path[:200])
+                await self._refuse(scope, send, 404, "file_not_found")
+                return
+        if is_form:
+            send = self._watch_login(send, address)
+        if policy.accounts.required and not user and method == "GET":
+            send = _without_api_info(send)
+        # 6. The body.
+        if scope["type"] == "http" and method in BODY_METHODS:
+            limit = limit_for(path)
+            length = headers.get("content-length", "")
+            if length.isdigit() and int(length) > max(limit, DRAIN_BYTES):
+                await self._refuse(scope, send, 413, "api_body_too_large", {"limit": max(1, limit // MIB)})
+                return
+            try:
+                body = await read_body(receive, limit)
+            except BodyTooLarge:
+                await self._refuse(scope, send, 413, "api_body_too_large", {"limit": max(1, limit // MIB)})
+                return
+            if is_json(headers.get("content-type")):
+                problem = json_problem(body)
+                if problem is not None:
+                    await self._refuse(scope, send, 400, problem.code, problem.fields)
+                    return
+            receive = replay(body, receive)
+        await self.app(scope, receive, send)
+
+    async def _login_allowed(self, scope, send, address: str) -> bool:
+        wait = self.throttle.retry_after(address)
+        if wait <= 0:
+            return True
+        seconds = max(1, math.ceil(wait))
+        await self._refuse(scope, send, 429, "login_throttled", {"seconds": seconds}, {"retry-after": str(seconds)})
+        return False
+
+    def _watch_login(self, send, address: str):
+        """The login form's answer: 2xx clears the address's failures, 400/401 adds one."""
 
         async def watch(message) -> None:
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if status in failures:
-                    self.throttle.failed(client)
+                if status in (400, 401):
+                    self.throttle.failed(address)
                 elif 200 <= status < 300:
-                    self.throttle.succeeded(client)
+                    self.throttle.succeeded(address)
             await send(message)
 
-        await self.app(scope, receive, watch)
+        return watch
 
-    @staticmethod
-    async def _refuse(scope, receive, send, status: int, detail: str, extra: dict | None = None) -> None:
+    def _with_headers(self, send):
+        async def framed(message) -> None:
+            if message["type"] == "http.response.start":
+                present = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in self.headers if k not in present]
+                if extra:
+                    message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        return framed
+
+    async def _refuse(self, scope, send, status: int, code: str, fields: dict | None = None,
+                      extra: dict | None = None) -> None:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
-        body = json.dumps({"detail": detail}, ensure_ascii=False).encode("utf-8")
+        body = json.dumps({"detail": error_text(self.S, code, fields), "error": code, "code": code},
+                          ensure_ascii=False).encode("utf-8")
         headers = [(b"content-type", b"application/json; charset=utf-8"), (b"content-length", str(len(body)).encode())]
         headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
 
-def security_middleware(lang: str | None = None, login_window: float = DEFAULT_LOGIN_WINDOW) -> Middleware:
+_API_INFO = b"window.gradio_api_info = "
+
+
+def _without_api_info(send):
+    """Gradio's login page (served to visitors not logged in) embeds the API description: every
+    endpoint with the file names of every LoRA, upscaler, ControlNet and estimator, which
+    ``/gradio_api/info`` itself refuses them. Drop it from HTML answers to such visitors."""
+    held: dict = {}
+
+    async def strip(message) -> None:
+        if message["type"] == "http.response.start":
+            kinds = [v for k, v in message.get("headers", []) if k.lower() == b"content-type"]
+            if kinds and kinds[0].startswith(b"text/html"):
+                held["start"], held["body"] = message, []
+                return
+            await send(message)
+            return
+        if "start" not in held or message["type"] != "http.response.body":
+            await send(message)
+            return
+        held["body"].append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        html = b"".join(held["body"])
+        begin = html.find(_API_INFO)
+        end = html.find(b"</script>", begin) if begin >= 0 else -1
+        if end > begin >= 0:
+            html = html[:begin] + _API_INFO + b"{};" + html[end:]
+        headers = [(k, v) for k, v in held["start"].get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(html)).encode()))
+        await send({**held["start"], "headers": headers})
+        await send({"type": "http.response.body", "body": html})
+
+    return strip
+
+
+@dataclass(frozen=True)
+class EdgePolicy:
+    """What the edge enforces, from the command line (app.py)."""
+
+    accounts: Accounts = field(default_factory=Accounts)
+    addresses: Addresses = field(default_factory=Addresses)
+    login_window: float = DEFAULT_LOGIN_WINDOW
+    lang: str | None = None
+    may_read: Callable[[str, str], bool] | None = None  # (file path, user): False for another user's output
+
+
+def security_middleware(policy: EdgePolicy) -> Middleware:
     """The middleware entry for ``app_kwargs["middleware"]``."""
-    return Middleware(SecurityMiddleware, lang=lang, login_window=login_window)
+    return Middleware(SecurityMiddleware, policy=policy)

@@ -14,6 +14,10 @@ An extension is a Python module (``name.py``) or package (``name/__init__.py``) 
   ``info`` holds ``parameters`` (the A1111 text in the PNG), ``seed`` and ``suffix``.
 - ``api.lang`` ("zh" or "en"), ``api.path`` (the extension's own file or folder), and
   ``api.error_message(exc)``: the user's sentence for an error the studio raised.
+- ``api.caller(request)``: who a Gradio event is for (pass it as ``client=`` to the studio: the
+  job's stop switch, its user's outputs folder, its turn at the GPU), and
+  ``api.may_change_shared(request)``: whether that user may change what all users share (with
+  several ``--auth`` users only the ``--admins`` may; otherwise everyone).
 
 Why so small: the tools users compare us with break their extensions on every upgrade because
 extensions reach into internals. Three hooks cover the two built-in extensions (风格预设,
@@ -120,8 +124,10 @@ class ExtensionAPI:
 
     concurrency_id = GPU_CONCURRENCY_ID
 
-    def __init__(self, extension: LoadedExtension, lang: str | None) -> None:
+    def __init__(self, extension: LoadedExtension, lang: str | None,
+                 may_change_shared: Callable[[str], bool] | None = None) -> None:
         self._ext = extension
+        self._may_change_shared = may_change_shared
         self.name = extension.name
         self.path = extension.path  # the extension's file or package folder (for its data files)
         self.lang = (lang or "zh").lower()[:2]  # "zh" or "en": pick the extension's own strings
@@ -145,6 +151,17 @@ class ExtensionAPI:
         if not callable(fn):
             raise TypeError("add_postprocessor needs a callable fn(path, info)")
         self._ext.postprocessors.append(fn)
+
+    @staticmethod
+    def caller(request):
+        """pipelines.jobs.Caller of a Gradio event."""
+        from pipelines.jobs import Caller
+
+        return Caller.of_event(request)
+
+    def may_change_shared(self, request) -> bool:
+        user = getattr(request, "username", None) or ""
+        return self._may_change_shared is None or bool(self._may_change_shared(user))
 
     def error_message(self, exc: BaseException) -> str:
         """The sentence users read for an error the studio raised (its ``code``), in ``lang``;
@@ -237,8 +254,10 @@ def _import(name: str, path: Path, source: Path):
     return module
 
 
-def load_extensions(dirs: Iterable[str | Path] = (), lang: str | None = None, builtin: bool = True) -> Extensions:
+def load_extensions(dirs: Iterable[str | Path] = (), lang: str | None = None, builtin: bool = True,
+                    may_change_shared: Callable[[str], bool] | None = None) -> Extensions:
     """Import every extension in the built-in folder and ``dirs`` and call its ``setup(api)``.
+    ``may_change_shared(user)``: the operator's rule for shared settings (None: everyone may).
 
     Never raises for a broken extension: it is logged and returned with status ``failed``.
     """
@@ -278,7 +297,7 @@ def load_extensions(dirs: Iterable[str | Path] = (), lang: str | None = None, bu
                 continue
             # 2. setup(api): whatever it registers counts only if it returns normally.
             try:
-                setup(ExtensionAPI(ext, lang))
+                setup(ExtensionAPI(ext, lang, may_change_shared))
             except BaseException as exc:  # noqa: BLE001
                 if isinstance(exc, KeyboardInterrupt):
                     raise

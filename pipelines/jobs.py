@@ -1,8 +1,10 @@
-"""The one job context: the GPU lock, one stop switch per client, progress of the running job,
-out-of-memory turned into a friendly error with the failed job's memory freed.
+"""The one job context: turns at the GPU, the GPU lock, one stop switch per client, progress of
+the running job, out-of-memory turned into a friendly error with the failed job's memory freed.
 
 Every caller that runs a job (UI events, the Gradio API, the A1111 API, extensions) goes through
-``Jobs.run`` via the studio; nobody else takes the lock.
+``Jobs.run`` (or ``Jobs.hold`` for several jobs in a row) via the studio; nobody else takes the
+lock. Waiting jobs take turns by address (``Turns``): whatever route a job came by, a client with
+eight jobs waiting does not go before another client's first one.
 """
 
 from __future__ import annotations
@@ -16,10 +18,94 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from .errors import DanqingError
+from .errors import DanqingError, JobCancelled
 from .store.devices import free_memory, is_oom
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a job is for. ``client`` keys its stop switch (a page session, one API request),
+    ``user`` owns its saved images ("" without --auth), ``address`` is where it came from: waiting
+    jobs take turns by address."""
+
+    client: str = "local"
+    user: str = ""
+    address: str = "local"
+
+    @classmethod
+    def of_event(cls, request) -> "Caller":
+        """The caller of a Gradio event (duck-typed gr.Request: no Gradio import here): its page
+        session keys the stop switch (a direct API call without one gets a key of its own, so
+        nobody else's 停止 reaches it), its login name, its address."""
+        client = getattr(request, "session_hash", None) or f"call-{uuid.uuid4().hex[:12]}"
+        address = getattr(getattr(request, "client", None), "host", None) or "local"
+        return cls(client=client, user=getattr(request, "username", None) or "", address=address)
+
+
+def as_caller(client: "Caller | str") -> Caller:
+    return client if isinstance(client, Caller) else Caller(client=client, address=client)
+
+
+class Turns:
+    """First come, first served per address, and the addresses take turns (round robin): the
+    next job to get the GPU is the oldest waiting job of the address that was served longest
+    ago. Re-entrant per thread (a batch holds the GPU, its jobs run inside). A waiting job whose
+    stop switch is set leaves the line at once (JobCancelled)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._holder: int | None = None
+        self._depth = 0
+        self._waiting: dict[str, list[object]] = {}  # address -> tickets, oldest first
+        self._order: list[str] = []  # addresses with waiting jobs, next to serve first
+
+    def acquire(self, address: str, cancel: threading.Event | None = None) -> None:
+        me = threading.get_ident()
+        with self._cond:
+            if self._holder == me:
+                self._depth += 1
+                return
+            ticket = object()
+            self._waiting.setdefault(address, []).append(ticket)
+            if address not in self._order:
+                self._order.append(address)
+            try:
+                while not (self._holder is None and self._waiting[self._order[0]][0] is ticket):
+                    if cancel is not None and cancel.is_set():
+                        raise JobCancelled()
+                    self._cond.wait(0.2)
+            finally:
+                self._leave(address, ticket)
+            self._holder, self._depth = me, 1
+
+    def _leave(self, address: str, ticket: object) -> None:
+        tickets = self._waiting[address]
+        first = tickets[0] is ticket
+        tickets.remove(ticket)
+        if not tickets:
+            del self._waiting[address]
+            self._order.remove(address)
+        elif first and self._order[0] == address:
+            self._order.append(self._order.pop(0))  # served: to the back of the line
+        self._cond.notify_all()
+
+    def release(self) -> None:
+        with self._cond:
+            self._depth -= 1
+            if self._depth == 0:
+                self._holder = None
+                self._cond.notify_all()
+
+    def waiting(self) -> dict[str, int]:
+        """Waiting jobs per address."""
+        with self._cond:
+            return {address: len(tickets) for address, tickets in self._waiting.items()}
+
+    def notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
 
 @dataclass
@@ -32,10 +118,16 @@ class Batch:
     job_count: int = 1
     job_no: int = 0
     interrupted: bool = False
+    address: str = "local"
     client: str = field(default_factory=lambda: f"sdapi-{uuid.uuid4().hex[:12]}")
+    cancel: threading.Event = field(default_factory=threading.Event)
     started: float = field(default_factory=time.time)
     timestamp: str = field(default_factory=lambda: _dt.datetime.now().strftime("%Y%m%d%H%M%S"))
     last_image: str | None = None  # base64 of the newest finished image (the progress preview)
+
+    @property
+    def caller(self) -> Caller:
+        return Caller(client=self.client, user=self.user, address=self.address)
 
 
 class Jobs:
@@ -52,18 +144,21 @@ class Jobs:
         self._running: dict[str, threading.Event] = {}
         self._batches: dict[str, Batch] = {}
         self._progress = Progress()
+        self.turns = Turns()
 
     # 1. One job ---------------------------------------------------------------------------------
     @contextmanager
-    def run(self, client: str, on_step=None):
-        """Run a job for ``client``: yields (cancel event, step hook). The stop switch is armed
-        before waiting for the GPU (停止 while queued ends the job at its first step check);
-        out of memory becomes ``out_of_memory`` with the failed job's memory freed."""
+    def run(self, client: "Caller | str", on_step=None):
+        """Run a job for ``client`` (a Caller, or a client id): yields (cancel event, step hook).
+        The stop switch is armed before waiting for the GPU (停止 while waiting takes the job out
+        of the line); out of memory becomes ``out_of_memory`` with the failed job's memory freed."""
+        caller = as_caller(client)
+        client = caller.client
         cancel = self._start(client)
-        hook = self._progress.track(client, on_step)
+        hook = self._progress.track(client, on_step, user=caller.user)
         out_of_memory = False
         try:
-            with self.lock:
+            with self._turn(caller.address, cancel), self.lock:
                 yield cancel, hook
         except Exception as exc:
             if not is_oom(exc):
@@ -82,10 +177,20 @@ class Jobs:
             raise DanqingError("out_of_memory")
 
     @contextmanager
-    def hold(self):
-        """The GPU for several jobs in a row (an API request's model override and batches)."""
-        with self.lock:
+    def hold(self, batch: "Batch | None" = None):
+        """The GPU for several jobs in a row (an API request's model override and batches); the
+        batch waits for its turn like any job, and leaves the line when it is interrupted."""
+        address, cancel = (batch.address, batch.cancel) if batch is not None else ("local", None)
+        with self._turn(address, cancel), self.lock:
             yield
+
+    @contextmanager
+    def _turn(self, address: str, cancel: threading.Event | None):
+        self.turns.acquire(address, cancel)
+        try:
+            yield
+        finally:
+            self.turns.release()
 
     def _start(self, client: str) -> threading.Event:
         event = threading.Event()
@@ -105,11 +210,12 @@ class Jobs:
         if event is None:
             return False
         event.set()
+        self.turns.notify()
         return True
 
     # 2. Batches ---------------------------------------------------------------------------------
-    def open_batch(self, user: str, kind: str, job_count: int = 1) -> Batch:
-        batch = Batch(user=user, kind=kind, job_count=job_count)
+    def open_batch(self, user: str, kind: str, job_count: int = 1, address: str = "local") -> Batch:
+        batch = Batch(user=user, kind=kind, job_count=job_count, address=address)
         with self._guard:
             self._batches[batch.client] = batch
         return batch
@@ -130,9 +236,15 @@ class Jobs:
         """Stops ``user``'s batches (running or waiting); returns how many."""
         batches = self.batches_of(user)
         for batch in batches:
-            batch.interrupted = True
-            self.stop(batch.client)
+            self.interrupt_batch(batch)
         return len(batches)
+
+    def interrupt_batch(self, batch: Batch) -> None:
+        """Stops one batch: its running job within a step, its waiting ones at once."""
+        batch.interrupted = True
+        batch.cancel.set()
+        self.stop(batch.client)
+        self.turns.notify()
 
     def snapshot(self) -> dict | None:
         """{client, step, total, seconds_per_step} of the running job, or None when idle."""
@@ -148,8 +260,8 @@ class Progress:
         self._lock = threading.Lock()
         self._state: dict | None = None
 
-    def track(self, client: str, on_step=None):
-        """A step hook that records progress for ``client``, then calls ``on_step``."""
+    def track(self, client: str, on_step=None, user: str = ""):
+        """A step hook that records progress for ``client`` (of ``user``), then calls ``on_step``."""
         token = object()
 
         def hook(step: int, total: int) -> None:
@@ -157,7 +269,7 @@ class Progress:
             with self._lock:
                 state = self._state
                 if state is None or state["token"] is not token:
-                    state = self._state = {"token": token, "client": client, "first": (now, step)}
+                    state = self._state = {"token": token, "client": client, "user": user, "first": (now, step)}
                 state.update(step=step, total=total, updated=now)
             if on_step is not None:
                 on_step(step, total)
@@ -170,11 +282,12 @@ class Progress:
                 self._state = None
 
     def snapshot(self) -> dict | None:
-        """{client, step, total, seconds_per_step} of the running job, or None when idle."""
+        """{client, user, step, total, seconds_per_step} of the running job, or None when idle."""
         with self._lock:
             state = self._state
             if state is None:
                 return None
             (t0, s0), step = state["first"], state["step"]
             rate = (state["updated"] - t0) / (step - s0) if step > s0 else None
-            return {"client": state["client"], "step": step, "total": state["total"], "seconds_per_step": rate}
+            return {"client": state["client"], "user": state["user"], "step": step, "total": state["total"],
+                    "seconds_per_step": rate}

@@ -1,10 +1,16 @@
 """Saving generated images: ``outputs/<date>/<number>-<seed>.png`` with A1111 parameters and
 the implicit AIGC label in the PNG metadata. Every save then goes through ``on_saved`` (the
-extensions' post-processing steps), so whatever task saved the image, they see it."""
+extensions' post-processing steps), so whatever task saved the image, they see it.
+
+With logins (``--auth``) each user's images go to ``outputs/users/<user>/<date>/``: the gallery
+lists only the user's own, and the file route serves a user's folder to that user alone
+(``may_read``). ``quota_bytes`` (``--max-user-outputs-mb``) caps what one user keeps on disk:
+a job is refused before it starts once the folder is full."""
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import logging
 import re
 import threading
@@ -13,9 +19,20 @@ from typing import Callable
 
 from PIL import Image
 
+from .errors import DanqingError
 from .formats.pnginfo import aigc_label, png_metadata
 
 _NUMBERED = re.compile(r"^(\d{5})-")
+_PLAIN_NAME = re.compile(r"^\w[\w.-]{0,63}$")
+USERS_DIR = "users"
+
+
+def user_folder(user: str) -> str:
+    """A user's folder name: the name itself when it is a plain file name (Chinese included),
+    else a hash of it (no separators, dots or device names ever reach the file system)."""
+    if _PLAIN_NAME.match(user) and not user.endswith("."):
+        return user
+    return "u-" + hashlib.sha256(user.encode("utf-8")).hexdigest()[:16]
 log = logging.getLogger(__name__)
 
 
@@ -49,15 +66,47 @@ class OutputWriter:
         root: Path,
         on_saved: Callable[[Path, dict], None] | None = None,
         visible_label: str | None = None,
+        quota_bytes: int = 0,
     ) -> None:
         self.root = Path(root)
+        self.quota_bytes = quota_bytes  # per user; 0: no cap
+        self._used: dict[Path, int] = {}
         self.on_saved = on_saved  # called with (path, {"parameters", "seed", "suffix"}) after each save
         self.visible_label = visible_label  # text of the explicit AI label, None = off
         self._lock = threading.Lock()
         self._next: dict[Path, int] = {}
 
-    def day_dir(self) -> Path:
-        return self.root / _dt.date.today().isoformat()
+    def user_root(self, user: str = "") -> Path:
+        return self.root / USERS_DIR / user_folder(user) if user else self.root
+
+    def day_dir(self, user: str = "") -> Path:
+        return self.user_root(user) / _dt.date.today().isoformat()
+
+    def used_bytes(self, user: str = "") -> int:
+        """Bytes of the user's saved images (counted once, then kept up to date by ``save``)."""
+        root = self.user_root(user)
+        with self._lock:
+            if root not in self._used:
+                self._used[root] = sum(p.stat().st_size for p in root.glob("*/*.png") if p.is_file())
+            return self._used[root]
+
+    def check_quota(self, user: str = "") -> None:
+        """Refuse a new job when the user's folder is already at the cap."""
+        if self.quota_bytes <= 0:
+            return
+        used = self.used_bytes(user)
+        if used >= self.quota_bytes:
+            raise DanqingError("outputs_quota_full", used=used // 2**20, limit=self.quota_bytes // 2**20)
+
+    def may_read(self, path: str | Path, user: str = "") -> bool:
+        """False when ``path`` lies in another user's folder (everything else: the file route's
+        own rules decide)."""
+        users = (self.root / USERS_DIR).resolve()
+        try:
+            parts = Path(path).resolve().relative_to(users).parts
+        except (ValueError, OSError):
+            return True
+        return bool(parts) and bool(user) and parts[0] == user_folder(user)
 
     def _number(self, folder: Path) -> int:
         if folder not in self._next:
@@ -67,10 +116,10 @@ class OutputWriter:
         self._next[folder] = number + 1
         return number
 
-    def save(self, image: Image.Image, parameters: str, seed: int, suffix: str = "") -> Path:
-        """Write one PNG; never overwrites an existing file."""
+    def save(self, image: Image.Image, parameters: str, seed: int, suffix: str = "", user: str = "") -> Path:
+        """Write one PNG into the user's folder; never overwrites an existing file."""
         with self._lock:
-            folder = self.day_dir()
+            folder = self.day_dir(user)
             folder.mkdir(parents=True, exist_ok=True)
             while True:
                 path = folder / f"{self._number(folder):05d}-{seed}{suffix}.png"
@@ -80,6 +129,9 @@ class OutputWriter:
             if self.visible_label:
                 image = add_visible_label(image, self.visible_label)
             image.save(path, format="PNG", pnginfo=png_metadata(parameters, label))
+            root = self.user_root(user)
+            if root in self._used:
+                self._used[root] += path.stat().st_size
         if self.on_saved is not None:
             try:
                 self.on_saved(path, {"parameters": parameters, "seed": seed, "suffix": suffix})
@@ -87,9 +139,10 @@ class OutputWriter:
                 log.exception("post-processing of %s failed", path)
         return path
 
-    def recent(self, limit: int = 60) -> list[Path]:
-        """The newest saved images, newest first."""
-        if not self.root.is_dir():
+    def recent(self, limit: int = 60, user: str = "") -> list[Path]:
+        """The user's newest saved images, newest first."""
+        root = self.user_root(user)
+        if not root.is_dir():
             return []
-        files = sorted(self.root.glob("*/*.png"), key=lambda p: p.stat().st_mtime, reverse=True)
+        files = sorted(root.glob("*/*.png"), key=lambda p: p.stat().st_mtime, reverse=True)
         return files[:limit]

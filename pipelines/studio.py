@@ -21,7 +21,7 @@ from PIL import Image
 from .errors import DanqingError, ParamError
 from .formats.images import open_upload
 from .formats.pnginfo import format_parameters, read_parameters
-from .jobs import Jobs
+from .jobs import Caller, Jobs, as_caller
 from .outputs import OutputWriter
 from .requests import Control, ControlUnit, Txt2Img, Upscale
 from .store import ModelStore
@@ -48,21 +48,29 @@ class Studio:
     def stop(self, client: str) -> bool:
         return self.jobs.stop(client)
 
-    def hold_gpu(self):
-        """The GPU for several jobs in a row (the A1111 API's model override and batches)."""
-        return self.jobs.hold()
+    def hold_gpu(self, batch=None):
+        """The GPU for several jobs in a row (the A1111 API's model override and batches): the
+        batch (pipelines.jobs.Batch) waits for its turn like any job."""
+        return self.jobs.hold(batch)
 
     # -- generation -------------------------------------------------------------------------
-    def txt2img(self, request: Txt2Img, client: str = "local", on_step=None, on_preview=None) -> tuple[list[Path], dict]:
+    def txt2img(self, request: Txt2Img, client: Caller | str = "local", on_step=None,
+                on_preview=None) -> tuple[list[Path], dict]:
         """Generate, (upscale,) save. Returns the saved files and the info dict.
+        ``client``: who asks (pipelines.jobs.Caller, or just a client id for the stop switch).
         ``on_preview(image, step, total)`` gets live previews while it denoises."""
-        with self.jobs.run(client, on_step) as (cancel, hook):
+        caller = as_caller(client)
+        self.outputs.check_quota(caller.user)
+        with self.jobs.run(caller, on_step) as (cancel, hook):
             result = txt2img.run(self.store, request, cancel=cancel, on_step=hook, on_preview=on_preview)
-            return self._save(result, {"draft": request.draft})
+            return self._save(result, {"draft": request.draft}, user=caller.user)
 
-    def control(self, request: Control, client: str = "local", on_step=None, on_preview=None) -> tuple[list[Path], dict]:
+    def control(self, request: Control, client: Caller | str = "local", on_step=None,
+                on_preview=None) -> tuple[list[Path], dict]:
         """ControlNet generation with one to three units; the control maps are saved too."""
-        with self.jobs.run(client, on_step) as (cancel, hook):
+        caller = as_caller(client)
+        self.outputs.check_quota(caller.user)
+        with self.jobs.run(caller, on_step) as (cancel, hook):
             result = controlnet.run(self.store, request, cancel=cancel, on_step=hook, on_preview=on_preview)
             fields = {
                 f"ControlNet {i}": (
@@ -71,9 +79,10 @@ class Studio:
                 )
                 for i, u in enumerate(request.units)
             }
-            paths, info = self._save(result, {}, fields)
+            paths, info = self._save(result, {}, fields, user=caller.user)
             for u, image in zip(request.units, result.maps):
-                paths.append(self.outputs.save(image, f"control map: {u.kind}", result.request.seed, suffix=f"-{u.kind}-map"))
+                paths.append(self.outputs.save(image, f"control map: {u.kind}", result.request.seed, suffix=f"-{u.kind}-map",
+                                               user=caller.user))
             info["files"] = [p.name for p in paths]
             info["controlnet"] = [
                 {"kind": u.kind, "model": u.model, "weight": u.weight, "guidance_start": u.guidance_start,
@@ -83,7 +92,8 @@ class Studio:
             info["resize_mode"] = request.resize_mode
             return paths, info
 
-    def _save(self, result: Generated, extra: dict, fields: dict | None = None) -> tuple[list[Path], dict]:
+    def _save(self, result: Generated, extra: dict, fields: dict | None = None,
+              user: str = "") -> tuple[list[Path], dict]:
         """Save each image (and its upscaled twin) with A1111 parameters; build the info dict."""
         params = result.request
         model = self.current_model()
@@ -111,11 +121,11 @@ class Studio:
         paths: list[Path] = []
         for i, (image, seed) in enumerate(zip(result.images, result.seeds)):
             text = format_parameters(prompt, params.negative_prompt, {**base_fields, "Seed": seed})
-            paths.append(self.outputs.save(image, text, seed))
+            paths.append(self.outputs.save(image, text, seed, user=user))
             if hires is not None:
                 up_fields = {**base_fields, "Seed": seed, "Hires upscaler": hires.upscaler, "Hires upscale": hires.scale}
                 text = format_parameters(prompt, params.negative_prompt, up_fields)
-                paths.append(self.outputs.save(result.upscaled[i], text, seed, suffix=f"-x{hires.scale}"))
+                paths.append(self.outputs.save(result.upscaled[i], text, seed, suffix=f"-x{hires.scale}", user=user))
         info = {
             **{k: v for k, v in asdict(params).items() if k not in _NOT_IN_INFO},
             "seed": params.seed,
@@ -133,7 +143,7 @@ class Studio:
         return paths, info
 
     # -- ControlNet maps ----------------------------------------------------------------------
-    def preview_control(self, unit: ControlUnit, client: str = "local") -> Image.Image:
+    def preview_control(self, unit: ControlUnit, client: Caller | str = "local") -> Image.Image:
         """The control map of one unit (the preview beside the control image). A depth map runs
         a model, so it waits for the GPU like any job."""
         if unit.kind == "depth" and not unit.is_map:
@@ -148,14 +158,16 @@ class Studio:
         return annotators.list_depth_estimators(self.store)
 
     # -- super-resolution -------------------------------------------------------------------
-    def upscale_images(self, images: list, request: Upscale, client: str = "local", on_step=None):
+    def upscale_images(self, images: list, request: Upscale, client: Caller | str = "local", on_step=None):
         """Upscale uploads (paths, bytes or PIL images; checked before decoding) and save them."""
+        caller = as_caller(client)
         if not images:
             raise ParamError("upscale_no_image")
         if request.upscaler not in self.upscalers():
             raise ParamError("unknown_model_name", kind="upscalers", name=str(request.upscaler)[:80])
+        self.outputs.check_quota(caller.user)
         paths, started = [], time.perf_counter()
-        with self.jobs.run(client, on_step) as (cancel, hook):
+        with self.jobs.run(caller, on_step) as (cancel, hook):
             for source in images:
                 image = open_upload(source)  # one decoded image at a time
                 big = upscale.upscale(self.store, image, request, cancel=cancel, on_step=hook)
@@ -163,7 +175,7 @@ class Studio:
                 fields = {"Postprocess upscaler": request.upscaler, "Postprocess upscale by": request.scale,
                           "Version": f"Danqing {VERSION}"}
                 text = (text + "\n" if text else "") + ", ".join(f"{k}: {v}" for k, v in fields.items())
-                paths.append(self.outputs.save(big, text, 0, suffix=f"-x{request.scale}"))
+                paths.append(self.outputs.save(big, text, 0, suffix=f"-x{request.scale}", user=caller.user))
         return paths, {"upscaler": request.upscaler, "scale": request.scale,
                        "seconds": round(time.perf_counter() - started, 3), "files": [p.name for p in paths]}
 
@@ -208,9 +220,9 @@ class Studio:
         return info
 
     # -- outputs and PNG info ---------------------------------------------------------------
-    def save(self, image: Image.Image, parameters: str, seed: int, suffix: str = "") -> Path:
+    def save(self, image: Image.Image, parameters: str, seed: int, suffix: str = "", user: str = "") -> Path:
         """Save an image made from generated ones (an extension's grid) with its parameters."""
-        return self.outputs.save(image, parameters, seed, suffix=suffix)
+        return self.outputs.save(image, parameters, seed, suffix=suffix, user=user)
 
     def outputs_dir(self) -> Path:
         return self.outputs.root
@@ -219,5 +231,10 @@ class Studio:
     def png_parameters(image: Image.Image) -> str | None:
         return read_parameters(image)
 
-    def recent_outputs(self, limit: int = 60) -> list[Path]:
-        return self.outputs.recent(limit)
+    def recent_outputs(self, limit: int = 60, user: str = "") -> list[Path]:
+        """The user's newest saved images ("" without --auth: everything in outputs/<date>/)."""
+        return self.outputs.recent(limit, user)
+
+    def may_read(self, path: str, user: str = "") -> bool:
+        """False for a file in another user's outputs folder."""
+        return self.outputs.may_read(path, user)

@@ -10,6 +10,7 @@ import gradio as gr
 
 from extensions import GPU_CONCURRENCY_ID as GPU  # noqa: F401  (the one queue of every model event; ui modules import it from here)
 from pipelines.errors import DanqingError
+from pipelines.jobs import Caller
 
 from strings import error_text
 
@@ -27,6 +28,13 @@ class UIOptions:
     download_pending: str | None = None  # a configured hub model that downloads on first use
     default_size: int = 512
     lang: str | None = None
+    # Who may change what everyone shares (styles, the base model): with several --auth users
+    # only these; otherwise everyone (admins empty and shared_locked False).
+    admins: tuple[str, ...] = ()
+    shared_locked: bool = False
+
+    def may_change_shared(self, user: str | None) -> bool:
+        return not self.shared_locked or (user or "") in self.admins
 
 
 @dataclass(frozen=True)
@@ -37,7 +45,18 @@ class UIContext:
 
 
 def client_id(request: gr.Request | None) -> str:
-    return getattr(request, "session_hash", None) or "anonymous"
+    """The stop-switch key of an event (its page session; see Caller.of_event)."""
+    return caller_of(request).client
+
+
+def user_of(request: gr.Request | None) -> str:
+    """The logged-in user of an event ("" without --auth)."""
+    return getattr(request, "username", None) or ""
+
+
+def caller_of(request: gr.Request | None) -> Caller:
+    """Who an event's job is for: its stop-switch key, its user, its address (turns at the GPU)."""
+    return Caller.of_event(request)
 
 
 def user_error(S, exc: BaseException) -> gr.Error:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import gradio as gr
 
 from . import inputs, tab_control, tab_extensions, tab_tools
-from .common import GPU, UIContext, UIOptions, user_error
+from .common import GPU, UIContext, UIOptions, user_error, user_of
 from .panel import build_panel, send_parameters_targets
-from strings import load
+from strings import error_text, load
 
 __all__ = ["UIOptions", "build_ui"]
 
@@ -81,7 +81,10 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
         stop.click(panel.stop_job, None, None, queue=False, api_name="stop")
         panel.wire_seed_buttons(info)
 
-        def switch_model(ref: str, progress=gr.Progress(track_tqdm=True)):
+        def switch_model(ref: str, request: gr.Request = None, progress=gr.Progress(track_tqdm=True)):
+            if not options.may_change_shared(user_of(request)):
+                raise gr.Error(error_text(S, "admin_only", {"admins": "、".join(options.admins),
+                                                             "what": S.admin_what_model}))
             progress(0, desc=S.progress_loading)
             try:
                 studio.switch_model(ref)

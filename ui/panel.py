@@ -27,7 +27,7 @@ from pipelines.formats.pnginfo import parse_parameters
 
 from . import inputs
 from .binding import endpoint, request_defaults, request_fields
-from .common import GPU, UIContext, choices, client_id, user_error
+from .common import GPU, UIContext, caller_of, choices, client_id, user_error
 
 LORA_SLOTS = 4
 # The Gradio API's defaults: the request's own, with "" for no upscaler and None for no LoRA list.
@@ -71,14 +71,14 @@ class Panel:
     def stop_job(self, request: gr.Request = None) -> None:
         self.ctx.studio.stop(client_id(request))
 
-    def run(self, job, request, progress, **kwargs):
+    def run(self, job, request, progress, caller=None, **kwargs):
         """Call ``job(client=..., on_step=..., **kwargs)`` (a studio method with its request
         built inside, so a bad value becomes a Chinese error) and turn its result into
-        (gallery files, info JSON)."""
+        (gallery files, info JSON). ``client`` is the event's Caller (ui/common.caller_of)."""
         S = self.ctx.S
         try:
             paths, meta = job(
-                client=client_id(request),
+                client=caller or caller_of(request),
                 on_step=lambda i, n: progress((i, n), desc=S.progress_sampling),
                 **kwargs,
             )
@@ -94,13 +94,14 @@ class Panel:
         (pipelines/preview.py) are shown in the gallery while it denoises; the last value is
         what ``run`` returns. API clients get the same final outputs."""
         S = self.ctx.S
+        caller = caller_of(request)
         updates: queue.SimpleQueue = queue.SimpleQueue()
         done = object()
         outcome: dict = {}
 
         def work() -> None:
             try:
-                outcome["value"] = self.run(job, request, progress,
+                outcome["value"] = self.run(job, request, progress, caller=caller,
                                             on_preview=lambda image, step, total: updates.put((image, step, total)))
             except BaseException as exc:  # noqa: BLE001 (re-raised in the event's own thread)
                 outcome["error"] = exc
@@ -123,7 +124,7 @@ class Panel:
         finally:
             if "value" not in outcome and "error" not in outcome:
                 # Gradio closed this event early (the page went away): stop its job too.
-                self.ctx.studio.stop(client_id(request))
+                self.ctx.studio.stop(caller.client)
         if "error" in outcome:
             raise outcome["error"]
         yield outcome["value"]

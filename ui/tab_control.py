@@ -15,7 +15,7 @@ from pipelines.requests import Control, ControlUnit, Txt2Img
 
 from . import inputs
 from .binding import endpoint, request_fields
-from .common import GPU, UIContext, choices, client_id, user_error
+from .common import GPU, UIContext, caller_of, choices, user_error
 from .panel import API_DEFAULTS, Panel
 
 
@@ -148,7 +148,7 @@ def wire(ctx: UIContext, panel: Panel, units: dict[str, Unit], gallery, info) ->
         """The depth map of an image, from a local depth estimator."""
         try:
             unit = ControlUnit.from_fields(kind="depth", image=image, estimator=estimator)
-            return studio.preview_control(unit, client=client_id(request))
+            return studio.preview_control(unit, client=caller_of(request))
         except Exception as exc:
             raise user_error(S, exc) from None
 

@@ -11,7 +11,7 @@ from pipelines.errors import JobCancelled
 from pipelines.requests import Upscale
 
 from . import inputs
-from .common import GPU, UIContext, choices, client_id, user_error
+from .common import GPU, UIContext, caller_of, choices, user_error, user_of
 
 
 @dataclass
@@ -45,7 +45,7 @@ def build_tabs(ctx: UIContext) -> Tools:
         paths = image if isinstance(image, list) else [image] if image else []
         try:
             saved, meta = studio.upscale_images(
-                [_path_of(p) for p in paths], Upscale.from_fields(upscaler=upscaler, scale=scale), client=client_id(request),
+                [_path_of(p) for p in paths], Upscale.from_fields(upscaler=upscaler, scale=scale), client=caller_of(request),
                 on_step=lambda i, n: progress((i, n), desc=S.progress_upscaling),
             )
         except JobCancelled:
@@ -77,7 +77,11 @@ def build_tabs(ctx: UIContext) -> Tools:
     with gr.Tab(S.tab_gallery, id="gallery"):
         recent = gr.Gallery(label=S.gallery_recent, columns=4, height=640, format="png")
         refresh_recent = gr.Button(S.refresh)
-    refresh_recent.click(lambda: [str(p) for p in studio.recent_outputs()], None, recent, queue=False, api_visibility="private")
+    def my_outputs(request: gr.Request = None) -> list[str]:
+        """The newest images of this user (with --auth each user sees only their own)."""
+        return [str(p) for p in studio.recent_outputs(user=user_of(request))]
+
+    refresh_recent.click(my_outputs, None, recent, queue=False, api_visibility="private")
 
     # 4. System info.
     with gr.Tab(S.tab_system, id="system"):

@@ -38,6 +38,7 @@ TEXT = {
         "saved": "已保存 {count} 个风格到 `{path}`。刷新页面后「风格」下拉框即更新。",
         "reloaded": "已从 `{path}` 读取 {count} 个风格。",
         "save_failed": "保存失败：无法写入 `{path}`（{error}）。",
+        "admin_only": "风格预设由大家共用，只有管理员可以修改。未保存。",
     },
     "en": {
         "tab": "Styles",
@@ -53,6 +54,7 @@ TEXT = {
         "saved": "Saved {count} styles to `{path}`. Reload the page to see them in the Styles menu.",
         "reloaded": "Read {count} styles from `{path}`.",
         "save_failed": "Could not write `{path}` ({error}).",
+        "admin_only": "Styles are shared by everyone; only an administrator may change them. Not saved.",
     },
 }
 
@@ -124,7 +126,9 @@ def setup(api) -> None:
             reload = gr.Button(T["reload"])
         status = gr.Markdown()
 
-        def save_rows(rows):
+        def save_rows(rows, request: gr.Request = None):
+            if not api.may_change_shared(request):
+                return T["admin_only"], gr.update()
             styles = rows_to_styles(rows)
             try:
                 write_styles(user, styles)

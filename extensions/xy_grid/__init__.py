@@ -101,8 +101,9 @@ def setup(api) -> None:
             base = dict(prompt=prompt, negative_prompt=negative, sampler=sampler, seed=seed,
                         num_inference_steps=steps, guidance_scale=cfg, width=width, height=height,
                         lora=lora or "", lora_weight=lora_weight)
-            # The browser session is the client id, so the 创作 tab's 停止 button stops the grid too.
-            client = getattr(request, "session_hash", None) or "xy-grid"
+            # The browser session keys the stop switch, so the 创作 tab's 停止 button stops the grid
+            # too; the user's own outputs folder and turn at the GPU come with it.
+            client = api.caller(request)
             try:
                 path, meta = run_grid(studio, base, x_axis, x_values, y_axis, y_values, client=client,
                                       on_cell=lambda i, n: progress((i, n), desc=T["progress"]))

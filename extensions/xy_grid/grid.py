@@ -167,13 +167,14 @@ def axis_labels(axis_key: str, values: list, cjk: bool) -> list[str]:
 
 
 # 3. The grid -------------------------------------------------------------------------------------
-def run_grid(studio, base: dict, x_axis: str, x_text: str, y_axis: str, y_text: str, client: str = "xy-grid",
+def run_grid(studio, base: dict, x_axis: str, x_text: str, y_axis: str, y_text: str, client="xy-grid",
              on_cell=None, font_path: str | None | bool = True) -> tuple[Path, dict]:
     """Generate every cell through ``studio.txt2img``, stitch, save. Returns (path, info).
 
     ``base``: prompt, negative_prompt, num_inference_steps, guidance_scale, width, height,
     seed, sampler, and optionally lora (a file in models/lora) with lora_weight.
-    ``font_path``: True finds a CJK font, None forces the English labels.
+    ``font_path``: True finds a CJK font, None forces the English labels. ``client``: who asks
+    (api.caller(request), or a plain client id).
     """
     # 1. Axes and values; one seed for every cell unless the seed is an axis.
     if x_axis == y_axis:
@@ -211,7 +212,8 @@ def run_grid(studio, base: dict, x_axis: str, x_text: str, y_axis: str, y_text: 
     }
     extra = ", ".join(f"{k}: {json.dumps(v, ensure_ascii=False) if ',' in v else v}" for k, v in fields.items())
     seed = x_values[0] if x_axis == "seed" else y_values[0] if y_axis == "seed" else int(base["seed"])
-    path = studio.save(grid, f"{first_text}, {extra}" if first_text else extra, seed, suffix="-xy")
+    path = studio.save(grid, f"{first_text}, {extra}" if first_text else extra, seed, suffix="-xy",
+                       user=getattr(client, "user", ""))
     info = {
         "file": path.name, "size": list(grid.size), "cell_size": list(cells[0][0].size),
         "columns": len(x_values), "rows": len(y_values), "left": layout["left"], "top": layout["top"],

@@ -30,6 +30,11 @@ Image.MAX_IMAGE_PIXELS = MAX_INPUT_PIXELS
 # Largest image an upscale starts from, a smaller limit on purpose: a 4096² input is 16384²
 # (805 MB as RGB) at x4. Both limits live here, side by side.
 MAX_UPSCALE_INPUT_PIXELS = 4096 * 4096
+# Largest upload file (the UI's limit too: app.py's max_file_size).
+MAX_UPLOAD_BYTES = 25 * 2**20
+# The formats designers use; PIL can read some forty, each a parser exposed to the network.
+# Only these are tried (GIF: its first frame; MPO: the JPEG of many cameras).
+UPLOAD_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF", "GIF")
 
 
 # 1. Reading uploads -----------------------------------------------------------------------
@@ -37,7 +42,8 @@ def load_image(data) -> Image.Image:
     """An 8-bit RGB image from a PIL image, a file path or bytes, upright per its EXIF tag.
 
     Raises ParamError ``image_unreadable`` (not an image, corrupt, truncated) or
-    ``image_too_large`` (over MAX_INPUT_PIXELS, refused from the header before decoding).
+    ``image_too_large`` (over MAX_INPUT_PIXELS, refused from the header before decoding); only
+    the UPLOAD_FORMATS are read.
     """
     return to_rgb(open_upload(data))
 
@@ -46,6 +52,8 @@ def open_upload(data) -> Image.Image:
     """A decoded, upright image in its own mode (alpha, 16-bit kept) after the same checks as
     ``load_image``: for callers that keep alpha, like upscaling."""
     if isinstance(data, Image.Image):
+        if data.format and data.format.upper() not in UPLOAD_FORMATS:
+            raise ParamError("image_format_refused", format=str(data.format)[:20])
         _check_pixels(*data.size)
         return ImageOps.exif_transpose(data)
     if isinstance(data, (bytes, bytearray, memoryview)):
@@ -70,6 +78,13 @@ def check_upload(path) -> None:
         pass
 
 
+def read_info(data: bytes) -> dict:
+    """An upload's metadata (PNG text chunks before the pixels, EXIF comments), without decoding
+    a pixel; the same format and size checks as ``open_upload``."""
+    with _open_checked(io.BytesIO(bytes(data))) as image:
+        return dict(image.info)
+
+
 @contextmanager
 def _open_checked(source):
     """``Image.open`` (header only) with the pixel cap checked before anything is decoded;
@@ -78,7 +93,7 @@ def _open_checked(source):
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            with Image.open(source) as image:
+            with Image.open(source, formats=UPLOAD_FORMATS) as image:
                 _check_pixels(*image.size)
                 yield image
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):

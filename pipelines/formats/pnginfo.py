@@ -15,7 +15,6 @@ XMP packet (``TC260:AIGC``), where readers of the standard look for it.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from xml.sax.saxutils import escape
 
@@ -46,21 +45,76 @@ def format_parameters(prompt: str, negative_prompt: str, fields: dict) -> str:
     return f"{text}\n{line}"
 
 
-_PAIR = re.compile(r'\s*([\w][\w \-/+.]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+# The longest ``parameters`` text read: a real one is a few KB; anything longer is cut here, so
+# no reader ever works on megabytes of text.
+MAX_PARAMETERS_CHARS = 64 * 1024
+_KEY_CHARS = frozenset(" -/+.")
+
+
+def _is_key_char(char: str) -> bool:
+    return char.isalnum() or char == "_" or char in _KEY_CHARS
+
+
+def _quoted_end(line: str, start: int) -> int:
+    """Index after the closing quote of the JSON string opening at ``start``; -1 if unclosed."""
+    i, n = start + 1, len(line)
+    while i < n:
+        char = line[i]
+        if char == "\\":
+            i += 2
+        elif char == '"':
+            return i + 1
+        else:
+            i += 1
+    return -1
+
+
+def _pairs(line: str) -> list[tuple[str, str]]:
+    """The ``key: value`` pairs of A1111's last line, in one pass (each character is looked at
+    a bounded number of times, whatever the text: no regex backtracking). A segment that is not
+    a pair is skipped up to its comma, as A1111's own reader does."""
+    pairs, i, n = [], 0, len(line)
+    while i < n:
+        while i < n and line[i].isspace():
+            i += 1
+        # 1. The key: a word character, then word characters, spaces and -/+. up to the colon.
+        start = i
+        while i < n and _is_key_char(line[i]):
+            i += 1
+        key = line[start:i].strip()
+        if i >= n or line[i] != ":" or not key or not (key[0].isalnum() or key[0] == "_"):
+            comma = line.find(",", i)
+            i = n if comma < 0 else comma + 1
+            continue
+        i += 1
+        while i < n and line[i].isspace():
+            i += 1
+        # 2. The value: a JSON string, or everything up to the next comma.
+        end = _quoted_end(line, i) if i < n and line[i] == '"' else -1
+        if end > 0:
+            value = line[i:end]
+            try:
+                value = json.loads(value)
+            except ValueError:
+                value = value.strip('"')
+            comma = line.find(",", end)
+            i = n if comma < 0 else comma + 1
+        else:
+            comma = line.find(",", i)
+            value, i = (line[i:], n) if comma < 0 else (line[i:comma], comma + 1)
+        pairs.append((key, str(value).strip()))
+    return pairs
 
 
 def parse_parameters(text: str) -> dict:
-    """Parse A1111 ``parameters`` text into prompt, negative prompt and the fields."""
-    lines = text.strip().split("\n")
+    """Parse A1111 ``parameters`` text into prompt, negative prompt and the fields (linear time;
+    at most ``MAX_PARAMETERS_CHARS`` are read)."""
+    lines = text[:MAX_PARAMETERS_CHARS].strip().split("\n")
     fields: dict[str, str] = {}
-    if lines and len(_PAIR.findall(lines[-1])) >= 3:
-        for key, value in _PAIR.findall(lines.pop()):
-            if value.startswith('"'):
-                try:
-                    value = json.loads(value)
-                except ValueError:
-                    value = value.strip('"')
-            fields[key.strip()] = value.strip()
+    pairs = _pairs(lines[-1]) if lines else []
+    if len(pairs) >= 3:
+        lines.pop()
+        fields = dict(pairs)
     prompt_lines, negative_lines, target = [], [], None
     for line in lines:
         if line.startswith("Negative prompt:"):
@@ -107,10 +161,17 @@ def png_metadata(parameters: str, label: dict) -> PngImagePlugin.PngInfo:
 
 def read_parameters(image: Image.Image) -> str | None:
     """The ``parameters`` text of a PNG (or A1111-style JPEG/WebP comment), if any."""
-    text = image.info.get("parameters")
+    return read_parameters_of(image.info)
+
+
+def read_parameters_of(info: dict) -> str | None:
+    """The ``parameters`` text in an image's ``info`` mapping, at most MAX_PARAMETERS_CHARS."""
+    text = info.get("parameters")
     if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    return text or None
+        text = text[: MAX_PARAMETERS_CHARS * 4].decode("utf-8", "replace")
+    if not isinstance(text, str):
+        return None
+    return text[:MAX_PARAMETERS_CHARS] or None
 
 
 def read_aigc_label(image: Image.Image) -> dict | None:
