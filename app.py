@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
                         may_read=studio.may_read)
     app_kwargs = {"middleware": [
         security_middleware(policy),
-        queue_guard(demo, limit=args.client_queue_limit, queue_size=args.queue_size, lang=args.lang),
+        queue_guard(demo, limit=args.client_queue_limit, queue_size=args.queue_size, lang=args.lang, stop=studio.stop),
     ]}
     if args.api:
         from api import api_app_kwargs

@@ -32,11 +32,13 @@ import json
 import logging
 import re
 import threading
+import uuid
 from collections import Counter
 
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 
+from pipelines.jobs import CALL_KEY
 from strings import error_text, load
 
 log = logging.getLogger(__name__)
@@ -128,8 +130,9 @@ def queued_jobs(blocks, address: str) -> int:
 
 class QueueGuardMiddleware:
     def __init__(self, app, blocks, limit: int = DEFAULT_CLIENT_LIMIT, queue_size: int | None = None,
-                 lang: str | None = None) -> None:
+                 lang: str | None = None, stop=None) -> None:
         self.app, self.blocks, self.limit, self.queue_size = app, blocks, limit, queue_size
+        self.stop = stop  # studio.stop(client): pulls a direct call's stop switch when its caller leaves
         self.S = load(lang)
         self.direct: Counter[str] = Counter()  # jobs outside Gradio's queue, per address
 
@@ -188,7 +191,11 @@ class QueueGuardMiddleware:
                 await self._answer(send, 503, "queue_full", {"limit": self.queue_size})
                 return
         watch = _Watch(receive)
-        scope.setdefault("state", {})[DISCONNECT_KEY] = watch.register
+        state = scope.setdefault("state", {})
+        state[DISCONNECT_KEY] = watch.register
+        if self.stop is not None:  # a UI event called directly: its job's stop switch is this call's
+            call = state[CALL_KEY] = f"call-{uuid.uuid4().hex[:12]}"
+            watch.register(lambda: self.stop(call))
         self.direct[address] += 1
         try:
             await self.app(scope, watch.app_receive, send)
@@ -207,6 +214,6 @@ class QueueGuardMiddleware:
 
 
 def queue_guard(blocks, limit: int = DEFAULT_CLIENT_LIMIT, queue_size: int | None = None,
-                lang: str | None = None) -> Middleware:
+                lang: str | None = None, stop=None) -> Middleware:
     """The middleware entry for ``app_kwargs["middleware"]``."""
-    return Middleware(QueueGuardMiddleware, blocks=blocks, limit=limit, queue_size=queue_size, lang=lang)
+    return Middleware(QueueGuardMiddleware, blocks=blocks, limit=limit, queue_size=queue_size, lang=lang, stop=stop)

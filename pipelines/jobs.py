@@ -24,6 +24,11 @@ from .store.devices import free_memory, is_oom
 log = logging.getLogger(__name__)
 
 
+# Where the HTTP layer (api/queue_guard.py) puts the id of a direct API call (one without a
+# page session) in the request's state: the call's stop switch, pulled when its caller hangs up.
+CALL_KEY = "danqing_call"
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who a job is for. ``client`` keys its stop switch (a page session, one API request),
@@ -38,8 +43,10 @@ class Caller:
     def of_event(cls, request) -> "Caller":
         """The caller of a Gradio event (duck-typed gr.Request: no Gradio import here): its page
         session keys the stop switch (a direct API call without one gets a key of its own, so
-        nobody else's 停止 reaches it), its login name, its address."""
-        client = getattr(request, "session_hash", None) or f"call-{uuid.uuid4().hex[:12]}"
+        nobody else's 停止 reaches it, only its own hanging up), its login name, its address."""
+        state = getattr(getattr(request, "request", None), "state", None)
+        call = getattr(state, CALL_KEY, None)  # a direct call's id, given by the HTTP layer
+        client = getattr(request, "session_hash", None) or call or f"call-{uuid.uuid4().hex[:12]}"
         address = getattr(getattr(request, "client", None), "host", None) or "local"
         return cls(client=client, user=getattr(request, "username", None) or "", address=address)
 
@@ -49,17 +56,22 @@ def as_caller(client: "Caller | str") -> Caller:
 
 
 class Turns:
-    """First come, first served per address, and the addresses take turns (round robin): the
-    next job to get the GPU is the oldest waiting job of the address that was served longest
-    ago. Re-entrant per thread (a batch holds the GPU, its jobs run inside). A waiting job whose
-    stop switch is set leaves the line at once (JobCancelled)."""
+    """Who gets the GPU next: the oldest waiting job of the address served longest ago (an
+    address never served goes first; ties go to the earliest arrival). So one client with eight
+    jobs waiting takes turns with another client's first one instead of going before it.
+    Re-entrant per thread (a batch holds the GPU, its jobs run inside). A waiting job whose stop
+    switch is set leaves the line at once (JobCancelled)."""
+
+    MEMORY = 4096  # addresses whose last turn is remembered (the oldest are forgotten)
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._holder: int | None = None
         self._depth = 0
-        self._waiting: dict[str, list[object]] = {}  # address -> tickets, oldest first
-        self._order: list[str] = []  # addresses with waiting jobs, next to serve first
+        self._arrivals = 0
+        self._grants = 0
+        self._waiting: dict[str, list[tuple[int, object]]] = {}  # address -> (arrival, ticket), oldest first
+        self._served: dict[str, int] = {}  # address -> number of its last turn
 
     def acquire(self, address: str, cancel: threading.Event | None = None) -> None:
         me = threading.get_ident()
@@ -67,28 +79,32 @@ class Turns:
             if self._holder == me:
                 self._depth += 1
                 return
-            ticket = object()
-            self._waiting.setdefault(address, []).append(ticket)
-            if address not in self._order:
-                self._order.append(address)
+            self._arrivals += 1
+            entry = (self._arrivals, object())
+            self._waiting.setdefault(address, []).append(entry)
             try:
-                while not (self._holder is None and self._waiting[self._order[0]][0] is ticket):
+                while not (self._holder is None and self._next() is entry):
                     if cancel is not None and cancel.is_set():
                         raise JobCancelled()
                     self._cond.wait(0.2)
             finally:
-                self._leave(address, ticket)
+                self._leave(address, entry)
             self._holder, self._depth = me, 1
+            self._grants += 1
+            self._served[address] = self._grants
+            if len(self._served) > self.MEMORY:
+                for old in sorted(self._served, key=self._served.get)[: len(self._served) - self.MEMORY]:
+                    del self._served[old]
 
-    def _leave(self, address: str, ticket: object) -> None:
-        tickets = self._waiting[address]
-        first = tickets[0] is ticket
-        tickets.remove(ticket)
-        if not tickets:
+    def _next(self):
+        address = min(self._waiting, key=lambda a: (self._served.get(a, -1), self._waiting[a][0][0]))
+        return self._waiting[address][0]
+
+    def _leave(self, address: str, entry) -> None:
+        entries = self._waiting[address]
+        entries.remove(entry)
+        if not entries:
             del self._waiting[address]
-            self._order.remove(address)
-        elif first and self._order[0] == address:
-            self._order.append(self._order.pop(0))  # served: to the back of the line
         self._cond.notify_all()
 
     def release(self) -> None:
@@ -101,7 +117,7 @@ class Turns:
     def waiting(self) -> dict[str, int]:
         """Waiting jobs per address."""
         with self._cond:
-            return {address: len(tickets) for address, tickets in self._waiting.items()}
+            return {address: len(entries) for address, entries in self._waiting.items()}
 
     def notify(self) -> None:
         with self._cond:

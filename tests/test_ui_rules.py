@@ -75,3 +75,32 @@ def test_ui_builds_on_the_demo_studio(studio):
         assert ZH[key] in labels
     api_names = {d.get("api_name") for d in config["dependencies"]}
     assert {"txt2img", "system_info", "stop"} <= api_names
+
+
+def test_every_event_that_asks_for_the_request_gets_it(studio):
+    """Gradio hands an event its gr.Request only when the parameter's annotation evaluates to
+    gr.Request; under ``from __future__ import annotations`` with gradio imported inside a
+    function it does not, and the event silently runs without its user or session (the X/Y
+    grid once ran outside 停止's reach that way). Every event of the UI and the extensions."""
+    import inspect
+    import typing
+
+    import gradio as gr
+
+    from extensions import load_extensions
+    from ui.layout import UIOptions, build_ui
+
+    extensions = load_extensions()
+    demo = build_ui(studio, UIOptions(demo=True), extensions)
+    checked = 0
+    for block_fn in demo.fns.values():
+        fn = block_fn.fn
+        if fn is None or "request" not in inspect.signature(fn).parameters:
+            continue
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception as exc:  # noqa: BLE001
+            raise AssertionError(f"{block_fn.name}: annotations do not evaluate ({exc})") from None
+        assert hints.get("request") in (gr.Request, typing.Optional[gr.Request]), block_fn.name
+        checked += 1
+    assert checked >= 8

@@ -9,8 +9,6 @@ it). The tab edits the user copy (created on the first save; the shipped file st
 Files saved by Excel or WPS as GBK are read too. Written against the extension interface only.
 """
 
-from __future__ import annotations
-
 import csv
 import io
 import logging
@@ -126,6 +124,8 @@ def setup(api) -> None:
             reload = gr.Button(T["reload"])
         status = gr.Markdown()
 
+        # No ``from __future__ import annotations`` in this module: Gradio finds the request
+        # parameter by its evaluated annotation.
         def save_rows(rows, request: gr.Request = None):
             if not api.may_change_shared(request):
                 return T["admin_only"], gr.update()

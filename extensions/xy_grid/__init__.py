@@ -3,8 +3,6 @@ grid image, the way designers pick settings. Written against the extension inter
 tab whose events call the Studio's txt2img on the shared GPU queue. The logic is in grid.py.
 """
 
-from __future__ import annotations
-
 import logging
 
 from .grid import AXES, GridError, run_grid

@@ -33,8 +33,9 @@ MAX_UPSCALE_INPUT_PIXELS = 4096 * 4096
 # Largest upload file (the UI's limit too: app.py's max_file_size).
 MAX_UPLOAD_BYTES = 25 * 2**20
 # The formats designers use; PIL can read some forty, each a parser exposed to the network.
-# Only these are tried (GIF: its first frame; MPO: the JPEG of many cameras).
-UPLOAD_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF", "GIF")
+# Only these are tried (GIF: its first frame; a camera's MPO opens as its JPEG).
+UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
+Image.init()  # register every plugin once, so Image.open(formats=...) finds each of these
 
 
 # 1. Reading uploads -----------------------------------------------------------------------
@@ -52,7 +53,7 @@ def open_upload(data) -> Image.Image:
     """A decoded, upright image in its own mode (alpha, 16-bit kept) after the same checks as
     ``load_image``: for callers that keep alpha, like upscaling."""
     if isinstance(data, Image.Image):
-        if data.format and data.format.upper() not in UPLOAD_FORMATS:
+        if data.format and data.format.upper() not in (*UPLOAD_FORMATS, "MPO"):
             raise ParamError("image_format_refused", format=str(data.format)[:20])
         _check_pixels(*data.size)
         return ImageOps.exif_transpose(data)
