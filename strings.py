@@ -11,6 +11,7 @@ import os
 from types import SimpleNamespace
 
 ZH = dict(
+    list_sep="、",
     cli_bad_option="启动参数有误",
     admin_what_model="切换基础模型",
     admin_what_styles="风格预设",
@@ -134,6 +135,7 @@ ZH = dict(
 )
 
 EN = dict(
+    list_sep=", ",
     cli_bad_option="Bad option",
     admin_what_model="switching the base model",
     admin_what_styles="prompt styles",

@@ -38,7 +38,7 @@ from collections import Counter
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 
-from pipelines.jobs import CALL_KEY
+from pipelines.requests import CALL_KEY
 from strings import error_text, load
 
 log = logging.getLogger(__name__)

@@ -39,8 +39,7 @@ from pydantic import ValidationError
 from pipelines.errors import DanqingError, JobCancelled, ParamError
 from pipelines.formats.images import MAX_INPUT_PIXELS, MAX_UPLOAD_BYTES, read_info
 from pipelines.formats.pnginfo import MAX_PARAMETERS_CHARS, parse_parameters, read_parameters_of
-from pipelines.jobs import Caller
-from pipelines.requests import DEFAULT_SAMPLER, MAX_UNITS, SAMPLER_NAMES, Control, ControlUnit, Txt2Img, Upscale
+from pipelines.requests import DEFAULT_SAMPLER, MAX_UNITS, SAMPLER_NAMES, Caller, Control, ControlUnit, Txt2Img, Upscale
 from strings import error_text, load
 
 from .accounts import Accounts, user_of
@@ -356,7 +355,7 @@ class SdApi:
         control = Control.build(request, units, resize_mode) if units else None
         checkpoint = req.override_settings.get("sd_model_checkpoint")
         if checkpoint and not req.override_settings_restore_afterwards and not self.accounts.is_admin(user):
-            raise ParamError("admin_only", admins="、".join(sorted(self.accounts.admins)), what=self.S.admin_what_model)
+            raise ParamError("admin_only", admins=self.S.list_sep.join(sorted(self.accounts.admins)), what=self.S.admin_what_model)
         job = self.jobs.open_batch(user, "txt2img", req.n_iter, address=address)
         on_disconnect(scope, lambda: self.jobs.interrupt_batch(job))
         generated, maps, infos = [], [], []
@@ -528,7 +527,7 @@ class SdApi:
     def set_options(self, req: OptionsRequest, user: str) -> None:
         if req.sd_model_checkpoint:
             if not self.accounts.is_admin(user):
-                raise ParamError("admin_only", admins="、".join(sorted(self.accounts.admins)), what=self.S.admin_what_model)
+                raise ParamError("admin_only", admins=self.S.list_sep.join(sorted(self.accounts.admins)), what=self.S.admin_what_model)
             self.studio.switch_model(self.model_ref(req.sd_model_checkpoint))
 
     def sd_models(self) -> list[dict]:

@@ -142,6 +142,9 @@ class SecurityMiddleware:
             client = policy.addresses.client(scope, headers.get("x-forwarded-for", ""))
             if client:
                 scope["client"] = (client, 0)
+            proto = headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+            if proto in ("http", "https"):
+                scope["scheme"] = proto if scope["type"] == "http" else proto.replace("http", "ws")
         else:
             # Not from a trusted proxy: the forwarded headers are the client's own words.
             scope["headers"] = [(k, v) for k, v in scope["headers"] if not k.startswith(b"x-forwarded-")]

@@ -154,8 +154,8 @@ class ExtensionAPI:
 
     @staticmethod
     def caller(request):
-        """pipelines.jobs.Caller of a Gradio event."""
-        from pipelines.jobs import Caller
+        """pipelines.requests.Caller of a Gradio event."""
+        from pipelines.requests import Caller
 
         return Caller.of_event(request)
 

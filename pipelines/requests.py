@@ -15,10 +15,40 @@ from __future__ import annotations
 import math
 import re
 import secrets
+import uuid
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
 from .errors import ParamError
+
+# 0. Who asks ------------------------------------------------------------------------------------
+# Where the HTTP layer (api/queue_guard.py) puts the id of a direct API call (one without a
+# page session) in the request's state: the call's stop switch, pulled when its caller hangs up.
+CALL_KEY = "danqing_call"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a job is for. ``client`` keys its stop switch (a page session, one API request),
+    ``user`` owns its saved images ("" without --auth), ``address`` is where it came from: waiting
+    jobs take turns by address."""
+
+    client: str = "local"
+    user: str = ""
+    address: str = "local"
+
+    @classmethod
+    def of_event(cls, request) -> "Caller":
+        """The caller of a Gradio event (duck-typed gr.Request: no Gradio import here): its page
+        session keys the stop switch (a direct API call without one gets a key of its own, so
+        nobody else's 停止 reaches it, only its own hanging up), its login name, its address."""
+        state = getattr(getattr(request, "request", None), "state", None)
+        call = getattr(state, CALL_KEY, None)  # a direct call's id, given by the HTTP layer
+        client = getattr(request, "session_hash", None) or call or f"call-{uuid.uuid4().hex[:12]}"
+        address = getattr(getattr(request, "client", None), "host", None) or "local"
+        return cls(client=client, user=getattr(request, "username", None) or "", address=address)
+
+
 
 # A1111 sampler names, in the order the UI lists them. pipelines/schedulers.py maps each to a
 # diffusers scheduler; a test checks both lists agree.

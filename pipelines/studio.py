@@ -21,9 +21,9 @@ from PIL import Image
 from .errors import DanqingError, ParamError
 from .formats.images import open_upload
 from .formats.pnginfo import format_parameters, read_parameters
-from .jobs import Caller, Jobs, as_caller
+from .jobs import Jobs, as_caller
 from .outputs import OutputWriter
-from .requests import Control, ControlUnit, Txt2Img, Upscale
+from .requests import Caller, Control, ControlUnit, Txt2Img, Upscale
 from .store import ModelStore
 from .tasks import annotators, controlnet, lora, txt2img, upscale
 from .tasks.denoise import Generated
@@ -57,7 +57,7 @@ class Studio:
     def txt2img(self, request: Txt2Img, client: Caller | str = "local", on_step=None,
                 on_preview=None) -> tuple[list[Path], dict]:
         """Generate, (upscale,) save. Returns the saved files and the info dict.
-        ``client``: who asks (pipelines.jobs.Caller, or just a client id for the stop switch).
+        ``client``: who asks (pipelines.requests.Caller, or just a client id for the stop switch).
         ``on_preview(image, step, total)`` gets live previews while it denoises."""
         caller = as_caller(client)
         self.outputs.check_quota(caller.user)

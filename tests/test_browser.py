@@ -37,6 +37,8 @@ def page(browser_app):
 
 
 def test_chinese_labels_prompt_generate_and_see_an_image(page):
+    # The page builds itself after its scripts load: on a busy machine that takes a while.
+    page.get_by_role("tab", name="创作").first.wait_for(timeout=60_000)
     for label in ("创作", "文生图", "线稿控制", "深度控制", "超分辨率", "图片信息", "系统信息"):
         assert page.get_by_role("tab", name=label).count() >= 1
     assert page.get_by_text("演示模式").count() >= 1

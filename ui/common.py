@@ -10,7 +10,7 @@ import gradio as gr
 
 from extensions import GPU_CONCURRENCY_ID as GPU  # noqa: F401  (the one queue of every model event; ui modules import it from here)
 from pipelines.errors import DanqingError
-from pipelines.jobs import Caller
+from pipelines.requests import Caller
 
 from strings import error_text
 

@@ -83,7 +83,7 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
 
         def switch_model(ref: str, request: gr.Request = None, progress=gr.Progress(track_tqdm=True)):
             if not options.may_change_shared(user_of(request)):
-                raise gr.Error(error_text(S, "admin_only", {"admins": "、".join(options.admins),
+                raise gr.Error(error_text(S, "admin_only", {"admins": S.list_sep.join(options.admins),
                                                              "what": S.admin_what_model}))
             progress(0, desc=S.progress_loading)
             try:
