@@ -289,7 +289,7 @@ def _without_api_info(send):
         begin = html.find(_API_INFO)
         end = html.find(b"</script>", begin) if begin >= 0 else -1
         if end > begin >= 0:
-            html = html[:begin] + _API_INFO + b"{};" + html[end:]
+            html = html[:begin] + _API_INFO + b'{"named_endpoints": {}, "unnamed_endpoints": {}};' + html[end:]
         headers = [(k, v) for k, v in held["start"].get("headers", []) if k.lower() != b"content-length"]
         headers.append((b"content-length", str(len(html)).encode()))
         await send({**held["start"], "headers": headers})

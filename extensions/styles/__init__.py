@@ -37,6 +37,7 @@ TEXT = {
         "reloaded": "已从 `{path}` 读取 {count} 个风格。",
         "save_failed": "保存失败：无法写入 `{path}`（{error}）。",
         "admin_only": "风格预设由大家共用，只有管理员可以修改。未保存。",
+        "admin_note": "风格预设由大家共用：只有管理员可以保存修改。",
     },
     "en": {
         "tab": "Styles",
@@ -53,6 +54,7 @@ TEXT = {
         "reloaded": "Read {count} styles from `{path}`.",
         "save_failed": "Could not write `{path}` ({error}).",
         "admin_only": "Styles are shared by everyone; only an administrator may change them. Not saved.",
+        "admin_note": "Styles are shared by everyone: only an administrator may save changes.",
     },
 }
 
@@ -116,6 +118,8 @@ def setup(api) -> None:
             return [[name, prompt, negative] for name, (prompt, negative) in read_styles(active_file(user)).items()]
 
         gr.Markdown(T["intro"])
+        if not api.may_change_shared(None):  # several logins: say so before anyone edits
+            gr.Markdown(T["admin_note"])
         where = gr.Markdown(T["using"].format(path=active_file(user)))
         table = gr.Dataframe(value=current_rows(), headers=COLUMNS, col_count=(3, "fixed"), datatype=["str"] * 3,
                              type="array", interactive=True, wrap=True, label=T["table"])
