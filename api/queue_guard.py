@@ -148,12 +148,8 @@ class QueueGuardMiddleware:
             return
         # 1. Per-client cap.
         address = client_address(scope)
-        if self.limit > 0:
-            count = queued_jobs(self.blocks, address) + self.direct[address]
-            if count >= self.limit:
-                log.info("client %s has %d jobs queued: refusing another", address, count)
-                await self._answer(send, 429, "client_queue_full", {"count": count, "limit": self.limit})
-                return
+        if await self._over_cap(send, address):
+            return
         # 2. Queue full: Gradio answers 503 (its own count); jobs outside its queue count too.
         #    Re-word it (and keep the page able to show it).
         browser = Headers(scope=scope).get("origin") is not None
@@ -179,12 +175,8 @@ class QueueGuardMiddleware:
         """A job outside Gradio's queue: the same caps, counted while it runs, stopped when its
         caller goes away."""
         address = client_address(scope)
-        if self.limit > 0:
-            count = queued_jobs(self.blocks, address) + self.direct[address]
-            if count >= self.limit:
-                log.info("client %s has %d jobs queued: refusing another", address, count)
-                await self._answer(send, 429, "client_queue_full", {"count": count, "limit": self.limit})
-                return
+        if await self._over_cap(send, address):
+            return
         if self.queue_size:
             waiting = sum(self.direct.values()) + waiting_jobs(self.blocks)
             if waiting > self.queue_size:  # the running job is not waiting
@@ -204,6 +196,17 @@ class QueueGuardMiddleware:
             self.direct[address] -= 1
             if self.direct[address] <= 0:
                 del self.direct[address]
+
+    async def _over_cap(self, send, address: str) -> bool:
+        """Answer 429 when ``address`` already has ``limit`` jobs, in Gradio's queue or outside it."""
+        if self.limit <= 0:
+            return False
+        count = queued_jobs(self.blocks, address) + self.direct[address]
+        if count < self.limit:
+            return False
+        log.info("client %s has %d jobs queued: refusing another", address, count)
+        await self._answer(send, 429, "client_queue_full", {"count": count, "limit": self.limit})
+        return True
 
     async def _answer(self, send, status: int, code: str, fields: dict) -> None:
         body = json.dumps({"detail": error_text(self.S, code, fields), "error": code}, ensure_ascii=False).encode()

@@ -305,6 +305,8 @@ class SdApi:
                 (kind, keyword), is_map = CONTROL_MODULES[module], False
             else:
                 raise ParamError("unknown_control_kind", value=module[:20])
+            if not model:
+                raise ParamError("controlnet_no_model")
             if model not in names:
                 raise ParamError("unknown_model_name", kind="controlnet", name=model[:80])
             image = unit.image if unit.image not in (None, "") else unit.input_image

@@ -721,11 +721,12 @@ def test_uploads_in_the_usual_formats_are_read(team_app, format_name):
 
 def test_the_login_page_does_not_describe_the_api(team_app):
     _, page, _ = request(team_app, "GET", "/")
-    for secret in (b"RealESRGAN", b"danqing-demo-kohya", b"demo-depth", b"named_endpoints"):
+    for secret in (b"RealESRGAN", b"danqing-demo-kohya", b"demo-depth", b'"/txt2img"'):
         assert secret not in page, secret
+    assert b'window.gradio_api_info = {"named_endpoints": {}, "unnamed_endpoints": {}};' in page
     assert request(team_app, "GET", "/gradio_api/info")[0] == 401
     _, page, _ = request(team_app, "GET", "/", headers={"Cookie": login(team_app, "bot")})
-    assert b"named_endpoints" in page and b"RealESRGAN" in page  # the logged-in page is whole
+    assert b'"/txt2img"' in page and b"RealESRGAN" in page  # the logged-in page is whole
 
 
 # The turns at the GPU, in-process --------------------------------------------------------------
