@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     # 1. Where to listen, and whether a login is required.
     host = args.host or ("0.0.0.0" if (args.listen or on_space) else "127.0.0.1")
     port = args.port or int(os.environ.get("GRADIO_SERVER_PORT", 7860))
-    from strings import load
+    from strings import GRADIO_ZH, load
 
     strings = load(args.lang)
     auth = parse_auth(args.auth, strings)
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     # instead of being copied into Gradio's temporary folder.
     import gradio as gr
 
-    from ui.layout import UIOptions, build_ui
+    from ui.layout import UIOptions, build_ui, page_css
 
     options = UIOptions(demo=started.settings.demo, missing_model=started.missing_model,
                         missing_folder=started.missing_folder, download_pending=started.download_pending,
@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         # Every REST call is a session of its own, and Gradio keeps each session's state (about
         # 0.3 MiB per generation job): bound them, or an API-driven server grows without end.
         state_session_capacity=args.session_capacity, footer_links=["api"], app_kwargs=app_kwargs,
+        i18n=gr.I18n(**{"zh-CN": GRADIO_ZH, "zh": GRADIO_ZH}), css=page_css(strings),
     )
 
 

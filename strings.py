@@ -11,6 +11,31 @@ import os
 from types import SimpleNamespace
 
 ZH = dict(
+    system_item="项目", system_value="当前", system_model="基础模型", system_demo="演示模型",
+    system_device="设备与精度", system_threads="{n} 个线程", system_attention="注意力实现",
+    system_speed="加速选项", system_version="版本", system_on="开", system_off="关",
+    system_resident="已加载的模型（共 {size}）", system_name="名称", system_kind="类型", system_size="大小",
+    system_extensions="扩展", system_ext_ok="正常", system_ext_failed="加载失败（详情见下方 JSON）",
+    system_json="详细信息（JSON）",
+    speed_names={"channels_last": "channels_last 内存布局", "fuse_qkv": "融合 QKV", "vae_tiling": "VAE 分块解码",
+                 "compile": "torch.compile 编译"},
+    progress_line="采样中 · 已用 {elapsed} 秒 · 约剩 {remaining} 秒",
+    toast_error="出错了",
+    toast_warning="提示",
+    toast_info="完成",
+    send_to_pnginfo="发送到图片信息",
+    progress_unit="步",
+    summary_title="**种子** `{seed}` · {width}×{height} · {sampler} · {steps} 步 · CFG {cfg} · 用时 {seconds} 秒",
+    summary_seeds="本次的种子：{seeds}",
+    summary_model="模型：{model}",
+    summary_loras="LoRA：{loras}",
+    summary_hires="高清放大：{upscaler} ×{scale}（放大用时 {seconds} 秒）",
+    summary_draft="快速草图：先以小尺寸生成，再放大 4 倍。",
+    summary_controlnets="ControlNet：{units}",
+    summary_prompt_chunks="提示词较长，已分 {chunks} 段编码后合并（超出的部分也生效）。",
+    summary_cancelled="已停止，本次没有生成图片。",
+    summary_upscaled="已放大：{upscaler} ×{scale}，用时 {seconds} 秒。",
+    infotext_label="A1111 参数文本（可复制，可粘贴到 A1111 / Civitai）",
     list_sep="、",
     cli_bad_option="启动参数有误",
     admin_what_model="切换基础模型",
@@ -29,7 +54,7 @@ ZH = dict(
     subtitle="输入中文提示词，生成图片。所有图片自动保存，并带有生成参数与 AI 生成标识。",
     demo_banner=(
         "⚠️ **演示模式**：当前使用本机生成的随机权重微型模型，生成的图片是随机噪声，"
-        "仅用于体验界面和运行测试。把真实模型放进 `models/checkpoints/` 后不带 `--demo` 重新启动即可。"
+        "仅用于体验界面和运行测试。把真实模型放进 `models/checkpoints/` 后重新启动即可（若启动时加了 `--demo`，去掉它）。"
     ),
     missing_model_banner=(
         "⚠️ **未找到模型** `{model}`：本机没有它的文件，也无法联网下载。"
@@ -46,6 +71,7 @@ ZH = dict(
     draft_label="快速草图",
     draft_info="先以 256 像素短边生成，再用 ESRGAN 放大 4 倍：几秒出图，适合快速试构图。",
     lora_title="LoRA 模型（对所有生成模式生效）",
+    lora_title_active="LoRA 模型 · 已启用：{loras}",
     none="无",
     unknown="未知",
     lora_slot="LoRA {n}",
@@ -109,7 +135,6 @@ ZH = dict(
     gallery_label="生成结果",
     info_label="生成信息",
     progress_loading="正在加载模型……",
-    progress_sampling="采样中",
     live_preview="实时预览 · 第 {step}/{total} 步（模糊属正常，完成后显示原图）",
     progress_saving="正在保存图片……",
     pnginfo_upload="上传图片（PNG）",
@@ -135,6 +160,31 @@ ZH = dict(
 )
 
 EN = dict(
+    system_item="Item", system_value="Now", system_model="Base model", system_demo="demo model",
+    system_device="Device and precision", system_threads="{n} threads", system_attention="Attention",
+    system_speed="Speed options", system_version="Version", system_on="on", system_off="off",
+    system_resident="Loaded models ({size} in all)", system_name="Name", system_kind="Kind", system_size="Size",
+    system_extensions="Extensions", system_ext_ok="working", system_ext_failed="failed (see the JSON below)",
+    system_json="Details (JSON)",
+    speed_names={"channels_last": "channels_last", "fuse_qkv": "fused QKV", "vae_tiling": "VAE tiling",
+                 "compile": "torch.compile"},
+    progress_line="Sampling · {elapsed} s so far · about {remaining} s to go",
+    toast_error="Error",
+    toast_warning="Warning",
+    toast_info="Done",
+    send_to_pnginfo="Send to PNG info",
+    progress_unit="steps",
+    summary_title="**Seed** `{seed}` · {width}×{height} · {sampler} · {steps} steps · CFG {cfg} · {seconds} s",
+    summary_seeds="Seeds of this run: {seeds}",
+    summary_model="Model: {model}",
+    summary_loras="LoRA: {loras}",
+    summary_hires="High-res upscale: {upscaler} ×{scale} ({seconds} s)",
+    summary_draft="Draft: made small, then upscaled ×4.",
+    summary_controlnets="ControlNet: {units}",
+    summary_prompt_chunks="Long prompt: encoded in {chunks} chunks and merged (all of it counts).",
+    summary_cancelled="Stopped: no image was made.",
+    summary_upscaled="Upscaled: {upscaler} ×{scale} in {seconds} s.",
+    infotext_label="A1111 parameters (copy into A1111 / Civitai)",
     list_sep=", ",
     cli_bad_option="Bad option",
     admin_what_model="switching the base model",
@@ -150,7 +200,7 @@ EN = dict(
     subtitle="Type a prompt to make images. Every image is saved with its parameters and an AI-generated label.",
     demo_banner=(
         "⚠️ **Demo mode**: tiny random-weight models generated on this machine; images are noise. "
-        "Put a real model in `models/checkpoints/` and restart without `--demo`."
+        "Put a real model in `models/checkpoints/` and restart (without `--demo`, if you started with it)."
     ),
     missing_model_banner=(
         "⚠️ **Model not found** `{model}`: no local files and no network. Put a diffusers model folder in "
@@ -167,6 +217,7 @@ EN = dict(
     draft_label="Fast draft",
     draft_info="Generate with a 256-pixel short side, then upscale x4 with ESRGAN: quick composition drafts.",
     lora_title="LoRA (applies to every mode)",
+    lora_title_active="LoRA · active: {loras}",
     none="None",
     unknown="unknown",
     lora_slot="LoRA {n}",
@@ -230,7 +281,6 @@ EN = dict(
     gallery_label="Results",
     info_label="Generation info",
     progress_loading="Loading model…",
-    progress_sampling="Sampling",
     live_preview="Live preview · step {step}/{total} (blurry by design; the real image follows)",
     progress_saving="Saving…",
     pnginfo_upload="Upload an image (PNG)",
@@ -282,7 +332,7 @@ ERRORS_ZH = {
     "controlnet_no_image": "ControlNet {model} 缺少控制图：请先上传图片。",
     "controlnet_guidance_order": "ControlNet 的开始介入（{start}）必须早于结束介入（{end}）。",
     "controlnet_sdxl": "ControlNet {name} 是 SDXL 模型，不能用于当前的基础模型。请换用为 SD 1.x 系列（如 PAI 中文模型）训练的 ControlNet。",
-    "controlnet_mismatch": "ControlNet {name} 与当前基础模型不匹配（{what}：基础模型为 {expected}，该 ControlNet 为 {got}）。请换用为同一系列基础模型训练的 ControlNet。",
+    "controlnet_mismatch": "ControlNet {name} 和当前基础模型不匹配：它是为另一类基础模型（例如 SD 2.x）训练的。请换用为 SD 1.x 系列（如 PAI 中文模型）训练的 ControlNet。",
     "not_a_controlnet": "{name} 不是 ControlNet 模型。",
     "controlnet_load_failed": "ControlNet {name} 加载失败（文件可能损坏或没下载完整）。详情见服务器日志。",
     "upscaler_unsafe_file": "放大模型 {name} 含有权重以外的 Python 对象，为安全起见拒绝加载。请改用 .safetensors 或官方发布的 .pth。",
@@ -363,7 +413,7 @@ ERRORS_EN = {
     "controlnet_no_image": "ControlNet {model} has no control image: upload one first.",
     "controlnet_guidance_order": "The ControlNet guidance start ({start}) must come before its end ({end}).",
     "controlnet_sdxl": "ControlNet {name} is an SDXL model and cannot guide the current base model. Use a ControlNet trained for SD 1.x (such as the PAI Chinese models).",
-    "controlnet_mismatch": "ControlNet {name} does not fit the current base model ({what}: base {expected}, ControlNet {got}). Use a ControlNet trained for the same family of base model.",
+    "controlnet_mismatch": "ControlNet {name} was trained for another kind of base model (SD 2.x, for example) and cannot work with this one. Use a ControlNet trained for SD 1.x models such as the PAI Chinese ones.",
     "not_a_controlnet": "{name} is not a ControlNet model.",
     "controlnet_load_failed": "Loading ControlNet {name} failed (corrupt or incomplete file?). See the server log.",
     "upscaler_unsafe_file": "Upscaler {name} holds Python objects besides weights and was refused for safety. Use a .safetensors or an officially published .pth.",
@@ -409,6 +459,11 @@ if ZH.keys() != EN.keys() or ERRORS_ZH.keys() != ERRORS_EN.keys():
     raise ImportError("ui.strings: the Chinese and English tables define different keys")
 if ZH["sampler_labels"].keys() != EN["sampler_labels"].keys():
     raise ImportError("ui.strings: sampler labels differ between languages")
+
+# Gradio's own front-end words that its zh-CN table lacks (status lines after a job). Passed to
+# launch(i18n=...); Gradio's remaining literals ("queue: 1/1 |", "processing |", the
+# Fullscreen/Close/Copy tooltips) have no hook: README lists them.
+GRADIO_ZH = {"common.complete": "完成", "common.progress": "进度", "common.error": "出错了", "common.loading": "加载中"}
 
 LANGUAGES = {"zh": (ZH, ERRORS_ZH), "en": (EN, ERRORS_EN)}
 

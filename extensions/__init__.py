@@ -14,6 +14,9 @@ An extension is a Python module (``name.py``) or package (``name/__init__.py``) 
   ``info`` holds ``parameters`` (the A1111 text in the PNG), ``seed`` and ``suffix``.
 - ``api.lang`` ("zh" or "en"), ``api.path`` (the extension's own file or folder), and
   ``api.error_message(exc)``: the user's sentence for an error the studio raised.
+- ``api.creation_field(name)``: inside ``build``, the 创作 panel's component for a request field
+  (``prompt``, ``negative_prompt``, ``num_inference_steps``, ``guidance_scale``, ``width``,
+  ``height``, ``seed``, ``sampler``, ...), or None: a tab can start from the current settings.
 - ``api.caller(request)``: who a Gradio event is for (pass it as ``client=`` to the studio: the
   job's stop switch, its user's outputs folder, its turn at the GPU), and
   ``api.may_change_shared(request)``: whether that user may change what all users share (with
@@ -75,7 +78,22 @@ def apply_styles(prompt: str, negative_prompt: str, styles: Iterable[Style]) -> 
     for style in styles:
         prompt = _merge(style.prompt, prompt)
         negative_prompt = _merge(style.negative_prompt, negative_prompt)
-    return (f"{prompt} {tags}".strip() if tags else prompt), negative_prompt
+    return (f"{prompt} {tags}".strip() if tags else prompt), _without_repeats(negative_prompt)
+
+
+_TERMS = re.compile(r"\s*[,，]\s*")
+
+
+def _without_repeats(text: str) -> str:
+    """Two styles both saying 低质量，模糊 in the negative prompt: each term once, first place kept,
+    joined with the comma the text used first."""
+    terms = [t for t in _TERMS.split(text) if t]
+    if len(terms) == len(set(terms)):
+        return text
+    comma = next((m.group(0).strip() for m in _TERMS.finditer(text)), ",")
+    seen: set[str] = set()
+    kept = [t for t in terms if not (t in seen or seen.add(t))]
+    return (comma if comma == "，" else ", ").join(kept)
 
 
 @dataclass
@@ -125,9 +143,10 @@ class ExtensionAPI:
     concurrency_id = GPU_CONCURRENCY_ID
 
     def __init__(self, extension: LoadedExtension, lang: str | None,
-                 may_change_shared: Callable[[str], bool] | None = None) -> None:
+                 may_change_shared: Callable[[str], bool] | None = None, shared_ui: dict | None = None) -> None:
         self._ext = extension
         self._may_change_shared = may_change_shared
+        self._ui = shared_ui if shared_ui is not None else {}  # filled by the UI before tabs are built
         self.name = extension.name
         self.path = extension.path  # the extension's file or package folder (for its data files)
         self.lang = (lang or "zh").lower()[:2]  # "zh" or "en": pick the extension's own strings
@@ -151,6 +170,9 @@ class ExtensionAPI:
         if not callable(fn):
             raise TypeError("add_postprocessor needs a callable fn(path, info)")
         self._ext.postprocessors.append(fn)
+
+    def creation_field(self, name: str):
+        return self._ui.get("creation", {}).get(name)
 
     @staticmethod
     def caller(request):
@@ -177,8 +199,13 @@ class ExtensionAPI:
 class Extensions:
     """The loaded extensions (iterable) and the merged view of what the working ones added."""
 
-    def __init__(self, loaded: list[LoadedExtension]) -> None:
+    def __init__(self, loaded: list[LoadedExtension], shared_ui: dict | None = None) -> None:
         self.loaded = loaded
+        self.shared_ui = shared_ui if shared_ui is not None else {}  # what the UI lends the tabs
+
+    def lend_creation_fields(self, fields: dict) -> None:
+        """The 创作 panel's components by request field name, for ``api.creation_field``."""
+        self.shared_ui["creation"] = dict(fields)
 
     def __iter__(self) -> Iterator[LoadedExtension]:
         return iter(self.loaded)
@@ -264,6 +291,7 @@ def load_extensions(dirs: Iterable[str | Path] = (), lang: str | None = None, bu
     folders = [BUILTIN_DIR] if builtin else []
     folders += [Path(d).expanduser().resolve() for d in dirs]
     loaded: list[LoadedExtension] = []
+    shared_ui: dict = {}
     seen: set[Path] = set()
     for folder in folders:
         if folder in seen:
@@ -297,7 +325,7 @@ def load_extensions(dirs: Iterable[str | Path] = (), lang: str | None = None, bu
                 continue
             # 2. setup(api): whatever it registers counts only if it returns normally.
             try:
-                setup(ExtensionAPI(ext, lang, may_change_shared))
+                setup(ExtensionAPI(ext, lang, may_change_shared, shared_ui))
             except BaseException as exc:  # noqa: BLE001
                 if isinstance(exc, KeyboardInterrupt):
                     raise
@@ -305,4 +333,4 @@ def load_extensions(dirs: Iterable[str | Path] = (), lang: str | None = None, bu
                 continue
             log.info("extension %s loaded (%d tabs, %d styles, %d post-processing steps)",
                      name, len(ext.tabs), len(ext.styles), len(ext.postprocessors))
-    return Extensions(loaded)
+    return Extensions(loaded, shared_ui)

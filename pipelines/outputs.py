@@ -17,13 +17,14 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from .errors import DanqingError
 from .formats.pnginfo import aigc_label, png_metadata
 
 _NUMBERED = re.compile(r"^(\d{5})-")
 _PLAIN_NAME = re.compile(r"^\w[\w.-]{0,63}$")
+_PLAIN_STEM = re.compile(r"[^\w.-]+")
 USERS_DIR = "users"
 
 
@@ -116,19 +117,28 @@ class OutputWriter:
         self._next[folder] = number + 1
         return number
 
-    def save(self, image: Image.Image, parameters: str, seed: int, suffix: str = "", user: str = "") -> Path:
-        """Write one PNG into the user's folder; never overwrites an existing file."""
+    def save(self, image: Image.Image, parameters: str, seed: int, suffix: str = "", user: str = "",
+             generated: bool = True, name: str | None = None) -> Path:
+        """Write one PNG into the user's folder; never overwrites an existing file. ``generated``:
+        the AIGC label (implicit, and the visible mark when on) goes on generated images only, not
+        on a control map computed from a user's picture. ``name`` replaces the seed in the file
+        name (an upscaled photo keeps its own name)."""
+        stem = _PLAIN_STEM.sub("_", name)[:60].strip("._") if name else ""
         with self._lock:
             folder = self.day_dir(user)
             folder.mkdir(parents=True, exist_ok=True)
             while True:
-                path = folder / f"{self._number(folder):05d}-{seed}{suffix}.png"
+                path = folder / f"{self._number(folder):05d}-{stem or seed}{suffix}.png"
                 if not path.exists():
                     break
-            label = aigc_label(produce_id=f"{folder.name}/{path.stem}")
-            if self.visible_label:
+            if generated and self.visible_label:
                 image = add_visible_label(image, self.visible_label)
-            image.save(path, format="PNG", pnginfo=png_metadata(parameters, label))
+            if generated:
+                info = png_metadata(parameters, aigc_label(produce_id=f"{folder.name}/{path.stem}"))
+            else:
+                info = PngImagePlugin.PngInfo()
+                info.add_itxt("parameters", parameters)
+            image.save(path, format="PNG", pnginfo=info)
             root = self.user_root(user)
             if root in self._used:
                 self._used[root] += path.stat().st_size

@@ -20,7 +20,7 @@ from PIL import Image
 
 from .errors import DanqingError, ParamError
 from .formats.images import open_upload
-from .formats.pnginfo import format_parameters, read_parameters
+from .formats.pnginfo import format_parameters, parse_parameters, read_parameters
 from .jobs import Jobs, as_caller
 from .outputs import OutputWriter
 from .requests import Caller, Control, ControlUnit, Txt2Img, Upscale
@@ -82,7 +82,7 @@ class Studio:
             paths, info = self._save(result, {}, fields, user=caller.user)
             for u, image in zip(request.units, result.maps):
                 paths.append(self.outputs.save(image, f"control map: {u.kind}", result.request.seed, suffix=f"-{u.kind}-map",
-                                               user=caller.user))
+                                               user=caller.user, generated=False))
             info["files"] = [p.name for p in paths]
             info["controlnet"] = [
                 {"kind": u.kind, "model": u.model, "weight": u.weight, "guidance_start": u.guidance_start,
@@ -119,8 +119,10 @@ class Studio:
             base_fields["Lora hashes"] = ", ".join(f"{name}: {hashes.get(name, '')}" for name, _ in params.loras)
         hires = result.hires
         paths: list[Path] = []
+        infotext = ""
         for i, (image, seed) in enumerate(zip(result.images, result.seeds)):
             text = format_parameters(prompt, params.negative_prompt, {**base_fields, "Seed": seed})
+            infotext = infotext or text
             paths.append(self.outputs.save(image, text, seed, user=user))
             if hires is not None:
                 up_fields = {**base_fields, "Seed": seed, "Hires upscaler": hires.upscaler, "Hires upscale": hires.scale}
@@ -135,6 +137,7 @@ class Studio:
             "generation_seconds": round(result.seconds, 3),
             "notices": result.notices,
             "files": [p.name for p in paths],
+            "infotext": infotext,  # the first image's A1111 parameters text
             **extra,
         }
         if hires is not None:
@@ -170,12 +173,14 @@ class Studio:
         with self.jobs.run(caller, on_step) as (cancel, hook):
             for source in images:
                 image = open_upload(source)  # one decoded image at a time
+                own_name = Path(source).stem if isinstance(source, (str, Path)) else None
                 big = upscale.upscale(self.store, image, request, cancel=cancel, on_step=hook)
                 text = read_parameters(image) or ""
                 fields = {"Postprocess upscaler": request.upscaler, "Postprocess upscale by": request.scale,
                           "Version": f"Danqing {VERSION}"}
                 text = (text + "\n" if text else "") + ", ".join(f"{k}: {v}" for k, v in fields.items())
-                paths.append(self.outputs.save(big, text, 0, suffix=f"-x{request.scale}", user=caller.user))
+                paths.append(self.outputs.save(big, text, 0, suffix=f"-x{request.scale}", user=caller.user,
+                                               name=own_name))
         return paths, {"upscaler": request.upscaler, "scale": request.scale,
                        "seconds": round(time.perf_counter() - started, 3), "files": [p.name for p in paths]}
 
@@ -234,6 +239,32 @@ class Studio:
     def recent_outputs(self, limit: int = 60, user: str = "") -> list[Path]:
         """The user's newest saved images ("" without --auth: everything in outputs/<date>/)."""
         return self.outputs.recent(limit, user)
+
+    def recent_captioned(self, limit: int = 60, user: str = "") -> list[tuple[Path, str]]:
+        """``recent_outputs`` with each image's prompt (its caption in the gallery)."""
+        return [(path, parse_parameters(self.saved_parameters(path) or "")["prompt"][:120])
+                for path in self.recent_outputs(limit, user)]
+
+    def own_output(self, path, user: str = "") -> Path | None:
+        """``path`` resolved, when it is a saved PNG in outputs/ that ``user`` may read; else None
+        (a path a browser sends back is never trusted as it is)."""
+        try:
+            resolved = Path(path).resolve()
+            resolved.relative_to(self.outputs.root.resolve())
+        except (ValueError, OSError, TypeError):
+            return None
+        if resolved.suffix.lower() != ".png" or not resolved.is_file() or not self.may_read(resolved, user):
+            return None
+        return resolved
+
+    @staticmethod
+    def saved_parameters(path) -> str | None:
+        """The parameters text of a saved image (its text chunks only; pixels are not decoded)."""
+        try:
+            with Image.open(path) as image:
+                return read_parameters(image)
+        except OSError:
+            return None
 
     def may_read(self, path: str, user: str = "") -> bool:
         """False for a file in another user's outputs folder."""

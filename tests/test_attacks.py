@@ -534,7 +534,7 @@ def styles_save_index(app, cookie: str) -> int:
     _, body, _ = request(app, "GET", "/config", headers={"Cookie": cookie})
     config = answer(body)
     tables = {c["id"] for c in config["components"] if c.get("type") == "dataframe"
-              and c.get("props", {}).get("headers") == ["name", "prompt", "negative_prompt"]}
+              and c.get("props", {}).get("headers") == ["名称", "提示词", "反向提示词"]}
     for index, dependency in enumerate(config["dependencies"]):
         if set(dependency.get("inputs", [])) & tables and len(dependency.get("outputs", [])) == 2:
             return dependency.get("id", index)
@@ -563,12 +563,12 @@ def test_only_an_administrator_may_rewrite_everyones_styles(team_app):
     guest = login(team_app, "访客", "127.0.0.76")
     index = styles_save_index(team_app, guest)
     hostile = [["水墨", "{prompt}, <lora:danqing-demo-kohya:4>", ""]]
-    status_text, _ = queue_call(team_app, guest, index, [{"headers": ["name", "prompt", "negative_prompt"], "data": hostile}])
+    status_text, _ = queue_call(team_app, guest, index, [{"headers": ["名称", "提示词", "反向提示词"], "data": hostile}])
     assert "管理员" in status_text
     styles = read_styles(active_file(team_app.outputs.parent / "styles.csv"))
     assert all("<lora:" not in prompt for prompt, _ in styles.values())
     admin = login(team_app, "设计部", "127.0.0.76")
-    status_text, _ = queue_call(team_app, admin, index, [{"headers": ["name", "prompt", "negative_prompt"],
+    status_text, _ = queue_call(team_app, admin, index, [{"headers": ["名称", "提示词", "反向提示词"],
                                                           "data": [["水墨", "{prompt}，水墨画", ""]]}])
     assert "已保存" in status_text
     assert read_styles(team_app.outputs.parent / "styles.csv") == {"水墨": ("{prompt}，水墨画", "")}

@@ -62,7 +62,9 @@ def caller_of(request: gr.Request | None) -> Caller:
 def user_error(S, exc: BaseException) -> gr.Error:
     """A Chinese gr.Error for any failure; unexpected ones are logged with their traceback."""
     if isinstance(exc, DanqingError):
-        return gr.Error(error_text(S, exc.code, exc.fields))
+        # A user's input or a known condition: one log line, no traceback (Gradio would print one).
+        log.info("refused: %s %s", exc.code, {k: str(v)[:60] for k, v in (exc.fields or {}).items()})
+        return gr.Error(error_text(S, exc.code, exc.fields), print_exception=False)
     log.error("unexpected error in a UI event", exc_info=exc)
     return gr.Error(error_text(S, "internal"))
 

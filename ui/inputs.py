@@ -26,7 +26,7 @@ from strings import error_text, load
 
 def _refusal(component, code: str, **fields) -> gr.Error:
     strings = getattr(component, "error_strings", None) or load()
-    return gr.Error(error_text(strings, code, {"name": component.label or "value", **fields}))
+    return gr.Error(error_text(strings, code, {"name": component.label or "value", **fields}), print_exception=False)
 
 
 def _short(value: object) -> str:
@@ -94,7 +94,7 @@ class CheckedImage(gr.Image):
                 check_upload(path)  # the path is already one Gradio accepted as an upload
             except ParamError as exc:
                 strings = self.error_strings or load()
-                raise gr.Error(error_text(strings, exc.code, exc.fields)) from None
+                raise gr.Error(error_text(strings, exc.code, exc.fields), print_exception=False) from None
         return super().preprocess(payload)
 
 

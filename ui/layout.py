@@ -11,14 +11,17 @@ modes 文生图 / 线稿控制 / 深度控制, each with its own 生成 button, 
 
 from __future__ import annotations
 
+import json
+
 import gradio as gr
 
 from . import inputs, tab_control, tab_extensions, tab_tools
 from .common import GPU, UIContext, UIOptions, user_error, user_of
 from .panel import build_panel, send_parameters_targets
+from .summary import summarize
 from strings import error_text, load
 
-__all__ = ["UIOptions", "build_ui"]
+__all__ = ["UIOptions", "build_ui", "page_css"]
 
 
 def model_dropdown_choices(S, studio) -> list[tuple[str, str]]:
@@ -26,6 +29,17 @@ def model_dropdown_choices(S, studio) -> list[tuple[str, str]]:
         ((S.model_local if c["local"] else S.model_remote).format(name=c["ref"]), c["ref"])
         for c in studio.model_choices()
     ]
+
+
+def page_css(S) -> str:
+    """CSS for ``launch(css=...)``: Gradio's toasts title themselves with their type in English
+    ("Error", "Warning", "Info") whatever ``title`` says; the titles are replaced by ours."""
+    rules = []
+    for kind, text in (("error", S.toast_error), ("warning", S.toast_warning), ("info", S.toast_info),
+                       ("success", S.toast_info)):
+        rules.append(f".toast-title.{kind} {{ font-size: 0 !important; }}"
+                     f".toast-title.{kind}::before {{ content: {json.dumps(text, ensure_ascii=False)}; font-size: var(--text-md); }}")
+    return "\n".join(rules)
 
 
 def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Blocks:
@@ -37,7 +51,7 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
     with gr.Blocks(title=S.title, analytics_enabled=False, delete_cache=(600, 3600)) as demo:
         # 1. Header and banners.
         gr.Markdown(f"# {S.title}\n{S.subtitle}")
-        if options.demo:
+        if options.demo and not options.missing_model:  # the missing-model banner says it already
             gr.Markdown(S.demo_banner, elem_id="demo-banner")
         if options.missing_model:
             gr.Markdown(
@@ -68,23 +82,34 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
                                 generate = gr.Button(S.generate, variant="primary", elem_id="generate")
                             units = tab_control.build_tabs(ctx, panel)
                         stop = gr.Button(S.stop, variant="stop", elem_id="stop")
-                        gallery = gr.Gallery(label=S.gallery_label, columns=2, height=520, format="png", elem_id="gallery")
-                        info = gr.Code(label=S.info_label, language="json", lines=8, interactive=False)
+                        # One place under the buttons: the progress line while a job runs (the
+                        # preview stays in view below), the readable summary after it.
+                        summary = gr.Markdown(elem_id="result-summary", min_height=48)
+                        # Whole images (a 1024×256 banner is not cropped to a square).
+                        gallery = gr.Gallery(label=S.gallery_label, columns=2, height=480, format="png",
+                                             object_fit="contain", elem_id="gallery")
+                        with gr.Accordion(S.infotext_label, open=False):
+                            infotext = gr.Textbox(show_label=False, lines=4, interactive=False, buttons=["copy"],
+                                                  elem_id="infotext")
+                        # The JSON the API returns; people read the summary above.
+                        info = gr.Code(label=S.info_label, language="json", lines=8, interactive=False, visible=False)
             # 4. Super-resolution, PNG info, saved images, system info.
             tools = tab_tools.build_tabs(ctx)
             # 5. Extension tabs; one that fails to build is hidden and listed as failed.
-            tab_extensions.build_tabs(ctx, extensions)
+            tab_extensions.build_tabs(ctx, extensions, panel.fields())
 
         # -- events ------------------------------------------------------------------------
-        panel.wire_generation(generate, draft, gallery, info)
-        tab_control.wire(ctx, panel, units, gallery, info)
+        panel.wire_generation(generate, draft, gallery, info, summary)
+        tab_control.wire(ctx, panel, units, gallery, info, summary)
         stop.click(panel.stop_job, None, None, queue=False, api_name="stop")
         panel.wire_seed_buttons(info)
+        panel.wire_size_rounding()
+        info.change(lambda text: summarize(S, text), info, [summary, infotext], queue=False, api_visibility="private")
 
         def switch_model(ref: str, request: gr.Request = None, progress=gr.Progress(track_tqdm=True)):
             if not options.may_change_shared(user_of(request)):
                 raise gr.Error(error_text(S, "admin_only", {"admins": S.list_sep.join(options.admins),
-                                                             "what": S.admin_what_model}))
+                                                             "what": S.admin_what_model}), print_exception=False)
             progress(0, desc=S.progress_loading)
             try:
                 studio.switch_model(ref)
@@ -102,6 +127,20 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
             panel.send_parameters, tools.png_text,
             [tabs, *send_parameters_targets(panel)], queue=False, api_visibility="private",
         )
+        # 图库 → 创作 (the picked image's parameters into the form) or → 图片信息 (the file itself).
+        def send_recent(path: str | None, request: gr.Request = None):
+            return panel.send_parameters(tools.parameters_of(path, request))
+
+        tools.send_recent.click(send_recent, tools.chosen, [tabs, *send_parameters_targets(panel)], queue=False,
+                                api_visibility="private")
+
+        def inspect(path: str | None, request: gr.Request = None):
+            own = studio.own_output(path, user_of(request)) if path else None
+            if own is None:
+                return gr.update(), gr.update()
+            return gr.Tabs(selected="pnginfo"), str(own)
+
+        tools.inspect_recent.click(inspect, tools.chosen, [tabs, tools.png], queue=False, api_visibility="private")
         demo.load(studio.system_info, None, tools.system, queue=False, api_visibility="private")
         if panel.style is not None:  # styles edited in an extension's tab show up on reload
             demo.load(lambda: gr.Dropdown(choices=extensions.style_names()), None, panel.style, queue=False, api_visibility="private")

@@ -7,6 +7,7 @@ import contextvars
 import json
 import queue
 import threading
+import time
 from dataclasses import dataclass
 
 import gradio as gr
@@ -58,6 +59,7 @@ class Panel:
     hires_scale: gr.Radio
     deepcache: gr.Radio
     style: gr.Dropdown | None = None  # prompt styles from the extensions (None: no styles)
+    lora_box: gr.Accordion | None = None  # its title names the active LoRAs, even when folded
 
     def fields(self) -> dict:
         """The panel's components by request field name (pipelines/requests.Txt2Img)."""
@@ -76,12 +78,17 @@ class Panel:
         built inside, so a bad value becomes a Chinese error) and turn its result into
         (gallery files, info JSON). ``client`` is the event's Caller (ui/common.caller_of)."""
         S = self.ctx.S
+        started = time.monotonic()
+
+        def on_step(i: int, n: int) -> None:
+            """The progress line: step i/n with the time so far and the time still to come."""
+            elapsed = time.monotonic() - started
+            remaining = elapsed / i * (n - i) if i else 0
+            progress((i, n), desc=S.progress_line.format(elapsed=round(elapsed), remaining=round(remaining)),
+                     unit=S.progress_unit)
+
         try:
-            paths, meta = job(
-                client=caller or caller_of(request),
-                on_step=lambda i, n: progress((i, n), desc=S.progress_sampling),
-                **kwargs,
-            )
+            paths, meta = job(client=caller or caller_of(request), on_step=on_step, **kwargs)
         except JobCancelled:
             gr.Warning(S.stopped)
             return [], json.dumps({"cancelled": True}, ensure_ascii=False)
@@ -129,7 +136,9 @@ class Panel:
             raise outcome["error"]
         yield outcome["value"]
 
-    def wire_generation(self, generate: gr.Button, draft: gr.Checkbox, gallery, info) -> None:
+    def wire_generation(self, generate: gr.Button, draft: gr.Checkbox, gallery, info, progress_on) -> None:
+        """生成 and Enter in the prompt; the progress bar shows on ``progress_on`` (below the
+        gallery), so the live preview stays in view."""
         studio = self.ctx.studio
 
         def txt2img(values: dict, request: gr.Request = None, progress=None):
@@ -140,8 +149,16 @@ class Panel:
             doc="Text to image. Returns the saved PNG files and a JSON info string (seed, all parameters).",
             defaults=API_DEFAULTS, track_tqdm=True,
         )
-        generate.click(event, inputs, [gallery, info], api_name="txt2img", concurrency_id=GPU, concurrency_limit=1)
-        self.prompt.submit(event, inputs, [gallery, info], api_visibility="private", concurrency_id=GPU, concurrency_limit=1)
+        generate.click(event, inputs, [gallery, info], api_name="txt2img", concurrency_id=GPU, concurrency_limit=1,
+                       show_progress_on=progress_on)
+        self.prompt.submit(event, inputs, [gallery, info], api_visibility="private", concurrency_id=GPU, concurrency_limit=1,
+                           show_progress_on=progress_on)
+
+    def wire_size_rounding(self) -> None:
+        """A typed width of 1003 becomes 1000 in the box too (sizes are multiples of 8)."""
+        for slider in (self.width, self.height):
+            slider.release(lambda v: gr.update() if v is None else int(round(float(v) / 8) * 8), slider, slider,
+                           queue=False, api_visibility="private")
 
     def wire_seed_buttons(self, info) -> None:
         def last_seed(info_text: str):
@@ -219,7 +236,7 @@ def build_panel(ctx: UIContext, styles=None) -> Panel:
     batch = inputs.slider(S, 1, MAX_IMAGES, value=1, step=1, label=S.batch_label)
 
     # LoRA slots: several LoRAs, each with its own weight, applied to every mode.
-    with gr.Accordion(S.lora_title, open=False):
+    with gr.Accordion(S.lora_title, open=False) as lora_box:
         lora_names, lora_weights = [], []
         lora_list = studio.loras()
         for i in range(LORA_SLOTS):
@@ -242,7 +259,7 @@ def build_panel(ctx: UIContext, styles=None) -> Panel:
 
     panel = Panel(ctx, prompt, negative, sampler, steps, cfg, width, height, seed, batch, random_seed,
                   reuse_seed, lora_names, lora_weights, loras, lora_info, lora_previews, refresh_loras, hires, hires_scale,
-                  deepcache, style=style)
+                  deepcache, style=style, lora_box=lora_box)
     _wire_lora_slots(panel)
     return panel
 
@@ -273,10 +290,13 @@ def _wire_lora_slots(panel: Panel) -> None:
             words = ", ".join(meta.get("trigger_words") or [])
             lines.append(S.lora_line.format(name=name, weight=weight, words=words or S.none, base=meta.get("base_model") or S.unknown))
         previews = [(image, name) for name, _ in chosen if (image := studio.lora_preview(name)) is not None]
-        return chosen, "\n".join(lines), previews
+        active = S.list_sep.join(f"{name.rsplit('/', 1)[-1].rsplit('.', 1)[0]} ×{weight:g}" for name, weight in chosen)
+        title = S.lora_title_active.format(loras=active) if chosen else S.lora_title
+        return chosen, "\n".join(lines), previews, gr.Accordion(label=title)
 
     for component in slots:
-        component.change(gather, slots, [panel.loras, panel.lora_info, panel.lora_previews], queue=False, api_visibility="private")
+        component.change(gather, slots, [panel.loras, panel.lora_info, panel.lora_previews, panel.lora_box], queue=False,
+                         api_visibility="private")
 
     def refresh():
         names = _lora_names(studio.loras())

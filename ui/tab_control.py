@@ -130,7 +130,7 @@ def units_of(kind: str, values: dict) -> list[dict]:
     return units
 
 
-def wire(ctx: UIContext, panel: Panel, units: dict[str, Unit], gallery, info) -> None:
+def wire(ctx: UIContext, panel: Panel, units: dict[str, Unit], gallery, info, progress_on) -> None:
     S, studio = ctx.S, ctx.studio
     canny, depth = units["canny"], units["depth"]
 
@@ -184,4 +184,5 @@ def wire(ctx: UIContext, panel: Panel, units: dict[str, Unit], gallery, info) ->
 
         generate.__name__ = f"{kind}_generate"
         event, inputs = endpoint(ENDPOINTS[kind], components(own, other), generate, doc=DOCS[kind], defaults=DEFAULTS)
-        own.generate.click(event, inputs, [gallery, info], api_name=kind, concurrency_id=GPU, concurrency_limit=1)
+        own.generate.click(event, inputs, [gallery, info], api_name=kind, concurrency_id=GPU, concurrency_limit=1,
+                           show_progress_on=progress_on)

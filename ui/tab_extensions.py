@@ -12,9 +12,11 @@ import gradio as gr
 from .common import UIContext
 
 
-def build_tabs(ctx: UIContext, extensions) -> None:
+def build_tabs(ctx: UIContext, extensions, creation_fields: dict | None = None) -> None:
+    """``creation_fields``: the 创作 panel's components by field name, lent to the tabs."""
     if extensions is None:
         return
+    extensions.lend_creation_fields(creation_fields or {})
     built: dict[str, list[gr.Tab]] = {}
     for index, (ext, title, build) in enumerate(extensions.tabs()):
         if ext.status != "ok":  # an earlier tab of the same extension failed

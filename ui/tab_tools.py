@@ -11,6 +11,7 @@ from pipelines.errors import JobCancelled
 from pipelines.requests import Upscale
 
 from . import inputs
+from .system_view import system_markdown
 from .common import GPU, UIContext, caller_of, choices, user_error, user_of
 
 
@@ -19,6 +20,12 @@ class Tools:
     png_text: gr.Textbox
     send: gr.Button
     system: gr.JSON
+    recent: gr.Gallery
+    chosen: gr.State  # the path of the image picked in 图库
+    send_recent: gr.Button
+    inspect_recent: gr.Button
+    png: gr.Image
+    parameters_of: object  # (path, request) -> parameters text
 
 
 def build_tabs(ctx: UIContext) -> Tools:
@@ -37,7 +44,7 @@ def build_tabs(ctx: UIContext) -> Tools:
                 if not names:
                     gr.Markdown(S.upscale_none)
             with gr.Column():
-                results = gr.Gallery(label=S.gallery_label, columns=2, height=520, format="png")
+                results = gr.Gallery(label=S.gallery_label, columns=2, height=520, format="png", object_fit="contain")
                 info = gr.Code(label=S.info_label, language="json", lines=6, interactive=False)
 
     def upscale(image: str, upscaler: str, scale: int = 4, request: gr.Request = None, progress=gr.Progress()):
@@ -73,22 +80,45 @@ def build_tabs(ctx: UIContext) -> Tools:
 
     png.change(read_png, png, png_text, api_name="png_info")
 
-    # 3. Saved images.
-    with gr.Tab(S.tab_gallery, id="gallery"):
-        recent = gr.Gallery(label=S.gallery_recent, columns=4, height=640, format="png")
-        refresh_recent = gr.Button(S.refresh)
-    def my_outputs(request: gr.Request = None) -> list[str]:
-        """The newest images of this user (with --auth each user sees only their own)."""
-        return [str(p) for p in studio.recent_outputs(user=user_of(request))]
+    # 3. Saved images: filled when the tab opens (and on 刷新), captioned with their prompts; the
+    #    selected one can be sent to 创作 (its parameters) or to 图片信息.
+    with gr.Tab(S.tab_gallery, id="gallery") as gallery_tab:
+        recent = gr.Gallery(label=S.gallery_recent, columns=4, height=640, format="png", object_fit="contain", preview=False,
+                            elem_id="recent")
+        chosen = gr.State(None)
+        with gr.Row():
+            send_recent = gr.Button(S.send_to_txt2img, elem_id="recent-send")
+            inspect_recent = gr.Button(S.send_to_pnginfo, elem_id="recent-inspect")
+            refresh_recent = gr.Button(S.refresh)
 
-    refresh_recent.click(my_outputs, None, recent, queue=False, api_visibility="private")
+    def my_outputs(request: gr.Request = None) -> list[tuple[str, str]]:
+        """The newest images of this user (with --auth each user sees only their own)."""
+        return [(str(path), caption) for path, caption in studio.recent_captioned(user=user_of(request))]
+
+    def choose(event: gr.SelectData) -> str | None:
+        value = event.value if isinstance(event.value, dict) else {}
+        image = value.get("image") if isinstance(value.get("image"), dict) else value
+        return image.get("path") if isinstance(image, dict) else None
+
+    for trigger in (gallery_tab.select, refresh_recent.click):
+        trigger(my_outputs, None, recent, queue=False, api_visibility="private")
+    recent.select(choose, None, chosen, queue=False, api_visibility="private")
 
     # 4. System info.
     with gr.Tab(S.tab_system, id="system"):
-        system = gr.JSON(label=S.tab_system)
+        system_view = gr.Markdown(elem_id="system-view")
+        with gr.Accordion(S.system_json, open=False):
+            system = gr.JSON(label=S.tab_system)
         refresh_system = gr.Button(S.system_refresh)
+    system.change(lambda info: system_markdown(S, info), system, system_view, queue=False, api_visibility="private")
     refresh_system.click(studio.system_info, None, system, queue=False, api_name="system_info")
-    return Tools(png_text=png_text, send=send, system=system)
+    def parameters_of(path: str | None, request: gr.Request = None) -> str:
+        """The parameters text of a chosen saved image (the user's own only)."""
+        own = studio.own_output(path, user_of(request)) if path else None
+        return (studio.saved_parameters(own) or "") if own else ""
+
+    return Tools(png_text=png_text, send=send, system=system, recent=recent, chosen=chosen, send_recent=send_recent,
+                 inspect_recent=inspect_recent, png=png, parameters_of=parameters_of)
 
 
 def _path_of(upload) -> str:

@@ -38,6 +38,7 @@ TEXT = {
         "save_failed": "保存失败：无法写入 `{path}`（{error}）。",
         "admin_only": "风格预设由大家共用，只有管理员可以修改。未保存。",
         "admin_note": "风格预设由大家共用：只有管理员可以保存修改。",
+        "headers": ["名称", "提示词", "反向提示词"],
     },
     "en": {
         "tab": "Styles",
@@ -55,6 +56,7 @@ TEXT = {
         "save_failed": "Could not write `{path}` ({error}).",
         "admin_only": "Styles are shared by everyone; only an administrator may change them. Not saved.",
         "admin_note": "Styles are shared by everyone: only an administrator may save changes.",
+        "headers": ["name", "prompt", "negative prompt"],
     },
 }
 
@@ -121,7 +123,7 @@ def setup(api) -> None:
         if not api.may_change_shared(None):  # several logins: say so before anyone edits
             gr.Markdown(T["admin_note"])
         where = gr.Markdown(T["using"].format(path=active_file(user)))
-        table = gr.Dataframe(value=current_rows(), headers=COLUMNS, col_count=(3, "fixed"), datatype=["str"] * 3,
+        table = gr.Dataframe(value=current_rows(), headers=T["headers"], column_count=3, column_limits=(3, 3), datatype=["str"] * 3,
                              type="array", interactive=True, wrap=True, label=T["table"])
         with gr.Row():
             save = gr.Button(T["save"], variant="primary")

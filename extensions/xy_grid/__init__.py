@@ -3,7 +3,10 @@ grid image, the way designers pick settings. Written against the extension inter
 tab whose events call the Studio's txt2img on the shared GPU queue. The logic is in grid.py.
 """
 
+import contextvars
 import logging
+import queue
+import threading
 
 from .grid import AXES, GridError, run_grid
 
@@ -20,7 +23,8 @@ TEXT = {
         "width": "宽度", "height": "高度", "seed": "随机种子（-1 为随机，所有格子用同一个）",
         "lora": "LoRA（「LoRA 权重」轴用它）", "lora_weight": "LoRA 权重", "none": "无",
         "x_axis": "横轴（X）", "x_values": "横轴取值", "y_axis": "纵轴（Y）", "y_values": "纵轴取值",
-        "run": "生成对比图", "result": "对比图", "info": "信息", "progress": "生成格子",
+        "run": "生成对比图", "result": "对比图", "info": "信息", "progress": "第 {k}/{n} 格", "unit": "步",
+        "stop": "停止", "load": "载入「创作」页的当前设置", "stopped": "已停止：对比图没有完成，已生成的格子图片已保存。",
         "axes": {"seed": "种子", "cfg": "CFG", "steps": "采样步数", "sampler": "采样器", "lora_weight": "LoRA 权重"},
         "errors": {
             "unknown_axis": "不认识的参数：{axis}。",
@@ -40,7 +44,9 @@ TEXT = {
         "width": "Width", "height": "Height", "seed": "Seed (-1 = random, the same for every cell)",
         "lora": "LoRA (for the LoRA weight axis)", "lora_weight": "LoRA weight", "none": "None",
         "x_axis": "X axis", "x_values": "X values", "y_axis": "Y axis", "y_values": "Y values",
-        "run": "Make grid", "result": "Grid", "info": "Info", "progress": "Cells",
+        "run": "Make grid", "result": "Grid", "info": "Info", "progress": "cell {k}/{n}", "unit": "steps",
+        "stop": "Stop", "load": "Load the Create tab's current settings",
+        "stopped": "Stopped: the grid was not finished; the cells made so far are saved.",
         "axes": {"seed": "Seed", "cfg": "CFG", "steps": "Steps", "sampler": "Sampler", "lora_weight": "LoRA weight"},
         "errors": {
             "unknown_axis": "Unknown parameter: {axis}.",
@@ -55,6 +61,9 @@ TEXT = {
 }
 
 __all__ = ["AXES", "GridError", "run_grid", "setup"]
+# The 创作 fields the grid starts from, in the order of its own inputs.
+CREATION_FIELDS = ("prompt", "negative_prompt", "sampler", "seed", "num_inference_steps", "guidance_scale",
+                   "width", "height")
 
 
 def setup(api) -> None:
@@ -65,20 +74,29 @@ def setup(api) -> None:
         from pipelines.requests import DEFAULT_SAMPLER, SAMPLER_NAMES  # the public list of sampler names
 
         axis_choices = [(T["axes"][key], key) for key in AXES]
+        # The 创作 panel's components (when the UI lends them): the grid starts from its settings.
+        creation = {name: api.creation_field(name) for name in CREATION_FIELDS}
+
+        def start(name: str, fallback):
+            component = creation.get(name)
+            value = getattr(component, "value", None)
+            return fallback if value in (None, "") else value
+
         gr.Markdown(T["intro"])
         with gr.Row():
             with gr.Column():
-                prompt = gr.Textbox(label=T["prompt"], lines=2)
-                negative = gr.Textbox(label=T["negative"])
+                load = gr.Button(T["load"], size="sm")
+                prompt = gr.Textbox(start("prompt", ""), label=T["prompt"], lines=2)
+                negative = gr.Textbox(start("negative_prompt", ""), label=T["negative"])
                 with gr.Row():
-                    sampler = gr.Dropdown(list(SAMPLER_NAMES), value=DEFAULT_SAMPLER, label=T["sampler"])
-                    seed = gr.Number(-1, precision=0, label=T["seed"])
+                    sampler = gr.Dropdown(list(SAMPLER_NAMES), value=start("sampler", DEFAULT_SAMPLER), label=T["sampler"])
+                    seed = gr.Number(start("seed", -1), precision=0, label=T["seed"])
                 with gr.Row():
-                    steps = gr.Slider(1, 150, value=20, step=1, label=T["steps"])
-                    cfg = gr.Slider(0, 30, value=7, step=0.5, label=T["cfg"])
+                    steps = gr.Slider(1, 150, value=start("num_inference_steps", 20), step=1, label=T["steps"])
+                    cfg = gr.Slider(0, 30, value=start("guidance_scale", 7), step=0.5, label=T["cfg"])
                 with gr.Row():
-                    width = gr.Slider(64, 1024, value=512, step=8, label=T["width"])
-                    height = gr.Slider(64, 1024, value=512, step=8, label=T["height"])
+                    width = gr.Slider(64, 1024, value=start("width", 512), step=8, label=T["width"])
+                    height = gr.Slider(64, 1024, value=start("height", 512), step=8, label=T["height"])
                 with gr.Row():
                     names = [row["name"] for row in studio.loras()]
                     lora = gr.Dropdown([(T["none"], ""), *[(n, n) for n in names]], value="", label=T["lora"])
@@ -89,33 +107,73 @@ def setup(api) -> None:
                 with gr.Row():
                     y_axis = gr.Dropdown(axis_choices, value="seed", label=T["y_axis"])
                     y_values = gr.Textbox("1, 2", label=T["y_values"])
-                run = gr.Button(T["run"], variant="primary")
+                with gr.Row():
+                    run = gr.Button(T["run"], variant="primary", elem_id="xy-run")
+                    stop = gr.Button(T["stop"], variant="stop", elem_id="xy-stop")
             with gr.Column():
-                result = gr.Image(label=T["result"], type="filepath", format="png", interactive=False)
+                result = gr.Image(label=T["result"], type="filepath", format="png", interactive=False, elem_id="xy-result")
                 info = gr.JSON(label=T["info"])
 
         def make_grid(prompt, negative, sampler, seed, steps, cfg, width, height, lora, lora_weight,
                       x_axis, x_values, y_axis, y_values, request: gr.Request = None, progress=gr.Progress()):
+            """The grid, cell by cell: each finished cell is shown while the next one runs."""
             base = dict(prompt=prompt, negative_prompt=negative, sampler=sampler, seed=seed,
                         num_inference_steps=steps, guidance_scale=cfg, width=width, height=height,
                         lora=lora or "", lora_weight=lora_weight)
-            # The browser session keys the stop switch, so the 创作 tab's 停止 button stops the grid
-            # too; the user's own outputs folder and turn at the GPU come with it.
+            # The browser session keys the stop switch (this tab's 停止 and 创作's), the user's own
+            # outputs folder and turn at the GPU come with it.
             client = api.caller(request)
+            cells: queue.SimpleQueue = queue.SimpleQueue()
+            done, outcome = object(), {}
+
+            def work() -> None:
+                try:
+                    outcome["value"] = run_grid(
+                        studio, base, x_axis, x_values, y_axis, y_values, client=client,
+                        on_step=lambda k, n, i, steps: progress(((k - 1) * steps + i, n * steps),
+                                                                desc=T["progress"].format(k=k, n=n), unit=T["unit"]),
+                        on_image=lambda path, k, n: cells.put((path, k, n)))
+                except BaseException as exc:  # noqa: BLE001 (answered in the event's thread)
+                    outcome["error"] = exc
+                finally:
+                    cells.put(done)
+
+            threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True, name="xy-grid").start()
             try:
-                path, meta = run_grid(studio, base, x_axis, x_values, y_axis, y_values, client=client,
-                                      on_cell=lambda i, n: progress((i, n), desc=T["progress"]))
-            except GridError as exc:
-                fields = {**exc.fields}
+                while (item := cells.get()) is not done:
+                    path, k, n = item  # k/n shows in the progress line (on_cell); the cell here
+                    yield str(path), gr.update()
+            finally:
+                if not outcome:  # Gradio closed the event early (the page went away)
+                    studio.stop(client.client)
+            error = outcome.get("error")
+            if error is not None and getattr(error, "code", None) == "cancelled":
+                gr.Warning(T["stopped"])
+                return
+            if isinstance(error, GridError):
+                fields = {**error.fields}
                 if "axis" in fields:
                     fields["axis"] = T["axes"].get(fields["axis"], fields["axis"])
-                raise gr.Error(T["errors"][exc.code].format(**fields)) from None
-            except Exception as exc:
-                raise gr.Error(api.error_message(exc)) from None
-            return str(path), meta
+                raise gr.Error(T["errors"][error.code].format(**fields), print_exception=False)
+            if error is not None:
+                raise gr.Error(api.error_message(error), print_exception=False)
+            path, meta = outcome["value"]
+            yield str(path), meta
 
-        run.click(make_grid, [prompt, negative, sampler, seed, steps, cfg, width, height, lora, lora_weight,
-                              x_axis, x_values, y_axis, y_values], [result, info],
-                  concurrency_id=api.concurrency_id, concurrency_limit=1, api_name="xy_grid")
+        inputs = [prompt, negative, sampler, seed, steps, cfg, width, height, lora, lora_weight,
+                  x_axis, x_values, y_axis, y_values]
+        run.click(make_grid, inputs, [result, info], concurrency_id=api.concurrency_id, concurrency_limit=1,
+                  api_name="xy_grid", show_progress_on=info)
+        def stop_grid(request: gr.Request = None) -> None:
+            studio.stop(api.caller(request).client)
+
+        stop.click(stop_grid, None, None, queue=False, api_visibility="private")
+        own = dict(zip(CREATION_FIELDS, [prompt, negative, sampler, seed, steps, cfg, width, height]))
+        lent = [name for name in CREATION_FIELDS if creation.get(name) is not None]
+        if lent:
+            load.click(lambda *values: values, [creation[name] for name in lent], [own[name] for name in lent],
+                       queue=False, api_visibility="private")
+        else:
+            load.visible = False
 
     api.add_tab(T["tab"], build)

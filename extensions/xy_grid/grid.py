@@ -168,13 +168,15 @@ def axis_labels(axis_key: str, values: list, cjk: bool) -> list[str]:
 
 # 3. The grid -------------------------------------------------------------------------------------
 def run_grid(studio, base: dict, x_axis: str, x_text: str, y_axis: str, y_text: str, client="xy-grid",
-             on_cell=None, font_path: str | None | bool = True) -> tuple[Path, dict]:
+             on_cell=None, font_path: str | None | bool = True, on_image=None, on_step=None) -> tuple[Path, dict]:
     """Generate every cell through ``studio.txt2img``, stitch, save. Returns (path, info).
 
     ``base``: prompt, negative_prompt, num_inference_steps, guidance_scale, width, height,
     seed, sampler, and optionally lora (a file in models/lora) with lora_weight.
     ``font_path``: True finds a CJK font, None forces the English labels. ``client``: who asks
-    (api.caller(request), or a plain client id).
+    (api.caller(request), or a plain client id). ``on_cell(k, n)`` after each cell,
+    ``on_image(path, k, n)`` with the cell's saved image (the live view), ``on_step(k, n, step,
+    steps)`` within cell k.
     """
     # 1. Axes and values; one seed for every cell unless the seed is an axis.
     if x_axis == y_axis:
@@ -193,13 +195,17 @@ def run_grid(studio, base: dict, x_axis: str, x_text: str, y_axis: str, y_text: 
         images = []
         for col, x_value in enumerate(x_values):
             request = cell_request(cell_request(base, y_axis, y_value), x_axis, x_value)
-            paths, info = studio.txt2img(Txt2Img.from_fields(_studio_args(request)), client=client)
+            cell = row * len(x_values) + col + 1
+            step_hook = (lambda i, n, cell=cell: on_step(cell, total, i, n)) if on_step is not None else None
+            paths, info = studio.txt2img(Txt2Img.from_fields(_studio_args(request)), client=client, on_step=step_hook)
             with Image.open(paths[0]) as image:
                 images.append(image.copy())
                 first_text = first_text or image.info.get("parameters", "")
             files.append(info["files"][0])
             if on_cell is not None:
                 on_cell(row * len(x_values) + col + 1, total)
+            if on_image is not None:
+                on_image(paths[0], row * len(x_values) + col + 1, total)
         cells.append(images)
     # 3. Labels (Chinese with a CJK font), the grid image, saved with its parameters.
     font = find_cjk_font() if font_path is True else font_path

@@ -23,7 +23,8 @@ from .cache import ResidentCache, module_bytes
 from .devices import DevicePlan, attention_backend, dtype_name, free_memory, plan_device
 from .folders import ModelFolders
 from .settings import KNOWN_HUB_MODELS, EngineSettings
-from .speed import apply_speed_options, quiet_false_fp32_warning
+from .quiet import quiet_known_noise
+from .speed import apply_speed_options
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class ModelStore:
     def __init__(self, settings: EngineSettings, folders: ModelFolders | None = None) -> None:
         self.settings = settings
         self.folders = folders or ModelFolders(Path(settings.models_dir))
-        quiet_false_fp32_warning()
+        quiet_known_noise()
         self.plan: DevicePlan = plan_device(settings.device, settings.dtype)
         # Re-entrant: a job holds it while it runs, and loads inside the job take it again.
         self.lock = threading.RLock()
@@ -169,6 +170,7 @@ class ModelStore:
         """A task pipeline sharing the base modules (``from_pipe``: no weights are copied)."""
         base = self.base()
         if cls is None or (cls is type(base) and not components):
+            base.set_progress_bar_config(disable=True)  # progress goes through the job's step hook
             return base
         # from_pipe casts every module to its `dtype` argument, float32 when none is given: name
         # the store's dtype so the shared fp16 weights stay fp16, and keep a VAE that was

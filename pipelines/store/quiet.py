@@ -1,0 +1,45 @@
+"""Library messages known to be false or harmless here, dropped at their source loggers,
+narrowly (one logger and one message shape each; anything else those loggers say still shows).
+
+- diffusers ``ModelMixin.to(dtype)``: "modules that should be kept in float32: []" on every cast,
+  with an empty list; ``from_pipe`` casts on every job.
+- diffusers, loading a folder of ``.bin`` weights (the PAI models, the demo bundle): an *error*
+  "An error occurred while trying to fetch …: no file named diffusion_pytorch_model.safetensors"
+  and "Defaulting to unsafe serialization", while it then loads the ``.bin`` as intended.
+- transformers, without torchvision: "`CLIPImageProcessor` requires torchvision (not installed);
+  falling back …" (the PIL processor is the one Danqing uses).
+- transformers' tokenizer: "Token indices sequence length is longer than the specified maximum",
+  false here: long prompts are encoded in chunks (tasks/prompts.py).
+"""
+
+from __future__ import annotations
+
+import logging
+
+KNOWN_NOISE = {
+    "diffusers.models.modeling_utils": (
+        ("should be kept in float32: []",),
+        ("An error occurred while trying to fetch", "no file named diffusion_pytorch_model.safetensors"),
+        ("Defaulting to unsafe serialization",),
+    ),
+    "transformers.utils.import_utils": (("requires torchvision (not installed)", "falling back"),),
+    "transformers.tokenization_utils_base": (("Token indices sequence length is longer than the specified maximum",),),
+}
+
+
+class _KnownNoise(logging.Filter):
+    def __init__(self, shapes: tuple[tuple[str, ...], ...]) -> None:
+        super().__init__()
+        self.shapes = shapes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(all(part in message for part in shape) for shape in self.shapes)
+
+
+def quiet_known_noise() -> None:
+    """Install the filters once (idempotent)."""
+    for name, shapes in KNOWN_NOISE.items():
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _KnownNoise) for f in target.filters):
+            target.addFilter(_KnownNoise(shapes))

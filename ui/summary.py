@@ -1,0 +1,50 @@
+"""What a designer reads after a job: a short Chinese summary of the info JSON the events return
+(seed first, copyable; size, sampler, steps, CFG, time; model, LoRAs, post-steps; every notice as
+a sentence) and the A1111 infotext, ready to copy. The API keeps returning the JSON itself."""
+
+from __future__ import annotations
+
+import json
+
+
+def _seconds(value) -> str:
+    return f"{float(value):.1f}" if isinstance(value, (int, float)) else "?"
+
+
+def summarize(S, info_text: str | None) -> tuple[str, str]:
+    """(Markdown summary, A1111 infotext) of an event's info JSON; ("", "") when there is none."""
+    try:
+        info = json.loads(info_text or "")
+    except ValueError:
+        return "", ""
+    if not isinstance(info, dict) or not info:
+        return "", ""
+    if info.get("cancelled"):
+        return S.summary_cancelled, ""
+    if "upscaler" in info and "steps" not in info and "num_inference_steps" not in info:
+        return S.summary_upscaled.format(upscaler=info["upscaler"], scale=info.get("scale", "?"),
+                                         seconds=_seconds(info.get("seconds"))), info.get("infotext", "")
+    seeds = info.get("all_seeds") or [info.get("seed")]
+    lines = [S.summary_title.format(
+        seed=seeds[0], width=info.get("width", "?"), height=info.get("height", "?"),
+        sampler=info.get("sampler", "?"),
+        steps=info.get("num_inference_steps", "?"), cfg=f"{info.get('guidance_scale', '?'):g}"
+        if isinstance(info.get("guidance_scale"), (int, float)) else "?", seconds=_seconds(info.get("seconds")))]
+    if len(seeds) > 1:
+        lines.append(S.summary_seeds.format(seeds=S.list_sep.join(f"`{s}`" for s in seeds)))
+    if info.get("model"):
+        lines.append(S.summary_model.format(model=info["model"]))
+    if info.get("loras"):
+        lines.append(S.summary_loras.format(loras=S.list_sep.join(f"{name} ×{weight:g}" for name, weight in info["loras"])))
+    if info.get("controlnet"):
+        units = S.list_sep.join(f"{u.get('model')} ×{u.get('weight', 1):g}" for u in info["controlnet"])
+        lines.append(S.summary_controlnets.format(units=units))
+    if info.get("upscaler"):
+        lines.append(S.summary_hires.format(upscaler=info["upscaler"], scale=info.get("upscale", "?"),
+                                            seconds=_seconds(info.get("upscale_seconds"))))
+    if info.get("draft"):
+        lines.append(S.summary_draft)
+    notices = info.get("notices") or {}
+    if notices.get("prompt_chunks"):
+        lines.append(S.summary_prompt_chunks.format(chunks=notices["prompt_chunks"]))
+    return "\n\n".join(lines), info.get("infotext", "")

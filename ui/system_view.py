@@ -1,0 +1,37 @@
+"""系统信息 as people read it: what runs where (model, device, precision, attention), the speed
+switches, every resident model with its size in MB/GB, the extensions. The JSON stays behind a
+fold (and is what the ``system_info`` API returns)."""
+
+from __future__ import annotations
+
+
+def size_text(n: int) -> str:
+    return f"{n / 2**30:.2f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
+
+
+def system_markdown(S, info: dict) -> str:
+    if not isinstance(info, dict) or not info:
+        return ""
+    yes, no = S.system_on, S.system_off
+    speed = info.get("speed_options") or {}
+    rows = [
+        (S.system_model, f"{info.get('model', '?')}" + (f" · {S.system_demo}" if info.get("demo") else "")),
+        (S.system_device, f"{info.get('device', '?')} · {info.get('dtype', '?')} · {S.system_threads.format(n=info.get('threads', '?'))}"),
+        (S.system_attention, str(info.get("attention", "?"))),
+        (S.system_speed, S.list_sep.join(f"{S.speed_names.get(name, name)} {yes if value else no}"
+                                         for name, value in speed.items() if name != "attention") or "-"),
+        (S.system_version, f"Danqing {info.get('version', '?')} · torch {info.get('torch', '?')}"),
+    ]
+    lines = [f"| {S.system_item} | {S.system_value} |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
+    resident = info.get("resident") or []
+    if resident:
+        total = sum(r.get("bytes", 0) for r in resident)
+        lines += ["", f"**{S.system_resident.format(size=size_text(total))}**", "",
+                  f"| {S.system_name} | {S.system_kind} | {S.system_size} |", "|---|---|---|"]
+        lines += [f"| {r.get('name')} | {r.get('kind')} | {size_text(r.get('bytes', 0))} |" for r in resident]
+    extensions = info.get("extensions") or []
+    if extensions:
+        lines += ["", f"**{S.system_extensions}**", ""]
+        lines += [f"- {e.get('title') or e.get('name')}: {S.system_ext_ok if e.get('status') == 'ok' else S.system_ext_failed}"
+                  for e in extensions]
+    return "\n".join(lines)
