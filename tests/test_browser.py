@@ -2,7 +2,9 @@
 its executable_path — playwright's own browser download cannot work offline). Skips with the
 reason when no browser or no playwright is installed; .ci/run installs both."""
 
+import re
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -30,7 +32,7 @@ def page(browser_app):
             executable_path=CHROMIUM,
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
         )
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="zh-CN")
         page.goto(browser_app.url, wait_until="networkidle")
         yield page
         browser.close()
@@ -65,3 +67,77 @@ def test_a_144_megapixel_upload_shows_the_error(page, tmp_path):
     page.get_by_role("tab", name="图片信息").click()
     page.locator("#png-upload input[type=file]").set_input_files(str(path))
     page.get_by_text("图片太大").first.wait_for(timeout=30_000)
+
+
+# A designer's walk (issue 14): every screen read for English words a Chinese user would meet.
+VISIBLE_TEXT = """() => {
+  const parts = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  while (walker.nextNode()) {
+    const node = walker.currentNode, el = node.parentElement;
+    if (!el || !node.textContent.trim() || el.closest('code, pre, script, style')) continue;
+    const style = getComputedStyle(el);
+    if (style.visibility === 'hidden' || style.display === 'none' || parseFloat(style.fontSize) === 0) continue;
+    if (!el.getClientRects().length) continue;
+    parts.push(node.textContent);
+  }
+  return parts.join(' ');
+}"""
+# Names a Chinese designer reads as names: the product, models, samplers, file formats, units.
+ALLOWED_WORDS = {
+    "Danqing", "API", "CFG", "LoRA", "ESRGAN", "DeepCache", "Civitai", "A1111", "ControlNet", "Canny",
+    "DPM++", "Karras", "SDE", "Euler", "DDIM", "PNDM", "UniPC", "LCM", "Heun", "LMS", "PNG", "JPEG", "WebP",
+    "BMP", "TIFF", "GIF", "Excel", "WPS", "JSON", "csv", "styles.csv", "TAESD", "cpu", "cuda", "fp32", "fp16",
+    "sdpa", "torch", "torch.compile", "channels_last", "QKV", "VAE", "MB", "GB", "PAI", "Gradio", "MCP",
+}
+MODEL_NAME = re.compile(r"^danqing-demo-[a-z]+$")
+
+
+def english_words(page) -> set[str]:
+    text = page.evaluate(VISIBLE_TEXT)
+    words = set(re.findall(r"[A-Za-z][A-Za-z0-9+._\-]{2,}", text))
+    return {w for w in words if w.strip(".-") not in ALLOWED_WORDS and not MODEL_NAME.match(w)}
+
+
+def test_a_designers_walk_reads_chinese_and_the_grid_stops(page, tmp_path):
+    page.reload(wait_until="networkidle")
+    page.get_by_role("tab", name="创作").first.wait_for(timeout=60_000)
+    page.wait_for_timeout(1000)  # Gradio applies its translations after the first paint
+    assert english_words(page) == set()
+    # 1. 生成: the live preview and the progress line are on screen together.
+    page.get_by_label("提示词", exact=True).first.fill("竹林里的大熊猫，水墨画")
+    page.get_by_label("宽度").first.fill("256")
+    page.get_by_label("高度").first.fill("256")
+    page.get_by_label("采样步数").first.fill("40")
+    page.click("#generate")
+    together = False
+    deadline = time.time() + 90
+    while time.time() < deadline and not together:
+        preview = page.locator("#gallery img").count() > 0
+        line = page.get_by_text(re.compile(r"^\d+/40 步")).count() > 0 and page.get_by_text(re.compile("约剩")).count() > 0
+        together = preview and line
+        if together:
+            page.screenshot(path=str(tmp_path / "1-preview-and-progress.png"))
+            assert english_words(page) == set()
+        page.wait_for_timeout(150)
+    assert together, "the preview and the progress line were never on screen at once"
+    # 2. The result reads in Chinese; the A1111 text is one click away.
+    page.locator("#result-summary").get_by_text("种子").first.wait_for(timeout=90_000)
+    summary = page.locator("#result-summary").inner_text()
+    assert "256×256" in summary and "40 步" in summary and "用时" in summary
+    assert english_words(page) == set()
+    # 3. 图库 opens filled, each image captioned with its prompt.
+    page.get_by_role("tab", name="图库").first.click()
+    page.locator("#recent").get_by_text("竹林里的大熊猫").first.wait_for(timeout=30_000)
+    assert english_words(page) == set()
+    # 4. X/Y 对比图 from 创作's settings, stopped within a few seconds of 停止.
+    page.get_by_role("tab", name="X/Y 对比图").first.click()
+    page.get_by_role("button", name="载入「创作」页的当前设置").click()
+    page.wait_for_timeout(500)
+    page.click("#xy-run")
+    page.wait_for_timeout(3000)
+    started = time.time()
+    page.click("#xy-stop")
+    page.get_by_text("已停止").first.wait_for(timeout=30_000)
+    assert time.time() - started < 10
+    assert english_words(page) == set()

@@ -147,7 +147,7 @@ class Panel:
         event, inputs = endpoint(
             request_fields(Txt2Img), {**self.fields(), "draft": draft}, txt2img,
             doc="Text to image. Returns the saved PNG files and a JSON info string (seed, all parameters).",
-            defaults=API_DEFAULTS, track_tqdm=True,
+            defaults=API_DEFAULTS,  # no tqdm tracking: the job's own progress line (step, time) is shown
         )
         generate.click(event, inputs, [gallery, info], api_name="txt2img", concurrency_id=GPU, concurrency_limit=1,
                        show_progress_on=progress_on)

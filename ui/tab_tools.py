@@ -21,7 +21,7 @@ class Tools:
     send: gr.Button
     system: gr.JSON
     recent: gr.Gallery
-    chosen: gr.State  # the path of the image picked in 图库
+    chosen: gr.Textbox  # the path of the image picked in 图库 (hidden)
     send_recent: gr.Button
     inspect_recent: gr.Button
     png: gr.Image
@@ -85,7 +85,9 @@ def build_tabs(ctx: UIContext) -> Tools:
     with gr.Tab(S.tab_gallery, id="gallery") as gallery_tab:
         recent = gr.Gallery(label=S.gallery_recent, columns=4, height=640, format="png", object_fit="contain", preview=False,
                             elem_id="recent")
-        chosen = gr.State(None)
+        # The picked image's path (checked again on use: the page may send anything back). A hidden
+        # box rather than gr.State: a State makes every page hold a heartbeat stream open.
+        chosen = gr.Textbox(visible=False)
         with gr.Row():
             send_recent = gr.Button(S.send_to_txt2img, elem_id="recent-send")
             inspect_recent = gr.Button(S.send_to_pnginfo, elem_id="recent-inspect")
