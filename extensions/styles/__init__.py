@@ -123,7 +123,7 @@ def setup(api) -> None:
         if not api.may_change_shared(None):  # several logins: say so before anyone edits
             gr.Markdown(T["admin_note"])
         where = gr.Markdown(T["using"].format(path=active_file(user)))
-        table = gr.Dataframe(value=current_rows(), headers=T["headers"], column_count=3, column_limits=(3, 3), datatype=["str"] * 3,
+        table = gr.Dataframe(value=current_rows(), headers=T["headers"], column_count=3, datatype=["str"] * 3,
                              type="array", interactive=True, wrap=True, label=T["table"])
         with gr.Row():
             save = gr.Button(T["save"], variant="primary")
