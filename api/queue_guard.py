@@ -38,8 +38,11 @@ from collections import Counter
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 
+from extensions import GPU_CONCURRENCY_ID
 from pipelines.requests import CALL_KEY
 from strings import error_text, load
+
+from .bodies import UPLOAD_BYTES, read_body, replay
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +144,11 @@ class QueueGuardMiddleware:
             await self.app(scope, receive, send)
             return
         if DIRECT_PATHS.match(scope["path"]):
-            await self._direct(scope, receive, send)
+            receive, is_job = await self._is_gpu_job(scope, receive)
+            if is_job:
+                await self._direct(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         if not JOIN_PATHS.match(scope["path"]):
             await self.app(scope, receive, send)
@@ -196,6 +203,27 @@ class QueueGuardMiddleware:
             self.direct[address] -= 1
             if self.direct[address] <= 0:
                 del self.direct[address]
+
+    async def _is_gpu_job(self, scope, receive):
+        """(receive, whether this direct call runs a GPU job). The A1111 job routes always do; a
+        ``/gradio_api/run/<name>`` call only when the event it names (by api_name, or by
+        ``fn_index`` for ``run/predict``) is on the GPU queue: the page's quick events
+        (loading lists, 停止) are not counted. The body was read whole at the edge."""
+        name = scope["path"].rstrip("/").rsplit("/", 1)[-1]
+        if not scope["path"].startswith("/gradio_api/run/"):
+            return receive, True
+        body = await read_body(receive, UPLOAD_BYTES)
+        fns = list(self.blocks.fns.values())
+        if name == "predict":
+            try:
+                index = json.loads(body or b"{}").get("fn_index")
+            except (ValueError, AttributeError):
+                index = None
+            targets = [fn for fn in fns if getattr(fn, "_id", None) == index]
+        else:
+            targets = [fn for fn in fns if fn.api_name == name]
+        is_job = any(fn.concurrency_id == GPU_CONCURRENCY_ID for fn in targets)
+        return replay(body, receive), is_job
 
     async def _over_cap(self, send, address: str) -> bool:
         """Answer 429 when ``address`` already has ``limit`` jobs, in Gradio's queue or outside it."""

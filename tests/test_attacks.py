@@ -363,6 +363,10 @@ def test_a1111_and_direct_run_jobs_count_in_the_per_client_cap(team_app):
     status, body, _ = request(team_app, "POST", "/gradio_api/call/v2/txt2img", json.dumps({"prompt": "猫"}),
                               {**JSON, "Cookie": cookie}, source=source)
     assert status == 429, body[:200]
+    # The page's quick events (no GPU) are not jobs: they still answer.
+    status, body, _ = request(team_app, "POST", "/gradio_api/run/system_info", json.dumps({"data": []}),
+                              {**JSON, "Cookie": cookie}, source=source)
+    assert status == 200, body[:200]
     # Another client is not affected.
     assert api(team_app, "/sdapi/v1/txt2img", SMALL, "bot", "127.0.0.57")[0] == 200
     for thread, result in running:
