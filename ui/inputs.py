@@ -120,5 +120,27 @@ def radio(S, *args, **kwargs) -> CheckedRadio:
     return _worded(CheckedRadio, S, args, kwargs)
 
 
-def image(S, *args, **kwargs) -> CheckedImage:
-    return _worded(CheckedImage, S, args, kwargs)
+def image(S, *args, report: bool = False, **kwargs) -> CheckedImage:
+    """An image input whose refused upload (not an image, too large, a format not read) does not
+    stay on screen as a broken picture that every later action refuses again: it is cleared at
+    once. Where another event reads the input on upload, that event's refusal says why (once);
+    ``report`` makes the input say it itself, for one that nothing reads until a button is
+    pressed."""
+    component = _worded(CheckedImage, S, args, kwargs)
+
+    def clear_refused(payload):
+        path = payload.get("path") if isinstance(payload, dict) else getattr(payload, "path", None)
+        if not path:
+            return gr.skip()
+        try:
+            check_upload(path)
+        except ParamError as exc:
+            if report:
+                gr.Warning(error_text(S, exc.code, exc.fields))
+            return None
+        return gr.skip()
+
+    # Queued (not queue=False): Gradio delivers a toast only to queued events.
+    component.upload(clear_refused, component, component, preprocess=False, api_visibility="private",
+                     show_progress="hidden")
+    return component

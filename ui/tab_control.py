@@ -50,7 +50,9 @@ def build_tabs(ctx: UIContext, panel: Panel) -> dict[str, Unit]:
     for kind, title in (("canny", S.tab_canny), ("depth", S.tab_depth)):
         with gr.Tab(title, id=kind):
             with gr.Row():
-                image = inputs.image(S, label=S.control_image, type="filepath", sources=["upload", "clipboard"], height=260)
+                # Canny previews on upload (its refusal speaks); depth previews on demand.
+                image = inputs.image(S, label=S.control_image, type="filepath", sources=["upload", "clipboard"], height=260,
+                                     report=kind == "depth")
                 preview = gr.Image(label=S.control_preview, type="pil", interactive=False, height=260, format="png")
             is_map = gr.Checkbox(False, label=S.control_is_map)
             low = high = estimator = None
