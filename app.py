@@ -39,9 +39,12 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         accounts = Accounts.of(auth, args.admins)
+    except ValueError:
+        sys.exit(strings.cli_bad_admins.format(names=args.admins))
+    try:
         addresses = Addresses.for_bind(host, args.allowed_hosts, args.forwarded_allow_ips, on_space)
-    except ValueError as exc:
-        sys.exit(f"{strings.cli_bad_option}: {exc}")
+    except ValueError:
+        sys.exit(strings.cli_bad_proxies.format(value=args.forwarded_allow_ips))
     # X-Forwarded-* are read by the edge (api/addresses.py) from configured proxies only (on a
     # Space: the entry HF's proxy appended); uvicorn's own reading is off.
     os.environ["FORWARDED_ALLOW_IPS"] = ""
