@@ -229,9 +229,6 @@ class Studio:
         """Save an image made from generated ones (an extension's grid) with its parameters."""
         return self.outputs.save(image, parameters, seed, suffix=suffix, user=user)
 
-    def outputs_dir(self) -> Path:
-        return self.outputs.root
-
     @staticmethod
     def png_parameters(image: Image.Image) -> str | None:
         return read_parameters(image)
