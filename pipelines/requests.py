@@ -226,6 +226,11 @@ class Txt2Img:
     ``hires_upscaler``: upscale every image by ``hires_scale`` with that ESRGAN file before
     saving (the original is kept too). ``draft``: generate with the short side at 256 and
     upscale x4 (Rapid Diffusion); without an upscaler the first listed one is used.
+
+    ``hires_pass``: A1111's 高清修复 instead of the plain post-step: upscale by ``hires_scale``
+    (an ESRGAN file, or ``"latent"``: the latents themselves), then denoise again at
+    ``hires_strength`` for ``hires_steps`` steps (0: as many as the first pass) on the same seed.
+    Only the refined image is saved. With ``draft`` it refines the draft's x4 image.
     """
 
     prompt: str
@@ -240,10 +245,13 @@ class Txt2Img:
     # (file name under models/lora, weight) pairs; empty = no LoRA.
     loras: tuple[tuple[str, float], ...] = ()
     hires_upscaler: str | None = None
-    hires_scale: int = 2
+    hires_scale: float = 2  # 2 or 4 for the post-step; 1 to 4 for the hires pass
     # DeepCache-style approximation: refresh the deep U-Net features every N steps (0 = exact).
     deepcache: int = 0
     draft: bool = False
+    hires_pass: bool = False
+    hires_strength: float = 0.4
+    hires_steps: int = 0
 
     @classmethod
     def from_fields(cls, mapping: Mapping | None = None, /, **more: Any) -> "Txt2Img":
@@ -271,7 +279,19 @@ class Txt2Img:
         draft = bool(raw.get("draft", False))
         upscaler = raw.get("hires_upscaler") or None
         scale = 4 if draft else 2
-        if upscaler is not None:
+        hires_pass = bool(raw.get("hires_pass", False))
+        strength = as_float("hires_strength", raw.get("hires_strength", 0.4))
+        in_range("hires_strength", strength, 0.0, 1.0)
+        hires_steps = as_int("hires_steps", raw.get("hires_steps") or 0)
+        in_range("hires_steps", hires_steps, 0, MAX_STEPS)
+        if hires_pass and not draft:
+            upscaler = upscaler or LATENT_UPSCALER
+            scale = as_float("hires_scale", raw.get("hires_scale", 2))
+            in_range("hires_scale", scale, 1.0, MAX_HIRES_SCALE)
+            validate_size(hires_side(w, scale), hires_side(h, scale), images)
+        elif upscaler == LATENT_UPSCALER:
+            raise ParamError("latent_needs_hires_pass")
+        elif upscaler is not None:
             scale = Upscale.from_fields(upscaler=upscaler, scale=scale if draft else raw.get("hires_scale", 2)).scale
         return cls(
             prompt=text,
@@ -288,10 +308,25 @@ class Txt2Img:
             hires_scale=scale,
             deepcache=0 if cache == 1 else cache,
             draft=draft,
+            hires_pass=hires_pass,
+            hires_strength=strength,
+            hires_steps=hires_steps,
         )
 
     def seeds(self) -> list[int]:
         return [self.seed + i for i in range(self.num_images_per_prompt)]
+
+    def hires_size(self) -> tuple[int, int]:
+        """The size after the hires pass's upscale (multiples of 8)."""
+        return hires_side(self.width, self.hires_scale), hires_side(self.height, self.hires_scale)
+
+
+LATENT_UPSCALER = "latent"  # the hires pass upscales the latents themselves (A1111's "Latent")
+MAX_HIRES_SCALE = 4.0
+
+
+def hires_side(side: int, scale: float) -> int:
+    return max(8, int(round(side * scale / 8)) * 8)
 
 
 # 2. ControlNet ---------------------------------------------------------------------------------
@@ -383,6 +418,8 @@ class Control:
         units = tuple(units or ())
         if not units:  # the user gave no control image at all
             raise ParamError("control_image_missing")
+        if base.hires_pass:
+            raise ParamError("controlnet_no_hires_pass")
         built = [u if isinstance(u, ControlUnit) else ControlUnit.from_fields(u) for u in units]
         return cls(base=base, units=validate_units(built, resize_mode), resize_mode=resize_mode)
 
@@ -418,3 +455,126 @@ class Upscale:
         overlap = as_int("tile_overlap", raw.get("tile_overlap", 16))
         in_range("tile_overlap", overlap, 0, MAX_TILE_OVERLAP)
         return cls(upscaler=upscaler, scale=factor, tile=side, tile_overlap=overlap)
+
+
+# 4. Editing: img2img, inpainting, outpainting --------------------------------------------------
+INPAINT_FILLS = ("original", "fill", "latent_noise", "latent_nothing")  # A1111's "Masked content"
+MAX_MASK_BLUR = 64
+MAX_CROP_PADDING = 256
+MAX_OUTPAINT = 1024  # pixels added on one side
+
+
+def _image_given(value: object) -> bool:
+    return value is not None and not (isinstance(value, str) and not value.strip())
+
+
+@dataclass(frozen=True)
+class Img2Img:
+    """Image to image: ``image`` (an upload: path, bytes or PIL image, decoded by the task)
+    fitted to the base's size by ``resize_mode`` and denoised from ``strength`` (0: the image
+    back through the VAE, no U-Net step; 1: from pure noise). ``units``: ControlNets guiding
+    it (Canny + img2img is how line art gets coloured). ``save_inputs`` saves the input (and
+    an inpainting mask) beside the results."""
+
+    base: Txt2Img
+    image: Any
+    strength: float = 0.75
+    resize_mode: str = "crop"
+    units: tuple[ControlUnit, ...] = ()
+    save_inputs: bool = False
+
+    @classmethod
+    def build(cls, base: Txt2Img, image: Any, strength: object = 0.75, resize_mode: str = "crop",
+              units=(), save_inputs: bool = False) -> "Img2Img":
+        if not _image_given(image):
+            raise ParamError("edit_image_missing")
+        value = as_float("denoising_strength", strength)
+        in_range("denoising_strength", value, 0.0, 1.0)
+        if resize_mode not in RESIZE_MODES:
+            raise ParamError("unknown_resize_mode", value=str(resize_mode)[:40])
+        if base.hires_pass or base.draft:
+            raise ParamError("edit_no_hires_pass")
+        units = tuple(units or ())
+        if units:
+            built = [u if isinstance(u, ControlUnit) else ControlUnit.from_fields(u) for u in units]
+            units = validate_units(built, resize_mode)
+        return cls(base=base, image=image, strength=value, resize_mode=resize_mode, units=units,
+                   save_inputs=bool(save_inputs))
+
+    def denoise_steps(self) -> int:
+        """U-Net steps this request runs: ``steps × strength``, at least one unless the strength is 0."""
+        return denoise_steps(self.base.num_inference_steps, self.strength)
+
+
+def schedule(steps: int, strength: float) -> tuple[int, int]:
+    """(the schedule's length, the U-Net steps that run) of a pass from ``strength``: diffusers
+    runs ``int(steps × strength)`` of ``steps``; when that is below one (but the strength is
+    not 0) the schedule is lengthened until exactly one step runs, the noise level the
+    strength asks for."""
+    if strength <= 0:
+        return steps, 0
+    length = steps
+    while int(length * strength) < 1:
+        length += 1
+    return length, min(int(length * strength), length)
+
+
+def denoise_steps(steps: int, strength: float) -> int:
+    return schedule(steps, strength)[1]
+
+
+@dataclass(frozen=True)
+class Inpaint:
+    """局部重绘: repaint where ``mask`` is white (an upload, or the strokes painted in the
+    browser), keep every other pixel. ``fill``: what the masked area starts from (A1111's
+    "Masked content"); ``full_res``: work only on the mask's box plus ``padding`` pixels, at
+    the base's width × height, then paste it back; otherwise the whole picture is worked at its
+    own size. ``mask_blur`` softens the edge (pixels beyond the blur are the input's own)."""
+
+    edit: Img2Img
+    mask: Any
+    mask_blur: int = 4
+    fill: str = "original"
+    full_res: bool = False
+    padding: int = 32
+    invert: bool = False
+
+    @classmethod
+    def build(cls, edit: Img2Img, mask: Any, mask_blur: object = 4, fill: str = "original",
+              full_res: object = False, padding: object = 32, invert: object = False) -> "Inpaint":
+        if not _image_given(mask):
+            raise ParamError("mask_missing")
+        blur = as_int("mask_blur", mask_blur)
+        in_range("mask_blur", blur, 0, MAX_MASK_BLUR)
+        if fill not in INPAINT_FILLS:
+            raise ParamError("unknown_inpaint_fill", value=str(fill)[:40])
+        pad = as_int("inpaint_full_res_padding", padding)
+        in_range("inpaint_full_res_padding", pad, 0, MAX_CROP_PADDING)
+        return cls(edit=edit, mask=mask, mask_blur=blur, fill=fill, full_res=bool(full_res), padding=pad,
+                   invert=bool(invert))
+
+
+@dataclass(frozen=True)
+class Outpaint:
+    """扩图: extend the canvas by ``left``/``right``/``up``/``down`` pixels and fill the new area
+    so it continues the picture (inpainting of the extension; the original pixels are kept)."""
+
+    edit: Img2Img
+    left: int = 0
+    right: int = 0
+    up: int = 0
+    down: int = 0
+    fill: str = "fill"
+
+    @classmethod
+    def build(cls, edit: Img2Img, left: object = 0, right: object = 0, up: object = 0, down: object = 0,
+              fill: str = "fill") -> "Outpaint":
+        sides = {}
+        for name, value in (("left", left), ("right", right), ("up", up), ("down", down)):
+            sides[name] = as_int(name, value or 0)
+            in_range(name, sides[name], 0, MAX_OUTPAINT)
+        if not any(sides.values()):
+            raise ParamError("outpaint_nothing")
+        if fill not in INPAINT_FILLS:
+            raise ParamError("unknown_inpaint_fill", value=str(fill)[:40])
+        return cls(edit=edit, fill=fill, **sides)

@@ -23,9 +23,9 @@ from .formats.images import open_upload
 from .formats.pnginfo import format_parameters, parse_parameters, read_parameters
 from .jobs import Jobs, as_caller
 from .outputs import OutputWriter
-from .requests import Caller, Control, ControlUnit, Txt2Img, Upscale
+from .requests import LATENT_UPSCALER, Caller, Control, ControlUnit, Img2Img, Inpaint, Outpaint, Txt2Img, Upscale
 from .store import ModelStore
-from .tasks import annotators, controlnet, lora, txt2img, upscale
+from .tasks import annotators, controlnet, edit, lora, txt2img, upscale
 from .tasks.denoise import Generated
 from .tasks.prompts import token_window
 
@@ -33,7 +33,21 @@ log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
 # Request fields that the info JSON does not repeat (the post-step is reported by its result).
-_NOT_IN_INFO = ("hires_upscaler", "hires_scale", "draft")
+_NOT_IN_INFO = ("hires_upscaler", "hires_scale", "draft", "hires_pass", "hires_strength", "hires_steps")
+# A1111's names of what fills the masked area before denoising ("Masked content").
+INPAINT_FILL_NAMES = {"original": "original", "fill": "fill", "latent_noise": "latent noise",
+                      "latent_nothing": "latent nothing"}
+
+
+def _unit_fields(units, resize_mode: str) -> dict:
+    """A1111's ``ControlNet N`` parameter fields of the units."""
+    return {
+        f"ControlNet {i}": (
+            f"Module: {u.kind if not u.is_map else 'none'}, Model: {u.model}, Weight: {u.weight}, "
+            f"Guidance Start: {u.guidance_start}, Guidance End: {u.guidance_end}, Resize Mode: {resize_mode}"
+        )
+        for i, u in enumerate(units)
+    }
 
 
 class Studio:
@@ -72,25 +86,69 @@ class Studio:
         self.outputs.check_quota(caller.user)
         with self.jobs.run(caller, on_step) as (cancel, hook):
             result = controlnet.run(self.store, request, cancel=cancel, on_step=hook, on_preview=on_preview)
-            fields = {
-                f"ControlNet {i}": (
-                    f"Module: {u.kind if not u.is_map else 'none'}, Model: {u.model}, Weight: {u.weight}, "
-                    f"Guidance Start: {u.guidance_start}, Guidance End: {u.guidance_end}, Resize Mode: {request.resize_mode}"
-                )
-                for i, u in enumerate(request.units)
-            }
-            paths, info = self._save(result, {}, fields, user=caller.user)
-            for u, image in zip(request.units, result.maps):
-                paths.append(self.outputs.save(image, f"control map: {u.kind}", result.request.seed, suffix=f"-{u.kind}-map",
-                                               user=caller.user, generated=False))
-            info["files"] = [p.name for p in paths]
+            paths, info = self._save(result, {}, _unit_fields(request.units, request.resize_mode), user=caller.user)
+            self._save_beside(paths, info, result, request.units, request.resize_mode, caller.user)
+            return paths, info
+
+    # -- editing --------------------------------------------------------------------------
+    def img2img(self, request: Img2Img, client: Caller | str = "local", on_step=None,
+                on_preview=None) -> tuple[list[Path], dict]:
+        """图生图: the input denoised from ``request.strength`` (ControlNets optional)."""
+        return self._edit(edit.img2img, request, request, {}, client, on_step, on_preview)
+
+    def inpaint(self, request: Inpaint, client: Caller | str = "local", on_step=None,
+                on_preview=None) -> tuple[list[Path], dict]:
+        """局部重绘: the masked area repainted, every other pixel kept."""
+        fields = {
+            "Mask blur": request.mask_blur,
+            "Inpaint area": "Only masked" if request.full_res else "Whole picture",
+            **({"Masked area padding": request.padding} if request.full_res else {}),
+            "Masked content": INPAINT_FILL_NAMES[request.fill],
+            **({"Mask mode": "Inpaint not masked"} if request.invert else {}),
+        }
+        return self._edit(edit.inpaint, request, request.edit, fields, client, on_step, on_preview)
+
+    def outpaint(self, request: Outpaint, client: Caller | str = "local", on_step=None,
+                 on_preview=None) -> tuple[list[Path], dict]:
+        """扩图: the canvas grown, the new area filled to continue the picture."""
+        fields = {"Outpaint": f"left {request.left} right {request.right} up {request.up} down {request.down}",
+                  "Masked content": INPAINT_FILL_NAMES[request.fill]}
+        return self._edit(edit.outpaint, request, request.edit, fields, client, on_step, on_preview)
+
+    def _edit(self, task, request, edit_request: Img2Img, fields: dict, client, on_step, on_preview):
+        caller = as_caller(client)
+        self.outputs.check_quota(caller.user)
+        with self.jobs.run(caller, on_step) as (cancel, hook):
+            result = task(self.store, request, cancel=cancel, on_step=hook, on_preview=on_preview)
+            fields = {"Denoising strength": edit_request.strength, **fields,
+                      **_unit_fields(edit_request.units, edit_request.resize_mode)}
+            extra = {"mode": task.__name__, "denoising_strength": edit_request.strength,
+                     "resize_mode": edit_request.resize_mode}
+            paths, info = self._save(result, extra, fields, user=caller.user)
+            self._save_beside(paths, info, result, edit_request.units, edit_request.resize_mode, caller.user,
+                              inputs=edit_request.save_inputs)
+            return paths, info
+
+    def _save_beside(self, paths: list[Path], info: dict, result: Generated, units, resize_mode: str, user: str,
+                     inputs: bool = False) -> None:
+        """The ControlNet maps (and, when asked, an edit's input and mask) saved after the
+        results, without the AIGC label (nothing in them was generated)."""
+        seed = result.request.seed
+        for u, image in zip(units, result.maps):
+            paths.append(self.outputs.save(image, f"control map: {u.kind}", seed, suffix=f"-{u.kind}-map",
+                                           user=user, generated=False))
+        if inputs:
+            for image, role in result.inputs:
+                paths.append(self.outputs.save(image, f"{role} image", seed, suffix=f"-{role}", user=user,
+                                               generated=False))
+        info["files"] = [p.name for p in paths]
+        if units:
             info["controlnet"] = [
                 {"kind": u.kind, "model": u.model, "weight": u.weight, "guidance_start": u.guidance_start,
                  "guidance_end": u.guidance_end, "is_map": u.is_map}
-                for u in request.units
+                for u in units
             ]
-            info["resize_mode"] = request.resize_mode
-            return paths, info
+            info["resize_mode"] = resize_mode
 
     def _save(self, result: Generated, extra: dict, fields: dict | None = None,
               user: str = "") -> tuple[list[Path], dict]:
@@ -117,6 +175,14 @@ class Studio:
                     hashes.setdefault(key, row["hash"])
             prompt += " " + " ".join(f"<lora:{name}:{weight:g}>" for name, weight in params.loras)
             base_fields["Lora hashes"] = ", ".join(f"{name}: {hashes.get(name, '')}" for name, _ in params.loras)
+        if result.hires_pass is not None:  # A1111's hires fix fields (the size is the first pass's)
+            base_fields.update({
+                "Denoising strength": params.hires_strength,
+                "Hires upscale": f"{params.hires_scale:g}",
+                **({"Hires steps": params.hires_steps} if params.hires_steps else {}),
+                "Hires upscaler": "Latent" if result.hires_pass == LATENT_UPSCALER else result.hires_pass,
+            })
+            base_fields["Version"] = base_fields.pop("Version")
         hires = result.hires
         paths: list[Path] = []
         infotext = ""
@@ -142,6 +208,10 @@ class Studio:
         }
         if hires is not None:
             info.update(upscaler=hires.upscaler, upscale=hires.scale, upscale_seconds=round(result.upscale_seconds, 3))
+        if result.hires_pass is not None:
+            info["hires"] = {"upscaler": result.hires_pass, "scale": params.hires_scale, "strength": params.hires_strength,
+                             "steps": params.hires_steps or params.num_inference_steps,
+                             "size": list(params.hires_size())}
         log.info("%dx%d %d steps seed %d: %.2fs", params.width, params.height, params.num_inference_steps, params.seed, info["seconds"])
         return paths, info
 

@@ -7,7 +7,8 @@ through exactly the code a real model goes through:
 - ``checkpoints/danqing-demo-zh``: a PAI-Diffusion-shaped pipeline (BertTokenizer with a
   Chinese WordPiece ``vocab.txt`` and a 32-token window, CLIP text encoder, ``.bin`` weights),
   with the SD 1.x U-Net block layout at tiny widths;
-- ``checkpoints/danqing-demo-st``: the same architecture with other weights, as safetensors.
+- ``checkpoints/danqing-demo-st``: the same architecture with other weights, as safetensors;
+- ``checkpoints/danqing-demo-inpainting``: a dedicated inpainting model (9-channel U-Net).
 
 Images from it are noise: the weights are random. The writers import the engine (to check
 what they wrote loads back); the engine never imports them.
@@ -25,14 +26,14 @@ from ..store.folders import ModelFolders
 from .controlnet import save_demo_controlnets
 from .esrgan import save_demo_upscalers
 from .lora import save_demo_loras
-from .sd import DEMO_MODEL, DEMO_MODEL_SAFETENSORS, TOKEN_WINDOW, save_sd_pipeline
+from .sd import DEMO_MODEL, DEMO_MODEL_INPAINT, DEMO_MODEL_SAFETENSORS, TOKEN_WINDOW, save_sd_pipeline
 
-__all__ = ["DEMO_MODEL", "DEMO_MODEL_SAFETENSORS", "TOKEN_WINDOW", "ensure_demo_bundle"]
+__all__ = ["DEMO_MODEL", "DEMO_MODEL_INPAINT", "DEMO_MODEL_SAFETENSORS", "TOKEN_WINDOW", "ensure_demo_bundle"]
 
 log = logging.getLogger(__name__)
 
 # Bump when the bundle's content changes so old caches are rebuilt.
-BUNDLE_VERSION = "3"
+BUNDLE_VERSION = "4"
 
 
 def default_cache_dir() -> Path:
@@ -72,6 +73,8 @@ def build_bundle(root: Path) -> None:
     # PAI publishes .bin weights; the second demo model covers safetensors.
     save_sd_pipeline(ckpt / DEMO_MODEL, seed=0, safe_serialization=False)
     save_sd_pipeline(ckpt / DEMO_MODEL_SAFETENSORS, seed=1, safe_serialization=True)
+    # A dedicated inpainting model (9-channel U-Net), as safetensors.
+    save_sd_pipeline(ckpt / DEMO_MODEL_INPAINT, seed=2, safe_serialization=True, inpainting=True)
     (root / "README.txt").write_text(
         "Danqing demo bundle: tiny random-weight models generated locally. Images are noise.\n"
     )

@@ -15,6 +15,9 @@ DEMO_MODEL = "danqing-demo-zh"
 DEMO_MODEL_SAFETENSORS = "danqing-demo-st"
 
 
+DEMO_MODEL_INPAINT = "danqing-demo-inpainting"
+
+
 TOKEN_WINDOW = 32
 
 
@@ -40,8 +43,9 @@ def write_vocab(folder: Path) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
 
 
-def build_sd_components(folder: Path, seed: int):
-    """Tiny SD 1.x components with the PAI layout (BertTokenizer + CLIP text encoder)."""
+def build_sd_components(folder: Path, seed: int, unet_channels: int = 4):
+    """Tiny SD 1.x components with the PAI layout (BertTokenizer + CLIP text encoder);
+    ``unet_channels=9``: a dedicated inpainting U-Net (latents + mask + masked image)."""
     import torch
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
     from transformers import BertTokenizer, CLIPTextConfig, CLIPTextModel
@@ -69,7 +73,7 @@ def build_sd_components(folder: Path, seed: int):
     )
     unet = UNet2DConditionModel(
         sample_size=32,
-        in_channels=4,
+        in_channels=unet_channels,
         out_channels=4,
         block_out_channels=(32, 32, 64, 64),
         layers_per_block=1,
@@ -111,12 +115,15 @@ def build_sd_components(folder: Path, seed: int):
     }
 
 
-def save_sd_pipeline(folder: Path, seed: int, safe_serialization: bool):
+def save_sd_pipeline(folder: Path, seed: int, safe_serialization: bool, inpainting: bool = False):
+    """``inpainting``: a 9-channel U-Net, saved as diffusers' inpainting pipeline (the layout of
+    stable-diffusion-inpainting and its Chinese fine-tunes)."""
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
 
-    components = build_sd_components(folder, seed)
-    pipe = StableDiffusionPipeline(
+    components = build_sd_components(folder, seed, unet_channels=9 if inpainting else 4)
+    cls = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
+    pipe = cls(
         **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
     )
     pipe.save_pretrained(folder, safe_serialization=safe_serialization)

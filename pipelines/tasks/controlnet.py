@@ -20,6 +20,7 @@ import json
 import logging
 import tempfile
 import threading
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -35,8 +36,8 @@ from ..formats.controlnet import (
 from ..formats.images import fit_to, load_image, to_rgb
 from ..requests import Control, ControlUnit
 from . import annotators
-from .denoise import Generated, StepHook, check_cancel, generate
-from .txt2img import hires_of, upscale_results
+from .denoise import Generated, StepHook, blank_canvas, check_cancel, generate, is_inpainting_model
+from .hires import hires_of, upscale_results
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,49 @@ def control_map(store, unit: ControlUnit):
 
 
 # 4. Generation --------------------------------------------------------------------------------
+@dataclass
+class Guidance:
+    """The loaded ControlNet(s) of a job and their arguments, for any ControlNet pipeline:
+    ``controlnet`` is the component, ``images`` the maps fitted to the output size (one image,
+    or a list for several), ``maps`` the maps as computed (saved beside the results)."""
+
+    controlnet: object
+    images: object
+    kwargs: dict
+    maps: list
+
+
+def check_names(store, units) -> None:
+    names = list_controlnets(store)
+    for unit in units:
+        if unit.model not in names:
+            raise ParamError("unknown_model_name", kind="controlnet", name=str(unit.model)[:80])
+
+
+def guidance(store, units, width: int, height: int, resize_mode: str, cancel=None) -> Guidance:
+    """Maps, ControlNets and their weights for ``units`` at width × height (names already checked)."""
+    from diffusers import MultiControlNetModel
+
+    # 1. Each control map, one image at a time.
+    maps = [control_map(store, unit) for unit in units]
+    check_cancel(cancel)
+    # 2. Load (or reuse) each ControlNet; a misfit is refused before the base is touched.
+    nets = [load_controlnet(store, unit.model) for unit in units]
+    # 3. Each control map at the output size.
+    fitted = [fit_to(to_rgb(image), width, height, resize_mode) for image in maps]
+    # 4. One ControlNet as itself, several through MultiControlNetModel (each its own weight).
+    if len(nets) == 1:
+        controlnet, images, scale = nets[0], fitted[0], units[0].weight
+    else:
+        controlnet, images, scale = MultiControlNetModel(nets), fitted, [u.weight for u in units]
+    kwargs = {
+        "controlnet_conditioning_scale": scale,
+        "control_guidance_start": [u.guidance_start for u in units],
+        "control_guidance_end": [u.guidance_end for u in units],
+    }
+    return Guidance(controlnet, images, kwargs, maps)
+
+
 def run(
     store,
     request: Control,
@@ -129,44 +173,30 @@ def run(
     on_preview=None,
 ) -> Generated:
     """Text-to-image guided by one to three ControlNets, on the shared base modules."""
-    from diffusers import MultiControlNetModel, StableDiffusionControlNetPipeline
+    from diffusers import StableDiffusionControlNetInpaintPipeline, StableDiffusionControlNetPipeline
 
     base, units = request.base, request.units
     # 1. Names and the post-step first: nothing is decoded or loaded for a request that fails.
-    names = list_controlnets(store)
-    for unit in units:
-        if unit.model not in names:
-            raise ParamError("unknown_model_name", kind="controlnet", name=str(unit.model)[:80])
+    check_names(store, units)
     hires = hires_of(store, base)
-    # 2. Each control map, one image at a time.
-    maps = [control_map(store, unit) for unit in units]
-    check_cancel(cancel)
-    # 3. Load (or reuse) each ControlNet; a misfit is refused before the base is touched.
-    nets = [load_controlnet(store, unit.model) for unit in units]
-    # 4. Each control map at the output size.
-    fitted = [fit_to(to_rgb(image), base.width, base.height, request.resize_mode) for image in maps]
-    # 5. One ControlNet as itself, several through MultiControlNetModel (each its own weight).
-    if len(nets) == 1:
-        controlnet, image, scale = nets[0], fitted[0], units[0].weight
-    else:
-        controlnet, image, scale = MultiControlNetModel(nets), fitted, [u.weight for u in units]
-    call_kwargs = {
-        "image": image,
-        "controlnet_conditioning_scale": scale,
-        "control_guidance_start": [u.guidance_start for u in units],
-        "control_guidance_end": [u.guidance_end for u in units],
-    }
-    # 6. The shared denoise-and-decode loop, with the ControlNet pipeline class; the post-step.
+    # 2. Maps and ControlNets at the output size.
+    guide = guidance(store, units, base.width, base.height, request.resize_mode, cancel)
+    # 3. The shared denoise-and-decode loop, with the ControlNet pipeline class (an inpainting
+    #    model paints a blank, fully masked canvas); the post-step.
+    cls, call_kwargs = StableDiffusionControlNetPipeline, {"image": guide.images, **guide.kwargs}
+    if is_inpainting_model(store):
+        cls, call_kwargs = StableDiffusionControlNetInpaintPipeline, {
+            **blank_canvas(base), "control_image": guide.images, **guide.kwargs}
     result = generate(
         store,
         base,
-        cls=StableDiffusionControlNetPipeline,
-        components={"controlnet": controlnet},
+        cls=cls,
+        components={"controlnet": guide.controlnet},
         call_kwargs=call_kwargs,
         cancel=cancel,
         on_step=on_step,
         on_preview=on_preview,
     )
     result.notices["controlnets"] = [unit.model for unit in units]
-    result.maps = maps
+    result.maps = guide.maps
     return upscale_results(store, result, hires, cancel)

@@ -8,6 +8,7 @@ Tasks run inside the job context (pipelines/jobs.py), which holds the GPU lock.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -89,8 +90,10 @@ class Generated:
     notices: dict = field(default_factory=dict)
     upscaled: list[Image.Image] | None = None
     hires: Upscale | None = None  # the post-step's upscale
+    hires_pass: str | None = None  # the 高清修复 pass's upscaler (a file, or "latent"), when it ran
     upscale_seconds: float = 0.0
     maps: list[Image.Image] = field(default_factory=list)  # ControlNet maps, saved beside the images
+    inputs: list[tuple[Image.Image, str]] = field(default_factory=list)  # an edit's input (and mask), by role
 
 
 def build_pipeline(store, params: Txt2Img, cls=None, **components):
@@ -118,6 +121,47 @@ def prompt_arguments(pipe, prompt: str, negative_prompt: str, notices: dict) -> 
     return {"prompt_embeds": positive, "negative_prompt_embeds": negative}
 
 
+def denoise(
+    store,
+    params: Txt2Img,
+    cls=None,
+    components: dict | None = None,
+    call_kwargs: dict | None = None,
+    cancel: threading.Event | None = None,
+    on_step: StepHook | None = None,
+    on_preview: PreviewHook | None = None,
+    steps: int | None = None,
+    notices: dict | None = None,
+):
+    """Build the job's pipeline and denoise to latents: (pipeline, latents). ``steps``: the U-Net
+    steps the call really runs (an img2img pass runs ``steps × strength``), for the progress
+    line. Pipelines whose call takes no size (img2img) get none: their image sets it."""
+    check_cancel(cancel)
+    # 1. A pipeline for this job: shared modules, its own scheduler.
+    pipe = build_pipeline(store, params, cls, **(components or {}))
+    notices = {} if notices is None else notices
+    decode = preview_decoder(store) if on_preview is not None else None
+    previewer = Previewer(decode, on_preview, store.settings.preview_every) if decode else None
+    accepted = inspect.signature(pipe.__call__).parameters
+    size = {"width": params.width, "height": params.height} if "width" in accepted else {}
+    total = steps or params.num_inference_steps
+    # 2. Denoise to latents; the callback reports steps and honours stop.
+    with deep_cache(pipe.unet, params.deepcache):
+        latents = pipe(
+            **prompt_arguments(pipe, params.prompt, params.negative_prompt, notices),
+            **size,
+            num_inference_steps=params.num_inference_steps,
+            guidance_scale=params.guidance_scale,
+            num_images_per_prompt=params.num_images_per_prompt,
+            generator=generators(params.seed, params.num_images_per_prompt),
+            output_type="latent",
+            callback_on_step_end=step_callback(total, cancel, on_step, previewer),
+            **(call_kwargs or {}),
+        ).images
+    check_cancel(cancel)
+    return pipe, latents
+
+
 def generate(
     store,
     params: Txt2Img,
@@ -127,32 +171,36 @@ def generate(
     cancel: threading.Event | None = None,
     on_step: StepHook | None = None,
     on_preview: PreviewHook | None = None,
+    steps: int | None = None,
 ) -> Generated:
     """Build the job's pipeline, denoise to latents, decode. ``on_preview(image, step, total)``
     gets live previews (tasks/preview.py) when given."""
     started = time.perf_counter()
-    check_cancel(cancel)
-    # 1. A pipeline for this job: shared modules, its own scheduler.
-    pipe = build_pipeline(store, params, cls, **(components or {}))
     notices: dict = {}
-    decode = preview_decoder(store) if on_preview is not None else None
-    previewer = Previewer(decode, on_preview, store.settings.preview_every) if decode else None
-    # 2. Denoise to latents; the callback reports steps and honours stop.
-    with deep_cache(pipe.unet, params.deepcache):
-        latents = pipe(
-            **prompt_arguments(pipe, params.prompt, params.negative_prompt, notices),
-            width=params.width,
-            height=params.height,
-            num_inference_steps=params.num_inference_steps,
-            guidance_scale=params.guidance_scale,
-            num_images_per_prompt=params.num_images_per_prompt,
-            generator=generators(params.seed, params.num_images_per_prompt),
-            output_type="latent",
-            callback_on_step_end=step_callback(params.num_inference_steps, cancel, on_step, previewer),
-            **(call_kwargs or {}),
-        ).images
-    check_cancel(cancel)
+    pipe, latents = denoise(store, params, cls, components, call_kwargs, cancel, on_step, on_preview, steps, notices)
     # 3. Decode (fp32 fallback on NaN).
     images = decode_latents(pipe, latents)
     return Generated(images=images, seeds=params.seeds(), seconds=time.perf_counter() - started,
                      request=params, notices=notices)
+
+
+def offset_steps(on_step: StepHook | None, before: int, total: int) -> StepHook | None:
+    """A step hook for the second of two passes: its steps counted after ``before`` of ``total``."""
+    if on_step is None:
+        return None
+    return lambda i, n: on_step(before + i, total)
+
+
+# A dedicated inpainting model: its U-Net also takes the mask and the masked image (4 + 1 + 4).
+UNET_INPAINT_CHANNELS = 9
+
+
+def is_inpainting_model(store) -> bool:
+    return store.base().unet.config.in_channels == UNET_INPAINT_CHANNELS
+
+
+def blank_canvas(params: Txt2Img) -> dict:
+    """Text to image on an inpainting model, as A1111 does it: everything masked over a blank
+    (mid-grey) picture, from pure noise. Arguments for diffusers' inpaint pipelines."""
+    return {"image": Image.new("RGB", (params.width, params.height), (127, 127, 127)),
+            "mask_image": Image.new("L", (params.width, params.height), 255), "strength": 1.0}
