@@ -32,6 +32,7 @@ from .tasks.prompts import token_window
 log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
+OWN_LOOKUP = 2000  # how many of a user's newest images a gallery copy is looked up among
 # Request fields that the info JSON does not repeat (the post-step is reported by its result).
 _NOT_IN_INFO = ("hires_upscaler", "hires_scale", "draft", "hires_pass", "hires_strength", "hires_steps")
 # A1111's names of what fills the masked area before denoising ("Masked content").
@@ -313,13 +314,20 @@ class Studio:
                 for path in self.recent_outputs(limit, user)]
 
     def own_output(self, path, user: str = "") -> Path | None:
-        """``path`` resolved, when it is a saved PNG in outputs/ that ``user`` may read; else None
-        (a path a browser sends back is never trusted as it is)."""
+        """The saved PNG in outputs/ that ``path`` names, when ``user`` may read it; else None (a
+        path a browser sends back is never trusted as it is). A gallery shows Gradio's copy of
+        a result (its cache keeps the file name), so a path outside outputs/ is looked up by its
+        name among the user's own newest images, never opened itself."""
         try:
             resolved = Path(path).resolve()
-            resolved.relative_to(self.outputs.root.resolve())
-        except (ValueError, OSError, TypeError):
+        except (OSError, TypeError, ValueError):
             return None
+        try:
+            resolved.relative_to(self.outputs.root.resolve())
+        except ValueError:
+            resolved = next((p.resolve() for p in self.recent_outputs(OWN_LOOKUP, user) if p.name == resolved.name), None)
+            if resolved is None:
+                return None
         if resolved.suffix.lower() != ".png" or not resolved.is_file() or not self.may_read(resolved, user):
             return None
         return resolved

@@ -5,7 +5,8 @@ that app.py passes in (pipelines.studio.Studio). GPU work runs under one concurr
 jobs from different users never interleave; stop is per browser session.
 
 Layout: a model row, then 创作 (one shared parameter panel on the left; on the right the
-modes 文生图 / 线稿控制 / 深度控制, each with its own 生成 button, above one result gallery),
+modes 文生图 / 线稿控制 / 深度控制 / 图生图 / 局部重绘 / 扩图, each with its own button, above one
+result gallery whose pictures can be sent on to the editing modes),
 超分辨率, 图片信息, 图库, 系统信息, then the tabs extensions add.
 """
 
@@ -15,9 +16,9 @@ import json
 
 import gradio as gr
 
-from . import inputs, tab_control, tab_extensions, tab_tools
-from .common import GPU, UIContext, UIOptions, user_error, user_of
-from .panel import build_panel, send_parameters_targets
+from . import inputs, sending, tab_control, tab_edit, tab_extensions, tab_tools
+from .common import GPU, UIContext, UIOptions, selected_path, user_error, user_of
+from .panel import build_panel
 from .summary import summarize
 from strings import error_text, load
 
@@ -76,11 +77,12 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
                     with gr.Column(scale=5):
                         panel = build_panel(ctx, extensions)
                     with gr.Column(scale=6):
-                        with gr.Tabs():
+                        with gr.Tabs() as modes:
                             with gr.Tab(S.tab_txt2img, id="txt2img"):
                                 draft = gr.Checkbox(False, label=S.draft_label, info=S.draft_info)
                                 generate = gr.Button(S.generate, variant="primary", elem_id="generate")
                             units = tab_control.build_tabs(ctx, panel)
+                            edit = tab_edit.build_tabs(ctx, units)
                         stop = gr.Button(S.stop, variant="stop", elem_id="stop")
                         # One place under the buttons: the progress line while a job runs (the
                         # preview stays in view below), the readable summary after it.
@@ -88,6 +90,10 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
                         # Whole images (a 1024×256 banner is not cropped to a square).
                         gallery = gr.Gallery(label=S.gallery_label, columns=2, height=480, format="png",
                                              object_fit="contain", elem_id="gallery")
+                        picked = gr.Textbox(visible=False)  # the result picked in the gallery (its path)
+                        with gr.Row():
+                            result_to_img2img = gr.Button(S.send_to_img2img, size="sm", elem_id="result-to-img2img")
+                            result_to_inpaint = gr.Button(S.send_to_inpaint, size="sm", elem_id="result-to-inpaint")
                         with gr.Accordion(S.infotext_label, open=False):
                             infotext = gr.Textbox(show_label=False, lines=4, interactive=False, buttons=["copy"],
                                                   elem_id="infotext")
@@ -101,6 +107,7 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
         # -- events ------------------------------------------------------------------------
         panel.wire_generation(generate, draft, gallery, info, summary)
         tab_control.wire(ctx, panel, units, gallery, info, summary)
+        tab_edit.wire(ctx, panel, edit, gallery, info, summary)
         stop.click(panel.stop_job, None, None, queue=False, api_name="stop")
         panel.wire_seed_buttons(info)
         panel.wire_size_rounding()
@@ -123,16 +130,16 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
             lambda: gr.Dropdown(choices=model_dropdown_choices(S, studio), value=studio.current_model()),
             None, model, queue=False, api_visibility="private",
         )
-        tools.send.click(
-            panel.send_parameters, tools.png_text,
-            [tabs, *send_parameters_targets(panel)], queue=False, api_visibility="private",
-        )
-        # 图库 → 创作 (the picked image's parameters into the form) or → 图片信息 (the file itself).
-        def send_recent(path: str | None, request: gr.Request = None):
-            return panel.send_parameters(tools.parameters_of(path, request))
-
-        tools.send_recent.click(send_recent, tools.chosen, [tabs, *send_parameters_targets(panel)], queue=False,
-                                api_visibility="private")
+        # A picture and its parameters to the mode that uses them next (ui/sending.py): from a
+        # result, from 图库, from 图片信息; 图库 → 图片信息 sends the file itself.
+        gallery.select(selected_path, None, picked, queue=False, api_visibility="private")
+        sending.wire(panel, edit, tabs, modes, [
+            (result_to_img2img, picked, "img2img"), (result_to_inpaint, picked, "inpaint"),
+            (tools.send_recent, tools.chosen, None), (tools.recent_to_img2img, tools.chosen, "img2img"),
+            (tools.recent_to_inpaint, tools.chosen, "inpaint"),
+            (tools.send, tools.png, None), (tools.png_to_img2img, tools.png, "img2img"),
+            (tools.png_to_inpaint, tools.png, "inpaint"),
+        ])
 
         def inspect(path: str | None, request: gr.Request = None):
             own = studio.own_output(path, user_of(request)) if path else None

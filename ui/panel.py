@@ -15,6 +15,7 @@ import gradio as gr
 from pipelines.errors import DanqingError, JobCancelled
 from pipelines.requests import (
     DEFAULT_SAMPLER,
+    LATENT_UPSCALER,
     Txt2Img,
     MAX_CFG,
     MAX_IMAGES,
@@ -58,6 +59,9 @@ class Panel:
     hires: gr.Dropdown  # upscaler for the 高清放大 post-step ("" = off)
     hires_scale: gr.Radio
     deepcache: gr.Radio
+    hires_pass: gr.Checkbox  # 高清修复: upscale, then a second denoise (text to image)
+    hires_strength: gr.Slider
+    hires_steps: gr.Slider
     style: gr.Dropdown | None = None  # prompt styles from the extensions (None: no styles)
     lora_box: gr.Accordion | None = None  # its title names the active LoRAs, even when folded
 
@@ -68,6 +72,7 @@ class Panel:
             "guidance_scale": self.cfg, "width": self.width, "height": self.height, "seed": self.seed,
             "num_images_per_prompt": self.batch, "sampler": self.sampler, "loras": self.loras,
             "hires_upscaler": self.hires, "hires_scale": self.hires_scale, "deepcache": self.deepcache,
+            "hires_pass": self.hires_pass, "hires_strength": self.hires_strength, "hires_steps": self.hires_steps,
         }
 
     def stop_job(self, request: gr.Request = None) -> None:
@@ -200,13 +205,26 @@ class Panel:
             gr.Tabs(selected="create"), prompt, parsed["negative_prompt"],
             number(fields.get("Steps")), number(fields.get("CFG scale")), number(fields.get("Seed")),
             number(w), number(h), sampler if sampler in SAMPLER_NAMES else gr.update(),
-            *names, *weights,
+            *names, *weights, *self._hires_values(fields, number),
         ]
+
+    def _hires_values(self, fields: dict, number) -> list:
+        """[hires_pass, hires_strength, hires_steps, hires upscaler, hires_scale] of A1111's hires
+        fix fields (left as they are when the image had no hires fix)."""
+        if "Hires upscale" not in fields or "Denoising strength" not in fields:
+            return [False, gr.update(), gr.update(), gr.update(), gr.update()]
+        named = fields.get("Hires upscaler", "")
+        upscaler = LATENT_UPSCALER if named.lower().startswith("latent") else named
+        listed = upscaler == LATENT_UPSCALER or upscaler in self.ctx.studio.upscalers()
+        scale = number(fields.get("Hires upscale"))
+        return [True, number(fields.get("Denoising strength")), number(fields.get("Hires steps", 0)),
+                upscaler if listed else gr.update(), scale if scale in (2, 4) else gr.update()]
 
 
 def send_parameters_targets(panel: Panel) -> list:
     return [panel.prompt, panel.negative, panel.steps, panel.cfg, panel.seed, panel.width, panel.height,
-            panel.sampler, *panel.lora_names, *panel.lora_weights]
+            panel.sampler, *panel.lora_names, *panel.lora_weights, panel.hires_pass, panel.hires_strength,
+            panel.hires_steps, panel.hires, panel.hires_scale]
 
 
 def build_panel(ctx: UIContext, styles=None) -> Panel:
@@ -248,20 +266,31 @@ def build_panel(ctx: UIContext, styles=None) -> Panel:
         refresh_loras = gr.Button(S.refresh)
         loras = gr.JSON(value=[], visible=False)
 
-    # 高清放大: upscale each generated image before saving (the original is kept too).
+    # 高清放大: upscale each generated image before saving (the original is kept too); with
+    # 高清修复 the upscale (ESRGAN or the latents) is denoised again and only that is kept.
     with gr.Row():
         upscalers = studio.upscalers()
-        hires = inputs.dropdown(S, choices(upscalers, S.hires_off), value="", label=S.hires_label, scale=3)
+        hires = inputs.dropdown(S, hires_choices(S, upscalers), value="", label=S.hires_label, scale=3)
         hires_scale = inputs.radio(S, [("×2", 2), ("×4", 4)], value=2, label=S.upscale_scale, scale=2)
+    hires_pass = gr.Checkbox(False, label=S.hires_pass_label, elem_id="hires-pass")
+    with gr.Row(visible=False) as hires_row:  # shown while 高清修复 is on
+        hires_strength = inputs.slider(S, 0, 1, value=0.4, step=0.01, label=S.hires_strength_label)
+        hires_steps = inputs.slider(S, 0, MAX_STEPS, value=0, step=1, label=S.hires_steps_label)
+    hires_pass.change(lambda on: gr.Row(visible=bool(on)), hires_pass, hires_row, queue=False, api_visibility="private")
     # DeepCache-style approximation: faster, not pixel-exact; off by default.
     deepcache = inputs.radio(S, [(S.deepcache_off, 0), (S.deepcache_every.format(n=2), 2), (S.deepcache_every.format(n=3), 3)],
                          value=0, label=S.deepcache_label, info=S.deepcache_info)
 
     panel = Panel(ctx, prompt, negative, sampler, steps, cfg, width, height, seed, batch, random_seed,
                   reuse_seed, lora_names, lora_weights, loras, lora_info, lora_previews, refresh_loras, hires, hires_scale,
-                  deepcache, style=style, lora_box=lora_box)
+                  deepcache, hires_pass, hires_strength, hires_steps, style=style, lora_box=lora_box)
     _wire_lora_slots(panel)
     return panel
+
+
+def hires_choices(S, upscalers: list[str]) -> list[tuple[str, str]]:
+    """关闭, the latent upscaler (hires fix only), then the ESRGAN files."""
+    return [(S.hires_off, ""), (S.hires_latent, LATENT_UPSCALER), *[(name, name) for name in upscalers]]
 
 
 def _lora_names(lora_list: list[dict]) -> list[str]:

@@ -42,6 +42,14 @@ def summarize(S, info_text: str | None) -> tuple[str, str]:
     if info.get("upscaler"):
         lines.append(S.summary_hires.format(upscaler=info["upscaler"], scale=info.get("upscale", "?"),
                                             seconds=_seconds(info.get("upscale_seconds"))))
+    hires = info.get("hires")
+    if isinstance(hires, dict):
+        upscaler = S.hires_latent if hires.get("upscaler") == "latent" else hires.get("upscaler")
+        size = hires.get("size") or ["?", "?"]
+        lines.append(S.summary_hires_pass.format(upscaler=upscaler, scale=f"{hires.get('scale', 0):g}", width=size[0],
+                                                 height=size[1], strength=hires.get("strength"), steps=hires.get("steps")))
+    if info.get("mode") in S.summary_modes:
+        lines.append(S.summary_edit.format(mode=S.summary_modes[info["mode"]], strength=info.get("denoising_strength")))
     if info.get("draft"):
         lines.append(S.summary_draft)
     notices = info.get("notices") or {}

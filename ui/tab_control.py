@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from pipelines.requests import Control, ControlUnit, Txt2Img
+from pipelines.requests import CONTROL_KINDS, Control, ControlUnit, Txt2Img
 
 from . import inputs
 from .binding import endpoint, request_fields
@@ -100,7 +100,9 @@ def added_names(kind: str) -> tuple[str, ...]:
 
 
 # The two endpoints' parameters, in the order the Gradio API has always listed them.
-BASE_FIELDS = request_fields(Txt2Img, exclude=("draft",))
+# (The hires pass is text-to-image's own: ControlNet jobs refuse it, so their endpoints leave it out.)
+HIRES_PASS_FIELDS = ("hires_pass", "hires_strength", "hires_steps")
+BASE_FIELDS = request_fields(Txt2Img, exclude=("draft", *HIRES_PASS_FIELDS))
 ENDPOINTS = {
     "canny": ("image", *BASE_FIELDS, *OWN_NAMES, "low_threshold", "high_threshold", "resize_mode",
               "add_depth", "depth_image", *added_names("depth"), "depth_estimator"),
@@ -117,19 +119,43 @@ DOCS = {
 }
 
 
+def _unit(values: dict, kind: str, image: str, names: tuple[str, ...]) -> dict:
+    """One unit's ControlUnit fields from an endpoint's values (its image and settings by name)."""
+    fields = {"kind": kind, "image": values[image], **{f: values[n] for f, n in zip(UNIT_FIELDS, names)}}
+    if kind == "canny":
+        return {**fields, "low_threshold": values["low_threshold"], "high_threshold": values["high_threshold"]}
+    return {**fields, "estimator": values["depth_estimator"]}
+
+
 def units_of(kind: str, values: dict) -> list[dict]:
     """The ControlUnit fields of an endpoint's values: the tab's own unit, then the other's."""
-    def unit(unit_kind: str, image: str, names: tuple[str, ...]) -> dict:
-        fields = {"kind": unit_kind, "image": values[image], **{f: values[n] for f, n in zip(UNIT_FIELDS, names)}}
-        if unit_kind == "canny":
-            return {**fields, "low_threshold": values["low_threshold"], "high_threshold": values["high_threshold"]}
-        return {**fields, "estimator": values["depth_estimator"]}
-
     other = "depth" if kind == "canny" else "canny"
-    units = [unit(kind, "image", OWN_NAMES)]
+    units = [_unit(values, kind, "image", OWN_NAMES)]
     if values[f"add_{other}"]:
-        units.append(unit(other, f"{other}_image", added_names(other)))
+        units.append(_unit(values, other, f"{other}_image", added_names(other)))
     return units
+
+
+# What an edit endpoint (图生图) reads of the two ControlNet tabs, when it adds their units.
+ADDED_FIELDS = ("add_canny", "canny_image", *added_names("canny"), "low_threshold", "high_threshold",
+                "add_depth", "depth_image", *added_names("depth"), "depth_estimator")
+
+
+def added_units(values: dict) -> list[dict]:
+    """The ControlNet tabs' units an edit adds (``add_canny`` / ``add_depth``)."""
+    return [_unit(values, kind, f"{kind}_image", added_names(kind)) for kind in CONTROL_KINDS if values[f"add_{kind}"]]
+
+
+def added_components(units: dict[str, Unit], add: dict) -> dict:
+    """The components of ADDED_FIELDS: ``add`` holds the edit tab's own add_canny/add_depth boxes."""
+    canny, depth = units["canny"], units["depth"]
+
+    def settings(unit: Unit) -> list:
+        return [unit.is_map, unit.model, unit.weight, unit.start, unit.end]
+
+    return {**add, "canny_image": canny.image, **dict(zip(added_names("canny"), settings(canny))),
+            "depth_image": depth.image, **dict(zip(added_names("depth"), settings(depth))),
+            "low_threshold": canny.low, "high_threshold": canny.high, "depth_estimator": depth.estimator}
 
 
 def wire(ctx: UIContext, panel: Panel, units: dict[str, Unit], gallery, info, progress_on) -> None:

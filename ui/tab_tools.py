@@ -12,7 +12,7 @@ from pipelines.requests import Upscale
 
 from . import inputs
 from .system_view import system_markdown
-from .common import GPU, UIContext, caller_of, choices, user_error, user_of
+from .common import GPU, UIContext, caller_of, choices, selected_path, user_error, user_of
 
 
 @dataclass
@@ -25,7 +25,10 @@ class Tools:
     send_recent: gr.Button
     inspect_recent: gr.Button
     png: gr.Image
-    parameters_of: object  # (path, request) -> parameters text
+    recent_to_img2img: gr.Button
+    recent_to_inpaint: gr.Button
+    png_to_img2img: gr.Button
+    png_to_inpaint: gr.Button
 
 
 def build_tabs(ctx: UIContext) -> Tools:
@@ -71,7 +74,10 @@ def build_tabs(ctx: UIContext) -> Tools:
             png = inputs.image(S, label=S.pnginfo_upload, type="pil", image_mode=None, sources=["upload", "clipboard"], elem_id="png-upload")
             with gr.Column():
                 png_text = gr.Textbox(label=S.pnginfo_text, lines=8, interactive=False)
-                send = gr.Button(S.send_to_txt2img)
+                send = gr.Button(S.send_to_create, elem_id="png-send")
+                with gr.Row():
+                    png_to_img2img = gr.Button(S.send_to_img2img, elem_id="png-to-img2img")
+                    png_to_inpaint = gr.Button(S.send_to_inpaint, elem_id="png-to-inpaint")
 
     def read_png(image):
         if image is None:
@@ -89,7 +95,9 @@ def build_tabs(ctx: UIContext) -> Tools:
         # box rather than gr.State: a State makes every page hold a heartbeat stream open.
         chosen = gr.Textbox(visible=False)
         with gr.Row():
-            send_recent = gr.Button(S.send_to_txt2img, elem_id="recent-send")
+            send_recent = gr.Button(S.send_to_create, elem_id="recent-send")
+            recent_to_img2img = gr.Button(S.send_to_img2img, elem_id="recent-to-img2img")
+            recent_to_inpaint = gr.Button(S.send_to_inpaint, elem_id="recent-to-inpaint")
             inspect_recent = gr.Button(S.send_to_pnginfo, elem_id="recent-inspect")
             refresh_recent = gr.Button(S.refresh)
 
@@ -97,14 +105,9 @@ def build_tabs(ctx: UIContext) -> Tools:
         """The newest images of this user (with --auth each user sees only their own)."""
         return [(str(path), caption) for path, caption in studio.recent_captioned(user=user_of(request))]
 
-    def choose(event: gr.SelectData) -> str | None:
-        value = event.value if isinstance(event.value, dict) else {}
-        image = value.get("image") if isinstance(value.get("image"), dict) else value
-        return image.get("path") if isinstance(image, dict) else None
-
     for trigger in (gallery_tab.select, refresh_recent.click):
         trigger(my_outputs, None, recent, queue=False, api_visibility="private")
-    recent.select(choose, None, chosen, queue=False, api_visibility="private")
+    recent.select(selected_path, None, chosen, queue=False, api_visibility="private")
 
     # 4. System info.
     with gr.Tab(S.tab_system, id="system"):
@@ -114,13 +117,10 @@ def build_tabs(ctx: UIContext) -> Tools:
         refresh_system = gr.Button(S.system_refresh)
     system.change(lambda info: system_markdown(S, info), system, system_view, queue=False, api_visibility="private")
     refresh_system.click(studio.system_info, None, system, queue=False, api_name="system_info")
-    def parameters_of(path: str | None, request: gr.Request = None) -> str:
-        """The parameters text of a chosen saved image (the user's own only)."""
-        own = studio.own_output(path, user_of(request)) if path else None
-        return (studio.saved_parameters(own) or "") if own else ""
-
     return Tools(png_text=png_text, send=send, system=system, recent=recent, chosen=chosen, send_recent=send_recent,
-                 inspect_recent=inspect_recent, png=png, parameters_of=parameters_of)
+                 inspect_recent=inspect_recent, png=png,
+                 recent_to_img2img=recent_to_img2img, recent_to_inpaint=recent_to_inpaint,
+                 png_to_img2img=png_to_img2img, png_to_inpaint=png_to_inpaint)
 
 
 def _path_of(upload) -> str:

@@ -21,48 +21,45 @@ ASPECT_TOLERANCE = 0.02  # a mask whose aspect ratio differs more from the image
 def read_mask(data, size: tuple[int, int], invert: bool = False) -> Image.Image:
     """The mask of an image of ``size`` as an "L" image, white = repaint.
 
-    Transparent masks (painted strokes on a clear layer, Krita's and Photoshop's exports) count
-    by their coverage; opaque ones by their brightness. A mask of another size but the same
-    aspect ratio is resized; another aspect ratio is refused, as is a mask with nothing in it.
+    ``data``: a mask image, or a list of layers painted in the browser (their strokes are the
+    mask). Transparent masks (painted strokes on a clear layer, Krita's and Photoshop's
+    exports) count by their coverage; opaque ones by their brightness. A mask of another size
+    but the same aspect ratio is resized; another aspect ratio is refused, as is a mask with
+    nothing in it.
     """
+    layers = list(data) if isinstance(data, (list, tuple)) else [data]
+    union = None
+    for layer in layers:
+        # 1. Grey levels; 2. the image's size.
+        mask = _resized(_grey_mask(layer), size)
+        union = mask if union is None else Image.fromarray(np.maximum(np.asarray(union), np.asarray(mask)))
+    if invert:
+        union = Image.eval(union, lambda v: 255 - v)
+    # 3. Something to repaint.
+    if not (np.asarray(union) >= MASKED).any():
+        raise ParamError("mask_empty")
+    return union
+
+
+def _grey_mask(data) -> Image.Image:
     try:
         image = open_upload(data)
     except ParamError as exc:
         raise ParamError("mask_unreadable") from exc
-    # 1. Grey levels: strokes on a transparent layer are composited on black.
-    if has_alpha(image):
+    if has_alpha(image):  # strokes on a transparent layer: composited on black
         rgba = image.convert("RGBA")
-        mask = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("L")
-    else:
-        mask = to_rgb(image).convert("L")
-    # 2. The image's size.
-    if mask.size != tuple(size):
-        mw, mh = mask.size
-        iw, ih = size
-        if abs(mw / mh - iw / ih) > ASPECT_TOLERANCE * (iw / ih):
-            raise ParamError("mask_size_mismatch", mask=f"{mw}×{mh}", image=f"{iw}×{ih}")
-        mask = mask.resize(tuple(size), Image.Resampling.BILINEAR)
-    if invert:
-        mask = Image.eval(mask, lambda v: 255 - v)
-    # 3. Something to repaint.
-    if not (np.asarray(mask) >= MASKED).any():
-        raise ParamError("mask_empty")
-    return mask
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("L")
+    return to_rgb(image).convert("L")
 
 
-def mask_of_strokes(layers: list) -> Image.Image | None:
-    """The union of brush layers (transparent images the browser painted on) as an "L" mask,
-    or None when nothing was painted."""
-    union = None
-    for layer in layers:
-        image = open_upload(layer)
-        alpha = np.asarray(image.convert("RGBA").getchannel("A")) if has_alpha(image) else None
-        if alpha is None:  # an opaque layer: its bright pixels
-            alpha = np.asarray(to_rgb(image).convert("L"))
-        union = alpha if union is None else np.maximum(union, alpha if alpha.shape == union.shape else union)
-    if union is None or not (union >= MASKED).any():
-        return None
-    return Image.fromarray(np.where(union >= MASKED, 255, 0).astype(np.uint8), mode="L")
+def _resized(mask: Image.Image, size: tuple[int, int]) -> Image.Image:
+    if mask.size == tuple(size):
+        return mask
+    mw, mh = mask.size
+    iw, ih = size
+    if abs(mw / mh - iw / ih) > ASPECT_TOLERANCE * (iw / ih):
+        raise ParamError("mask_size_mismatch", mask=f"{mw}×{mh}", image=f"{iw}×{ih}")
+    return mask.resize(tuple(size), Image.Resampling.BILINEAR)
 
 
 def blur(mask: Image.Image, radius: int) -> Image.Image:
