@@ -36,6 +36,28 @@ class Txt2ImgRequest(_Request):
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict, description="Only `controlnet` with its `args` units is used.")
     send_images: bool = True
     save_images: bool = Field(True, description="Ignored: Danqing always saves images with their metadata and AIGC label.")
+    enable_hr: bool = Field(False, description="Hires fix: upscale, then denoise again (text to image only).")
+    hr_scale: float = Field(2.0, description="Hires fix upscale factor (1 to 4).")
+    hr_upscaler: str | None = Field("Latent", description="'Latent', or a name from /sdapi/v1/upscalers.")
+    hr_second_pass_steps: int = Field(0, description="Steps of the second pass (0: as many as `steps`).")
+    hr_resize_x: int = Field(0, description="Target width instead of hr_scale (0: use hr_scale).")
+    hr_resize_y: int = Field(0, description="Target height instead of hr_scale (0: use hr_scale).")
+    denoising_strength: float | None = Field(None, description="Hires fix: strength of the second pass (default 0.7).")
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    """``/sdapi/v1/img2img``: the txt2img fields plus the input image and, for inpainting, a mask."""
+
+    init_images: list[str] = Field(default_factory=list, description="One base64 image (data: prefix allowed).")
+    mask: str | None = Field(None, description="Base64 mask, white = repaint: inpainting. None: image to image.")
+    denoising_strength: float = Field(0.75, description="0: the image unchanged (no U-Net step), 1: redrawn.")
+    resize_mode: int | str = Field(0, description="Just Resize (0), Crop and Resize (1), Resize and Fill (2).")
+    mask_blur: int = 4
+    inpainting_fill: int = Field(0, description="0 fill, 1 original, 2 latent noise, 3 latent nothing.")
+    inpaint_full_res: bool = Field(True, description="Only masked: work on the mask's box at width × height.")
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = Field(0, description="1: repaint what the mask leaves black.")
+    include_init_images: bool = Field(False, description="Echo init_images and mask in `parameters`.")
 
 
 class ControlNetUnit(_Request):

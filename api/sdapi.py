@@ -39,7 +39,19 @@ from pydantic import ValidationError
 from pipelines.errors import DanqingError, JobCancelled, ParamError
 from pipelines.formats.images import MAX_INPUT_PIXELS, MAX_UPLOAD_BYTES, read_info
 from pipelines.formats.pnginfo import MAX_PARAMETERS_CHARS, parse_parameters, read_parameters_of
-from pipelines.requests import DEFAULT_SAMPLER, MAX_UNITS, SAMPLER_NAMES, Caller, Control, ControlUnit, Txt2Img, Upscale
+from pipelines.requests import (
+    DEFAULT_SAMPLER,
+    LATENT_UPSCALER,
+    MAX_UNITS,
+    SAMPLER_NAMES,
+    Caller,
+    Control,
+    ControlUnit,
+    Img2Img,
+    Inpaint,
+    Txt2Img,
+    Upscale,
+)
 from strings import error_text, load
 
 from .accounts import Accounts, user_of
@@ -49,6 +61,7 @@ from .schemas import (
     ControlNetArgs,
     DetectRequest,
     ExtraSingleImageRequest,
+    Img2ImgRequest,
     OptionsRequest,
     PngInfoRequest,
     Txt2ImgRequest,
@@ -96,6 +109,8 @@ CONTROL_MODULES = {
     "depth_anything": ("depth", "anything"),
     "depth_anything_v2": ("depth", "anything"),
 }
+# A1111's inpainting_fill numbers: 0 fill, 1 original, 2 latent noise, 3 latent nothing.
+A1111_FILLS = ("fill", "original", "latent_noise", "latent_nothing")
 RESIZE_MODES = {
     "just resize": "stretch", "0": "stretch",
     "crop and resize": "crop", "1": "crop", "scale to fit (inner fit)": "crop", "inner fit (scale to fit)": "crop",
@@ -338,33 +353,115 @@ class SdApi:
             job.interrupted = True
         return stack
 
-    # -- txt2img -------------------------------------------------------------------------------
-    def txt2img(self, req: Txt2ImgRequest, user: str, scope: dict) -> dict:
-        studio = self.studio
-        address = (scope.get("client") or ("unknown", 0))[0]
-        # 1. Translate and check what can be checked before waiting for the GPU.
+    # -- txt2img and img2img --------------------------------------------------------------------
+    def _base(self, req: Txt2ImgRequest, **more) -> tuple[Txt2Img, str, str, str]:
+        """The Txt2Img of an A1111 request (styles applied, sampler translated), and the prompt,
+        negative prompt and sampler A1111 echoes back."""
         if not 1 <= req.n_iter <= MAX_N_ITER:
             raise ParamError("out_of_range", name="n_iter", value=req.n_iter, low=1, high=MAX_N_ITER)
         prompt, negative = req.prompt, req.negative_prompt
         if self.styles is not None and req.styles:
             prompt, negative = self.styles.apply_styles(prompt, negative, req.styles)
         sampler = sampler_name(req.sampler_name or req.sampler_index, req.scheduler)
-        units, resize_mode = self.control_units(req.alwayson_scripts)
         request = Txt2Img.from_fields(
             prompt=prompt, negative_prompt=negative, num_inference_steps=req.steps, guidance_scale=req.cfg_scale,
             width=req.width, height=req.height, seed=req.seed, num_images_per_prompt=req.batch_size, sampler=sampler,
+            **more,
         )
+        return request, prompt, negative, sampler
+
+    def _hires(self, req: Txt2ImgRequest) -> dict:
+        """A1111's hires fix fields as Txt2Img fields (``enable_hr`` off: none)."""
+        if not req.enable_hr:
+            return {}
+        scale = req.hr_scale
+        if req.hr_resize_x > 0 or req.hr_resize_y > 0:  # a target size instead of a factor: the aspect is kept
+            scale = max(req.hr_resize_x / max(req.width, 1), req.hr_resize_y / max(req.height, 1))
+        named = (req.hr_upscaler or "Latent").strip()
+        upscaler = LATENT_UPSCALER if named.lower().startswith("latent") or named.lower() == "none" else self.upscaler(named)
+        return {"hires_pass": True, "hires_upscaler": upscaler, "hires_scale": scale,
+                "hires_strength": 0.7 if req.denoising_strength is None else req.denoising_strength,
+                "hires_steps": req.hr_second_pass_steps}
+
+    def txt2img(self, req: Txt2ImgRequest, user: str, scope: dict) -> dict:
+        # 1. Translate and check what can be checked before waiting for the GPU.
+        request, prompt, negative, sampler = self._base(req, **self._hires(req))
+        units, resize_mode = self.control_units(req.alwayson_scripts)
         control = Control.build(request, units, resize_mode) if units else None
+
+        def one(seed: int, job):
+            if control is not None:
+                return self.studio.control(replace(control, base=replace(request, seed=seed)), client=job.caller)
+            return self.studio.txt2img(replace(request, seed=seed), client=job.caller)
+
+        job, generated, maps, infos = self._batches(req, user, scope, "txt2img", request.seed, one)
+        # 3. A1111's response: base64 PNGs, the request, and the info JSON string.
+        return {
+            "images": [b64_file(p) for p in (*generated, *maps)] if req.send_images else [],
+            "parameters": req.model_dump(),
+            "info": _json(self._info(req, prompt, negative, sampler, generated, infos, job)),
+        }
+
+    def img2img(self, req: Img2ImgRequest, user: str, scope: dict) -> dict:
+        """Image to image, and inpainting when a ``mask`` is sent (A1111's one route for both)."""
+        # 1. Translate and check everything before an image is decoded or the GPU is waited for.
+        if not req.init_images:
+            raise ParamError("edit_image_missing")
+        if len(req.init_images) > 1:
+            raise ParamError("api_unsupported", what="init_images with more than one image")
+        for value in (req.init_images[0], req.mask):
+            if _decoded_size(value) > MAX_UPLOAD_BYTES:
+                raise ParamError("image_too_large", megapixels=MAX_INPUT_PIXELS // 1_000_000)
+        if not 0 <= req.inpainting_fill < len(A1111_FILLS):
+            raise ParamError("out_of_range", name="inpainting_fill", value=req.inpainting_fill, low=0,
+                             high=len(A1111_FILLS) - 1)
+        mode = str(req.resize_mode).strip().lower()
+        resize_mode = RESIZE_MODES.get(mode, "stretch" if mode in ("3", "just resize (latent upscale)") else mode)
+        request, prompt, negative, sampler = self._base(req)
+        units, _ = self.control_units(req.alwayson_scripts)
+        edit = Img2Img.build(request, image_bytes(req.init_images[0], missing="edit_image_missing"),
+                             req.denoising_strength, resize_mode, units, save_inputs=False)
+        inpaint = None
+        if req.mask not in (None, ""):
+            inpaint = Inpaint.build(edit, image_bytes(req.mask, missing="mask_missing"), req.mask_blur,
+                                    A1111_FILLS[req.inpainting_fill], req.inpaint_full_res, req.inpaint_full_res_padding,
+                                    bool(req.inpainting_mask_invert))
+
+        def one(seed: int, job):
+            base = replace(edit, base=replace(request, seed=seed))
+            if inpaint is not None:
+                return self.studio.inpaint(replace(inpaint, edit=base), client=job.caller)
+            return self.studio.img2img(base, client=job.caller)
+
+        job, generated, maps, infos = self._batches(req, user, scope, "img2img", request.seed, one)
+        # 2. A1111's response; the input images are echoed only when asked (they can be large).
+        parameters = req.model_dump()
+        if not req.include_init_images:
+            parameters.update(init_images=None, mask=None)
+        info = self._info(req, prompt, negative, sampler, generated, infos, job)
+        info["denoising_strength"] = req.denoising_strength
+        return {
+            "images": [b64_file(p) for p in (*generated, *maps)] if req.send_images else [],
+            "parameters": parameters,
+            "info": _json(info),
+        }
+
+    def _batches(self, req, user: str, scope: dict, kind: str, seed: int, one):
+        """Run ``one(seed, job)`` ``req.n_iter`` times holding the GPU (the model override, every batch,
+        switching back), seeds continuing across batches as in A1111. Returns (job, generated
+        files, the last batch's extra files, infos)."""
+        studio = self.studio
+        address = (scope.get("client") or ("unknown", 0))[0]
         checkpoint = req.override_settings.get("sd_model_checkpoint")
         if checkpoint and not req.override_settings_restore_afterwards and not self.accounts.is_admin(user):
             raise ParamError("admin_only", admins=self.S.list_sep.join(sorted(self.accounts.admins)), what=self.S.admin_what_model)
-        job = self.jobs.open_batch(user, "txt2img", req.n_iter, address=address)
+        job = self.jobs.open_batch(user, kind, req.n_iter, address=address)
         on_disconnect(scope, lambda: self.jobs.interrupt_batch(job))
         generated, maps, infos = [], [], []
         try:
-            # 2. The GPU: the lock UI jobs take, held for the whole request (model override,
-            #    every batch, switching back), so nothing interleaves. The request waits for its
-            #    turn like any job; interrupted (or its caller gone) while waiting, it leaves.
+            # The GPU: the lock UI jobs take, held for the whole request, so nothing interleaves.
+            # The request waits for its turn like any job; interrupted (or its caller gone)
+            # while waiting, it leaves.
             with self._turn(job):
                 previous = None
                 if checkpoint and not job.interrupted:
@@ -378,10 +475,7 @@ class SdApi:
                             break
                         job.job_no = number
                         try:
-                            if control is not None:
-                                paths, info = studio.control(replace(control, base=request), client=job.caller)
-                            else:
-                                paths, info = studio.txt2img(request, client=job.caller)
+                            paths, info = one(seed, job)
                         except JobCancelled:
                             job.interrupted = True
                             break
@@ -390,19 +484,13 @@ class SdApi:
                         maps = paths[count:]
                         infos.append(info)
                         job.last_image = b64_file(paths[count - 1])
-                        # A1111: the next batch continues the seeds.
-                        request = replace(request, seed=info["all_seeds"][-1] + 1)
+                        seed = info["all_seeds"][-1] + 1  # A1111: the next batch continues the seeds
                 finally:
                     if previous is not None and req.override_settings_restore_afterwards:
                         studio.switch_model(previous)
         finally:
             self.jobs.close_batch(job)
-        # 3. A1111's response: base64 PNGs, the request, and the info JSON string.
-        return {
-            "images": [b64_file(p) for p in (*generated, *maps)] if req.send_images else [],
-            "parameters": req.model_dump(),
-            "info": _json(self._info(req, prompt, negative, sampler, generated, infos, job)),
-        }
+        return job, generated, maps, infos
 
     def _info(self, req, prompt, negative, sampler, generated, infos, job) -> dict:
         seeds = [s for info in infos for s in info["all_seeds"]]
@@ -582,6 +670,11 @@ def build_router(studio, accounts: Accounts | None = None, lang: str | None = No
     @router.post(f"{v1}/txt2img", tags=["sdapi"], summary="Text to image (ControlNet units via alwayson_scripts)")
     def txt2img(req: Txt2ImgRequest, request: Request, user: str = Depends(login)) -> dict:
         return api.txt2img(req, user, request.scope)
+
+    @router.post(f"{v1}/img2img", tags=["sdapi"],
+                 summary="Image to image; inpainting with `mask` (ControlNet units via alwayson_scripts)")
+    def img2img(req: Img2ImgRequest, request: Request, user: str = Depends(login)) -> dict:
+        return api.img2img(req, user, request.scope)
 
     @router.get(f"{v1}/progress", tags=["sdapi"], summary="Progress, ETA and the newest image of the running job")
     async def progress(skip_current_image: bool = False, user: str = Depends(login)) -> dict:

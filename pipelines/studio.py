@@ -112,8 +112,11 @@ class Studio:
     def outpaint(self, request: Outpaint, client: Caller | str = "local", on_step=None,
                  on_preview=None) -> tuple[list[Path], dict]:
         """扩图: the canvas grown, the new area filled to continue the picture."""
-        fields = {"Outpaint": f"left {request.left} right {request.right} up {request.up} down {request.down}",
-                  "Masked content": INPAINT_FILL_NAMES[request.fill]}
+        def fields(result: Generated) -> dict:  # the sides as grown (to multiples of 8, or scaled to fit)
+            left, right, up, down = result.notices["outpaint"]
+            return {"Outpaint": f"left {left} right {right} up {up} down {down}",
+                    "Masked content": INPAINT_FILL_NAMES[request.fill]}
+
         return self._edit(edit.outpaint, request, request.edit, fields, client, on_step, on_preview)
 
     def _edit(self, task, request, edit_request: Img2Img, fields: dict, client, on_step, on_preview):
@@ -121,7 +124,7 @@ class Studio:
         self.outputs.check_quota(caller.user)
         with self.jobs.run(caller, on_step) as (cancel, hook):
             result = task(self.store, request, cancel=cancel, on_step=hook, on_preview=on_preview)
-            fields = {"Denoising strength": edit_request.strength, **fields,
+            fields = {"Denoising strength": edit_request.strength, **(fields(result) if callable(fields) else fields),
                       **_unit_fields(edit_request.units, edit_request.resize_mode)}
             extra = {"mode": task.__name__, "denoising_strength": edit_request.strength,
                      "resize_mode": edit_request.resize_mode}

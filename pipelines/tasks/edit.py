@@ -243,8 +243,10 @@ def outpaint(store, request: Outpaint, cancel: threading.Event | None = None, on
         factor = fitted[0] / width
         source = source.resize((max(1, round(source.width * factor)), max(1, round(source.height * factor))),
                                Image.Resampling.LANCZOS)
-        left, up = round(left * factor), round(up * factor)
         width, height = fitted
+        left = min(round(left * factor), width - source.width)
+        up = min(round(up * factor), height - source.height)
+        right, down = width - left - source.width, height - up - source.height
         notices["outpaint_scaled"] = round(factor, 3)
     canvas = Image.new("RGB", (width, height), (127, 127, 127))
     canvas.paste(source, (left, up))
