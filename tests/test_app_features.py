@@ -110,8 +110,61 @@ def test_system_info_shows_one_unet_after_every_tab(client, control_png):
     client.predict(handle_file(control_png), "荷花", width=64, height=64, num_inference_steps=1,
                    controlnet_model="demo-canny", api_name="/canny")
     client.predict([handle_file(control_png)], "RealESRGAN_x2plus-tiny.pth", 2, api_name="/upscale")
+    client.predict(handle_file(control_png), "荷花", width=64, height=64, num_inference_steps=2, api_name="/img2img")
+    client.predict({"background": handle_file(control_png), "layers": [], "composite": None}, handle_file(control_png),
+                   "荷花", num_inference_steps=2, api_name="/inpaint")
+    client.predict(handle_file(control_png), "荷花", num_inference_steps=1, right=8, api_name="/outpaint")
     resident = client.predict(api_name="/system_info")["resident"]
     kinds = [row["kind"] for row in resident]
     assert kinds.count("unet") == 1 and kinds.count("vae") == 1 and kinds.count("text_encoder") == 1
     assert "controlnet" in kinds and "upscaler" in kinds
     assert all(row["bytes"] > 0 for row in resident)
+
+
+# Image editing endpoints (issue 15) -----------------------------------------------------------
+def test_img2img_endpoint_with_a_canny_unit(client, control_png):
+    gallery, info = client.predict(
+        handle_file(control_png), "给线稿上色，国风", width=64, height=64, num_inference_steps=4, seed=8,
+        denoising_strength=0.6, add_canny=True, canny_image=handle_file(control_png), canny_controlnet_model="demo-canny",
+        api_name="/img2img")
+    meta = json.loads(info)
+    assert meta["mode"] == "img2img" and meta["denoising_strength"] == 0.6
+    assert meta["controlnet"][0]["kind"] == "canny" and len(gallery) == 2  # the result and its Canny map
+
+
+def test_inpaint_endpoint_reads_the_painted_layer_as_the_mask(client, tmp_path):
+    source = Image.fromarray((np.random.RandomState(2).rand(64, 80, 3) * 255).astype("uint8"))
+    layer = Image.new("RGBA", source.size, (0, 0, 0, 0))
+    layer.paste((255, 255, 255, 255), (40, 10, 70, 40))
+    source.save(tmp_path / "source.png")
+    layer.save(tmp_path / "layer.png")
+    gallery, info = client.predict(
+        {"background": handle_file(str(tmp_path / "source.png")), "layers": [handle_file(str(tmp_path / "layer.png"))],
+         "composite": None}, None, "一只猫", num_inference_steps=3, seed=2, denoising_strength=1.0, mask_blur=0,
+        api_name="/inpaint")
+    out = np.asarray(Image.open(gallery[0]["image"]).convert("RGB")).astype(int)
+    original = np.asarray(source).astype(int)
+    assert out.shape == original.shape
+    assert np.array_equal(out[:, :32], original[:, :32]) and not np.array_equal(out[15:35, 45:65], original[15:35, 45:65])
+    assert json.loads(info)["mode"] == "inpaint"
+    with pytest.raises(Exception, match="涂抹"):  # nothing painted, no mask: said in Chinese
+        client.predict({"background": handle_file(str(tmp_path / "source.png")), "layers": [], "composite": None}, None,
+                       "一只猫", num_inference_steps=3, api_name="/inpaint")
+
+
+def test_outpaint_endpoint_keeps_the_original(client, tmp_path):
+    source = Image.fromarray((np.random.RandomState(3).rand(48, 64, 3) * 255).astype("uint8"))
+    source.save(tmp_path / "source.png")
+    gallery, info = client.predict(handle_file(str(tmp_path / "source.png")), "山谷", num_inference_steps=3, seed=6,
+                                   left=16, right=0, down=16, api_name="/outpaint")
+    out = np.asarray(Image.open(gallery[0]["image"]).convert("RGB")).astype(int)
+    assert out.shape[:2] == (64, 80)
+    assert np.array_equal(out[:48, 16:], np.asarray(source).astype(int))
+    assert json.loads(info)["notices"]["outpaint"] == [16, 0, 0, 16]
+
+
+def test_txt2img_endpoint_hires_fix(client):
+    gallery, info = client.predict(prompt="猫", width=64, height=64, num_inference_steps=2, seed=5, hires_pass=True,
+                                   hires_strength=0.5, hires_upscaler="RealESRGAN_x2plus-tiny.pth", api_name="/txt2img")
+    assert [Image.open(item["image"]).size for item in gallery] == [(128, 128)]
+    assert json.loads(info)["hires"]["upscaler"] == "RealESRGAN_x2plus-tiny.pth"

@@ -264,3 +264,75 @@ def test_login_is_required_when_auth_is_set(guarded_app):
     assert call(guarded_app, "/sdapi/v1/sd-models", auth=ACCOUNTS[1])[0] == 200
     status, body = call(guarded_app, "/sdapi/v1/txt2img", {"prompt": "猫", **SMALL, "steps": 1}, auth=ACCOUNTS[0])
     assert status == 200 and len(body["images"]) == 1
+
+
+# Image editing (issue 15): what the Photoshop/Krita plugins and bots send --------------------
+def b64_png(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_img2img_with_a_base64_init_image(api, photo_b64):
+    status, body = call(api, "/sdapi/v1/img2img", {
+        "init_images": ["data:image/png;base64," + photo_b64], "prompt": "水彩", **SMALL, "seed": 3,
+        "denoising_strength": 0.5, "resize_mode": 1, "n_iter": 2,
+    })
+    assert status == 200, body
+    assert len(body["images"]) == 2 and decode(body["images"][0]).size == (64, 64)
+    assert body["parameters"]["init_images"] is None  # not echoed unless include_init_images
+    info = json.loads(body["info"])
+    assert info["all_seeds"] == [3, 4] and info["denoising_strength"] == 0.5
+    assert "Denoising strength: 0.5" in decode(body["images"][0]).info["parameters"]
+
+
+def test_inpainting_through_img2img_keeps_the_unmasked_pixels(api):
+    rng = np.random.RandomState(1)
+    source = Image.fromarray((rng.rand(72, 88, 3) * 255).astype("uint8"))
+    mask = Image.new("L", source.size, 0)
+    mask.paste(255, (30, 20, 60, 50))
+    status, body = call(api, "/sdapi/v1/img2img", {
+        "init_images": [b64_png(source)], "mask": b64_png(mask), "prompt": "一朵花", **SMALL, "seed": 9,
+        "denoising_strength": 0.9, "mask_blur": 2, "inpainting_fill": 1, "inpaint_full_res": False,
+        "include_init_images": True,
+    })
+    assert status == 200, body
+    out = np.asarray(decode(body["images"][0]).convert("RGB")).astype(int)
+    assert out.shape[:2] == (72, 88)  # the input's own size
+    far = np.ones((72, 88), bool)
+    far[20 - 8:50 + 8, 30 - 8:60 + 8] = False
+    assert np.array_equal(out[far], np.asarray(source).astype(int)[far])
+    assert not np.array_equal(out[25:45, 35:55], np.asarray(source).astype(int)[25:45, 35:55])
+    assert body["parameters"]["mask"] and body["parameters"]["init_images"]
+    text = decode(body["images"][0]).info["parameters"]
+    assert "Mask blur: 2" in text and "Masked content: original" in text and "Inpaint area: Whole picture" in text
+
+
+def test_img2img_refusals_are_chinese_422s(api, photo_b64):
+    cases = [
+        ({"init_images": []}, "请先上传原图"),
+        ({"init_images": [photo_b64], "denoising_strength": 1.5}, "denoising_strength"),
+        ({"init_images": [photo_b64], "mask": base64.b64encode(b"not an image").decode()}, "无法读取蒙版"),
+        ({"init_images": [photo_b64], "mask": b64_png(Image.new("L", (50, 50), 255))}, "比例不同"),
+        ({"init_images": [photo_b64], "mask": b64_png(Image.new("L", (96, 80), 0))}, "没有要重绘的区域"),
+        ({"init_images": [photo_b64], "inpainting_fill": 7}, "inpainting_fill"),
+        ({"init_images": [photo_b64, photo_b64]}, "暂不支持"),
+    ]
+    for body, words in cases:
+        status, answer = call(api, "/sdapi/v1/img2img", {"prompt": "山", **SMALL, **body})
+        assert status == 422 and words in answer["detail"], (body.keys(), answer)
+
+
+def test_txt2img_hires_fix_fields(api):
+    status, body = call(api, "/sdapi/v1/txt2img", {
+        "prompt": "古镇", **SMALL, "seed": 5, "enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent",
+        "hr_second_pass_steps": 2, "denoising_strength": 0.4,
+    })
+    assert status == 200, body
+    image = decode(body["images"][0])
+    assert image.size == (128, 128) and len(body["images"]) == 1
+    fields = parse_parameters(image.info["parameters"])["fields"]
+    assert fields["Hires upscale"] == "2" and fields["Hires upscaler"] == "Latent" and fields["Size"] == "64x64"
+    assert fields["Denoising strength"] == "0.4" and fields["Hires steps"] == "2"
+    status, body = call(api, "/sdapi/v1/txt2img", {"prompt": "古镇", **SMALL, "enable_hr": True, "hr_scale": 9})
+    assert status == 422 and "hires_scale" in body["detail"]

@@ -41,8 +41,11 @@ ENDPOINTS = {
 }
 DEFAULTS = {**API_DEFAULTS, **CONTROL_DEFAULTS, "denoising_strength": 0.75, "resize_mode": "crop", "save_inputs": False,
             "mask_blur": 4, "inpainting_fill": "original", "inpaint_full_res": False,
-            "inpaint_full_res_padding": 32, "inpainting_mask_invert": False, "left": 0, "right": 0, "up": 0,
-            "down": 0}
+            "inpaint_full_res_padding": 32, "inpainting_mask_invert": False}
+# The API's defaults are the screen's: 扩图 starts at strength 1 with the surrounding colours,
+# 128 pixels to the right.
+MODE_DEFAULTS = {"outpaint": {"denoising_strength": 1.0, "inpainting_fill": "fill", "left": 0, "right": 128, "up": 0,
+                              "down": 0}}
 DOCS = {
     "img2img": "Image to image: `image` denoised from `denoising_strength` at the panel's size (ControlNet units "
                "of the Canny/depth tabs optional). Returns the saved PNGs and a JSON info string.",
@@ -200,7 +203,7 @@ def wire(ctx: UIContext, panel: Panel, edit: Edit, gallery, info, progress_on) -
 
         generate.__name__ = f"{mode}_generate"
         event, inputs_ = endpoint(ENDPOINTS[mode], {**panel.fields(), **edit.components[mode]}, generate,
-                                  doc=DOCS[mode], defaults=DEFAULTS)
+                                  doc=DOCS[mode], defaults={**DEFAULTS, **MODE_DEFAULTS.get(mode, {})})
         button.click(event, inputs_, [gallery, info], api_name=mode, concurrency_id=GPU, concurrency_limit=1,
                      show_progress_on=progress_on)
 

@@ -25,6 +25,7 @@ from ..formats.images import fit_to, load_image
 from ..requests import (
     MAX_JOB_PIXELS,
     MAX_SIDE,
+    MIN_SIDE,
     Img2Img,
     Inpaint,
     Outpaint,
@@ -51,7 +52,7 @@ def working_size(width: int, height: int, images: int) -> tuple[int, int]:
     """A picture's own size as a size the U-Net can work at: multiples of 8, scaled down (aspect
     kept) to fit the side and per-job pixel limits."""
     scale = min(1.0, MAX_SIDE / max(width, height), (MAX_JOB_PIXELS / (width * height * images)) ** 0.5)
-    return max(64, int(width * scale) // 8 * 8), max(64, int(height * scale) // 8 * 8)
+    return max(MIN_SIDE, int(width * scale) // 8 * 8), max(MIN_SIDE, int(height * scale) // 8 * 8)
 
 
 def encode(pipe, images: list[Image.Image]) -> torch.Tensor:
@@ -232,7 +233,10 @@ def outpaint(store, request: Outpaint, cancel: threading.Event | None = None, on
         controlnet.check_names(store, edit.units)
     source = load_image(edit.image)
     left, right, up, down = request.left, request.right, request.up, request.down
-    # 1. The canvas: multiples of 8 (the rest goes to the right and bottom), scaled to fit.
+    # 1. The canvas: at least 64 and multiples of 8 (the rest goes to the right and bottom),
+    #    scaled to fit.
+    right += max(0, MIN_SIDE - (source.width + left + right))
+    down += max(0, MIN_SIDE - (source.height + up + down))
     width, height = source.width + left + right, source.height + up + down
     right += -width % 8
     down += -height % 8
