@@ -174,7 +174,7 @@ ZH = dict(
     outpaint_sides={"left": "向左扩展（像素）", "right": "向右扩展（像素）", "up": "向上扩展（像素）", "down": "向下扩展（像素）"},
     generate_outpaint="扩图",
     hires_latent="潜空间放大（Latent，仅高清修复）",
-    hires_pass_label="高清修复：放大后再重绘一遍（A1111 的 Hires fix，用于文生图）",
+    hires_pass_label="高清修复：放大后再重绘一遍（用于文生图）",
     hires_strength_label="修复重绘幅度",
     hires_steps_label="修复步数（0 = 与采样步数相同）",
     summary_hires_pass="高清修复：{upscaler} ×{scale} → {width}×{height}，重绘幅度 {strength}，{steps} 步",

@@ -148,3 +148,43 @@ def test_a_designers_walk_reads_chinese_and_the_grid_stops(page, tmp_path):
     page.get_by_text("已停止").first.wait_for(timeout=30_000)
     assert time.time() - started < 10
     assert english_words(page) == set()
+
+
+def test_editing_walk_img2img_then_paint_and_inpaint(page, tmp_path):
+    """图生图 from an upload, its result sent to 局部重绘, a brush stroke, 重绘: each screen in Chinese."""
+    source = tmp_path / "photo.png"
+    Image.fromarray((np.random.default_rng(1).random((96, 128, 3)) * 255).astype("uint8")).save(source)
+    page.reload(wait_until="networkidle")
+    page.get_by_role("tab", name="创作").first.wait_for(timeout=60_000)
+    page.get_by_label("提示词", exact=True).first.fill("山水画，远山，小船")
+    page.get_by_label("采样步数").first.fill("4")
+    # 1. 图生图: upload, the panel's size from the picture, run.
+    page.get_by_role("tab", name="图生图").first.click()
+    page.locator("#img2img-image input[type=file]").set_input_files(str(source))
+    page.get_by_role("button", name="尺寸取自原图").click()
+    page.wait_for_timeout(800)
+    assert page.get_by_label("宽度").first.input_value() == "128"
+    page.click("#generate-img2img")
+    page.locator("#result-summary").get_by_text("图生图：重绘幅度").first.wait_for(timeout=90_000)
+    assert english_words(page) == set()
+    # 2. The result to 局部重绘, a stroke with the brush, 重绘.
+    page.locator("#gallery img").first.click()
+    page.click("#result-to-inpaint")
+    page.locator("#inpaint-editor canvas").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(1500)
+    page.locator("#inpaint-editor button[aria-label='画笔']").click()
+    box = page.locator("#inpaint-editor canvas").first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.45)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.55, box["y"] + box["height"] * 0.55, steps=8)
+    page.mouse.up()
+    page.click("#generate-inpaint")
+    page.locator("#result-summary").get_by_text("局部重绘：重绘幅度").first.wait_for(timeout=90_000)
+    page.screenshot(path=str(tmp_path / "inpainted.png"))
+    assert english_words(page) == set()
+    # 3. 扩图 and 文生图 with 高清修复 read in Chinese too.
+    page.get_by_role("tab", name="扩图").first.click()
+    page.locator("#hires-pass input").check()
+    page.wait_for_timeout(500)
+    assert page.get_by_label("修复重绘幅度").count() >= 1
+    assert english_words(page) == set()
