@@ -351,3 +351,12 @@ def test_a_gallery_copy_is_found_by_name_among_the_users_own_images(studio, tmp_
     assert studio.own_output(copy) == paths[0].resolve()
     assert studio.own_output(tmp_path / "nothing-like-it.png") is None
     assert studio.own_output(copy, user="someone-else") is None
+
+
+def test_the_draft_can_take_the_refinement_pass(studio):
+    paths, info = studio.txt2img(base(width=512, height=512, num_inference_steps=2, draft=True, hires_pass=True,
+                                      hires_upscaler="RealESRGAN_x4plus-tiny.pth", hires_strength=0.3))
+    with Image.open(paths[0]) as image:
+        assert image.size == (1024, 1024) and len(paths) == 1  # 256² draft, ×4 ESRGAN, refined
+        assert "Size: 256x256" in image.info["parameters"] and "Hires upscale: 4" in image.info["parameters"]
+    assert info["draft"] is True

@@ -162,22 +162,12 @@ def denoise(
     return pipe, latents
 
 
-def generate(
-    store,
-    params: Txt2Img,
-    cls=None,
-    components: dict | None = None,
-    call_kwargs: dict | None = None,
-    cancel: threading.Event | None = None,
-    on_step: StepHook | None = None,
-    on_preview: PreviewHook | None = None,
-    steps: int | None = None,
-) -> Generated:
-    """Build the job's pipeline, denoise to latents, decode. ``on_preview(image, step, total)``
-    gets live previews (tasks/preview.py) when given."""
+def generate(store, params: Txt2Img, **options) -> Generated:
+    """``denoise`` (same options: pipeline class, components, call arguments, stop, step hook,
+    live previews), then decode the latents into the images of a ``Generated``."""
     started = time.perf_counter()
-    notices: dict = {}
-    pipe, latents = denoise(store, params, cls, components, call_kwargs, cancel, on_step, on_preview, steps, notices)
+    notices: dict = options.pop("notices", None) or {}
+    pipe, latents = denoise(store, params, notices=notices, **options)
     # 3. Decode (fp32 fallback on NaN).
     images = decode_latents(pipe, latents)
     return Generated(images=images, seeds=params.seeds(), seconds=time.perf_counter() - started,

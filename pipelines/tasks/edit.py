@@ -75,24 +75,25 @@ def round_trip(store, images: list[Image.Image], count: int) -> list[Image.Image
 
 @dataclass
 class Pass:
-    """One img2img-style denoise: its request (size, steps as the schedule's length), the U-Net
-    steps that really run, and the strength."""
+    """One img2img-style denoise: the pipeline's request (the working size, the schedule's
+    length as its steps), the U-Net steps that really run, the strength, and the request as the
+    user asked it at the working size (what results report)."""
 
     request: Txt2Img
     steps: int
     strength: float
+    asked: Txt2Img
 
 
 def plan_pass(base: Txt2Img, strength: float, width: int, height: int, steps: int | None = None) -> Pass:
-    length, runs = schedule(steps or base.num_inference_steps, strength)
-    return Pass(replace(base, width=width, height=height, num_inference_steps=length), runs, strength)
+    asked = replace(base, width=width, height=height, num_inference_steps=steps or base.num_inference_steps)
+    length, runs = schedule(asked.num_inference_steps, strength)
+    return Pass(replace(asked, num_inference_steps=length), runs, strength, asked)
 
 
 def _guidance(store, units, width: int, height: int, resize_mode: str, cancel):
-    if not units:
-        return None
-    controlnet.check_names(store, units)
-    return controlnet.guidance(store, units, width, height, resize_mode, cancel)
+    """The ControlNets of an edit (their names were checked before any image was decoded)."""
+    return controlnet.guidance(store, units, width, height, resize_mode, cancel) if units else None
 
 
 # 2. Image to image ------------------------------------------------------------------------
@@ -114,7 +115,7 @@ def img2img(store, request: Img2Img, cancel: threading.Event | None = None, on_s
                            on_step, on_preview)
     guide = _guidance(store, request.units, base.width, base.height, request.resize_mode, cancel)
     if work.steps == 0:
-        return _unchanged(store, work.request, [init], guide)
+        return _unchanged(store, work.asked, [init], guide)
     # 2. Denoise from the input; the ControlNet variant when units guide it.
     cls, components, kwargs = StableDiffusionImg2ImgPipeline, {}, {}
     if guide is not None:
@@ -125,8 +126,9 @@ def img2img(store, request: Img2Img, cancel: threading.Event | None = None, on_s
 
 
 def _unchanged(store, params: Txt2Img, images: list[Image.Image], guide) -> Generated:
+    started = time.perf_counter()
     result = Generated(images=round_trip(store, images, params.num_images_per_prompt), seeds=params.seeds(),
-                       seconds=0.0, request=params, notices={"unet_steps": 0})
+                       seconds=time.perf_counter() - started, request=params, notices={"unet_steps": 0})
     result.maps = guide.maps if guide else []
     return result
 
@@ -136,11 +138,9 @@ def _run(store, work: Pass, cls, components, kwargs, guide, cancel, on_step, on_
     notices: dict = {"unet_steps": work.steps}
     pipe, latents = denoise(store, work.request, cls, components, kwargs, cancel, on_step, on_preview,
                             steps=work.steps, notices=notices)
-    result = Generated(images=decode_latents(pipe, latents), seeds=work.request.seeds(),
-                       seconds=time.perf_counter() - started, request=work.request, notices=notices)
+    result = Generated(images=decode_latents(pipe, latents), seeds=work.asked.seeds(),
+                       seconds=time.perf_counter() - started, request=work.asked, notices=notices)
     result.maps = guide.maps if guide else []
-    if guide is not None:
-        notices["controlnets"] = True
     return result
 
 
@@ -185,7 +185,7 @@ def _inpaint_at(store, work: Pass, image: Image.Image, mask: Image.Image, fill: 
     width, height = image.size
     guide = _guidance(store, units, width, height, resize_mode, cancel)
     if work.steps == 0:
-        return _unchanged(store, work.request, [image], guide)
+        return _unchanged(store, work.asked, [image], guide)
     # 1. What the masked area starts from (A1111's "Masked content").
     start = masks.fill_masked(image, mask) if fill == "fill" else image
     init = start
