@@ -360,3 +360,13 @@ def test_the_draft_can_take_the_refinement_pass(studio):
         assert image.size == (1024, 1024) and len(paths) == 1  # 256² draft, ×4 ESRGAN, refined
         assert "Size: 256x256" in image.info["parameters"] and "Hires upscale: 4" in image.info["parameters"]
     assert info["draft"] is True
+
+
+def test_parameters_pick_the_mode_they_came_from():
+    from ui.sending import mode_of
+
+    assert mode_of({"Denoising strength": "0.5", "Mask blur": "4", "Inpaint area": "Whole picture"}) == "inpaint"
+    assert mode_of({"Denoising strength": "1.0", "Outpaint": "left 8 right 0 up 0 down 0"}) == "outpaint"
+    assert mode_of({"Denoising strength": "0.6"}) == "img2img"
+    assert mode_of({"Denoising strength": "0.4", "Hires upscale": "2", "Hires upscaler": "Latent"}) == "txt2img"
+    assert mode_of({"Steps": "20"}) == "txt2img"
