@@ -458,7 +458,10 @@ class Upscale:
 
 
 # 4. Editing: img2img, inpainting, outpainting --------------------------------------------------
-INPAINT_FILLS = ("original", "fill", "latent_noise", "latent_nothing")  # A1111's "Masked content"
+INPAINT_FILLS = ("original", "fill", "latent_noise", "latent_nothing")
+# A1111's names of each in the saved parameters ("Masked content").
+INPAINT_FILL_NAMES = {"original": "original", "fill": "fill", "latent_noise": "latent noise",
+                      "latent_nothing": "latent nothing"}
 MAX_MASK_BLUR = 64
 MAX_CROP_PADDING = 256
 MAX_OUTPAINT = 1024  # pixels added on one side

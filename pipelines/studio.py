@@ -23,7 +23,7 @@ from .formats.images import open_upload
 from .formats.pnginfo import format_parameters, parse_parameters, read_parameters
 from .jobs import Jobs, as_caller
 from .outputs import OutputWriter
-from .requests import LATENT_UPSCALER, Caller, Control, ControlUnit, Img2Img, Inpaint, Outpaint, Txt2Img, Upscale
+from .requests import INPAINT_FILL_NAMES, LATENT_UPSCALER, Caller, Control, ControlUnit, Img2Img, Inpaint, Outpaint, Txt2Img, Upscale
 from .store import ModelStore
 from .tasks import annotators, controlnet, edit, lora, txt2img, upscale
 from .tasks.denoise import Generated
@@ -35,9 +35,6 @@ VERSION = "0.1.0"
 OWN_LOOKUP = 2000  # how many of a user's newest images a gallery copy is looked up among
 # Request fields that the info JSON does not repeat (the post-step is reported by its result).
 _NOT_IN_INFO = ("hires_upscaler", "hires_scale", "draft", "hires_pass", "hires_strength", "hires_steps")
-# A1111's names of what fills the masked area before denoising ("Masked content").
-INPAINT_FILL_NAMES = {"original": "original", "fill": "fill", "latent_noise": "latent noise",
-                      "latent_nothing": "latent nothing"}
 
 
 def _unit_fields(units, resize_mode: str) -> dict:

@@ -3,8 +3,6 @@ shared components, what strength 0 and 1 do, pixels outside a mask kept exactly,
 box, outpainting keeping the original, hires fix against the plain upscale, LoRA and ControlNet
 in img2img, bad masks, and a dedicated 9-channel inpainting model."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw

@@ -8,12 +8,13 @@ from __future__ import annotations
 import gradio as gr
 
 from pipelines.formats.pnginfo import parse_parameters
+from pipelines.requests import INPAINT_FILL_NAMES
 
 from .common import user_of
 from .panel import Panel, send_parameters_targets
 from .tab_edit import Edit
 
-FILLS = {"original": "original", "fill": "fill", "latent noise": "latent_noise", "latent nothing": "latent_nothing"}
+FILLS = {name: fill for fill, name in INPAINT_FILL_NAMES.items()}  # A1111's name → ours
 
 
 def mode_of(fields: dict) -> str:

@@ -146,15 +146,17 @@ def added_units(values: dict) -> list[dict]:
     return [_unit(values, kind, f"{kind}_image", added_names(kind)) for kind in CONTROL_KINDS if values[f"add_{kind}"]]
 
 
+def _settings(unit: Unit) -> list:
+    """A unit's setting components, in UNIT_FIELDS order."""
+    return [unit.is_map, unit.model, unit.weight, unit.start, unit.end]
+
+
 def added_components(units: dict[str, Unit], add: dict) -> dict:
     """The components of ADDED_FIELDS: ``add`` holds the edit tab's own add_canny/add_depth boxes."""
     canny, depth = units["canny"], units["depth"]
 
-    def settings(unit: Unit) -> list:
-        return [unit.is_map, unit.model, unit.weight, unit.start, unit.end]
-
-    return {**add, "canny_image": canny.image, **dict(zip(added_names("canny"), settings(canny))),
-            "depth_image": depth.image, **dict(zip(added_names("depth"), settings(depth))),
+    return {**add, "canny_image": canny.image, **dict(zip(added_names("canny"), _settings(canny))),
+            "depth_image": depth.image, **dict(zip(added_names("depth"), _settings(depth))),
             "low_threshold": canny.low, "high_threshold": canny.high, "depth_estimator": depth.estimator}
 
 
@@ -190,13 +192,10 @@ def wire(ctx: UIContext, panel: Panel, units: dict[str, Unit], gallery, info, pr
     # 2. Generation: the tab's own unit, plus the other tab's when combined (multi-ControlNet).
     def components(own: Unit, other: Unit) -> dict:
         """Every component an endpoint reads, by its API parameter name."""
-        def settings(unit: Unit) -> list:  # in UNIT_FIELDS order
-            return [unit.is_map, unit.model, unit.weight, unit.start, unit.end]
-
         return {
-            **panel.fields(), "image": own.image, **dict(zip(OWN_NAMES, settings(own))), "resize_mode": own.resize_mode,
+            **panel.fields(), "image": own.image, **dict(zip(OWN_NAMES, _settings(own))), "resize_mode": own.resize_mode,
             f"add_{other.kind}": own.combine, f"{other.kind}_image": other.image,
-            **dict(zip(added_names(other.kind), settings(other))),
+            **dict(zip(added_names(other.kind), _settings(other))),
             "low_threshold": canny.low, "high_threshold": canny.high, "depth_estimator": depth.estimator,
         }
 
