@@ -418,8 +418,6 @@ class Control:
         units = tuple(units or ())
         if not units:  # the user gave no control image at all
             raise ParamError("control_image_missing")
-        if base.hires_pass:
-            raise ParamError("controlnet_no_hires_pass")
         built = [u if isinstance(u, ControlUnit) else ControlUnit.from_fields(u) for u in units]
         return cls(base=base, units=validate_units(built, resize_mode), resize_mode=resize_mode)
 

@@ -83,7 +83,8 @@ class Studio:
         caller = as_caller(client)
         self.outputs.check_quota(caller.user)
         with self.jobs.run(caller, on_step) as (cancel, hook):
-            result = controlnet.run(self.store, request, cancel=cancel, on_step=hook, on_preview=on_preview)
+            task = edit.control_hires if request.base.hires_pass else controlnet.run
+            result = task(self.store, request, cancel=cancel, on_step=hook, on_preview=on_preview)
             paths, info = self._save(result, {}, _unit_fields(request.units, request.resize_mode), user=caller.user)
             self._save_beside(paths, info, result, request.units, request.resize_mode, caller.user)
             return paths, info

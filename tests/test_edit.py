@@ -368,3 +368,21 @@ def test_parameters_pick_the_mode_they_came_from():
     assert mode_of({"Denoising strength": "0.6"}) == "img2img"
     assert mode_of({"Denoising strength": "0.4", "Hires upscale": "2", "Hires upscaler": "Latent"}) == "txt2img"
     assert mode_of({"Steps": "20"}) == "txt2img"
+
+
+def test_controlnet_with_the_hires_pass_guides_both_passes(studio, tmp_path, monkeypatch):
+    from pipelines.requests import Control
+
+    control = tmp_path / "lines.png"
+    photo(64, 64).save(control)
+    made = []
+    original = studio.store.pipeline
+    monkeypatch.setattr(studio.store, "pipeline", lambda cls=None, **c: made.append(cls.__name__) or original(cls, **c))
+    request = Control.build(base(hires_pass=True, hires_strength=0.5),
+                            [{"kind": "canny", "image": str(control), "model": DEMO_CANNY}])
+    paths, info = studio.control(request)
+    assert made == ["StableDiffusionControlNetPipeline", "StableDiffusionControlNetImg2ImgPipeline"]
+    with Image.open(paths[0]) as image:
+        assert image.size == (128, 128)
+        assert "Hires upscale: 2" in image.info["parameters"] and "ControlNet 0: " in image.info["parameters"]
+    assert paths[1].name.endswith("-canny-map.png") and info["hires"]["size"] == [128, 128]

@@ -336,3 +336,12 @@ def test_txt2img_hires_fix_fields(api):
     assert fields["Denoising strength"] == "0.4" and fields["Hires steps"] == "2"
     status, body = call(api, "/sdapi/v1/txt2img", {"prompt": "古镇", **SMALL, "enable_hr": True, "hr_scale": 9})
     assert status == 422 and "hires_scale" in body["detail"]
+
+
+def test_txt2img_hires_fix_with_a_controlnet_unit(api, photo_b64):
+    status, body = call(api, "/sdapi/v1/txt2img", {
+        "prompt": "古镇", **SMALL, "seed": 5, "enable_hr": True, "hr_scale": 1.5, "denoising_strength": 0.5,
+        "alwayson_scripts": {"controlnet": {"args": [{"image": photo_b64, "module": "canny", "model": "demo-canny"}]}},
+    })
+    assert status == 200, body
+    assert decode(body["images"][0]).size == (96, 96) and len(body["images"]) == 2  # the image and its map

@@ -165,6 +165,12 @@ def guidance(store, units, width: int, height: int, resize_mode: str, cancel=Non
     return Guidance(controlnet, images, kwargs, maps)
 
 
+def refit(guide: Guidance, width: int, height: int, resize_mode: str):
+    """A guidance's maps fitted to another size (the hires pass's), in the same shape as ``images``."""
+    fitted = [fit_to(to_rgb(image), width, height, resize_mode) for image in guide.maps]
+    return fitted[0] if len(fitted) == 1 else fitted
+
+
 def run(
     store,
     request: Control,

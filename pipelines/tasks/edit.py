@@ -23,6 +23,8 @@ from PIL import Image
 
 from ..formats.images import fit_to, load_image
 from ..requests import (
+    LATENT_UPSCALER,
+    Control,
     MAX_JOB_PIXELS,
     MAX_SIDE,
     MIN_SIDE,
@@ -45,6 +47,7 @@ from .denoise import (
     is_inpainting_model,
     offset_steps,
 )
+from .hires import hires_of
 
 
 # 1. Shared pieces ----------------------------------------------------------------------------
@@ -268,20 +271,36 @@ def outpaint(store, request: Outpaint, cancel: threading.Event | None = None, on
 
 # 5. The hires pass ------------------------------------------------------------------------
 def hires_fix(store, request: Txt2Img, up: Upscale | None, cancel: threading.Event | None = None,
-              on_step: StepHook | None = None, on_preview=None) -> Generated:
+              on_step: StepHook | None = None, on_preview=None, control: Control | None = None) -> Generated:
     """A1111's 高清修复: generate, upscale (``up``: an ESRGAN file; None: the latents), denoise
     again at the larger size from ``hires_strength`` on the same seed. ``request`` is the first
-    pass's (a draft's own size)."""
-    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
+    pass's (a draft's own size). ``control``: ControlNets guide both passes, their maps fitted
+    to each pass's size."""
+    from diffusers import (
+        StableDiffusionControlNetImg2ImgPipeline,
+        StableDiffusionControlNetInpaintPipeline,
+        StableDiffusionControlNetPipeline,
+        StableDiffusionImg2ImgPipeline,
+        StableDiffusionInpaintPipeline,
+    )
 
     started = time.perf_counter()
     width, height = request.hires_size()
     second = plan_pass(request, request.hires_strength, width, height, request.hires_steps or None)
     total = request.num_inference_steps + second.steps
     inpainting = is_inpainting_model(store)
-    # 1. The first pass, to latents (an inpainting model paints a blank canvas).
+    units, resize_mode = (control.units, control.resize_mode) if control else ((), "crop")
+    guide = _guidance(store, units, request.width, request.height, resize_mode, cancel)
+    # 1. The first pass, to latents (an inpainting model paints a blank, fully masked canvas).
     notices: dict = {}
-    first = {"cls": StableDiffusionInpaintPipeline, "call_kwargs": blank_canvas(request)} if inpainting else {}
+    blank = blank_canvas(request) if inpainting else {}
+    if guide is None:
+        first = {"cls": StableDiffusionInpaintPipeline, "call_kwargs": blank} if inpainting else {}
+    else:
+        cls = StableDiffusionControlNetInpaintPipeline if inpainting else StableDiffusionControlNetPipeline
+        images = {"control_image": guide.images} if inpainting else {"image": guide.images}
+        first = {"cls": cls, "components": {"controlnet": guide.controlnet},
+                 "call_kwargs": {**blank, **images, **guide.kwargs}}
     pipe, latents = denoise(store, request, cancel=cancel, on_step=offset_steps(on_step, 0, total),
                             on_preview=on_preview, notices=notices, **first)
     # 2. Upscale: the latents themselves, or the decoded images with ESRGAN.
@@ -302,14 +321,32 @@ def hires_fix(store, request: Txt2Img, up: Upscale | None, cancel: threading.Eve
         images = []
         for i, picture in enumerate(pictures):
             one = replace(second, request=replace(second.request, num_images_per_prompt=1, seed=request.seed + i))
-            images += _inpaint_at(store, one, picture, white, "original", (), "crop", cancel, on_second, on_preview).images
+            images += _inpaint_at(store, one, picture, white, "original", units, resize_mode, cancel, on_second,
+                                  on_preview).images
     else:
-        pipe, refined = denoise(store, second.request, StableDiffusionImg2ImgPipeline,
-                                call_kwargs={"image": init, "strength": second.strength}, cancel=cancel,
+        cls, components, extra = StableDiffusionImg2ImgPipeline, {}, {}
+        if guide is not None:
+            cls, components = StableDiffusionControlNetImg2ImgPipeline, {"controlnet": guide.controlnet}
+            extra = {"control_image": controlnet.refit(guide, width, height, resize_mode), **guide.kwargs}
+        pipe, refined = denoise(store, second.request, cls, components,
+                                {"image": init, "strength": second.strength, **extra}, cancel=cancel,
                                 on_step=on_second, on_preview=on_preview, steps=second.steps, notices=notices)
         images = decode_latents(pipe, refined)
     notices["hires_size"] = [width, height]
     notices["unet_steps"] = total
-    return Generated(images=images, seeds=request.seeds(), seconds=time.perf_counter() - started,
-                     request=request, notices=notices)
+    result = Generated(images=images, seeds=request.seeds(), seconds=time.perf_counter() - started,
+                       request=request, notices=notices)
+    result.hires_pass = up.upscaler if up is not None else LATENT_UPSCALER
+    result.maps = guide.maps if guide else []
+    return result
 
+
+def control_hires(store, request: Control, cancel: threading.Event | None = None, on_step: StepHook | None = None,
+                  on_preview=None) -> Generated:
+    """ControlNet text to image with the 高清修复 pass (names checked before any image is decoded)."""
+    controlnet.check_names(store, request.units)
+    up = hires_of(store, request.base)
+    result = hires_fix(store, request.base, up, cancel=cancel, on_step=on_step, on_preview=on_preview,
+                       control=request)
+    result.notices["controlnets"] = [unit.model for unit in request.units]
+    return result

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
-from ..requests import LATENT_UPSCALER, Txt2Img
+from ..requests import Txt2Img
 from . import edit
 from .denoise import Generated, StepHook, blank_canvas, generate, is_inpainting_model
 from .hires import draft_size, hires_of, upscale_results
@@ -27,9 +27,7 @@ def run(
     if request.draft:
         request = replace(request, **draft_size(request.width, request.height))
     if request.hires_pass:  # 高清修复: upscale, then a second denoise (only the refined image is kept)
-        result = edit.hires_fix(store, request, hires, cancel=cancel, on_step=on_step, on_preview=on_preview)
-        result.hires_pass = hires.upscaler if hires is not None else LATENT_UPSCALER
-        return result
+        return edit.hires_fix(store, request, hires, cancel=cancel, on_step=on_step, on_preview=on_preview)
     blank = {"cls": StableDiffusionInpaintPipeline, "call_kwargs": blank_canvas(request)} if is_inpainting_model(store) else {}
     result = generate(store, request, cancel=cancel, on_step=on_step, on_preview=on_preview, **blank)
     return upscale_results(store, result, hires, cancel)
