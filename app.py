@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> None:
         addresses = Addresses.for_bind(host, args.allowed_hosts, args.forwarded_allow_ips, on_space)
     except ValueError:
         sys.exit(strings.cli_bad_proxies.format(value=args.forwarded_allow_ips))
+    for option, path in (("--a1111-dir", args.a1111_dir), ("--comfyui-dir", args.comfyui_dir)):
+        if path and not os.path.isdir(os.path.join(path, "models")):
+            sys.exit(strings.cli_bad_install_dir.format(option=option, path=path))
     # X-Forwarded-* are read by the edge (api/addresses.py) from configured proxies only (on a
     # Space: the entry HF's proxy appended); uvicorn's own reading is off.
     os.environ["FORWARDED_ALLOW_IPS"] = ""
@@ -57,9 +60,10 @@ def main(argv: list[str] | None = None) -> None:
     speed = dict(attention=args.attention, channels_last=args.channels_last, fuse_qkv=args.fuse_qkv,
                  vae_tiling=args.vae_tiling, compile=args.compile,
                  preview=args.preview, preview_every=args.preview_every)
+    installs = tuple((kind, path) for kind, path in (("a1111", args.a1111_dir), ("comfyui", args.comfyui_dir)) if path)
     started = choose_model(EngineOptions(model=args.model, models_dir=args.models_dir, outputs_dir=args.outputs_dir,
                                          demo=args.demo, offline=args.offline, device=args.device, dtype=args.dtype,
-                                         speed=speed))
+                                         speed=speed, installs=installs))
     shared_locked = accounts.shared_by_several()
     extensions = load_extensions(args.extensions_dir, lang=args.lang,
                                  may_change_shared=accounts.is_admin if shared_locked else None)

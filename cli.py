@@ -13,6 +13,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="app.py", description="Danqing: a Chinese-first web studio for diffusion image generation.")
     p.add_argument("--demo", action="store_true", default=os.environ.get("DANQING_DEMO") == "1", help="use the demo bundle: tiny random-weight models generated locally (images are noise); also DANQING_DEMO=1")
     p.add_argument("--model", default=None, help="base model: a hub id, a folder name under MODELS_DIR/checkpoints, or a path to a diffusers folder (default: alibaba-pai/pai-diffusion-artist-large-zh)")
+    p.add_argument("--a1111-dir", default=None, metavar="PATH",
+                   help="an AUTOMATIC1111 install whose models (Lora, LyCORIS, ControlNet, ESRGAN, Stable-diffusion folders) are listed too, read-only")
+    p.add_argument("--comfyui-dir", default=None, metavar="PATH",
+                   help="a ComfyUI install whose models (loras, controlnet, upscale_models, checkpoints) are listed too, read-only")
     p.add_argument("--models-dir", default="models", help="folder with checkpoints/, lora/, controlnet/, upscalers/, annotators/ (default: models)")
     p.add_argument("--outputs-dir", default="outputs", help="where generated images are saved, one sub-folder per day (default: outputs)")
     p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1; 0.0.0.0 on a HuggingFace Space)")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.outputs import OutputWriter
-from pipelines.store import DEFAULT_MODEL, HUB_ID, EngineSettings, ModelFolders, ModelStore
+from pipelines.store import DEFAULT_MODEL, HUB_ID, EngineSettings, ModelFolders, ModelStore, install_folders
 from pipelines.studio import Studio
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,8 @@ class EngineOptions:
     device: str = "auto"
     dtype: str = "auto"
     speed: dict = field(default_factory=dict)  # attention, channels_last, ... (EngineSettings fields)
+    # Existing installs read as well, read-only: ("a1111" | "comfyui", their folder).
+    installs: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -58,12 +60,16 @@ def choose_model(options: EngineOptions) -> Startup:
     from pipelines.demo import DEMO_MODEL, ensure_demo_bundle
 
     wanted = options.model or DEFAULT_MODEL
-    user_folders = ModelFolders(Path(options.models_dir))
+    extra = tuple(pair for kind, root in options.installs for pair in install_folders(kind, Path(root)))
+    for kind, folder in extra:
+        log.info("reading %s from %s (read-only)", kind, folder)
+    user_folders = ModelFolders(Path(options.models_dir), extra)
     user_folders.ensure()
     missing = pending = None
     use_demo = options.demo
     if not use_demo:
-        probe = ModelStore(EngineSettings(model=wanted, models_dir=Path(options.models_dir), device="cpu"), user_folders)
+        probe = ModelStore(EngineSettings(model=wanted, models_dir=Path(options.models_dir), device="cpu",
+                                          extra_model_dirs=extra), user_folders)
         try:
             choice = probe.choice(wanted)
         except Exception:
@@ -74,7 +80,8 @@ def choose_model(options: EngineOptions) -> Startup:
             else:
                 missing, use_demo = wanted, True
                 log.warning("model %s not found locally and not downloadable: starting the demo bundle", wanted)
-    common = dict(outputs_dir=Path(options.outputs_dir), device=options.device, dtype=options.dtype, **options.speed)
+    common = dict(outputs_dir=Path(options.outputs_dir), device=options.device, dtype=options.dtype,
+                  extra_model_dirs=extra, **options.speed)
     if use_demo:
         settings = EngineSettings(model=DEMO_MODEL, models_dir=ensure_demo_bundle(), demo=True, allow_download=False, **common)
     else:

@@ -1,5 +1,9 @@
-"""One place that maps each model kind to its folder and allowed file endings (ComfyUI's
+"""One place that maps each model kind to its folders and allowed file endings (ComfyUI's
 ``folder_paths`` idea), and resolves user-supplied names strictly inside those folders.
+
+A kind has its own folder under the models dir and, read-only, the matching folders of an
+existing AUTOMATIC1111 or ComfyUI install (``--a1111-dir`` / ``--comfyui-dir``): a name is
+looked up in each in turn, the first holding it wins, and nothing is copied or written there.
 
 Names that come from the UI or the API are never paths: ``..``, absolute paths, drive letters,
 NTFS streams (``::$DATA``) and symlinks that leave the folder are all refused.
@@ -24,47 +28,80 @@ MODEL_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+# Where an existing install keeps each kind (relative to the install's own folder).
+A1111_LAYOUT: dict[str, tuple[str, ...]] = {
+    "checkpoints": ("models/Stable-diffusion",),
+    "lora": ("models/Lora", "models/LyCORIS"),
+    "controlnet": ("models/ControlNet", "extensions/sd-webui-controlnet/models"),
+    "upscalers": ("models/ESRGAN", "models/RealESRGAN"),
+}
+COMFYUI_LAYOUT: dict[str, tuple[str, ...]] = {
+    "checkpoints": ("models/checkpoints",),
+    "lora": ("models/loras",),
+    "controlnet": ("models/controlnet",),
+    "upscalers": ("models/upscale_models",),
+}
+LAYOUTS = {"a1111": A1111_LAYOUT, "comfyui": COMFYUI_LAYOUT}
+
+
+def install_folders(kind_of_install: str, root: Path) -> tuple[tuple[str, Path], ...]:
+    """(model kind, folder) of an A1111 or ComfyUI install that exist on disk."""
+    return tuple((kind, root / sub) for kind, subs in LAYOUTS[kind_of_install].items() for sub in subs
+                 if (root / sub).is_dir())
+
+
 @dataclass(frozen=True)
 class ModelFolders:
-    """The models directory of one running app (the demo bundle's, or the user's)."""
+    """The models directory of one running app (the demo bundle's, or the user's), and the
+    read-only ``extra`` (kind, folder) pairs of installs it also reads."""
 
     root: Path
+    extra: tuple[tuple[str, Path], ...] = ()
 
     def folder(self, kind: str) -> Path:
+        """The kind's own folder (where Danqing puts files; the one messages point to)."""
         sub, _ = MODEL_KINDS[kind]
         return self.root / sub
+
+    def roots(self, kind: str) -> list[Path]:
+        """Every folder of ``kind``, its own first."""
+        return [self.folder(kind), *(path for k, path in self.extra if k == kind)]
 
     def ensure(self) -> None:
         for kind in MODEL_KINDS:
             self.folder(kind).mkdir(parents=True, exist_ok=True)
 
     def list_files(self, kind: str) -> list[str]:
-        """Relative names of the files of ``kind`` (sorted), following no symlink out."""
-        folder = self.folder(kind)
+        """Relative names of the files of ``kind`` in all its folders (sorted per folder, a name
+        seen in an earlier folder not repeated), following no symlink out."""
         _, endings = MODEL_KINDS[kind]
-        if not folder.is_dir() or not endings:
+        if not endings:
             return []
-        names = []
-        for path in sorted(folder.rglob("*")):
-            if path.suffix.lower() in endings and path.is_file() and inside(folder, path):
-                names.append(path.relative_to(folder).as_posix())
+        names: list[str] = []
+        for folder in self.roots(kind):
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.rglob("*")):
+                name = path.relative_to(folder).as_posix()
+                if path.suffix.lower() in endings and name not in names and path.is_file() and inside(folder, path):
+                    names.append(name)
         return names
 
     def list_diffusers_dirs(self, kind: str, marker: str) -> list[str]:
         """Relative names of sub-folders (one or two levels down) that contain ``marker``."""
-        folder = self.folder(kind)
-        if not folder.is_dir():
-            return []
-        found = []
-        for pattern in (f"*/{marker}", f"*/*/{marker}"):
-            for path in sorted(folder.glob(pattern)):
-                if inside(folder, path.parent):
-                    found.append(path.parent.relative_to(folder).as_posix())
+        found: list[str] = []
+        for folder in self.roots(kind):
+            if not folder.is_dir():
+                continue
+            for pattern in (f"*/{marker}", f"*/*/{marker}"):
+                for path in sorted(folder.glob(pattern)):
+                    name = path.parent.relative_to(folder).as_posix()
+                    if name not in found and inside(folder, path.parent):
+                        found.append(name)
         return found
 
     def resolve(self, kind: str, name: str) -> Path:
-        """The path of ``name`` inside the folder of ``kind``; refuses anything that escapes."""
-        folder = self.folder(kind)
+        """The path of ``name`` inside a folder of ``kind``; refuses anything that escapes."""
         if not isinstance(name, str) or not name or len(name) > 255:
             raise ParamError("bad_model_name", kind=kind)
         if (
@@ -75,10 +112,11 @@ class ModelFolders:
             or any(part in ("..", ".", "") for part in name.split("/"))
         ):
             raise ParamError("bad_model_name", kind=kind)
-        path = folder / name
-        if not path.exists() or not inside(folder, path):
-            raise ParamError("unknown_model_name", kind=kind, name=name[:80])
-        return path
+        for folder in self.roots(kind):
+            path = folder / name
+            if path.exists() and inside(folder, path):
+                return path
+        raise ParamError("unknown_model_name", kind=kind, name=name[:80])
 
 
 def inside(folder: Path, path: Path) -> bool:

@@ -56,7 +56,7 @@ class ModelStore:
 
     def __init__(self, settings: EngineSettings, folders: ModelFolders | None = None) -> None:
         self.settings = settings
-        self.folders = folders or ModelFolders(Path(settings.models_dir))
+        self.folders = folders or ModelFolders(Path(settings.models_dir), settings.extra_model_dirs)
         quiet_known_noise()
         self.plan: DevicePlan = plan_device(settings.device, settings.dtype)
         # Re-entrant: a job holds it while it runs, and loads inside the job take it again.
@@ -76,7 +76,7 @@ class ModelStore:
         choices: dict[str, ModelChoice] = {}
         configured = self.settings.model
         for name in self.folders.list_diffusers_dirs("checkpoints", "model_index.json"):
-            path = str(self.folders.folder("checkpoints") / name)
+            path = str(self.folders.resolve("checkpoints", name))
             choices[name] = ModelChoice(name, path, True, "folder")
         if configured not in choices and (Path(configured) / "model_index.json").is_file():
             # A path given on the command line (never from the UI or API: those pick from this list).

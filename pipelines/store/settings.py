@@ -24,6 +24,8 @@ KNOWN_HUB_MODELS: tuple[str, ...] = (
 class EngineSettings:
     model: str = DEFAULT_MODEL
     models_dir: Path = Path("models")
+    # (kind, folder) pairs of an existing A1111/ComfyUI install, read-only (store/folders.py).
+    extra_model_dirs: tuple[tuple[str, Path], ...] = ()
     outputs_dir: Path = Path("outputs")
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | fp32 | fp16 | bf16

@@ -62,11 +62,10 @@ def _is_depth_model(folder: Path) -> bool:
 def list_depth_estimators(store) -> list[str]:
     """Folders under models/annotators holding a transformers depth model (DPT, Depth Anything,
     GLPN, ZoeDepth, ...), by their relative names."""
-    root = store.folders.folder("annotators")
     return [
         name
         for name in store.folders.list_diffusers_dirs("annotators", "config.json")
-        if _is_depth_model(root / name)
+        if _is_depth_model(store.folders.resolve("annotators", name))
     ]
 
 

@@ -44,8 +44,8 @@ log = logging.getLogger(__name__)
 
 def list_controlnets(store) -> list[str]:
     """Diffusers ControlNet folders and single ``.safetensors`` files under models/controlnet."""
-    root = store.folders.folder("controlnet")
-    folders = [n for n in store.folders.list_diffusers_dirs("controlnet", "config.json") if is_controlnet_folder(root / n)]
+    folders = [n for n in store.folders.list_diffusers_dirs("controlnet", "config.json")
+               if is_controlnet_folder(store.folders.resolve("controlnet", n))]
     inside = tuple(f"{n}/" for n in folders)
     files = [n for n in store.folders.list_files("controlnet") if not n.startswith(inside)]
     return sorted(folders + files)

@@ -61,14 +61,13 @@ def list_loras(store, with_hash: bool = True) -> list[dict]:
     ``ss_sd_model_name`` or ``modelspec.architecture``. ``.bin`` files carry no metadata.
     A file that cannot be read is still listed (it fails with a clear error when used).
     """
-    folder = store.folders.folder("lora")
     rows = []
     for name in store.folders.list_files("lora"):
-        path = folder / name
         try:
+            path = store.folders.resolve("lora", name)
             stat = path.stat()
             digest = _short_hash(str(path), stat.st_size, stat.st_mtime_ns) if with_hash else None
-        except OSError:  # removed or unreadable meanwhile: not listed
+        except (OSError, ParamError):  # removed or unreadable meanwhile: not listed
             continue
         metadata = read_metadata(path)
         rows.append(
@@ -77,7 +76,7 @@ def list_loras(store, with_hash: bool = True) -> list[dict]:
                 "hash": digest,
                 "trigger_words": trigger_words(metadata),
                 "base_model": base_model(metadata),
-                "preview": _preview(folder, path),
+                "preview": _preview(path.parent, path),
                 "bytes": stat.st_size,
             }
         )

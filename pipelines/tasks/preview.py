@@ -125,7 +125,7 @@ def preview_decoder(store):
         folders = store.folders
         names = folders.list_diffusers_dirs("vae_approx", "config.json")
         if names:
-            folder = folders.folder("vae_approx") / names[0]
+            folder = folders.resolve("vae_approx", names[0])
             try:
                 decoder = store.cached("preview_decoder", names[0],
                                        lambda: load_tiny_decoder(folder, store.plan.device, store.plan.dtype))

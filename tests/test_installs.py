@@ -1,0 +1,117 @@
+"""An existing AUTOMATIC1111 or ComfyUI install read in place (issue 16, first part): its LoRA,
+ControlNet and ESRGAN folders are listed beside Danqing's own and used from where they are,
+read-only; names from them are resolved as strictly as Danqing's own."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+from pipelines.errors import ParamError
+from pipelines.outputs import OutputWriter
+from pipelines.requests import Control, Txt2Img, Upscale
+from pipelines.store import EngineSettings, ModelStore, install_folders
+from pipelines.studio import Studio
+
+
+def a1111_tree(demo_models, root):
+    """A fake A1111 install holding copies of demo files where A1111 keeps them."""
+    (root / "models" / "Stable-diffusion").mkdir(parents=True)
+    lora = root / "models" / "Lora" / "styles"
+    lora.mkdir(parents=True)
+    shutil.copy(demo_models / "lora" / "danqing-demo-kohya.safetensors", lora / "a1111-ink.safetensors")
+    shutil.copy(demo_models / "lora" / "danqing-demo-kohya.png", lora / "a1111-ink.png")
+    (root / "models" / "ESRGAN").mkdir(parents=True)
+    shutil.copy(demo_models / "upscalers" / "RealESRGAN_x2plus-tiny.pth", root / "models" / "ESRGAN" / "a1111-x2.pth")
+    cn = root / "extensions" / "sd-webui-controlnet" / "models"
+    cn.mkdir(parents=True)
+    shutil.copytree(demo_models / "controlnet" / "demo-canny", cn / "a1111-canny")
+    return root
+
+
+def comfy_tree(demo_models, root):
+    (root / "models" / "loras").mkdir(parents=True)
+    shutil.copy(demo_models / "lora" / "danqing-demo-peft.safetensors", root / "models" / "loras" / "comfy-peft.safetensors")
+    (root / "models" / "upscale_models").mkdir(parents=True)
+    shutil.copy(demo_models / "upscalers" / "RealESRGAN_x4plus-tiny.pth", root / "models" / "upscale_models" / "comfy-x4.pth")
+    return root
+
+
+@pytest.fixture(scope="module")
+def installs(demo_models, tmp_path_factory):
+    base = tmp_path_factory.mktemp("installs")
+    return a1111_tree(demo_models, base / "stable-diffusion-webui"), comfy_tree(demo_models, base / "ComfyUI")
+
+
+@pytest.fixture(scope="module")
+def studio(demo_models, installs, tmp_path_factory):
+    from pipelines.demo import DEMO_MODEL
+
+    a1111, comfy = installs
+    extra = install_folders("a1111", a1111) + install_folders("comfyui", comfy)
+    settings = EngineSettings(model=DEMO_MODEL, models_dir=demo_models, device="cpu", demo=True, allow_download=False,
+                              extra_model_dirs=extra)
+    out = tmp_path_factory.mktemp("installs-out")
+    return Studio(ModelStore(settings), OutputWriter(out))
+
+
+def test_only_the_folders_an_install_has_are_read(installs):
+    a1111, comfy = installs
+    kinds = [(kind, path.relative_to(a1111).as_posix()) for kind, path in install_folders("a1111", a1111)]
+    assert kinds == [("checkpoints", "models/Stable-diffusion"), ("lora", "models/Lora"),
+                     ("controlnet", "extensions/sd-webui-controlnet/models"), ("upscalers", "models/ESRGAN")]
+    assert [kind for kind, _ in install_folders("comfyui", comfy)] == ["lora", "upscalers"]
+
+
+def test_the_installs_models_are_listed_beside_danqings_own(studio):
+    loras = {row["name"]: row for row in studio.loras()}
+    assert "danqing-demo-kohya.safetensors" in loras  # Danqing's own still first
+    assert "styles/a1111-ink.safetensors" in loras and "comfy-peft.safetensors" in loras
+    assert loras["styles/a1111-ink.safetensors"]["preview"].endswith("a1111-ink.png")
+    assert {"a1111-x2.pth", "comfy-x4.pth"} <= set(studio.upscalers())
+    assert "a1111-canny" in studio.controlnets()
+
+
+def test_models_are_used_where_they_are(studio, installs, tmp_path):
+    a1111, _ = installs
+    before = sorted(p.name for p in a1111.rglob("*"))
+    plain, _ = studio.txt2img(Txt2Img.from_fields(prompt="山水", width=64, height=64, num_inference_steps=2, seed=3))
+    styled, info = studio.txt2img(Txt2Img.from_fields(prompt="山水 <lora:a1111-ink:1>", width=64, height=64,
+                                                      num_inference_steps=2, seed=3))
+    assert [list(pair) for pair in info["loras"]] == [["a1111-ink", 1.0]]
+    with Image.open(plain[0]) as a, Image.open(styled[0]) as b:
+        assert a.tobytes() != b.tobytes()
+    big, _ = studio.upscale_images([Image.new("RGB", (16, 16), (200, 30, 30))], Upscale("comfy-x4.pth", 4))
+    with Image.open(big[0]) as image:
+        assert image.size == (64, 64)
+    control = tmp_path / "lines.png"
+    Image.new("RGB", (64, 64), (255, 255, 255)).save(control)
+    paths, _ = studio.control(Control.build(Txt2Img.from_fields(prompt="山", width=64, height=64, num_inference_steps=1),
+                                            [{"kind": "canny", "image": str(control), "model": "a1111-canny"}]))
+    assert paths
+    assert sorted(p.name for p in a1111.rglob("*")) == before  # nothing written into the install
+
+
+def test_names_from_an_install_are_resolved_strictly(studio, installs):
+    folders = studio.store.folders
+    for bad in ("../stable-diffusion-webui/models/Lora/styles/a1111-ink.safetensors", "/etc/passwd", "styles/../../x"):
+        with pytest.raises(ParamError):
+            folders.resolve("lora", bad)
+    outside = installs[0].parent / "secret.safetensors"
+    outside.write_bytes(b"x")
+    (installs[0] / "models" / "Lora" / "link.safetensors").symlink_to(outside)
+    assert "link.safetensors" not in folders.list_files("lora")
+    with pytest.raises(ParamError):
+        folders.resolve("lora", "link.safetensors")
+
+
+def test_a_folder_that_is_no_install_stops_the_start_in_both_languages(tmp_path):
+    run = subprocess.run([sys.executable, str(ROOT / "app.py"), "--a1111-dir", str(tmp_path / "nothing"), "--demo",
+                          "--no-browser"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "DANQING_CACHE": str(tmp_path / "cache")})
+    assert run.returncode != 0
+    assert "不是一个安装目录" in run.stderr and "is not an install folder" in run.stderr
