@@ -115,3 +115,33 @@ def test_a_folder_that_is_no_install_stops_the_start_in_both_languages(tmp_path)
                          env={**os.environ, "DANQING_CACHE": str(tmp_path / "cache")})
     assert run.returncode != 0
     assert "不是一个安装目录" in run.stderr and "is not an install folder" in run.stderr
+
+
+def test_model_cards_beside_a_lora_add_words_description_and_weight(demo_models, tmp_path):
+    import json
+
+    from pipelines.formats.cards import read_card
+    from pipelines.tasks.lora import list_loras
+
+    models = tmp_path / "models"
+    (models / "lora").mkdir(parents=True)
+    lora = models / "lora" / "ink.safetensors"
+    shutil.copy(demo_models / "lora" / "danqing-demo-kohya.safetensors", lora)
+    (models / "lora" / "ink.json").write_text(json.dumps(
+        {"description": "水墨风格", "activation text": "ink wash, 水墨", "sd version": "SD1", "preferred weight": 0.7}),
+        encoding="utf-8")
+    (models / "lora" / "ink.civitai.info").write_text(json.dumps(
+        {"trainedWords": ["水墨", "monochrome"], "baseModel": "SD 1.5",
+         "description": "<p>Chinese <b>ink</b> painting</p><script>alert(1)</script>", "model": {"name": "Ink Wash 水墨"}}),
+        encoding="utf-8")
+    store = ModelStore(EngineSettings(models_dir=models, device="cpu", demo=True, allow_download=False))
+    row = next(r for r in list_loras(store) if r["name"] == "ink.safetensors")
+    assert row["trigger_words"][:3] == ["ink wash", "水墨", "monochrome"]  # the cards' first, no repeats
+    assert row["description"] == "水墨风格" and row["title"] == "Ink Wash 水墨" and row["preferred_weight"] == 0.7
+    # The Civitai card alone: HTML reduced to text; a broken or huge card is ignored, never fatal.
+    (models / "lora" / "ink.json").unlink()
+    assert read_card(lora)["description"] == "Chinese ink painting alert(1)"
+    (models / "lora" / "ink.civitai.info").write_text("{not json", encoding="utf-8")
+    assert read_card(lora) == {}
+    (models / "lora" / "ink.civitai.info").write_bytes(b" " * (2 << 20))
+    assert read_card(lora) == {} and any(r["name"] == "ink.safetensors" for r in list_loras(store))

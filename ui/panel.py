@@ -318,6 +318,10 @@ def _wire_lora_slots(panel: Panel) -> None:
             meta = catalogue.get(name, {})
             words = ", ".join(meta.get("trigger_words") or [])
             lines.append(S.lora_line.format(name=name, weight=weight, words=words or S.none, base=meta.get("base_model") or S.unknown))
+            if meta.get("title"):  # the model card beside the file (A1111 .json, .civitai.info)
+                lines.append(S.lora_card_titled.format(title=meta["title"], description=meta.get("description") or ""))
+            elif meta.get("description"):
+                lines.append(S.lora_card.format(description=meta["description"]))
         previews = [(image, name) for name, _ in chosen if (image := studio.lora_preview(name)) is not None]
         active = S.list_sep.join(f"{name.rsplit('/', 1)[-1].rsplit('.', 1)[0]} ×{weight:g}" for name, weight in chosen)
         title = S.lora_title_active.format(loras=active) if chosen else S.lora_title
@@ -326,6 +330,14 @@ def _wire_lora_slots(panel: Panel) -> None:
     for component in slots:
         component.change(gather, slots, [panel.loras, panel.lora_info, panel.lora_previews, panel.lora_box], queue=False,
                          api_visibility="private")
+
+    # A card's preferred weight (A1111's "preferred weight") becomes the slot's weight when picked.
+    def preferred(name: str):
+        row = next((r for r in studio.loras() if r["name"] == name), None) if name else None
+        return row["preferred_weight"] if row and row.get("preferred_weight") else gr.update()
+
+    for name_box, weight_box in zip(panel.lora_names, panel.lora_weights):
+        name_box.input(preferred, name_box, weight_box, queue=False, api_visibility="private")
 
     def refresh():
         names = _lora_names(studio.loras())

@@ -42,6 +42,7 @@ from typing import Sequence
 import torch
 
 from ..errors import ModelError, ParamError
+from ..formats.cards import read_card
 from ..formats.lora import COMPONENTS, LoraLayers, base_model, map_state_dict, read_metadata, read_state_dict, trigger_words
 from ..store.adapters import MAX_ADAPTERS, AdapterTable, adapter_bytes
 from ..store.folders import inside
@@ -58,7 +59,9 @@ def list_loras(store, with_hash: bool = True) -> list[dict]:
 
     ``trigger_words`` come from Kohya's ``ss_tag_frequency`` (most frequent first) after
     ``modelspec.trigger_phrase``; ``base_model`` from ``ss_base_model_version``,
-    ``ss_sd_model_name`` or ``modelspec.architecture``. ``.bin`` files carry no metadata.
+    ``ss_sd_model_name`` or ``modelspec.architecture``. ``.bin`` files carry no metadata. A
+    model card beside the file (A1111's ``.json``, Civitai Helper's ``.civitai.info``:
+    formats/cards.py) adds its trigger words, description, title and preferred weight.
     A file that cannot be read is still listed (it fails with a clear error when used).
     """
     rows = []
@@ -70,14 +73,19 @@ def list_loras(store, with_hash: bool = True) -> list[dict]:
         except (OSError, ParamError):  # removed or unreadable meanwhile: not listed
             continue
         metadata = read_metadata(path)
+        card = read_card(path)
         rows.append(
             {
                 "name": name,
                 "hash": digest,
-                "trigger_words": trigger_words(metadata),
-                "base_model": base_model(metadata),
+                # The card's words (what its author or Civitai lists) first, then Kohya's.
+                "trigger_words": list(dict.fromkeys([*card.get("trigger_words", ()), *trigger_words(metadata)])),
+                "base_model": base_model(metadata) or card.get("base_model"),
                 "preview": _preview(path.parent, path),
                 "bytes": stat.st_size,
+                "description": card.get("description", ""),
+                "title": card.get("title", ""),
+                "preferred_weight": card.get("preferred_weight"),
             }
         )
     return rows
