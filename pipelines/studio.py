@@ -117,7 +117,9 @@ class Studio:
 
         return self._edit(edit.outpaint, request, request.edit, fields, client, on_step, on_preview)
 
-    def _edit(self, task, request, edit_request: Img2Img, fields: dict, client, on_step, on_preview):
+    def _edit(self, task, request, edit_request: Img2Img, fields, client, on_step, on_preview):
+        """Run an editing task in the job context and save it. ``fields``: the mode's A1111
+        parameter fields, or a function of the result giving them (when the task decides them)."""
         caller = as_caller(client)
         self.outputs.check_quota(caller.user)
         with self.jobs.run(caller, on_step) as (cancel, hook):

@@ -83,18 +83,36 @@ class CheckedRadio(gr.Radio):
             raise _refusal(self, "not_a_choice", value=_short(payload)) from None
 
 
+def _check_file(component, part) -> None:
+    """Refuse an uploaded file (a FileData) from its header, in the component's language."""
+    path = getattr(part, "path", None)
+    if path and not (getattr(part, "url", None) or "").startswith("data:"):
+        try:
+            check_upload(path)  # the path is already one Gradio accepted as an upload
+        except ParamError as exc:
+            strings = component.error_strings or load()
+            raise gr.Error(error_text(strings, exc.code, exc.fields), print_exception=False) from None
+
+
 class CheckedImage(gr.Image):
     is_template = True
     error_strings = None
 
     def preprocess(self, payload):
-        path = getattr(payload, "path", None)
-        if path and not (getattr(payload, "url", None) or "").startswith("data:"):
-            try:
-                check_upload(path)  # the path is already one Gradio accepted as an upload
-            except ParamError as exc:
-                strings = self.error_strings or load()
-                raise gr.Error(error_text(strings, exc.code, exc.fields), print_exception=False) from None
+        _check_file(self, payload)
+        return super().preprocess(payload)
+
+
+class CheckedImageEditor(gr.ImageEditor):
+    """The 局部重绘 canvas: its background, painted layers and composite checked alike."""
+
+    is_template = True
+    error_strings = None
+
+    def preprocess(self, payload):
+        for part in (getattr(payload, "background", None), *(getattr(payload, "layers", None) or ()),
+                     getattr(payload, "composite", None)):
+            _check_file(self, part)
         return super().preprocess(payload)
 
 
@@ -118,6 +136,10 @@ def dropdown(S, *args, **kwargs) -> CheckedDropdown:
 
 def radio(S, *args, **kwargs) -> CheckedRadio:
     return _worded(CheckedRadio, S, args, kwargs)
+
+
+def image_editor(S, *args, **kwargs) -> CheckedImageEditor:
+    return _worded(CheckedImageEditor, S, args, kwargs)
 
 
 def image(S, *args, report: bool = False, **kwargs) -> CheckedImage:

@@ -63,29 +63,7 @@ class Edit:
     outpaint_image: gr.Image
     components: dict  # every component of the three endpoints, by API name, per mode
     buttons: dict  # mode -> its 生成 button
-    size_buttons: list  # (button, image component): "尺寸取自原图"
-
-
-class CheckedImageEditor(gr.ImageEditor):
-    """An image editor whose files are checked from their headers (size, format) before Gradio
-    decodes them, like ui/inputs.CheckedImage."""
-
-    is_template = True
-    error_strings = None
-
-    def preprocess(self, payload):
-        for part in (getattr(payload, "background", None), *(getattr(payload, "layers", None) or ()),
-                     getattr(payload, "composite", None)):
-            path = getattr(part, "path", None)
-            if path:
-                try:
-                    check_upload(path)
-                except ParamError as exc:
-                    from strings import error_text, load
-
-                    raise gr.Error(error_text(self.error_strings or load(), exc.code, exc.fields),
-                                   print_exception=False) from None
-        return super().preprocess(payload)
+    size_button: gr.Button  # 图生图's "尺寸取自原图"
 
 
 def _fill_choices(S) -> list[tuple[str, str]]:
@@ -99,7 +77,7 @@ def _save_inputs(S) -> gr.Checkbox:
 def build_tabs(ctx: UIContext, units: dict[str, Unit]) -> Edit:
     S = ctx.S
     comps: dict[str, dict] = {}
-    buttons, size_buttons = {}, []
+    buttons = {}
     # 1. 图生图.
     with gr.Tab(S.tab_img2img, id="img2img"):
         image = inputs.image(S, label=S.edit_image, type="filepath", sources=["upload", "clipboard"], height=300,
@@ -109,7 +87,6 @@ def build_tabs(ctx: UIContext, units: dict[str, Unit]) -> Edit:
             resize_mode = inputs.radio(S, [(S.resize_crop, "crop"), (S.resize_fit, "fit"), (S.resize_stretch, "stretch")],
                                        value="crop", label=S.resize_mode, scale=3)
             size_button = gr.Button(S.size_from_image, scale=1)
-        size_buttons.append((size_button, image))
         with gr.Row():
             add_canny = gr.Checkbox(False, label=S.edit_add_canny)
             add_depth = gr.Checkbox(False, label=S.edit_add_depth)
@@ -120,12 +97,11 @@ def build_tabs(ctx: UIContext, units: dict[str, Unit]) -> Edit:
                         **added_components(units, {"add_canny": add_canny, "add_depth": add_depth})}
     # 2. 局部重绘: paint over the picture, or upload a mask.
     with gr.Tab(S.tab_inpaint, id="inpaint"):
-        editor = CheckedImageEditor(label=S.inpaint_editor, type="filepath", sources=["upload", "clipboard"],
+        editor = inputs.image_editor(S, label=S.inpaint_editor, type="filepath", sources=["upload", "clipboard"],
                                     brush=gr.Brush(colors=["#ffffff"], default_color="#ffffff", color_mode="fixed",
                                                    default_size=24),
                                     eraser=gr.Eraser(default_size=24), layers=False, transforms=(), format="png",
                                     height=420, elem_id="inpaint-editor")
-        editor.error_strings = S
         gr.Markdown(S.inpaint_hint)
         with gr.Accordion(S.mask_upload_title, open=False):
             mask = inputs.image(S, label=S.mask_upload, type="filepath", sources=["upload", "clipboard"], height=200,
@@ -165,7 +141,7 @@ def build_tabs(ctx: UIContext, units: dict[str, Unit]) -> Edit:
     comps["outpaint"] = {"image": o_image, "denoising_strength": o_strength, **sides, "inpainting_fill": o_fill,
                          "save_inputs": save_outpaint}
     return Edit(image=image, editor=editor, outpaint_image=o_image, components=comps, buttons=buttons,
-                size_buttons=size_buttons)
+                size_button=size_button)
 
 
 def _editor_parts(value) -> tuple[object, list]:
@@ -220,5 +196,4 @@ def wire(ctx: UIContext, panel: Panel, edit: Edit, gallery, info, progress_on) -
         scale = min(1.0, MAX_SIDE / max(width, height))
         return tuple(max(MIN_SIDE, int(side * scale) // 8 * 8) for side in (width, height))
 
-    for button, image in edit.size_buttons:
-        button.click(size_of, image, [panel.width, panel.height], queue=False, api_visibility="private")
+    edit.size_button.click(size_of, edit.image, [panel.width, panel.height], queue=False, api_visibility="private")

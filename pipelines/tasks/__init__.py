@@ -1,3 +1,4 @@
 """The tasks: one module per task, each a plain function over the store and a request
-(txt2img, controlnet, upscale), plus what they share (the denoise loop, LoRA switching,
-annotators, schedulers, prompts, previews, DeepCache). They run inside the job context."""
+(txt2img, controlnet, upscale, edit = img2img/inpaint/outpaint/hires fix), plus what they share
+(the denoise loop, masks, the hires post-step, LoRA switching, annotators, schedulers, prompts,
+previews, DeepCache). They run inside the job context."""
