@@ -622,7 +622,7 @@ class SdApi:
 
     def sd_models(self) -> list[dict]:
         return [
-            {"title": c["ref"], "model_name": _stem(c["ref"]), "hash": None, "sha256": None,
+            {"title": c["ref"], "model_name": _stem(c["ref"]), "hash": c["hash"], "sha256": None,
              "filename": c["ref"], "config": None}
             for c in self.studio.model_choices()
         ]

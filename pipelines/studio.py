@@ -48,6 +48,17 @@ def _unit_fields(units, resize_mode: str) -> dict:
     }
 
 
+
+def _model_field(ref: str) -> str:
+    """The infotext's ``Model``: a folder's or hub id's name; a single file's stem, as A1111
+    writes it (with ``Model hash`` beside it, that is how Civitai recognises the model)."""
+    if Path(ref).is_absolute():
+        ref = Path(ref).name
+    for ending in (".safetensors", ".ckpt"):
+        if ref.lower().endswith(ending):
+            return Path(ref).name[: -len(ending)]
+    return ref
+
 class Studio:
     def __init__(self, store: ModelStore, outputs: OutputWriter, extensions: list = ()) -> None:
         self.store = store
@@ -164,7 +175,8 @@ class Studio:
             "Sampler": params.sampler,
             "CFG scale": params.guidance_scale,
             "Size": f"{params.width}x{params.height}",
-            "Model": Path(model).name if Path(model).is_absolute() else model,
+            "Model": _model_field(model),
+            **({"Model hash": self.store.model_hash} if self.store.model_hash else {}),
             **({"DeepCache interval": params.deepcache} if params.deepcache else {}),
             **(fields or {}),
             "Version": f"Danqing {VERSION}",
@@ -277,8 +289,10 @@ class Studio:
 
     # -- models ---------------------------------------------------------------------------
     def model_choices(self) -> list[dict]:
+        loaded = self.store.current_ref if self.store.is_loaded() else None
         return [
-            {"ref": c.ref, "local": c.local, "kind": c.kind}
+            {"ref": c.ref, "local": c.local, "kind": c.kind,
+             "hash": self.store.model_hash if c.ref == loaded else None}
             for c in self.store.model_choices()
         ]
 

@@ -8,7 +8,9 @@ through exactly the code a real model goes through:
   Chinese WordPiece ``vocab.txt`` and a 32-token window, CLIP text encoder, ``.bin`` weights),
   with the SD 1.x U-Net block layout at tiny widths;
 - ``checkpoints/danqing-demo-st``: the same architecture with other weights, as safetensors;
-- ``checkpoints/danqing-demo-inpainting``: a dedicated inpainting model (9-channel U-Net).
+- ``checkpoints/danqing-demo-inpainting``: a dedicated inpainting model (9-channel U-Net);
+- ``checkpoints/danqing-demo-single.safetensors``, ``vae/``, ``embeddings/``: an A1111 single
+  file, an external VAE and textual-inversion embeddings (``library.py``).
 
 Images from it are noise: the weights are random. The writers import the engine (to check
 what they wrote loads back); the engine never imports them.
@@ -25,6 +27,7 @@ from pathlib import Path
 from ..store.folders import ModelFolders
 from .controlnet import save_demo_controlnets
 from .esrgan import save_demo_upscalers
+from .library import save_demo_embeddings, save_demo_single_file, save_demo_vae
 from .lora import save_demo_loras
 from .sd import DEMO_MODEL, DEMO_MODEL_INPAINT, DEMO_MODEL_SAFETENSORS, TOKEN_WINDOW, save_sd_pipeline
 
@@ -33,7 +36,7 @@ __all__ = ["DEMO_MODEL", "DEMO_MODEL_INPAINT", "DEMO_MODEL_SAFETENSORS", "TOKEN_
 log = logging.getLogger(__name__)
 
 # Bump when the bundle's content changes so old caches are rebuilt.
-BUNDLE_VERSION = "4"
+BUNDLE_VERSION = "5"
 
 
 def default_cache_dir() -> Path:
@@ -75,6 +78,9 @@ def build_bundle(root: Path) -> None:
     save_sd_pipeline(ckpt / DEMO_MODEL_SAFETENSORS, seed=1, safe_serialization=True)
     # A dedicated inpainting model (9-channel U-Net), as safetensors.
     save_sd_pipeline(ckpt / DEMO_MODEL_INPAINT, seed=2, safe_serialization=True, inpainting=True)
+    save_demo_single_file(ckpt, ckpt / DEMO_MODEL_SAFETENSORS)
+    save_demo_vae(folders.folder("vae"))
+    save_demo_embeddings(folders.folder("embeddings"))
     (root / "README.txt").write_text(
         "Danqing demo bundle: tiny random-weight models generated locally. Images are noise.\n"
     )

@@ -7,6 +7,8 @@ codes carry the kind (``lora_file_corrupt``, ``upscaler_unsafe_file``, ...).
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import pickle
 from pathlib import Path
@@ -57,3 +59,19 @@ def read_tensors(path: Path, label: str, kind: str, not_tensors: str,
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+@functools.lru_cache(maxsize=1024)
+def short_hash(path: str, size: int, mtime_ns: int) -> str:
+    """A1111's short hash: the first 10 hex digits of the file's SHA-256 (what Civitai and A1111
+    match images against), cached per path, size and mtime."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:10]
+
+
+def file_hash(path: Path) -> str:
+    stat = path.stat()
+    return short_hash(str(path), stat.st_size, stat.st_mtime_ns)

@@ -19,11 +19,13 @@ from ..errors import ParamError
 
 # kind -> (sub-folder of the models dir, accepted file endings; empty means "folders only")
 MODEL_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "checkpoints": ("checkpoints", (".safetensors",)),
+    "checkpoints": ("checkpoints", (".safetensors", ".ckpt")),  # single files; diffusers folders too
     "lora": ("lora", (".safetensors", ".bin")),
     "controlnet": ("controlnet", (".safetensors",)),
     "upscalers": ("upscalers", (".pth", ".safetensors")),
     "annotators": ("annotators", ()),
+    "vae": ("vae", (".safetensors", ".pt", ".ckpt", ".bin")),  # single files; diffusers folders too
+    "embeddings": ("embeddings", (".pt", ".safetensors", ".bin")),  # textual inversion
     "vae_approx": ("vae-approx", ()),  # tiny preview decoders (diffusers AutoencoderTiny folders)
 }
 
@@ -34,12 +36,16 @@ A1111_LAYOUT: dict[str, tuple[str, ...]] = {
     "lora": ("models/Lora", "models/LyCORIS"),
     "controlnet": ("models/ControlNet", "extensions/sd-webui-controlnet/models"),
     "upscalers": ("models/ESRGAN", "models/RealESRGAN"),
+    "vae": ("models/VAE",),
+    "embeddings": ("embeddings",),
 }
 COMFYUI_LAYOUT: dict[str, tuple[str, ...]] = {
     "checkpoints": ("models/checkpoints",),
     "lora": ("models/loras",),
     "controlnet": ("models/controlnet",),
     "upscalers": ("models/upscale_models",),
+    "vae": ("models/vae",),
+    "embeddings": ("models/embeddings",),
 }
 LAYOUTS = {"a1111": A1111_LAYOUT, "comfyui": COMFYUI_LAYOUT}
 
@@ -86,6 +92,12 @@ class ModelFolders:
                 if path.suffix.lower() in endings and name not in names and path.is_file() and inside(folder, path):
                     names.append(name)
         return names
+
+    def list_single_files(self, kind: str, marker: str = "model_index.json") -> list[str]:
+        """``list_files`` without the files inside diffusers folders (those hold their own
+        ``unet/diffusion_pytorch_model.safetensors`` and so on)."""
+        folders = self.list_diffusers_dirs(kind, marker)
+        return [name for name in self.list_files(kind) if not any(name.startswith(f + "/") for f in folders)]
 
     def list_diffusers_dirs(self, kind: str, marker: str) -> list[str]:
         """Relative names of sub-folders (one or two levels down) that contain ``marker``."""

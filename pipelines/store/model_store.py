@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError, ParamError
+from ..formats.checkpoint import load_single_file
+from ..formats.weights import file_hash
 from .adapters import AdapterTable
 from .cache import ResidentCache, module_bytes
 from .devices import DevicePlan, attention_backend, dtype_name, free_memory, plan_device
@@ -39,7 +41,7 @@ class ModelChoice:
     ref: str  # what the user picks: a folder name under models/checkpoints, or a hub id
     source: str  # the local path or hub id handed to from_pretrained
     local: bool  # files are on this machine (folder, or hub cache)
-    kind: str  # "folder" | "hub" | "path"
+    kind: str  # "folder" | "file" (an A1111 single file) | "hub" | "path"
 
 
 def _hub_cached(repo_id: str) -> bool:
@@ -65,6 +67,8 @@ class ModelStore:
         self._base_ref: str | None = None
         self._wanted_ref = settings.model
         self._load_seconds: float | None = None
+        self._pending_hash: str | None = None
+        self.model_hash: str | None = None  # A1111's short hash of the loaded single file
         # The LoRA adapters on the current base (a new table with every base loaded).
         self.adapters = AdapterTable()
         # ControlNets, upscalers, annotators: 4 GiB by default (a few SD 1.5 ControlNets in fp16),
@@ -78,6 +82,10 @@ class ModelStore:
         for name in self.folders.list_diffusers_dirs("checkpoints", "model_index.json"):
             path = str(self.folders.resolve("checkpoints", name))
             choices[name] = ModelChoice(name, path, True, "folder")
+        for name in self.folders.list_single_files("checkpoints"):
+            if name not in choices:
+                path = str(self.folders.resolve("checkpoints", name))
+                choices[name] = ModelChoice(name, path, True, "file")
         if configured not in choices and (Path(configured) / "model_index.json").is_file():
             # A path given on the command line (never from the UI or API: those pick from this list).
             choices[configured] = ModelChoice(configured, configured, True, "path")
@@ -112,6 +120,7 @@ class ModelStore:
             if self._base is None:
                 self._base = self._load(self.choice(self._wanted_ref))
                 self._base_ref = self._wanted_ref
+                self.model_hash = self._pending_hash
             return self._base
 
     def switch(self, ref: str):
@@ -123,10 +132,27 @@ class ModelStore:
             new = self._load(choice)
             old, self._base = self._base, new
             self._base_ref = self._wanted_ref = ref
+            self.model_hash = self._pending_hash
             self.adapters = AdapterTable()  # the old base's adapters go with it
             del old
             free_memory(self.plan.device)
             return new
+
+    def _tokenizer_for(self, vocab_size: int):
+        """The tokenizer of an installed diffusers model with ``vocab_size`` tokens (a PAI
+        single file carries no tokenizer, but its BERT vocabulary is that of the PAI folder)."""
+        from transformers import AutoTokenizer
+
+        for name in self.folders.list_diffusers_dirs("checkpoints", "model_index.json"):
+            folder = self.folders.resolve("checkpoints", name) / "tokenizer"
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            except Exception:  # no tokenizer there, or an unreadable one: try the next model
+                continue
+            if len(tokenizer) == vocab_size:
+                log.info("tokenizer for a %d-token text encoder: %s's", vocab_size, name)
+                return tokenizer
+        return None
 
     def _load(self, choice: ModelChoice):
         from diffusers import StableDiffusionPipeline
@@ -147,6 +173,8 @@ class ModelStore:
                 except OSError as exc:
                     log.warning("download of %s failed: %s", choice.ref, exc)
                     raise ModelError("model_download_failed", name=choice.ref) from exc
+            elif choice.kind == "file":
+                pipe = load_single_file(Path(choice.source), self.plan.dtype, self.plan.device, self._tokenizer_for)
             else:
                 pipe = StableDiffusionPipeline.from_pretrained(
                     choice.source, local_files_only=True, **kwargs
@@ -161,6 +189,9 @@ class ModelStore:
         if self.plan.device.type != "cpu":
             pipe.to(self.plan.device)
         apply_speed_options(pipe, self.settings)
+        # A1111's short hash of a single file goes into every image's "Model hash" (cached by
+        # path, size and mtime, so a reload does not read the file twice).
+        self._pending_hash = file_hash(Path(choice.source)) if choice.kind == "file" else None
         self._load_seconds = time.perf_counter() - started
         log.info("loaded %s in %.1fs on %s/%s", choice.ref, self._load_seconds, self.plan.device, dtype_name(self.plan.dtype))
         return pipe

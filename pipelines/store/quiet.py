@@ -6,6 +6,8 @@ narrowly (one logger and one message shape each; anything else those loggers say
 - diffusers, loading a folder of ``.bin`` weights (the PAI models, the demo bundle): an *error*
   "An error occurred while trying to fetch …: no file named diffusion_pytorch_model.safetensors"
   and "Defaulting to unsafe serialization", while it then loads the ``.bin`` as intended.
+- diffusers' LDM converter, on a single file with EMA weights: advice about an
+  ``--extract_ema`` flag of its conversion script (Danqing loads the non-EMA weights, as A1111).
 - transformers, without torchvision: "`CLIPImageProcessor` requires torchvision (not installed);
   falling back …" (the PIL processor is the one Danqing uses).
 - transformers' tokenizer: "Token indices sequence length is longer than the specified maximum",
@@ -22,6 +24,7 @@ KNOWN_NOISE = {
         ("An error occurred while trying to fetch", "no file named diffusion_pytorch_model.safetensors"),
         ("Defaulting to unsafe serialization",),
     ),
+    "diffusers.loaders.single_file_utils": (("only the non-EMA weights are extracted",),),
     "transformers.utils.import_utils": (("requires torchvision (not installed)", "falling back"),),
     "transformers.tokenization_utils_base": (("Token indices sequence length is longer than the specified maximum",),),
 }

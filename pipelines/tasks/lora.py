@@ -31,8 +31,6 @@ header; Civitai finds files by either.)
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -43,6 +41,7 @@ import torch
 
 from ..errors import ModelError, ParamError
 from ..formats.cards import read_card
+from ..formats.weights import short_hash
 from ..formats.lora import COMPONENTS, LoraLayers, base_model, map_state_dict, read_metadata, read_state_dict, trigger_words
 from ..store.adapters import MAX_ADAPTERS, AdapterTable, adapter_bytes
 from ..store.folders import inside
@@ -69,7 +68,7 @@ def list_loras(store, with_hash: bool = True) -> list[dict]:
         try:
             path = store.folders.resolve("lora", name)
             stat = path.stat()
-            digest = _short_hash(str(path), stat.st_size, stat.st_mtime_ns) if with_hash else None
+            digest = short_hash(str(path), stat.st_size, stat.st_mtime_ns) if with_hash else None
         except (OSError, ParamError):  # removed or unreadable meanwhile: not listed
             continue
         metadata = read_metadata(path)
@@ -89,16 +88,6 @@ def list_loras(store, with_hash: bool = True) -> list[dict]:
             }
         )
     return rows
-
-
-@functools.lru_cache(maxsize=1024)
-def _short_hash(path: str, size: int, mtime_ns: int) -> str:
-    """First 10 hex digits of the file's SHA-256 (cached per path, size and mtime)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:10]
 
 
 def _preview(folder: Path, path: Path) -> str | None:
