@@ -31,7 +31,7 @@ class Txt2ImgRequest(_Request):
     cfg_scale: float = 7.0
     width: int = 512
     height: int = 512
-    override_settings: dict[str, Any] = Field(default_factory=dict, description="Only sd_model_checkpoint is used.")
+    override_settings: dict[str, Any] = Field(default_factory=dict, description="sd_model_checkpoint and CLIP_stop_at_last_layers are used.")
     override_settings_restore_afterwards: bool = True
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict, description="Only `controlnet` with its `args` units is used.")
     send_images: bool = True
@@ -83,6 +83,8 @@ class ControlNetArgs(_Request):
 class OptionsRequest(_Request):
     model_config = ConfigDict(extra="allow")
     sd_model_checkpoint: str | None = Field(None, description="Switch the base model (a title from /sdapi/v1/sd-models).")
+    CLIP_stop_at_last_layers: int | None = Field(None, description="Clip skip of API requests that do not override it (1-12).")
+    sd_vae: str | None = Field(None, description="\"Automatic\", \"None\" (the model's own) or a file from /sdapi/v1/sd-vae.")
 
 
 class ExtraSingleImageRequest(_Request):

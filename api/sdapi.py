@@ -42,6 +42,7 @@ from pipelines.formats.pnginfo import MAX_PARAMETERS_CHARS, parse_parameters, re
 from pipelines.requests import (
     DEFAULT_SAMPLER,
     LATENT_UPSCALER,
+    MAX_CLIP_SKIP,
     MAX_UNITS,
     SAMPLER_NAMES,
     Caller,
@@ -119,6 +120,10 @@ RESIZE_MODES = {
 
 
 # 1. Small translations ------------------------------------------------------------------------
+# A1111's sd_vae option values for Danqing's automatic / the model's own choices.
+A1111_VAE_NAMES = {"auto": "Automatic", "none": "None"}
+
+
 def _stem(name: str) -> str:
     base = Path(name).name
     for suffix in WEIGHT_SUFFIXES:
@@ -279,6 +284,9 @@ class SdApi:
         self.accounts = accounts or Accounts()
         self.styles = styles
         self.jobs = studio.jobs  # the studio's job context: batches, progress, stop switches
+        # A1111's CLIP_stop_at_last_layers option: the clip skip of API requests that do not
+        # override it (the UI has its own slider).
+        self.clip_skip = 1
 
     # -- translations that need the studio ---------------------------------------------------
     def model_ref(self, title: object) -> str:
@@ -366,7 +374,7 @@ class SdApi:
         request = Txt2Img.from_fields(
             prompt=prompt, negative_prompt=negative, num_inference_steps=req.steps, guidance_scale=req.cfg_scale,
             width=req.width, height=req.height, seed=req.seed, num_images_per_prompt=req.batch_size, sampler=sampler,
-            **more,
+            clip_skip=req.override_settings.get("CLIP_stop_at_last_layers", self.clip_skip), **more,
         )
         return request, prompt, negative, sampler
 
@@ -608,10 +616,11 @@ class SdApi:
     def options(self) -> dict:
         return {
             "sd_model_checkpoint": self.studio.current_model(),
-            "sd_checkpoint_hash": None,
+            "sd_checkpoint_hash": self.studio.model_hash(),
+            "sd_vae": A1111_VAE_NAMES.get(self.studio.current_vae(), self.studio.current_vae()),
             "samples_format": "png",
             "outdir_samples": "outputs",  # never a server path
-            "CLIP_stop_at_last_layers": 1,
+            "CLIP_stop_at_last_layers": self.clip_skip,
         }
 
     def set_options(self, req: OptionsRequest, user: str) -> None:
@@ -619,6 +628,21 @@ class SdApi:
             if not self.accounts.is_admin(user):
                 raise ParamError("admin_only", admins=self.S.list_sep.join(sorted(self.accounts.admins)), what=self.S.admin_what_model)
             self.studio.switch_model(self.model_ref(req.sd_model_checkpoint))
+        if req.CLIP_stop_at_last_layers is not None:
+            if not self.accounts.is_admin(user):
+                raise ParamError("admin_only", admins=self.S.list_sep.join(sorted(self.accounts.admins)), what=self.S.admin_what_clip_skip)
+            value = req.CLIP_stop_at_last_layers
+            if not 1 <= value <= MAX_CLIP_SKIP:
+                raise ParamError("out_of_range", name="CLIP_stop_at_last_layers", value=value, low=1, high=MAX_CLIP_SKIP)
+            self.clip_skip = value
+        if req.sd_vae:
+            if not self.accounts.is_admin(user):
+                raise ParamError("admin_only", admins=self.S.list_sep.join(sorted(self.accounts.admins)), what=self.S.admin_what_vae)
+            choice = {v: k for k, v in A1111_VAE_NAMES.items()}.get(req.sd_vae)
+            self.studio.set_vae(choice or pick_name(req.sd_vae, self.studio.vae_choices()))
+
+    def sd_vaes(self) -> list[dict]:
+        return [{"model_name": _stem(name), "filename": name} for name in self.studio.vae_choices()]
 
     def sd_models(self) -> list[dict]:
         return [
@@ -699,6 +723,10 @@ def build_router(studio, accounts: Accounts | None = None, lang: str | None = No
     @router.post(f"{v1}/options", tags=["sdapi"], summary="Switch the base model with sd_model_checkpoint")
     def set_options(req: OptionsRequest, user: str = Depends(login)) -> None:
         api.set_options(req, user)
+
+    @router.get(f"{v1}/sd-vae", tags=["sdapi"], summary="External VAEs (models/vae)")
+    def sd_vae() -> list[dict]:
+        return api.sd_vaes()
 
     @router.get(f"{v1}/sd-models", tags=["sdapi"], summary="Base models")
     def sd_models() -> list[dict]:

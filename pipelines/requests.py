@@ -252,6 +252,8 @@ class Txt2Img:
     hires_pass: bool = False
     hires_strength: float = 0.4
     hires_steps: int = 0
+    # A1111's CLIP_stop_at_last_layers: 1 = the text encoder's last layer, 2 = the one before, ...
+    clip_skip: int = 1
 
     @classmethod
     def from_fields(cls, mapping: Mapping | None = None, /, **more: Any) -> "Txt2Img":
@@ -284,6 +286,8 @@ class Txt2Img:
         in_range("hires_strength", strength, 0.0, 1.0)
         hires_steps = as_int("hires_steps", raw.get("hires_steps") or 0)
         in_range("hires_steps", hires_steps, 0, MAX_STEPS)
+        clip_skip = as_int("clip_skip", raw.get("clip_skip") or 1)
+        in_range("clip_skip", clip_skip, 1, MAX_CLIP_SKIP)
         if hires_pass and not draft:
             upscaler = upscaler or LATENT_UPSCALER
             scale = as_float("hires_scale", raw.get("hires_scale", 2))
@@ -311,6 +315,7 @@ class Txt2Img:
             hires_pass=hires_pass,
             hires_strength=strength,
             hires_steps=hires_steps,
+            clip_skip=clip_skip,
         )
 
     def seeds(self) -> list[int]:
@@ -321,6 +326,7 @@ class Txt2Img:
         return hires_side(self.width, self.hires_scale), hires_side(self.height, self.hires_scale)
 
 
+MAX_CLIP_SKIP = 12  # A1111's slider
 LATENT_UPSCALER = "latent"  # the hires pass upscales the latents themselves (A1111's "Latent")
 MAX_HIRES_SCALE = 4.0
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 from .errors import DanqingError, ParamError
 from .formats.images import open_upload
+from .formats.weights import file_hash
 from .formats.pnginfo import format_parameters, parse_parameters, read_parameters
 from .jobs import Jobs, as_caller
 from .outputs import OutputWriter
@@ -177,10 +178,18 @@ class Studio:
             "Size": f"{params.width}x{params.height}",
             "Model": _model_field(model),
             **({"Model hash": self.store.model_hash} if self.store.model_hash else {}),
+            **({"VAE hash": self.store.vae_hash} if self.store.vae_hash else {}),
+            **({"VAE": Path(self.store.vae_ref).name} if self.store.vae_ref else {}),
             **({"DeepCache interval": params.deepcache} if params.deepcache else {}),
             **(fields or {}),
             "Version": f"Danqing {VERSION}",
         }
+        if params.clip_skip > 1:
+            base_fields["Clip skip"] = params.clip_skip
+        used = result.notices.get("embeddings") or {}
+        if used:  # A1111's "TI hashes": each embedding named in the prompts, by its file's hash
+            base_fields["TI hashes"] = ", ".join(
+                f"{name}: {file_hash(self.store.folders.resolve('embeddings', file))}" for name, file in used.items())
         prompt = params.prompt
         if params.loras:
             # A1111 keeps the tags in the prompt text and lists short hashes: readers show
@@ -198,7 +207,7 @@ class Studio:
                 **({"Hires steps": params.hires_steps} if params.hires_steps else {}),
                 "Hires upscaler": "Latent" if result.hires_pass == LATENT_UPSCALER else result.hires_pass,
             })
-            base_fields["Version"] = base_fields.pop("Version")
+        base_fields["Version"] = base_fields.pop("Version")  # last, as A1111 writes it
         hires = result.hires
         paths: list[Path] = []
         infotext = ""
@@ -295,6 +304,28 @@ class Studio:
              "hash": self.store.model_hash if c.ref == loaded else None}
             for c in self.store.model_choices()
         ]
+
+    def embeddings(self) -> list[dict]:
+        """Textual-inversion files, usable or not (with why), for the loaded model."""
+        width = self.store.base().text_encoder.get_input_embeddings().weight.shape[1]
+        return [{"name": e.name, "file": e.file, "vectors": 0 if e.vectors is None else int(e.vectors.shape[0]),
+                 "width": e.width, "model_width": int(width), "problem": e.problem}
+                for e in self.store.embeddings()]
+
+    def model_hash(self) -> str | None:
+        """A1111's short hash of the loaded single-file model (None: a folder, or none loaded)."""
+        return self.store.model_hash
+
+    def vae_choices(self) -> list[str]:
+        return self.store.vae_choices()
+
+    def current_vae(self) -> str:
+        """What was chosen: "auto", "none" or a file name."""
+        return self.store.vae_choice
+
+    def set_vae(self, choice: str) -> dict:
+        self.store.set_vae(choice)
+        return self.system_info()
 
     def current_model(self) -> str:
         return self.store.current_ref

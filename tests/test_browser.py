@@ -92,7 +92,7 @@ ALLOWED_WORDS = {
     "Danqing", "API", "CFG", "LoRA", "ESRGAN", "DeepCache", "Civitai", "A1111", "ControlNet", "Canny",
     "DPM++", "Karras", "SDE", "Euler", "DDIM", "PNDM", "UniPC", "LCM", "Heun", "LMS", "PNG", "JPEG", "WebP",
     "BMP", "TIFF", "GIF", "Excel", "WPS", "JSON", "csv", "styles.csv", "TAESD", "cpu", "cuda", "fp32", "fp16",
-    "sdpa", "torch", "torch.compile", "channels_last", "QKV", "VAE", "MB", "GB", "PAI", "Gradio", "MCP",
+    "sdpa", "torch", "torch.compile", "channels_last", "QKV", "VAE", "CLIP", "MB", "GB", "PAI", "Gradio", "MCP",
 }
 # Gradio's status-line literals ("queue: 1/1 |", "processing |"): its front end has no hook for
 # them (README, 使用 / Usage, lists what stays English); shown only while an event waits.

@@ -144,6 +144,32 @@ def test_model_and_sampler_lists(api):
     assert {"国风", "水墨", "电商白底"} <= {s["name"] for s in styles}
 
 
+def test_vae_single_files_and_clip_skip_through_the_api(api):
+    """/sd-vae lists models/vae; sd_vae switches it (A1111's names: Automatic, None);
+    CLIP_stop_at_last_layers is an option and an override; the single file is a model."""
+    assert {"model_name": "danqing-demo-vae", "filename": "danqing-demo-vae.safetensors"} in call(api, "/sdapi/v1/sd-vae")[1]
+    titles = [m["title"] for m in call(api, "/sdapi/v1/sd-models")[1]]
+    assert "danqing-demo-single.safetensors" in titles
+    try:
+        assert call(api, "/sdapi/v1/options")[1]["sd_vae"] == "Automatic"
+        assert call(api, "/sdapi/v1/options", {"sd_vae": "danqing-demo-vae", "CLIP_stop_at_last_layers": 2})[0] == 200
+        options = call(api, "/sdapi/v1/options")[1]
+        assert options["sd_vae"] == "danqing-demo-vae.safetensors" and options["CLIP_stop_at_last_layers"] == 2
+        _, body = call(api, "/sdapi/v1/txt2img", {"prompt": "猫", **SMALL, "steps": 1})
+        fields = parse_parameters(json.loads(body["info"])["infotexts"][0])["fields"]
+        assert fields["VAE"] == "danqing-demo-vae.safetensors" and fields["Clip skip"] == "2"
+        _, body = call(api, "/sdapi/v1/txt2img", {"prompt": "猫", **SMALL, "steps": 1,
+                                                  "override_settings": {"CLIP_stop_at_last_layers": 1}})
+        assert "Clip skip" not in parse_parameters(json.loads(body["info"])["infotexts"][0])["fields"]
+        status, error = call(api, "/sdapi/v1/options", {"sd_vae": "no-such-vae"})
+        assert status == 422 and error["code"] == "unknown_model_name"
+        status, error = call(api, "/sdapi/v1/options", {"CLIP_stop_at_last_layers": 40})
+        assert status == 422 and error["code"] == "out_of_range"
+    finally:
+        call(api, "/sdapi/v1/options", {"sd_vae": "Automatic", "CLIP_stop_at_last_layers": 1})
+    assert call(api, "/sdapi/v1/options")[1]["sd_vae"] == "Automatic"
+
+
 def test_options_switch_the_model_and_override_settings_restore_it(api):
     try:
         status, _ = call(api, "/sdapi/v1/options", {"sd_model_checkpoint": "danqing-demo-st", "unknown_option": 1})

@@ -32,6 +32,10 @@ def model_dropdown_choices(S, studio) -> list[tuple[str, str]]:
     ]
 
 
+def vae_dropdown_choices(S, studio) -> list[tuple[str, str]]:
+    return [(S.vae_auto, "auto"), (S.vae_none, "none"), *((name, name) for name in studio.vae_choices())]
+
+
 def page_css(S) -> str:
     """CSS for ``launch(css=...)``: Gradio's toasts title themselves with their type in English
     ("Error", "Warning", "Info") whatever ``title`` says; the titles are replaced by ours."""
@@ -68,6 +72,8 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
                 choices=model_dropdown_choices(S, studio), value=studio.current_model(),
                 label=S.model_label, scale=4,
             )
+            vae = inputs.dropdown(S, choices=vae_dropdown_choices(S, studio), value=studio.current_vae(),
+                                  label=S.vae_label, scale=2)
             refresh_models = gr.Button(S.refresh, scale=1)
 
         with gr.Tabs() as tabs:
@@ -126,9 +132,23 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
             return studio.system_info()
 
         model.input(switch_model, model, tools.system, api_name="switch_model", concurrency_id=GPU, concurrency_limit=1)
+
+        def switch_vae(choice: str, request: gr.Request = None):
+            if not options.may_change_shared(user_of(request)):
+                raise gr.Error(error_text(S, "admin_only", {"admins": S.list_sep.join(options.admins),
+                                                             "what": S.admin_what_vae}), print_exception=False)
+            try:
+                info = studio.set_vae(choice)
+            except Exception as exc:
+                raise user_error(S, exc) from None
+            gr.Info(S.vae_switched.format(name=info.get("vae") or S.vae_none))
+            return info
+
+        vae.input(switch_vae, vae, tools.system, api_name="switch_vae", concurrency_id=GPU, concurrency_limit=1)
         refresh_models.click(
-            lambda: gr.Dropdown(choices=model_dropdown_choices(S, studio), value=studio.current_model()),
-            None, model, queue=False, api_visibility="private",
+            lambda: (gr.Dropdown(choices=model_dropdown_choices(S, studio), value=studio.current_model()),
+                     gr.Dropdown(choices=vae_dropdown_choices(S, studio), value=studio.current_vae())),
+            None, [model, vae], queue=False, api_visibility="private",
         )
         # A picture and its parameters to the mode that uses them next (ui/sending.py): from a
         # result, from 图库, from 图片信息; 图库 → 图片信息 sends the file itself.

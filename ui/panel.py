@@ -18,6 +18,7 @@ from pipelines.requests import (
     LATENT_UPSCALER,
     Txt2Img,
     MAX_CFG,
+    MAX_CLIP_SKIP,
     MAX_IMAGES,
     MAX_SIDE,
     MAX_STEPS,
@@ -62,6 +63,7 @@ class Panel:
     hires_pass: gr.Checkbox  # 高清修复: upscale, then a second denoise (text to image)
     hires_strength: gr.Slider
     hires_steps: gr.Slider
+    clip_skip: gr.Slider  # CLIP 跳过层 (A1111's CLIP_stop_at_last_layers)
     style: gr.Dropdown | None = None  # prompt styles from the extensions (None: no styles)
     lora_box: gr.Accordion | None = None  # its title names the active LoRAs, even when folded
 
@@ -73,6 +75,7 @@ class Panel:
             "num_images_per_prompt": self.batch, "sampler": self.sampler, "loras": self.loras,
             "hires_upscaler": self.hires, "hires_scale": self.hires_scale, "deepcache": self.deepcache,
             "hires_pass": self.hires_pass, "hires_strength": self.hires_strength, "hires_steps": self.hires_steps,
+            "clip_skip": self.clip_skip,
         }
 
     def stop_job(self, request: gr.Request = None) -> None:
@@ -205,7 +208,7 @@ class Panel:
             gr.Tabs(selected="create"), prompt, parsed["negative_prompt"],
             number(fields.get("Steps")), number(fields.get("CFG scale")), number(fields.get("Seed")),
             number(w), number(h), sampler if sampler in SAMPLER_NAMES else gr.update(),
-            *names, *weights, *self._hires_values(fields, number),
+            *names, *weights, *self._hires_values(fields, number), number(fields.get("Clip skip", 1)),
         ]
 
     def _hires_values(self, fields: dict, number) -> list:
@@ -224,7 +227,7 @@ class Panel:
 def send_parameters_targets(panel: Panel) -> list:
     return [panel.prompt, panel.negative, panel.steps, panel.cfg, panel.seed, panel.width, panel.height,
             panel.sampler, *panel.lora_names, *panel.lora_weights, panel.hires_pass, panel.hires_strength,
-            panel.hires_steps, panel.hires, panel.hires_scale]
+            panel.hires_steps, panel.hires, panel.hires_scale, panel.clip_skip]
 
 
 def build_panel(ctx: UIContext, styles=None) -> Panel:
@@ -251,7 +254,9 @@ def build_panel(ctx: UIContext, styles=None) -> Panel:
         seed = inputs.number(S, value=-1, precision=0, label=S.seed_label, scale=3)
         random_seed = gr.Button(S.random_seed, scale=1)
         reuse_seed = gr.Button(S.reuse_seed, scale=1)
-    batch = inputs.slider(S, 1, MAX_IMAGES, value=1, step=1, label=S.batch_label)
+    with gr.Row():
+        batch = inputs.slider(S, 1, MAX_IMAGES, value=1, step=1, label=S.batch_label)
+        clip_skip = inputs.slider(S, 1, MAX_CLIP_SKIP, value=1, step=1, label=S.clip_skip_label, info=S.clip_skip_info)
 
     # LoRA slots: several LoRAs, each with its own weight, applied to every mode.
     with gr.Accordion(S.lora_title, open=False) as lora_box:
@@ -265,6 +270,14 @@ def build_panel(ctx: UIContext, styles=None) -> Panel:
         lora_previews = gr.Gallery(label=S.lora_previews, columns=4, height=140, object_fit="contain", interactive=False)
         refresh_loras = gr.Button(S.refresh)
         loras = gr.JSON(value=[], visible=False)
+
+    # Textual-inversion embeddings: listed when the accordion opens (reading them needs the
+    # model's text encoder, which the page must not load just by opening).
+    with gr.Accordion(S.embeddings_title, open=False) as embeddings_box:
+        embeddings_info = gr.Markdown(elem_id="embeddings-info")
+        refresh_embeddings = gr.Button(S.refresh, size="sm")
+    embeddings_box.expand(lambda: embeddings_markdown(S, studio), None, embeddings_info, api_visibility="private")
+    refresh_embeddings.click(lambda: embeddings_markdown(S, studio), None, embeddings_info, api_visibility="private")
 
     # 高清放大: upscale each generated image before saving (the original is kept too); with
     # 高清修复 the upscale (ESRGAN or the latents) is denoised again and only that is kept.
@@ -283,9 +296,24 @@ def build_panel(ctx: UIContext, styles=None) -> Panel:
 
     panel = Panel(ctx, prompt, negative, sampler, steps, cfg, width, height, seed, batch, random_seed,
                   reuse_seed, lora_names, lora_weights, loras, lora_info, lora_previews, refresh_loras, hires, hires_scale,
-                  deepcache, hires_pass, hires_strength, hires_steps, style=style, lora_box=lora_box)
+                  deepcache, hires_pass, hires_strength, hires_steps, clip_skip, style=style, lora_box=lora_box)
     _wire_lora_slots(panel)
     return panel
+
+
+def embeddings_markdown(S, studio) -> str:
+    try:
+        rows = studio.embeddings()
+    except Exception as exc:
+        return user_error(S, exc).message
+    usable = [r for r in rows if not r["problem"]]
+    lines = [S.embeddings_usable, *("- " + S.embeddings_row.format(**r) for r in usable)] if usable else [S.embeddings_none]
+    unusable = [r for r in rows if r["problem"]]
+    if unusable:
+        lines += ["", S.embeddings_unusable]
+        lines += ["- " + S.embeddings_bad_row.format(file=r["file"], why=S.embeddings_problems[r["problem"]].format(**r))
+                  for r in unusable]
+    return "\n".join(lines)
 
 
 def hires_choices(S, upscalers: list[str]) -> list[tuple[str, str]]:

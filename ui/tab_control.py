@@ -102,13 +102,14 @@ def added_names(kind: str) -> tuple[str, ...]:
 # The two endpoints' parameters, in the order the Gradio API has always listed them.
 # The hires pass's fields come last (added after the endpoints were first published).
 HIRES_PASS_FIELDS = ("hires_pass", "hires_strength", "hires_steps")
-BASE_FIELDS = request_fields(Txt2Img, exclude=("draft", *HIRES_PASS_FIELDS))
+LATE_FIELDS = ("clip_skip",)  # added later still: last, after the hires pass's
+BASE_FIELDS = request_fields(Txt2Img, exclude=("draft", *HIRES_PASS_FIELDS, *LATE_FIELDS))
 ENDPOINTS = {
     "canny": ("image", *BASE_FIELDS, *OWN_NAMES, "low_threshold", "high_threshold", "resize_mode",
-              "add_depth", "depth_image", *added_names("depth"), "depth_estimator", *HIRES_PASS_FIELDS),
+              "add_depth", "depth_image", *added_names("depth"), "depth_estimator", *HIRES_PASS_FIELDS, *LATE_FIELDS),
     "depth": ("image", *BASE_FIELDS, *OWN_NAMES, "depth_estimator", "resize_mode",
               "add_canny", "canny_image", *added_names("canny"), "low_threshold", "high_threshold",
-              *HIRES_PASS_FIELDS),
+              *HIRES_PASS_FIELDS, *LATE_FIELDS),
 }
 DEFAULTS = {**API_DEFAULTS, "low_threshold": 100, "high_threshold": 200, "depth_estimator": "", "resize_mode": "crop",
             "add_depth": False, "add_canny": False, "depth_image": None, "canny_image": None,
@@ -205,7 +206,7 @@ def wire(ctx: UIContext, panel: Panel, units: dict[str, Unit], gallery, info, pr
 
         def generate(values: dict, request: gr.Request = None, progress=None, kind=kind):
             def job(**kw):
-                base = Txt2Img.from_fields({k: values[k] for k in (*BASE_FIELDS, *HIRES_PASS_FIELDS)})
+                base = Txt2Img.from_fields({k: values[k] for k in (*BASE_FIELDS, *HIRES_PASS_FIELDS, *LATE_FIELDS)})
                 return studio.control(Control.build(base, units_of(kind, values), values["resize_mode"]), **kw)
 
             yield from panel.run_live(job, request, progress)

@@ -28,16 +28,17 @@ from . import inputs
 from .binding import endpoint, request_fields
 from .common import GPU, UIContext
 from .panel import API_DEFAULTS, Panel
-from .tab_control import ADDED_FIELDS, DEFAULTS as CONTROL_DEFAULTS, HIRES_PASS_FIELDS, Unit, added_components, added_units
+from .tab_control import (ADDED_FIELDS, DEFAULTS as CONTROL_DEFAULTS, HIRES_PASS_FIELDS, LATE_FIELDS, Unit,
+                          added_components, added_units)
 
 # The panel's fields an edit uses: no post-step, no draft, no hires pass (the edit is the pass).
-EDIT_BASE = request_fields(Txt2Img, exclude=("draft", "hires_upscaler", "hires_scale", *HIRES_PASS_FIELDS))
+EDIT_BASE = request_fields(Txt2Img, exclude=("draft", "hires_upscaler", "hires_scale", *HIRES_PASS_FIELDS, *LATE_FIELDS))
 ENDPOINTS = {
-    "img2img": ("image", *EDIT_BASE, "denoising_strength", "resize_mode", "save_inputs", *ADDED_FIELDS),
+    "img2img": ("image", *EDIT_BASE, "denoising_strength", "resize_mode", "save_inputs", *ADDED_FIELDS, *LATE_FIELDS),
     "inpaint": ("image", "mask", *EDIT_BASE, "denoising_strength", "mask_blur", "inpainting_fill", "inpaint_full_res",
-                "inpaint_full_res_padding", "inpainting_mask_invert", "save_inputs"),
+                "inpaint_full_res_padding", "inpainting_mask_invert", "save_inputs", *LATE_FIELDS),
     "outpaint": ("image", *EDIT_BASE, "denoising_strength", "left", "right", "up", "down", "inpainting_fill",
-                 "save_inputs"),
+                 "save_inputs", *LATE_FIELDS),
 }
 DEFAULTS = {**API_DEFAULTS, **CONTROL_DEFAULTS, "denoising_strength": 0.75, "resize_mode": "crop", "save_inputs": False,
             "mask_blur": 4, "inpainting_fill": "original", "inpaint_full_res": False,
@@ -153,7 +154,7 @@ def _editor_parts(value) -> tuple[object, list]:
 
 def requests_of(mode: str, values: dict):
     """The request of one edit endpoint's values (built in the job, so refusals are worded)."""
-    base = Txt2Img.from_fields({k: values[k] for k in EDIT_BASE})
+    base = Txt2Img.from_fields({k: values[k] for k in (*EDIT_BASE, *LATE_FIELDS)})
     if mode == "img2img":
         return Img2Img.build(base, values["image"], values["denoising_strength"], values["resize_mode"],
                              added_units(values), values["save_inputs"])

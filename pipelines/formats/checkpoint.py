@@ -278,6 +278,29 @@ def vae_from_state(state: dict, label: str, dtype: torch.dtype, scaling_factor: 
     return _materialise(AutoencoderKL, config, weights, label, "VAE", dtype)
 
 
+def load_vae(path: Path, dtype: torch.dtype, scaling_factor: float):
+    """An external VAE: a diffusers folder, or a single file (``.safetensors``, ``.pt``/``.ckpt``
+    read with ``weights_only=True``) with LDM keys, bare or under ``first_stage_model.``.
+    ``scaling_factor`` is the base model's: a VAE file does not say it."""
+    if path.is_dir():
+        from diffusers import AutoencoderKL
+
+        try:
+            vae = AutoencoderKL.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
+        except Exception as exc:
+            log.warning("cannot load VAE folder %s: %s", path.name, exc)
+            raise ModelError("vae_file_corrupt", name=path.name) from None
+        vae.register_to_config(scaling_factor=scaling_factor)
+        return vae.eval()
+    state = read_tensors(path, path.name, "vae", "vae_not_weights", wrappers=("state_dict",))
+    if not any(k.endswith("encoder.conv_in.weight") for k in state):
+        raise ModelError("vae_not_weights", name=path.name)
+    try:
+        return vae_from_state(state, path.name, dtype, scaling_factor)
+    except ModelError:
+        raise ModelError("vae_not_weights", name=path.name) from None
+
+
 def predicts_v(unet) -> bool:
     """A1111's probe for SD 2.x files without a .yaml: at the last timestep an ε-model returns
     about its input, a v-model about its negative."""

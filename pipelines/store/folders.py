@@ -89,6 +89,8 @@ class ModelFolders:
                 continue
             for path in sorted(folder.rglob("*")):
                 name = path.relative_to(folder).as_posix()
+                if _hidden(name):  # a download in progress (.x.partdir), editor and OS files
+                    continue
                 if path.suffix.lower() in endings and name not in names and path.is_file() and inside(folder, path):
                     names.append(name)
         return names
@@ -108,7 +110,7 @@ class ModelFolders:
             for pattern in (f"*/{marker}", f"*/*/{marker}"):
                 for path in sorted(folder.glob(pattern)):
                     name = path.parent.relative_to(folder).as_posix()
-                    if name not in found and inside(folder, path.parent):
+                    if not _hidden(name) and name not in found and inside(folder, path.parent):
                         found.append(name)
         return found
 
@@ -129,6 +131,10 @@ class ModelFolders:
             if path.exists() and inside(folder, path):
                 return path
         raise ParamError("unknown_model_name", kind=kind, name=name[:80])
+
+
+def _hidden(name: str) -> bool:
+    return any(part.startswith(".") for part in name.split("/"))
 
 
 def inside(folder: Path, path: Path) -> bool:

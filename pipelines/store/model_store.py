@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError, ParamError
-from ..formats.checkpoint import load_single_file
+from ..formats.checkpoint import load_single_file, load_vae
+from ..formats.embeddings import Embedding, read_embedding
 from ..formats.weights import file_hash
 from .adapters import AdapterTable
 from .cache import ResidentCache, module_bytes
@@ -69,6 +70,13 @@ class ModelStore:
         self._load_seconds: float | None = None
         self._pending_hash: str | None = None
         self.model_hash: str | None = None  # A1111's short hash of the loaded single file
+        # The external VAE: what was asked ("auto", "none" or a name under models/vae) and what
+        # is applied (a name, or None for the model's own, kept in _own_vae to switch back to).
+        self._wanted_vae = settings.vae
+        self.vae_ref: str | None = None
+        self.vae_hash: str | None = None
+        self._own_vae = None
+        self._embeddings: dict[tuple, Embedding] = {}  # read files, by (path, size, mtime, width)
         # The LoRA adapters on the current base (a new table with every base loaded).
         self.adapters = AdapterTable()
         # ControlNets, upscalers, annotators: 4 GiB by default (a few SD 1.5 ControlNets in fp16),
@@ -106,6 +114,11 @@ class ModelStore:
     def current_ref(self) -> str:
         return self._base_ref or self._wanted_ref
 
+    @property
+    def vae_choice(self) -> str:
+        """The external VAE asked for: "auto", "none" or a name under models/vae."""
+        return self._wanted_vae
+
     def is_loaded(self) -> bool:
         return self._base is not None
 
@@ -121,6 +134,8 @@ class ModelStore:
                 self._base = self._load(self.choice(self._wanted_ref))
                 self._base_ref = self._wanted_ref
                 self.model_hash = self._pending_hash
+                self._own_vae, self.vae_ref, self.vae_hash = self._base.vae, None, None
+                self._apply_vae(self._wanted_vae, quiet=True)
             return self._base
 
     def switch(self, ref: str):
@@ -134,6 +149,8 @@ class ModelStore:
             self._base_ref = self._wanted_ref = ref
             self.model_hash = self._pending_hash
             self.adapters = AdapterTable()  # the old base's adapters go with it
+            self._own_vae, self.vae_ref, self.vae_hash = new.vae, None, None
+            self._apply_vae(self._wanted_vae, quiet=True)
             del old
             free_memory(self.plan.device)
             return new
@@ -196,6 +213,90 @@ class ModelStore:
         log.info("loaded %s in %.1fs on %s/%s", choice.ref, self._load_seconds, self.plan.device, dtype_name(self.plan.dtype))
         return pipe
 
+    # 2b. The external VAE ------------------------------------------------------------------
+    def vae_choices(self) -> list[str]:
+        """VAE files and diffusers folders in models/vae (and an install's VAE folders)."""
+        return [*self.folders.list_single_files("vae", "config.json"),
+                *self.folders.list_diffusers_dirs("vae", "config.json")]
+
+    def auto_vae(self, ref: str | None = None) -> str | None:
+        """A1111's automatic choice: a VAE named like the checkpoint (``x.vae.pt`` beside
+        ``x.safetensors``, or ``x.*`` / ``x.vae.*`` in models/vae), else none."""
+        ref = ref or self.current_ref
+        stem = Path(ref).name
+        for ending in (".safetensors", ".ckpt"):
+            stem = stem[: -len(ending)] if stem.lower().endswith(ending) else stem
+        wanted = {stem, stem + ".vae"}
+        for name in self.vae_choices():
+            base = Path(name).name
+            if base in wanted or Path(base).stem in wanted:
+                return name
+        return None
+
+    def set_vae(self, choice: str) -> str | None:
+        """``"auto"``, ``"none"`` (the model's own) or a name from ``vae_choices``; applied to
+        the loaded model without reloading its U-Net. Returns the name applied (None: own)."""
+        if choice not in ("auto", "none"):
+            self.folders.resolve("vae", choice)  # refuses names outside models/vae
+        with self.lock:
+            if self._base is not None:
+                self._apply_vae(choice)
+            self._wanted_vae = choice
+            return self.vae_ref
+
+    def _apply_vae(self, choice: str, quiet: bool = False) -> None:
+        name = self.auto_vae() if choice == "auto" else (None if choice == "none" else choice)
+        if name == self.vae_ref:
+            return
+        base = self._base
+        if name is None:
+            vae, digest = self._own_vae, None
+        else:
+            try:
+                path = self.folders.resolve("vae", name)
+                own = self._own_vae
+                vae = load_vae(path, self.plan.dtype, own.config.scaling_factor)
+                if vae.config.latent_channels != own.config.latent_channels:
+                    raise ModelError("vae_mismatch", name=name, have=vae.config.latent_channels,
+                                     want=own.config.latent_channels)
+            except (ModelError, ParamError):
+                if quiet:  # an automatic pick that cannot load: the model's own VAE, logged
+                    log.warning("VAE %s not applied; keeping the model's own", name, exc_info=True)
+                    return
+                raise
+            vae.to(self.plan.device)
+            if self.settings.vae_tiling:
+                vae.enable_tiling()
+            digest = file_hash(path) if path.is_file() else None
+        old = base.vae
+        base.register_modules(vae=vae)
+        self.vae_ref, self.vae_hash = name, digest
+        if old is not self._own_vae and old is not vae:
+            del old
+            free_memory(self.plan.device)
+        log.info("VAE: %s", name or "the model's own")
+
+    # 2c. Textual-inversion embeddings ------------------------------------------------------
+    def embeddings(self) -> list[Embedding]:
+        """Every file in models/embeddings, read against the loaded text encoder's width
+        (cached per file, size and mtime; a new model re-checks the widths)."""
+        width = self.base().text_encoder.get_input_embeddings().weight.shape[1]
+        rows, seen = [], set()
+        for name in self.folders.list_files("embeddings"):
+            try:
+                path = self.folders.resolve("embeddings", name)
+                stat = path.stat()
+            except (OSError, ParamError):
+                continue
+            key = (str(path), stat.st_size, stat.st_mtime_ns, width)
+            row = self._embeddings.get(key)
+            if row is None:
+                row = self._embeddings[key] = read_embedding(path, name, width)
+            if row.name not in seen:  # the first file of a name wins, as in A1111
+                seen.add(row.name)
+                rows.append(row)
+        return rows
+
     # 3. Task pipelines -----------------------------------------------------------------
     def pipeline(self, cls=None, **components):
         """A task pipeline sharing the base modules (``from_pipe``: no weights are copied)."""
@@ -242,6 +343,7 @@ class ModelStore:
         info = {
             "model": self.current_ref,
             "model_loaded": self._base is not None,
+            "vae": self.vae_ref,
             "device": str(self.plan.device),
             "dtype": dtype_name(self.plan.dtype),
             "attention": attention_backend(self._base.unet) if self._base is not None else "sdpa",

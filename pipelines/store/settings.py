@@ -27,6 +27,9 @@ class EngineSettings:
     # (kind, folder) pairs of an existing A1111/ComfyUI install, read-only (store/folders.py).
     extra_model_dirs: tuple[tuple[str, Path], ...] = ()
     outputs_dir: Path = Path("outputs")
+    # The external VAE at start: auto (one named like the checkpoint, else the model's own) |
+    # none (the model's own) | a name under models/vae. Switchable later (ModelStore.set_vae).
+    vae: str = "auto"
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | fp32 | fp16 | bf16
     demo: bool = False

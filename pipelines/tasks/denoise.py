@@ -23,7 +23,7 @@ from ..requests import Txt2Img, Upscale
 from .deepcache import deep_cache
 from .lora import apply_loras
 from .preview import PreviewHook, Previewer, preview_decoder
-from .prompts import long_prompt_embeds
+from .prompts import long_prompt_embeds, used_embeddings
 from .schedulers import make_scheduler
 
 log = logging.getLogger(__name__)
@@ -111,13 +111,23 @@ def build_pipeline(store, params: Txt2Img, cls=None, **components):
     return store.pipeline(cls or StableDiffusionPipeline, scheduler=scheduler, **components)
 
 
-def prompt_arguments(pipe, prompt: str, negative_prompt: str, notices: dict) -> dict:
-    """Plain strings when the prompt fits the token window, chunked embeddings otherwise."""
-    long = long_prompt_embeds(pipe, prompt, negative_prompt, pipe.device)
+def prompt_arguments(pipe, prompt: str, negative_prompt: str, notices: dict, store=None,
+                     clip_skip: int = 1) -> dict:
+    """Plain strings when the prompt fits the token window and names no embedding (and no clip
+    skip is asked), our own encoding otherwise (tasks/prompts.py). ``notices`` gets the chunk
+    count and the embeddings used, by name, with their files."""
+    usable = {e.name: e for e in store.embeddings() if e.vectors is not None} if store is not None else {}
+    used = used_embeddings({name: None for name in usable}, prompt, negative_prompt)
+    vectors = {name: usable[name].vectors for name in used}
+    long = long_prompt_embeds(pipe, prompt, negative_prompt, pipe.device, vectors, clip_skip,
+                              always=bool(used) or clip_skip > 1)
+    if used:
+        notices["embeddings"] = {name: usable[name].file for name in used}
     if long is None:
         return {"prompt": prompt, "negative_prompt": negative_prompt or None}
     positive, negative, chunks = long
-    notices["prompt_chunks"] = chunks
+    if chunks > 1:
+        notices["prompt_chunks"] = chunks
     return {"prompt_embeds": positive, "negative_prompt_embeds": negative}
 
 
@@ -148,7 +158,7 @@ def denoise(
     # 2. Denoise to latents; the callback reports steps and honours stop.
     with deep_cache(pipe.unet, params.deepcache):
         latents = pipe(
-            **prompt_arguments(pipe, params.prompt, params.negative_prompt, notices),
+            **prompt_arguments(pipe, params.prompt, params.negative_prompt, notices, store, params.clip_skip),
             **size,
             num_inference_steps=params.num_inference_steps,
             guidance_scale=params.guidance_scale,

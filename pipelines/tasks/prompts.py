@@ -1,12 +1,22 @@
-"""Prompts longer than the text encoder's window (PAI models: 32 tokens).
+"""Prompts longer than the text encoder's window (PAI models: 32 tokens), textual-inversion
+embeddings and clip skip.
 
-A prompt that fits is passed to diffusers unchanged, so short prompts take exactly the
-diffusers code path. A longer one is split into window-sized chunks, each encoded with its
-own start/end tokens, and the embeddings are concatenated along the sequence axis (the A1111
-approach); the negative prompt is padded with empty chunks to the same length.
+A prompt that fits, with no embedding named in it and no clip skip, is passed to diffusers
+unchanged, so short prompts take exactly the diffusers code path. Otherwise the prompt is
+encoded here: split into window-sized chunks, each encoded with its own start/end tokens and
+concatenated along the sequence axis (the A1111 approach), the negative prompt padded with
+empty chunks to the same length.
+
+An embedding's name (its file name, as in A1111) standing as a word of the prompt is replaced
+by its vectors: placeholder tokens hold their places, and a forward hook on the text encoder's
+input embedding layer (a public PyTorch hook; the shared tokenizer and weights are never
+changed) writes the vectors there. Clip skip N (A1111's ``CLIP_stop_at_last_layers``) takes the
+hidden state N layers from the end, through the final layer norm.
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 
@@ -17,38 +27,101 @@ def token_window(pipe) -> int:
     return min(limit, positions)
 
 
-def _chunks(tokenizer, text: str, size: int) -> list[list[int]]:
-    ids = tokenizer(text, add_special_tokens=False).input_ids
-    return [ids[i : i + size] for i in range(0, len(ids), size)] or [[]]
+def _chunks(tokenizer, text: str, size: int, vectors: dict | None = None) -> list[list]:
+    """Window-sized chunks of token ids, an embedding's vectors (tensors) in place of its name."""
+    items = _items(tokenizer, text, vectors or {})
+    return [items[i : i + size] for i in range(0, len(items), size)] or [[]]
 
 
-def _encode_chunks(pipe, chunks: list[list[int]], window: int, device) -> torch.Tensor:
+def _items(tokenizer, text: str, vectors: dict) -> list:
+    pattern = _name_pattern(vectors)
+    if pattern is None:
+        return tokenizer(text, add_special_tokens=False).input_ids
+    items: list = []
+    start = 0
+    for match in pattern.finditer(text):
+        items += tokenizer(text[start:match.start()], add_special_tokens=False).input_ids
+        items += list(vectors[match.group(1)])
+        start = match.end()
+    return items + tokenizer(text[start:], add_special_tokens=False).input_ids
+
+
+def _name_pattern(vectors: dict):
+    """Embedding names as whole words (next to Chinese text too: only ASCII word characters and
+    '-' continue a name)."""
+    if not vectors:
+        return None
+    names = "|".join(re.escape(n) for n in sorted(vectors, key=len, reverse=True))
+    return re.compile(rf"(?<![A-Za-z0-9_\-])({names})(?![A-Za-z0-9_\-])")
+
+
+def used_embeddings(vectors: dict, *texts: str) -> list[str]:
+    pattern = _name_pattern(vectors)
+    if pattern is None:
+        return []
+    return list(dict.fromkeys(m.group(1) for text in texts for m in pattern.finditer(text)))
+
+
+def _final_norm(text_encoder):
+    inner = getattr(text_encoder, "text_model", text_encoder)
+    return inner.final_layer_norm
+
+
+def _encode_chunks(pipe, chunks: list[list], window: int, device, clip_skip: int = 1) -> torch.Tensor:
     tok = pipe.tokenizer
     start = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
     end = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else end
-    rows = []
-    for chunk in chunks:
-        ids = [start, *chunk, end]
+    placeholder = tok.unk_token_id if tok.unk_token_id is not None else pad
+    rows, spliced = [], []
+    for r, chunk in enumerate(chunks):
+        ids = [start]
+        for item in chunk:
+            if isinstance(item, torch.Tensor):
+                spliced.append((r, len(ids), item))
+                ids.append(placeholder)
+            else:
+                ids.append(item)
+        ids.append(end)
         rows.append(ids + [pad] * (window - len(ids)))
     input_ids = torch.tensor(rows, device=device)
     use_mask = getattr(pipe.text_encoder.config, "use_attention_mask", False)
     mask = (input_ids != pad).long() if use_mask else None
-    with torch.no_grad():
-        hidden = pipe.text_encoder(input_ids, attention_mask=mask)[0]
+
+    def splice(module, inputs, output):
+        output = output.clone()
+        for r, position, vector in spliced:
+            output[r, position] = vector.to(output.device, output.dtype)
+        return output
+
+    hook = pipe.text_encoder.get_input_embeddings().register_forward_hook(splice) if spliced else None
+    try:
+        with torch.no_grad():
+            out = pipe.text_encoder(input_ids, attention_mask=mask, output_hidden_states=clip_skip > 1)
+            if clip_skip > 1:
+                layers = len(out.hidden_states) - 1
+                hidden = _final_norm(pipe.text_encoder)(out.hidden_states[-min(clip_skip, layers)])
+            else:
+                hidden = out[0]
+    finally:
+        if hook is not None:
+            hook.remove()
     # (chunks, window, dim) -> (1, chunks * window, dim)
     return hidden.reshape(1, -1, hidden.shape[-1]).to(pipe.unet.dtype)
 
 
-def long_prompt_embeds(pipe, prompt: str, negative: str, device):
-    """Embeddings for a prompt over the window, or None when it fits (use the plain path)."""
+def long_prompt_embeds(pipe, prompt: str, negative: str, device, vectors: dict | None = None,
+                       clip_skip: int = 1, always: bool = False):
+    """Embeddings for a prompt over the window (or ``always``: embeddings named in it, clip
+    skip), or None when it fits and nothing else asks for them (use the plain path)."""
     window = token_window(pipe)
     size = window - 2
-    pos = _chunks(pipe.tokenizer, prompt, size)
-    neg = _chunks(pipe.tokenizer, negative, size)
-    if len(pos) == 1 and len(neg) == 1:
+    pos = _chunks(pipe.tokenizer, prompt, size, vectors)
+    neg = _chunks(pipe.tokenizer, negative, size, vectors)
+    if len(pos) == 1 and len(neg) == 1 and not always:
         return None
     count = max(len(pos), len(neg))
     pos += [[]] * (count - len(pos))
     neg += [[]] * (count - len(neg))
-    return _encode_chunks(pipe, pos, window, device), _encode_chunks(pipe, neg, window, device), count
+    return (_encode_chunks(pipe, pos, window, device, clip_skip),
+            _encode_chunks(pipe, neg, window, device, clip_skip), count)
