@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines.downloads import Downloads
 from pipelines.outputs import OutputWriter
 from pipelines.store import DEFAULT_MODEL, HUB_ID, EngineSettings, ModelFolders, ModelStore, install_folders
 from pipelines.studio import Studio
@@ -42,6 +43,8 @@ class Startup:
     missing_model: str | None  # the configured model could not be had: the demo runs instead
     missing_folder: str  # where a model should be put
     download_pending: str | None  # a hub model that downloads on first use
+    user_folders: ModelFolders | None = None  # the user's models folder: where 模型下载 writes
+    offline: bool = False
 
 
 def hub_reachable(repo_id: str) -> bool:
@@ -86,13 +89,16 @@ def choose_model(options: EngineOptions) -> Startup:
         settings = EngineSettings(model=DEMO_MODEL, models_dir=ensure_demo_bundle(), demo=True, allow_download=False, **common)
     else:
         settings = EngineSettings(model=wanted, models_dir=Path(options.models_dir), allow_download=not options.offline, **common)
-    return Startup(settings, missing, str(user_folders.folder("checkpoints")) + os.sep, pending)
+    return Startup(settings, missing, str(user_folders.folder("checkpoints")) + os.sep, pending,
+                   ModelFolders(Path(options.models_dir)), options.offline)
 
 
 def build_studio(settings: EngineSettings, extensions, visible_label: str | None = None,
-                 quota_mb: float = 0) -> Studio:
+                 quota_mb: float = 0, started: Startup | None = None) -> Studio:
     """The one store and the studio over it; saved images go through the extensions' hooks.
-    ``quota_mb``: what one user may keep in outputs/ (0: no cap)."""
+    ``quota_mb``: what one user may keep in outputs/ (0: no cap). ``started``: downloads go to
+    the user's models folder (the demo bundle is only a cache), refused with ``--offline``."""
     outputs = OutputWriter(settings.outputs_dir, on_saved=extensions.postprocess, visible_label=visible_label,
                            quota_bytes=int(quota_mb * 2**20))
-    return Studio(ModelStore(settings), outputs, extensions)
+    downloads = Downloads(started.user_folders, offline=started.offline) if started and started.user_folders else None
+    return Studio(ModelStore(settings), outputs, extensions, downloads)

@@ -87,6 +87,14 @@ class OptionsRequest(_Request):
     sd_vae: str | None = Field(None, description="\"Automatic\", \"None\" (the model's own) or a file from /sdapi/v1/sd-vae.")
 
 
+class DownloadRequest(_Request):
+    source: str = Field("huggingface", description="huggingface (HF_ENDPOINT honoured) or modelscope.")
+    repo: str = Field(..., description="Repository id, owner/name.")
+    kind: str = Field("checkpoints", description="checkpoints, lora, vae, embeddings, controlnet or upscalers.")
+    file: str | None = Field(None, description="One file of the repository; none: the whole repository as a diffusers folder.")
+    sha256: str | None = Field(None, description="Checksum to verify (else the service's own).")
+
+
 class ExtraSingleImageRequest(_Request):
     image: str = Field(..., description="Base64 image (data: prefix allowed).")
     resize_mode: int = Field(0, description="0: scale by upscaling_resize (Danqing supports only this).")

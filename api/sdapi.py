@@ -61,6 +61,7 @@ from .queue_guard import on_disconnect
 from .schemas import (
     ControlNetArgs,
     DetectRequest,
+    DownloadRequest,
     ExtraSingleImageRequest,
     Img2ImgRequest,
     OptionsRequest,
@@ -241,7 +242,7 @@ def _route_class(S):
                 except RequestValidationError as exc:
                     return _validation_error(S, list(exc.errors()))
                 except DanqingError as exc:
-                    status = 403 if exc.code == "admin_only" else 422
+                    status = 403 if exc.code == "admin_only" else 503 if exc.code == "download_offline" else 422
                     return _error(S, status, exc.code, exc.fields, kind=type(exc).__name__)
                 except HTTPException:
                     raise
@@ -755,6 +756,27 @@ def build_router(studio, accounts: Accounts | None = None, lang: str | None = No
     @router.get(f"{v1}/prompt-styles", tags=["sdapi"], summary="Prompt styles from the extensions")
     def prompt_styles() -> list[dict]:
         return api.prompt_styles()
+
+    # Danqing's own: 模型下载 (pipelines/downloads.py).
+    d1 = "/danqing/v1/downloads"
+
+    @router.get(f"{d1}/files", tags=["danqing"], summary="A repository's files with sizes (nothing is downloaded)")
+    def download_files(source: str = "huggingface", repo: str = "") -> list[dict]:
+        return studio.download_plan(source, repo)
+
+    @router.get(d1, tags=["danqing"], summary="Downloads: state, bytes so far, total, error")
+    def downloads() -> list[dict]:
+        return studio.download_rows()
+
+    @router.post(d1, tags=["danqing"], summary="Start a download into models/<kind>/ (admins when several accounts)")
+    def start_download(req: DownloadRequest, user: str = Depends(login)) -> dict:
+        if not accounts.is_admin(user):
+            raise ParamError("admin_only", admins=S.list_sep.join(sorted(accounts.admins)), what=S.admin_what_download)
+        return studio.start_download(req.source, req.repo, req.kind, req.file, req.sha256, user=user)
+
+    @router.post(d1 + "/{job_id}/cancel", tags=["danqing"], summary="Cancel a download (its part file is removed)")
+    def cancel_download(job_id: str, user: str = Depends(login)) -> dict:
+        return studio.cancel_download(job_id, user, admin=accounts.is_admin(user))
 
     @router.get("/controlnet/version", tags=["controlnet"], summary="sd-webui-controlnet API version")
     def controlnet_version() -> dict:

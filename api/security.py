@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 MAX_LOGIN_FAILURES = 5
 DEFAULT_LOGIN_WINDOW = 60.0
 LOGIN_PATHS = ("/login", "/login/")
-API_PREFIXES = ("/sdapi/", "/controlnet/", "/docs", "/openapi.json")
+API_PREFIXES = ("/sdapi/", "/controlnet/", "/danqing/", "/docs", "/openapi.json")
 FILE_ROUTE = "/gradio_api/file="
 BASIC_CHALLENGE = {"www-authenticate": 'Basic realm="Danqing", charset="UTF-8"'}
 _DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}

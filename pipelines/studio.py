@@ -18,6 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .downloads import Downloads, endpoint
 from .errors import DanqingError, ParamError
 from .formats.images import open_upload
 from .formats.weights import file_hash
@@ -61,12 +62,15 @@ def _model_field(ref: str) -> str:
     return ref
 
 class Studio:
-    def __init__(self, store: ModelStore, outputs: OutputWriter, extensions: list = ()) -> None:
+    def __init__(self, store: ModelStore, outputs: OutputWriter, extensions: list = (),
+                 downloads: Downloads | None = None) -> None:
         self.store = store
         self.outputs = outputs
         self.jobs = Jobs(store.lock, store.plan.device)
         # Loaded extensions (extensions.LoadedExtension), listed in system_info.
         self.extensions = list(extensions)
+        # 模型下载: into the user's models folder (in demo mode too: the bundle is a cache).
+        self.downloads = downloads or Downloads(store.folders, offline=not store.settings.allow_download)
 
     # -- jobs ---------------------------------------------------------------------------------
     def stop(self, client: str) -> bool:
@@ -224,6 +228,7 @@ class Studio:
             "seed": params.seed,
             "all_seeds": result.seeds,
             "model": model,
+            **({"vae": self.store.vae_ref} if self.store.vae_ref else {}),
             "seconds": round(result.seconds + result.upscale_seconds, 3),
             "generation_seconds": round(result.seconds, 3),
             "notices": result.notices,
@@ -315,6 +320,29 @@ class Studio:
     def model_hash(self) -> str | None:
         """A1111's short hash of the loaded single-file model (None: a folder, or none loaded)."""
         return self.store.model_hash
+
+    # -- 模型下载 ----------------------------------------------------------------------------
+    def download_sources(self) -> dict:
+        """Where each source downloads from now (HF_ENDPOINT, MODELSCOPE_ENDPOINT honoured)."""
+        return {source: endpoint(source) for source in ("huggingface", "modelscope")}
+
+    def download_plan(self, source: str, repo: str) -> list[dict]:
+        """The repository's files with sizes, before anything is fetched."""
+        from .downloads import list_files
+
+        if self.downloads.offline:
+            raise DanqingError("download_offline_mode")
+        return [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in list_files(source, repo)]
+
+    def start_download(self, source: str, repo: str, kind: str, file: str | None = None,
+                       sha256: str | None = None, user: str = "") -> dict:
+        return self.downloads.start(source, repo, kind, file=file or None, sha256=sha256 or None, user=user).row()
+
+    def cancel_download(self, job_id: str, user: str = "", admin: bool = True) -> dict:
+        return self.downloads.cancel(job_id, user, admin).row()
+
+    def download_rows(self) -> list[dict]:
+        return [job.row() for job in self.downloads.jobs()]
 
     def vae_choices(self) -> list[str]:
         return self.store.vae_choices()

@@ -16,11 +16,23 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this ma
 
 
 @pytest.fixture(scope="module")
-def browser_app(demo_models, demo_cache, tmp_path_factory):
+def hub():
+    """HuggingFace's routes on loopback (tests/hub_server.py), the app's HF_ENDPOINT."""
+    from hub_server import Hub
+
+    server = Hub()
+    server.repos["someone/ink-lora"] = {"ink_style.safetensors": b"\0" * 300_000, "README.md": b"# ink"}
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def browser_app(demo_models, demo_cache, tmp_path_factory, hub):
     """An app of its own: no job left by other tests' clients can be queued ahead of the page."""
     from conftest import LaunchedApp
 
-    app = LaunchedApp(["--demo"], demo_cache, tmp_path_factory.mktemp("browser") / "outputs")
+    app = LaunchedApp(["--demo"], demo_cache, tmp_path_factory.mktemp("browser") / "outputs",
+                      env={"HF_ENDPOINT": hub.url})
     yield app
     app.stop()
 
@@ -92,12 +104,13 @@ ALLOWED_WORDS = {
     "Danqing", "API", "CFG", "LoRA", "ESRGAN", "DeepCache", "Civitai", "A1111", "ControlNet", "Canny",
     "DPM++", "Karras", "SDE", "Euler", "DDIM", "PNDM", "UniPC", "LCM", "Heun", "LMS", "PNG", "JPEG", "WebP",
     "BMP", "TIFF", "GIF", "Excel", "WPS", "JSON", "csv", "styles.csv", "TAESD", "cpu", "cuda", "fp32", "fp16",
-    "sdpa", "torch", "torch.compile", "channels_last", "QKV", "VAE", "CLIP", "MB", "GB", "PAI", "Gradio", "MCP",
+    "sdpa", "torch", "torch.compile", "channels_last", "QKV", "VAE", "CLIP", "EasyNegative", "HuggingFace", "ModelScope", "SHA-256", "MB", "GB", "PAI", "Gradio", "MCP",
 }
 # Gradio's status-line literals ("queue: 1/1 |", "processing |"): its front end has no hook for
 # them (README, 使用 / Usage, lists what stays English); shown only while an event waits.
 GRADIO_LITERALS = {"queue", "processing"}
-MODEL_NAME = re.compile(r"^danqing-demo-[a-z]+$")
+# The demo bundle's file names (models, VAE, embeddings) are what the user put there, not UI text.
+MODEL_NAME = re.compile(r"^(danqing-demo-[a-z]+|demo-[a-z]+|sd15-only)(\.(safetensors|pt|bin))?$")
 
 
 def english_words(page) -> set[str]:
@@ -188,3 +201,44 @@ def test_editing_walk_img2img_then_paint_and_inpaint(page, tmp_path):
     page.wait_for_timeout(500)
     assert page.get_by_label("修复重绘幅度").count() >= 1
     assert english_words(page) == set()
+
+
+def test_model_library_walk_single_file_vae_embeddings_and_a_download(page, browser_app):
+    """A designer picks the A1111 single file and the external VAE, uses an embedding and clip
+    skip, then downloads a LoRA from the mirror: everything reads Chinese, the infotext says
+    what was used, the file lands in models/lora."""
+    page.reload(wait_until="networkidle")
+    page.get_by_role("tab", name="创作").first.wait_for(timeout=60_000)
+    page.get_by_label("基础模型").first.click()
+    page.get_by_role("option", name="danqing-demo-single.safetensors（本地）").click()
+    page.get_by_text("已切换到模型").first.wait_for(timeout=60_000)
+    page.get_by_label("外挂 VAE").first.click()
+    page.get_by_role("option", name="danqing-demo-vae.safetensors").click()
+    page.get_by_text("VAE 已切换为").first.wait_for(timeout=30_000)
+    page.get_by_text("嵌入（文本反演）").first.click()
+    page.locator("#embeddings-info").get_by_text("demo-neg").first.wait_for(timeout=30_000)
+    assert "768 维" in page.locator("#embeddings-info").inner_text()
+    page.get_by_label("提示词", exact=True).first.fill("山水")
+    page.get_by_label("反向提示词").first.fill("demo-neg，模糊")
+    page.get_by_label("宽度").first.fill("64")
+    page.get_by_label("高度").first.fill("64")
+    page.get_by_label("采样步数").first.fill("2")
+    page.get_by_label("CLIP 跳过层").first.fill("2")
+    page.locator("#generate").click()
+    page.locator("#result-summary").get_by_text("用到的嵌入").wait_for(timeout=120_000)
+    page.wait_for_timeout(500)
+    assert english_words(page) == set(), english_words(page)
+    page.get_by_text("A1111 参数文本").first.click()
+    text = page.locator("#infotext textarea").first.input_value()
+    for part in ("Model: danqing-demo-single", "Model hash: ", "VAE: danqing-demo-vae.safetensors", "Clip skip: 2",
+                 "TI hashes: "):
+        assert part in text, text
+    # 模型下载: look, start, done; the LoRA is in the user's models/lora.
+    page.get_by_role("tab", name="模型下载").first.click()
+    page.locator("#download-repo textarea, #download-repo input").first.fill("someone/ink-lora")
+    page.get_by_role("button", name="查看文件").click()
+    page.get_by_text("找到 2 个文件").first.wait_for(timeout=30_000)
+    assert english_words(page) == set(), english_words(page)
+    page.get_by_role("button", name="开始下载").click()
+    page.locator("#download-jobs").get_by_text("已完成").wait_for(timeout=30_000)
+    assert (browser_app.outputs.parent / "models" / "lora" / "ink_style.safetensors").stat().st_size == 300_000

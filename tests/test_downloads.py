@@ -162,3 +162,40 @@ def test_bad_requests_are_refused_before_any_traffic(hub, folders):
         downloads.start("huggingface", "someone/ok", "lora", file="ok.safetensors", sha256="xyz")
     assert err.value.code == "download_bad_sha256"
     assert os.listdir(folders.folder("lora")) == []
+
+
+def test_the_download_api_of_a_launched_app(hub, tmp_path, demo_cache):
+    """POST /danqing/v1/downloads on a launched team app (HF_ENDPOINT set for it): admins only,
+    errors as Chinese JSON, the file lands in the app's own models folder."""
+    from conftest import LaunchedApp
+    from test_sdapi import call
+
+    data = payload(150_000, seed=5)
+    hub.repos["someone/api-lora"] = {"api.safetensors": data}
+    work = tmp_path / "work"
+    work.mkdir()
+    app = LaunchedApp(["--demo", "--api", "--auth", "管理:pw1,访客:pw2"], demo_cache, work / "outputs",
+                      env={"HF_ENDPOINT": hub.url})
+    try:
+        admin, guest = ("管理", "pw1"), ("访客", "pw2")
+        status, files = call(app, "/danqing/v1/downloads/files?source=huggingface&repo=someone/api-lora", auth=guest)
+        assert status == 200 and files[0]["size"] == 150_000
+        body = {"source": "huggingface", "repo": "someone/api-lora", "kind": "lora", "file": "api.safetensors"}
+        status, error = call(app, "/danqing/v1/downloads", body, auth=guest)
+        assert status == 403 and "管理员" in error["detail"]
+        status, error = call(app, "/danqing/v1/downloads", {**body, "repo": "不是仓库"}, auth=admin)
+        assert status == 422 and error["code"] == "download_bad_repo" and "仓库名不合法" in error["detail"]
+        status, row = call(app, "/danqing/v1/downloads", body, auth=admin)
+        assert status == 200 and row["target"] == "api.safetensors"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            rows = call(app, "/danqing/v1/downloads", auth=admin)[1]
+            if rows[0]["state"] != "running" and rows[0]["state"] != "queued":
+                break
+            time.sleep(0.2)
+        assert rows[0]["state"] == "done", rows
+        assert (work / "models" / "lora" / "api.safetensors").read_bytes() == data
+        status, error = call(app, "/danqing/v1/downloads/nope/cancel", {}, auth=admin)
+        assert status == 422 and error["code"] == "download_unknown"
+    finally:
+        app.stop()

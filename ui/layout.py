@@ -16,7 +16,7 @@ import json
 
 import gradio as gr
 
-from . import inputs, sending, tab_control, tab_edit, tab_extensions, tab_tools
+from . import inputs, sending, tab_control, tab_edit, tab_download, tab_extensions, tab_tools
 from .common import GPU, UIContext, UIOptions, selected_path, user_error, user_of
 from .panel import build_panel
 from .summary import summarize
@@ -107,6 +107,7 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
                         info = gr.Code(label=S.info_label, language="json", lines=8, interactive=False, visible=False)
             # 4. Super-resolution, PNG info, saved images, system info.
             tools = tab_tools.build_tabs(ctx)
+            tab_download.build_tab(ctx)
             # 5. Extension tabs; one that fails to build is hidden and listed as failed.
             tab_extensions.build_tabs(ctx, extensions, panel.fields())
 
@@ -141,7 +142,8 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
                 info = studio.set_vae(choice)
             except Exception as exc:
                 raise user_error(S, exc) from None
-            gr.Info(S.vae_switched.format(name=info.get("vae") or S.vae_none))
+            message = S.vae_switched_auto if choice == "auto" else S.vae_switched
+            gr.Info(message.format(name=info.get("vae") or S.vae_own_now))
             return info
 
         vae.input(switch_vae, vae, tools.system, api_name="switch_vae", concurrency_id=GPU, concurrency_limit=1)

@@ -33,7 +33,8 @@ def summarize(S, info_text: str | None) -> tuple[str, str]:
     if len(seeds) > 1:
         lines.append(S.summary_seeds.format(seeds=S.list_sep.join(f"`{s}`" for s in seeds)))
     if info.get("model"):
-        lines.append(S.summary_model.format(model=info["model"]))
+        model = S.summary_model.format(model=info["model"])
+        lines.append(model + S.summary_vae.format(vae=info["vae"]) if info.get("vae") else model)
     if info.get("loras"):
         lines.append(S.summary_loras.format(loras=S.list_sep.join(f"{name} ×{weight:g}" for name, weight in info["loras"])))
     if info.get("controlnet"):
@@ -55,4 +56,6 @@ def summarize(S, info_text: str | None) -> tuple[str, str]:
     notices = info.get("notices") or {}
     if notices.get("prompt_chunks"):
         lines.append(S.summary_prompt_chunks.format(chunks=notices["prompt_chunks"]))
+    if notices.get("embeddings"):
+        lines.append(S.summary_embeddings.format(names=S.list_sep.join(notices["embeddings"])))
     return "\n\n".join(lines), info.get("infotext", "")
