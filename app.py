@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pathlib
 import sys
 
 # No telemetry, and never hang long on a hub that cannot be reached.
@@ -48,6 +49,14 @@ def main(argv: list[str] | None = None) -> None:
     for option, path in (("--a1111-dir", args.a1111_dir), ("--comfyui-dir", args.comfyui_dir)):
         if path and not os.path.isdir(os.path.join(path, "models")):
             sys.exit(strings.cli_bad_install_dir.format(option=option, path=path))
+    extra_paths = ()
+    if args.extra_model_paths:
+        from pipelines.store import read_extra_model_paths
+
+        try:
+            extra_paths = read_extra_model_paths(pathlib.Path(args.extra_model_paths))
+        except ValueError:
+            sys.exit(strings.cli_bad_extra_paths.format(path=args.extra_model_paths))
     # X-Forwarded-* are read by the edge (api/addresses.py) from configured proxies only (on a
     # Space: the entry HF's proxy appended); uvicorn's own reading is off.
     os.environ["FORWARDED_ALLOW_IPS"] = ""
@@ -63,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     installs = tuple((kind, path) for kind, path in (("a1111", args.a1111_dir), ("comfyui", args.comfyui_dir)) if path)
     started = choose_model(EngineOptions(model=args.model, models_dir=args.models_dir, outputs_dir=args.outputs_dir,
                                          demo=args.demo, offline=args.offline, device=args.device, dtype=args.dtype,
-                                         speed=speed, installs=installs))
+                                         speed=speed, installs=installs, extra_paths=extra_paths))
     shared_locked = accounts.shared_by_several()
     extensions = load_extensions(args.extensions_dir, lang=args.lang,
                                  may_change_shared=accounts.is_admin if shared_locked else None)

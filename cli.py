@@ -15,6 +15,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="base model: a hub id, a folder name under MODELS_DIR/checkpoints, or a path to a diffusers folder (default: alibaba-pai/pai-diffusion-artist-large-zh)")
     p.add_argument("--vae", default="auto", metavar="NAME",
                    help="external VAE at start: auto (a file in MODELS_DIR/vae named like the model, else the model's own), none, or a file/folder name under MODELS_DIR/vae")
+    p.add_argument("--extra-model-paths", default=None, metavar="FILE",
+                   help="a ComfyUI-style extra_model_paths.yaml: more checkpoint, LoRA, VAE, embedding, ControlNet and upscaler folders, read-only")
     p.add_argument("--a1111-dir", default=None, metavar="PATH",
                    help="an AUTOMATIC1111 install whose models (Lora, LyCORIS, ControlNet, ESRGAN, Stable-diffusion folders) are listed too, read-only")
     p.add_argument("--comfyui-dir", default=None, metavar="PATH",

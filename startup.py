@@ -33,6 +33,8 @@ class EngineOptions:
     speed: dict = field(default_factory=dict)  # attention, channels_last, ... (EngineSettings fields)
     # Existing installs read as well, read-only: ("a1111" | "comfyui", their folder).
     installs: tuple[tuple[str, str], ...] = ()
+    # A ComfyUI-style extra_model_paths.yaml (read by app.py): (kind, folder) pairs.
+    extra_paths: tuple[tuple[str, Path], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ def choose_model(options: EngineOptions) -> Startup:
 
     wanted = options.model or DEFAULT_MODEL
     extra = tuple(pair for kind, root in options.installs for pair in install_folders(kind, Path(root)))
+    extra += options.extra_paths
     for kind, folder in extra:
         log.info("reading %s from %s (read-only)", kind, folder)
     user_folders = ModelFolders(Path(options.models_dir), extra)

@@ -14,13 +14,19 @@ from conftest import ROOT
 from pipelines.errors import ParamError
 from pipelines.outputs import OutputWriter
 from pipelines.requests import Control, Txt2Img, Upscale
-from pipelines.store import EngineSettings, ModelStore, install_folders
+from pipelines.store import EngineSettings, ModelFolders, ModelStore, install_folders
 from pipelines.studio import Studio
 
 
 def a1111_tree(demo_models, root):
     """A fake A1111 install holding copies of demo files where A1111 keeps them."""
-    (root / "models" / "Stable-diffusion").mkdir(parents=True)
+    (root / "models" / "Stable-diffusion" / "majicmix").mkdir(parents=True)
+    shutil.copy(demo_models / "checkpoints" / "danqing-demo-single.safetensors",
+                root / "models" / "Stable-diffusion" / "majicmix" / "a1111-single.safetensors")
+    (root / "models" / "VAE").mkdir(parents=True)
+    shutil.copy(demo_models / "vae" / "danqing-demo-vae.safetensors", root / "models" / "VAE" / "a1111-vae.safetensors")
+    (root / "embeddings").mkdir()
+    shutil.copy(demo_models / "embeddings" / "demo-neg.pt", root / "embeddings" / "EasyNegative.pt")
     lora = root / "models" / "Lora" / "styles"
     lora.mkdir(parents=True)
     shutil.copy(demo_models / "lora" / "danqing-demo-kohya.safetensors", lora / "a1111-ink.safetensors")
@@ -63,7 +69,8 @@ def test_only_the_folders_an_install_has_are_read(installs):
     a1111, comfy = installs
     kinds = [(kind, path.relative_to(a1111).as_posix()) for kind, path in install_folders("a1111", a1111)]
     assert kinds == [("checkpoints", "models/Stable-diffusion"), ("lora", "models/Lora"),
-                     ("controlnet", "extensions/sd-webui-controlnet/models"), ("upscalers", "models/ESRGAN")]
+                     ("controlnet", "extensions/sd-webui-controlnet/models"), ("upscalers", "models/ESRGAN"),
+                     ("vae", "models/VAE"), ("embeddings", "embeddings")]
     assert [kind for kind, _ in install_folders("comfyui", comfy)] == ["lora", "upscalers"]
 
 
@@ -74,6 +81,45 @@ def test_the_installs_models_are_listed_beside_danqings_own(studio):
     assert loras["styles/a1111-ink.safetensors"]["preview"].endswith("a1111-ink.png")
     assert {"a1111-x2.pth", "comfy-x4.pth"} <= set(studio.upscalers())
     assert "a1111-canny" in studio.controlnets()
+    # A1111's single-file checkpoint, VAE and embedding, listed and usable from where they are.
+    assert {"ref": "majicmix/a1111-single.safetensors", "local": True, "kind": "file", "hash": None} in studio.model_choices()
+    assert "a1111-vae.safetensors" in studio.vae_choices()
+    assert "EasyNegative" in {row["name"] for row in studio.embeddings()}
+
+
+def test_a_comfyui_extra_model_paths_file_adds_the_folders_it_names(installs, tmp_path):
+    """ComfyUI users already have extra_model_paths.yaml pointing at their A1111 folders."""
+    a1111, comfy = installs
+    config = tmp_path / "extra_model_paths.yaml"
+    config.write_text(
+        "a111:\n"
+        f"    base_path: {a1111}\n"
+        "    checkpoints: models/Stable-diffusion\n"
+        "    vae: models/VAE\n"
+        "    loras: |\n"
+        "         models/Lora\n"
+        "         models/LyCORIS\n"
+        "    embeddings: embeddings\n"
+        "    hypernetworks: models/hypernetworks\n"
+        "comfyui:\n"
+        f"    base_path: {os.path.relpath(comfy, tmp_path)}\n"  # relative to the file, as in ComfyUI
+        "    upscale_models: models/upscale_models\n", encoding="utf-8")
+    from pipelines.store import read_extra_model_paths
+
+    pairs = read_extra_model_paths(config)
+    kinds = {(kind, path.name) for kind, path in pairs}
+    assert kinds == {("checkpoints", "Stable-diffusion"), ("vae", "VAE"), ("lora", "Lora"), ("embeddings", "embeddings"),
+                     ("upscalers", "upscale_models")}  # LyCORIS does not exist here: skipped
+    folders = ModelFolders(tmp_path / "models", pairs)
+    assert "majicmix/a1111-single.safetensors" in folders.list_single_files("checkpoints")
+    assert "comfy-x4.pth" in folders.list_files("upscalers")
+    config.write_text("- just\n- a list\n", encoding="utf-8")
+    with pytest.raises(ValueError):
+        read_extra_model_paths(config)
+    run = subprocess.run([sys.executable, str(ROOT / "app.py"), "--extra-model-paths", str(config), "--demo",
+                          "--no-browser"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "DANQING_CACHE": str(tmp_path / "cache")})
+    assert run.returncode != 0 and "extra_model_paths.yaml" in run.stderr and "ComfyUI" in run.stderr
 
 
 def test_models_are_used_where_they_are(studio, installs, tmp_path):

@@ -50,6 +50,47 @@ COMFYUI_LAYOUT: dict[str, tuple[str, ...]] = {
 LAYOUTS = {"a1111": A1111_LAYOUT, "comfyui": COMFYUI_LAYOUT}
 
 
+# ComfyUI's extra_model_paths.yaml keys -> Danqing's kinds (other keys are ComfyUI's own).
+EXTRA_PATHS_KEYS = {"checkpoints": "checkpoints", "vae": "vae", "loras": "lora", "lora": "lora",
+                    "embeddings": "embeddings", "controlnet": "controlnet", "upscale_models": "upscalers"}
+
+
+def read_extra_model_paths(path: Path) -> tuple[tuple[str, Path], ...]:
+    """(kind, folder) pairs from a ComfyUI-style ``extra_model_paths.yaml``: sections with an
+    optional ``base_path`` (relative to the file) and per-kind folders, one per line. Folders
+    that do not exist are skipped (logged); a file that is not such YAML raises ValueError."""
+    import logging
+
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds no sections")
+    pairs: list[tuple[str, Path]] = []
+    for section in data.values():
+        if not isinstance(section, dict):
+            raise ValueError(f"{path}: a section is not a mapping")
+        base = Path(str(section.get("base_path") or "")).expanduser()
+        base = base if base.is_absolute() else path.parent / base
+        for key, value in section.items():
+            kind = EXTRA_PATHS_KEYS.get(str(key))
+            if kind is None or not isinstance(value, str):
+                continue
+            for line in value.splitlines():
+                folder = Path(line.strip()).expanduser()
+                if not line.strip():
+                    continue
+                folder = folder if folder.is_absolute() else base / folder
+                if folder.is_dir():
+                    pairs.append((kind, folder))
+                else:
+                    logging.getLogger(__name__).warning("extra model paths: %s (%s) is not a folder", folder, key)
+    return tuple(pairs)
+
+
 def install_folders(kind_of_install: str, root: Path) -> tuple[tuple[str, Path], ...]:
     """(model kind, folder) of an A1111 or ComfyUI install that exist on disk."""
     return tuple((kind, root / sub) for kind, subs in LAYOUTS[kind_of_install].items() for sub in subs
