@@ -20,6 +20,7 @@ from PIL import Image
 
 from .downloads import Downloads, endpoint
 from .errors import DanqingError, ParamError
+from .formats.cards import read_card
 from .formats.images import open_upload
 from .formats.weights import file_hash
 from .formats.pnginfo import format_parameters, parse_parameters, read_parameters
@@ -316,6 +317,36 @@ class Studio:
         return [{"name": e.name, "file": e.file, "vectors": 0 if e.vectors is None else int(e.vectors.shape[0]),
                  "width": e.width, "model_width": int(width), "problem": e.problem}
                 for e in self.store.embeddings()]
+
+    def model_card(self, ref: str | None = None) -> dict:
+        """What A1111/Civitai helpers left beside a local model (``x.json``, ``x.civitai.info``,
+        ``x.preview.png`` / ``x.png``): title, description, trigger words, base model, preview."""
+        ref = ref or self.current_model()
+        try:
+            choice = self.store.choice(ref)
+        except DanqingError:
+            return {}
+        if choice.kind not in ("file", "folder"):
+            return {}
+        card = read_card(Path(choice.source))
+        stem = ref[: -len(Path(ref).suffix)] if choice.kind == "file" else ref
+        for ending in (".preview.png", ".png", ".jpg", ".jpeg", ".webp"):
+            try:
+                card["preview"] = str(self.store.folders.resolve("checkpoints", stem + ending))
+                break
+            except DanqingError:
+                continue
+        return card
+
+    def model_card_image(self, ref: str | None = None) -> Image.Image | None:
+        """The preview image beside a local model (read like an upload: size and format checked)."""
+        path = self.model_card(ref).get("preview")
+        if not path:
+            return None
+        try:
+            return open_upload(path)
+        except DanqingError:
+            return None
 
     def model_hash(self) -> str | None:
         """A1111's short hash of the loaded single-file model (None: a folder, or none loaded)."""

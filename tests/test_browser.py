@@ -104,7 +104,7 @@ ALLOWED_WORDS = {
     "Danqing", "API", "CFG", "LoRA", "ESRGAN", "DeepCache", "Civitai", "A1111", "ControlNet", "Canny",
     "DPM++", "Karras", "SDE", "Euler", "DDIM", "PNDM", "UniPC", "LCM", "Heun", "LMS", "PNG", "JPEG", "WebP",
     "BMP", "TIFF", "GIF", "Excel", "WPS", "JSON", "csv", "styles.csv", "TAESD", "cpu", "cuda", "fp32", "fp16",
-    "sdpa", "torch", "torch.compile", "channels_last", "QKV", "VAE", "CLIP", "EasyNegative", "HuggingFace", "ModelScope", "SHA-256", "MB", "GB", "PAI", "Gradio", "MCP",
+    "sdpa", "torch", "torch.compile", "channels_last", "QKV", "VAE", "CLIP", "EasyNegative", "HuggingFace", "ModelScope", "SHA-256", "SD1", "MB", "GB", "PAI", "Gradio", "MCP",
 }
 # Gradio's status-line literals ("queue: 1/1 |", "processing |"): its front end has no hook for
 # them (README, 使用 / Usage, lists what stays English); shown only while an event waits.
@@ -212,6 +212,7 @@ def test_model_library_walk_single_file_vae_embeddings_and_a_download(page, brow
     page.get_by_label("基础模型").first.click()
     page.get_by_role("option", name="danqing-demo-single.safetensors（本地）").click()
     page.get_by_text("已切换到模型").first.wait_for(timeout=60_000)
+    page.locator("#model-card").get_by_text("触发词：水墨").wait_for(timeout=30_000)  # its A1111 card
     page.get_by_label("外挂 VAE").first.click()
     page.get_by_role("option", name="danqing-demo-vae.safetensors").click()
     page.get_by_text("VAE 已切换为").first.wait_for(timeout=30_000)

@@ -212,3 +212,15 @@ def test_sd2_files_load_with_the_penultimate_text_layer_and_v_prediction(tmp_pat
     path.with_suffix(".yaml").unlink()
     probed = load_single_file(path, torch.float32, torch.device("cpu"), lambda n: None)
     assert probed.scheduler.config.prediction_type in ("epsilon", "v_prediction")
+
+
+def test_a_single_files_card_and_preview_are_read(demo_models, tmp_path):
+    """The A1111 card (x.json) and preview (x.preview.png) beside a checkpoint, as the demo
+    bundle's single file has them; a model without a card has an empty one."""
+    studio = make_studio(demo_models, tmp_path / "out")
+    card = studio.model_card("danqing-demo-single.safetensors")
+    assert card["base_model"] == "SD1" and card["trigger_words"] == ["水墨", "国风"]
+    assert "演示用的单文件模型" in card["description"]
+    assert card["preview"].endswith("danqing-demo-single.preview.png")
+    assert studio.model_card(DEMO_MODEL) == {}
+    assert studio.model_card("no-such-model") == {}

@@ -36,6 +36,22 @@ def vae_dropdown_choices(S, studio) -> list[tuple[str, str]]:
     return [(S.vae_auto, "auto"), (S.vae_none, "none"), *((name, name) for name in studio.vae_choices())]
 
 
+def model_card_view(S, studio, ref: str | None = None):
+    """The card as one short block of Markdown, and its preview image (or None)."""
+    card = studio.model_card(ref)
+    parts = []
+    if card.get("title"):
+        parts.append(f"**{card['title']}**")
+    if card.get("base_model"):
+        parts.append(S.card_base_model.format(base=card["base_model"]))
+    if card.get("trigger_words"):
+        parts.append(S.card_trigger_words.format(words=S.list_sep.join(card["trigger_words"])))
+    text = " · ".join(parts)
+    if card.get("description"):
+        text = (text + "\n\n" if text else "") + card["description"]
+    return text, studio.model_card_image(ref) if card.get("preview") else None
+
+
 def page_css(S) -> str:
     """CSS for ``launch(css=...)``: Gradio's toasts title themselves with their type in English
     ("Error", "Warning", "Info") whatever ``title`` says; the titles are replaced by ours."""
@@ -75,6 +91,12 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
             vae = inputs.dropdown(S, choices=vae_dropdown_choices(S, studio), value=studio.current_vae(),
                                   label=S.vae_label, scale=2)
             refresh_models = gr.Button(S.refresh, scale=1)
+        # The chosen model's card (A1111 / Civitai helper files beside it), when it has one.
+        card_text, card_image = model_card_view(S, studio)
+        with gr.Row(visible=bool(card_text)) as card_row:
+            card = gr.Markdown(card_text, elem_id="model-card")
+            card_preview = gr.Image(card_image, type="pil", show_label=False, height=120, interactive=False, scale=0,
+                                    min_width=120, buttons=[], visible=card_image is not None)
 
         with gr.Tabs() as tabs:
             # 3. The studio: shared parameters, one tab per generation mode, one gallery.
@@ -132,7 +154,12 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
             gr.Info(S.model_switched.format(name=ref))
             return studio.system_info()
 
-        model.input(switch_model, model, tools.system, api_name="switch_model", concurrency_id=GPU, concurrency_limit=1)
+        def show_card(ref: str):
+            text, image = model_card_view(S, studio, ref)
+            return gr.Row(visible=bool(text)), text, gr.Image(image, visible=image is not None)
+
+        model.input(switch_model, model, tools.system, api_name="switch_model", concurrency_id=GPU,
+                    concurrency_limit=1).then(show_card, model, [card_row, card, card_preview], api_visibility="private")
 
         def switch_vae(choice: str, request: gr.Request = None):
             if not options.may_change_shared(user_of(request)):

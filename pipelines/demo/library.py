@@ -25,10 +25,20 @@ DEMO_EMBEDDINGS = ("demo-neg", "demo-style", "demo-diffusers")
 
 
 def save_demo_single_file(checkpoints: Path, source: Path) -> Path:
+    """The single file, with the A1111 card and preview image a Civitai download leaves beside it."""
+    import shutil
+
     from diffusers import StableDiffusionPipeline
+    from PIL import Image
 
     pipe = StableDiffusionPipeline.from_pretrained(source, safety_checker=None, requires_safety_checker=False)
-    return save_single_file(pipe, checkpoints / DEMO_SINGLE_FILE, dtype=torch.float16)
+    path = save_single_file(pipe, checkpoints / DEMO_SINGLE_FILE, dtype=torch.float16)
+    stem = DEMO_SINGLE_FILE[: -len(".safetensors")]
+    # The card is a data file of the fixtures (cards/), as a user's A1111 card would be.
+    shutil.copy(Path(__file__).with_name("cards") / f"{stem}.json", checkpoints / f"{stem}.json")
+    gradient = Image.linear_gradient("L").resize((96, 96)).convert("RGB")
+    gradient.save(checkpoints / f"{stem}.preview.png")
+    return path
 
 
 def demo_vae(seed: int):
