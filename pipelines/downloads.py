@@ -151,11 +151,15 @@ class Downloads:
         self._jobs: dict[str, Download] = {}
         self._lock = threading.Lock()
 
-    def plan(self, source: str, repo: str, file: str | None = None) -> list[RemoteFile]:
-        """What ``start`` would fetch: one file, or the useful files of a whole repository."""
+    def files(self, source: str, repo: str) -> list[RemoteFile]:
+        """Every file of the repository, with sizes (refused at once with ``--offline``)."""
         if self.offline:
             raise ModelError("download_offline_mode")
-        rows = list_files(source, repo)
+        return list_files(source, repo)
+
+    def plan(self, source: str, repo: str, file: str | None = None) -> list[RemoteFile]:
+        """What ``start`` would fetch: one file, or the useful files of a whole repository."""
+        rows = self.files(source, repo)
         if file:
             wanted = [r for r in rows if r.path == file]
             if not wanted:

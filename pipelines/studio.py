@@ -359,11 +359,7 @@ class Studio:
 
     def download_plan(self, source: str, repo: str) -> list[dict]:
         """The repository's files with sizes, before anything is fetched."""
-        from .downloads import list_files
-
-        if self.downloads.offline:
-            raise DanqingError("download_offline_mode")
-        return [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in list_files(source, repo)]
+        return [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.downloads.files(source, repo)]
 
     def start_download(self, source: str, repo: str, kind: str, file: str | None = None,
                        sha256: str | None = None, user: str = "") -> dict:

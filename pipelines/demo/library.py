@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .sd import tiny_vae
 from .single_file import save_single_file, vae_to_ldm
 
 DEMO_SINGLE_FILE = "danqing-demo-single.safetensors"
@@ -43,14 +44,8 @@ def save_demo_single_file(checkpoints: Path, source: Path) -> Path:
 
 def demo_vae(seed: int):
     """A VAE with the demo pipelines' shape and its own weights."""
-    from diffusers import AutoencoderKL
-
     torch.manual_seed(seed)
-    return AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 16, 16, 16),
-        layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=256,
-    )
+    return tiny_vae()
 
 
 def save_demo_vae(folder: Path, seed: int = 7) -> Path:

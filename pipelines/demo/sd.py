@@ -43,11 +43,28 @@ def write_vocab(folder: Path) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
 
 
+def tiny_vae():
+    """The demo pipelines' VAE shape (SD's four levels at tiny widths), fresh random weights."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=256,
+    )
+
+
 def build_sd_components(folder: Path, seed: int, unet_channels: int = 4):
     """Tiny SD 1.x components with the PAI layout (BertTokenizer + CLIP text encoder);
     ``unet_channels=9``: a dedicated inpainting U-Net (latents + mask + masked image)."""
     import torch
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
+    from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
     from transformers import BertTokenizer, CLIPTextConfig, CLIPTextModel
 
     # Tokenizers are built from files on disk: in transformers 5 the vocab_file argument of
@@ -88,17 +105,7 @@ def build_sd_components(folder: Path, seed: int, unet_channels: int = 4):
         attention_head_dim=8,
         norm_num_groups=32,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=256,
-    )
+    vae = tiny_vae()
     scheduler = DPMSolverMultistepScheduler(
         beta_start=0.00085,
         beta_end=0.012,

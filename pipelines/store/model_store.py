@@ -68,7 +68,6 @@ class ModelStore:
         self._base_ref: str | None = None
         self._wanted_ref = settings.model
         self._load_seconds: float | None = None
-        self._pending_hash: str | None = None
         self.model_hash: str | None = None  # A1111's short hash of the loaded single file
         # The external VAE: what was asked ("auto", "none" or a name under models/vae) and what
         # is applied (a name, or None for the model's own, kept in _own_vae to switch back to).
@@ -131,11 +130,8 @@ class ModelStore:
             return base
         with self.lock:
             if self._base is None:
-                self._base = self._load(self.choice(self._wanted_ref))
-                self._base_ref = self._wanted_ref
-                self.model_hash = self._pending_hash
-                self._own_vae, self.vae_ref, self.vae_hash = self._base.vae, None, None
-                self._apply_vae(self._wanted_vae, quiet=True)
+                choice = self.choice(self._wanted_ref)
+                self._adopt(self._load(choice), choice)
             return self._base
 
     def switch(self, ref: str):
@@ -145,15 +141,21 @@ class ModelStore:
             if self._base is not None and ref == self._base_ref:
                 return self._base
             new = self._load(choice)
-            old, self._base = self._base, new
-            self._base_ref = self._wanted_ref = ref
-            self.model_hash = self._pending_hash
+            old = self._base
+            self._adopt(new, choice)
             self.adapters = AdapterTable()  # the old base's adapters go with it
-            self._own_vae, self.vae_ref, self.vae_hash = new.vae, None, None
-            self._apply_vae(self._wanted_vae, quiet=True)
             del old
             free_memory(self.plan.device)
             return new
+
+    def _adopt(self, pipe, choice: ModelChoice) -> None:
+        """Make a freshly loaded pipeline the base: its A1111 hash (a single file's short hash,
+        cached by path, size and mtime), its own VAE kept, the chosen external VAE applied."""
+        self._base, self._base_ref = pipe, choice.ref
+        self._wanted_ref = choice.ref
+        self.model_hash = file_hash(Path(choice.source)) if choice.kind == "file" else None
+        self._own_vae, self.vae_ref, self.vae_hash = pipe.vae, None, None
+        self._apply_vae(self._wanted_vae, quiet=True)
 
     def _tokenizer_for(self, vocab_size: int):
         """The tokenizer of an installed diffusers model with ``vocab_size`` tokens (a PAI
@@ -206,9 +208,6 @@ class ModelStore:
         if self.plan.device.type != "cpu":
             pipe.to(self.plan.device)
         apply_speed_options(pipe, self.settings)
-        # A1111's short hash of a single file goes into every image's "Model hash" (cached by
-        # path, size and mtime, so a reload does not read the file twice).
-        self._pending_hash = file_hash(Path(choice.source)) if choice.kind == "file" else None
         self._load_seconds = time.perf_counter() - started
         log.info("loaded %s in %.1fs on %s/%s", choice.ref, self._load_seconds, self.plan.device, dtype_name(self.plan.dtype))
         return pipe
@@ -220,8 +219,8 @@ class ModelStore:
                 *self.folders.list_diffusers_dirs("vae", "config.json")]
 
     def auto_vae(self, ref: str | None = None) -> str | None:
-        """A1111's automatic choice: a VAE named like the checkpoint (``x.vae.pt`` beside
-        ``x.safetensors``, or ``x.*`` / ``x.vae.*`` in models/vae), else none."""
+        """A1111's automatic choice: a VAE in models/vae named like the checkpoint (``x.*`` or
+        ``x.vae.*`` for ``x.safetensors``), else none (the model's own)."""
         ref = ref or self.current_ref
         stem = Path(ref).name
         for ending in (".safetensors", ".ckpt"):
