@@ -585,3 +585,94 @@ class Outpaint:
         if fill not in INPAINT_FILLS:
             raise ParamError("unknown_inpaint_fill", value=str(fill)[:40])
         return cls(edit=edit, fill=fill, **sides)
+
+
+# 6. 训练 LoRA -----------------------------------------------------------------------------------
+# Presets a designer picks (the 高级 section shows and overrides the real knobs).
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {"steps": 400, "rank": 8, "alpha": 8, "learning_rate": 2e-4, "resolution": 512},
+    "standard": {"steps": 1200, "rank": 16, "alpha": 16, "learning_rate": 1e-4, "resolution": 512},
+    "fine": {"steps": 2400, "rank": 32, "alpha": 16, "learning_rate": 5e-5, "resolution": 768},
+}
+MIN_TRAIN_IMAGES = 1  # the UI asks for 5–200; the engine trains on what it is given
+MAX_TRAIN_IMAGES = 200
+MAX_TRAIN_STEPS = 20000
+MAX_RANK = 128
+# A LoRA's name becomes a file name: letters (Chinese too), digits, '-' and '_'.
+TRAIN_NAME = re.compile(r"^[^\W][\w\-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class TrainLora:
+    """One LoRA training run on the loaded base model.
+
+    ``images``: files already inside the run's folder (the studio unpacks uploads there);
+    ``captions``: one per image ("" = the trigger word alone); the trigger word is put first in
+    every caption that lacks it. Steps count optimizer steps of ``batch_size`` images each.
+    """
+
+    name: str
+    trigger: str
+    images: tuple[str, ...]
+    captions: tuple[str, ...]
+    steps: int = 1200
+    rank: int = 16
+    alpha: float = 16
+    learning_rate: float = 1e-4
+    text_encoder_lr: float = 5e-5
+    train_text_encoder: bool = False
+    resolution: int = 512
+    batch_size: int = 1
+    seed: int = 0
+    save_every: int = 0  # 0: only at the end (and when stopped)
+    sample_every: int = 0
+    sample_prompt: str = ""
+    min_snr_gamma: float = 0.0  # 0: plain MSE; 5 is the usual min-SNR weighting
+    gradient_checkpointing: bool = False
+
+    @classmethod
+    def build(cls, name: object, trigger: object, images, captions=None, preset: str | None = None,
+              **knobs: Any) -> "TrainLora":
+        name = text_field("name", name).strip()
+        if not TRAIN_NAME.match(name):
+            raise ParamError("train_bad_name", name=name[:80])
+        trigger = text_field("trigger", trigger).strip()[:200]
+        images = tuple(str(p) for p in (images or ()))
+        if not MIN_TRAIN_IMAGES <= len(images) <= MAX_TRAIN_IMAGES:
+            raise ParamError("train_image_count", count=len(images), low=MIN_TRAIN_IMAGES, high=MAX_TRAIN_IMAGES)
+        captions = [text_field("caption", c or "").strip() for c in (captions or [""] * len(images))]
+        if len(captions) != len(images):
+            raise ParamError("train_caption_count", images=len(images), captions=len(captions))
+        if trigger:
+            captions = [c if trigger in c else (f"{trigger}, {c}" if c else trigger) for c in captions]
+        values: dict[str, Any] = {}
+        if preset is not None:
+            if preset not in TRAIN_PRESETS:
+                raise ParamError("train_bad_preset", value=str(preset)[:40])
+            values.update(TRAIN_PRESETS[preset])
+        values.update({k: v for k, v in knobs.items() if v is not None})
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ParamError("train_unknown_option", value=", ".join(sorted(unknown))[:80])
+        checked = {}
+        for key, low, high in (("steps", 1, MAX_TRAIN_STEPS), ("rank", 1, MAX_RANK), ("batch_size", 1, 8),
+                               ("save_every", 0, MAX_TRAIN_STEPS), ("sample_every", 0, MAX_TRAIN_STEPS),
+                               ("resolution", 64, 1024)):
+            if key in values:
+                checked[key] = as_int(key, values[key])
+                in_range(key, checked[key], low, high)
+        if checked.get("resolution", 512) % 8:
+            raise ParamError("size_not_multiple_of_8", width=checked["resolution"], height=checked["resolution"])
+        for key, low, high in (("alpha", 0.0, 1024.0), ("learning_rate", 1e-7, 1e-2), ("text_encoder_lr", 0.0, 1e-2),
+                               ("min_snr_gamma", 0.0, 20.0)):
+            if key in values:
+                checked[key] = as_float(key, values[key])
+                in_range(key, checked[key], low, high)
+        if "seed" in values:
+            checked["seed"] = resolve_seed(values["seed"])
+        for key in ("train_text_encoder", "gradient_checkpointing"):
+            if key in values:
+                checked[key] = bool(values[key])
+        if "sample_prompt" in values:
+            checked["sample_prompt"] = text_field("sample_prompt", values["sample_prompt"])
+        return cls(name=name, trigger=trigger, images=images, captions=tuple(captions), **checked)

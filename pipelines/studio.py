@@ -26,9 +26,9 @@ from .formats.weights import file_hash
 from .formats.pnginfo import format_parameters, parse_parameters, read_parameters
 from .jobs import Jobs, as_caller
 from .outputs import OutputWriter
-from .requests import INPAINT_FILL_NAMES, LATENT_UPSCALER, Caller, Control, ControlUnit, Img2Img, Inpaint, Outpaint, Txt2Img, Upscale
+from .requests import INPAINT_FILL_NAMES, LATENT_UPSCALER, Caller, Control, ControlUnit, Img2Img, Inpaint, Outpaint, TrainLora, Txt2Img, Upscale
 from .store import ModelStore
-from .tasks import annotators, controlnet, edit, lora, txt2img, upscale
+from .tasks import annotators, controlnet, edit, lora, train, txt2img, upscale
 from .tasks.denoise import Generated
 from .tasks.prompts import token_window
 
@@ -287,6 +287,16 @@ class Studio:
 
     def upscalers(self) -> list[str]:
         return upscale.list_upscalers(self.store)
+
+    # -- 训练 LoRA ----------------------------------------------------------------------------
+    def train_lora(self, request: TrainLora, run_dir: Path, client: Caller | str = "local", on_step=None,
+                   on_sample=None, resume: bool = False) -> train.TrainResult:
+        """Train a LoRA on the loaded model as one job of the GPU queue (停止 keeps the last
+        checkpoint; ``resume`` continues from it). The result lands in models/lora/."""
+        caller = as_caller(client)
+        with self.jobs.run(caller) as (cancel, _hook):
+            return train.train(self.store, request, Path(run_dir), self.store.folders.folder("lora"), cancel=cancel,
+                               on_step=on_step, on_sample=on_sample, resume=resume)
 
     # -- LoRAs --------------------------------------------------------------------------------
     def loras(self) -> list[dict]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipelines", "ui", "api", "extensions")
-TOP_MODULES = ("app", "cli", "startup", "strings")
+TOP_MODULES = ("app", "cli", "startup", "strings", "train")
 
 
 def project_modules() -> dict[str, Path]:

@@ -259,3 +259,23 @@ def _fit(module, down: torch.Tensor, up: torch.Tensor, label: str, where: str) -
     else:
         raise wrong
     return down, up
+
+
+# Writing ------------------------------------------------------------------------------------------
+def to_kohya(adapters: dict[str, dict[str, torch.Tensor]], alpha: float) -> dict[str, torch.Tensor]:
+    """peft adapter states ({"unet": ..., "text_encoder": ...}, keys ``<module>.lora_A.weight``)
+    in the Kohya/A1111 layout: ``lora_unet_<module_with_underscores>.lora_down.weight``, ``.lora_up``
+    and ``.alpha`` — the file A1111, ComfyUI and Danqing's own loader read."""
+    prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+    out: dict[str, torch.Tensor] = {}
+    for component, state in adapters.items():
+        for key, value in state.items():
+            module, _, part = key.rpartition(".lora_")
+            if part not in ("A.weight", "B.weight"):
+                continue
+            if component == "text_encoder" and not module.startswith("text_model."):
+                module = "text_model." + module  # transformers >= 5.6 dropped the wrapper; files keep it
+            name = prefixes[component] + module.replace(".", "_")
+            out[f"{name}.lora_{'down' if part == 'A.weight' else 'up'}.weight"] = value.detach().float().contiguous().cpu()
+            out[f"{name}.alpha"] = torch.tensor(float(alpha))
+    return out

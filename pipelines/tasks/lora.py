@@ -173,6 +173,12 @@ def apply_loras(store, loras: Sequence[tuple[str, float]]) -> None:
     _evict(base, state, keep=set(wanted))
 
 
+def restore_active(store, target: tuple) -> None:
+    """Switch exactly ``target`` (an ``adapters.active`` value saved earlier) back on, whatever
+    happened to the adapters meanwhile (a training run adds and deletes its own)."""
+    _activate(store.base(), store.adapters, target, force=True)
+
+
 def _activate(base, state: AdapterTable, target: tuple, force: bool = False) -> None:
     if target == state.active and not force:
         return

@@ -1,0 +1,221 @@
+"""训练 LoRA, the engine (issue 17, first part): a LoRA trained on the demo model from a few
+generated pictures lowers the denoising loss on them, is written in the Kohya/A1111 layout that
+Danqing's loader and diffusers' ``load_lora_weights`` both read, resumes exactly after a stop,
+and leaves the shared base as it found it."""
+
+import shutil
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_studio
+from pipelines.demo import DEMO_MODEL
+from pipelines.errors import DanqingError
+from pipelines.formats.lora import read_metadata
+from pipelines.requests import TrainLora, Txt2Img
+from pipelines.tasks import train as training
+from pipelines.tasks.lora import apply_loras
+
+
+@pytest.fixture(scope="module")
+def bench(demo_models, tmp_path_factory):
+    """A studio over a copy of the demo bundle (LoRAs are written into its models/lora), and
+    four pictures of a red square on a blue ground, shifted."""
+    models = tmp_path_factory.mktemp("train-models")
+    for kind in ("checkpoints", "lora"):
+        shutil.copytree(demo_models / kind, models / kind)
+    studio = make_studio(models, tmp_path_factory.mktemp("train-out"))
+    pictures = tmp_path_factory.mktemp("pictures")
+    paths = []
+    for i in range(4):
+        image = Image.new("RGB", (80, 64), (30, 60, 200))
+        image.paste((220, 40, 40), (10 + 8 * i, 12, 42 + 8 * i, 44))
+        path = pictures / f"p{i}.png"
+        image.save(path)
+        paths.append(str(path))
+    return studio, paths
+
+
+def request(paths, name, **knobs):
+    values = dict(steps=30, rank=4, alpha=4, learning_rate=2e-3, resolution=64, seed=3)
+    return TrainLora.build(name, "redsq", paths, ["红色方块"] * len(paths), **{**values, **knobs})
+
+
+def denoising_loss(store, req, loras=()) -> float:
+    """The model's MSE on the training pictures at fixed noise and timesteps (no randomness)."""
+    from diffusers import DDPMScheduler
+
+    base = store.base()
+    apply_loras(store, loras)
+    pixels = training._pixels(req.images, req.resolution)
+    scheduler = DDPMScheduler.from_config(base.scheduler.config)
+    with torch.no_grad():
+        latents = base.vae.encode(pixels).latent_dist.mode() * base.vae.config.scaling_factor
+        ids = base.tokenizer(list(req.captions), padding="max_length", max_length=training.token_window(base),
+                             truncation=True, return_tensors="pt").input_ids
+        cond = base.text_encoder(ids)[0]
+        total = 0.0
+        generator = torch.Generator().manual_seed(0)
+        for t in (100, 300, 500, 700, 900):
+            noise = torch.randn(latents.shape, generator=generator)
+            steps = torch.full((len(latents),), t)
+            pred = base.unet(scheduler.add_noise(latents, noise, steps), steps, encoder_hidden_states=cond).sample
+            total += float(torch.nn.functional.mse_loss(pred, noise))
+    apply_loras(store, ())
+    return total / 5
+
+
+def image(studio, loras=()):
+    paths, _ = studio.txt2img(Txt2Img.from_fields(prompt="redsq 红色方块", width=64, height=64, num_inference_steps=3,
+                                                  seed=11, loras=[list(x) for x in loras]))
+    with Image.open(paths[0]) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.int16)
+
+
+def test_training_lowers_the_loss_and_writes_a_kohya_lora_both_loaders_read(bench, tmp_path):
+    studio, paths = bench
+    store = studio.store
+    store.switch(DEMO_MODEL)
+    before_image = image(studio)
+    req = request(paths, "红方块")
+    before = denoising_loss(store, req)
+    steps_seen = []
+    result = training.train(store, req, tmp_path / "run", store.folders.folder("lora"),
+                            on_step=lambda n, total, loss: steps_seen.append(n))
+    assert result.path == store.folders.folder("lora") / "红方块.safetensors" and not result.stopped
+    assert steps_seen == list(range(1, 31)) and len(result.losses) == 30
+    assert result.path.with_suffix(".png").is_file()  # the preview beside it
+    # The shared base is as it was: no training adapter, same pixels without a LoRA.
+    assert "danqing-train" not in (getattr(store.base().unet, "peft_config", None) or {})
+    assert np.array_equal(image(studio), before_image)
+    # Through Danqing's own loader: lower loss on the pictures it learnt, another image.
+    after = denoising_loss(store, req, [("红方块.safetensors", 1.0)])
+    assert after < before * 0.9, (before, after)
+    assert np.abs(image(studio, [("红方块.safetensors", 1.0)]) - before_image).mean() > 1
+    # Kohya/A1111 keys and ss_* metadata.
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(result.path))
+    assert all(k.startswith("lora_unet_") for k in tensors)
+    assert any(k.endswith(".lora_down.weight") for k in tensors) and any(k.endswith(".alpha") for k in tensors)
+    meta = read_metadata(result.path)
+    assert meta["ss_network_dim"] == "4" and meta["ss_steps"] == "30" and meta["modelspec.trigger_phrase"] == "redsq"
+    assert "红色方块" in meta["ss_tag_frequency"]
+    assert any(r["name"] == "红方块.safetensors" and "redsq" in r["trigger_words"] for r in studio.loras())
+    # Through diffusers' own load_lora_weights, on a pipeline of its own.
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(store.folders.resolve("checkpoints", DEMO_MODEL), safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    plain = pipe("redsq", num_inference_steps=2, height=64, width=64, generator=torch.Generator().manual_seed(1),
+                 output_type="np").images
+    pipe.load_lora_weights(str(result.path), adapter_name="trained")
+    styled = pipe("redsq", num_inference_steps=2, height=64, width=64, generator=torch.Generator().manual_seed(1),
+                  output_type="np").images
+    assert np.abs(plain - styled).mean() > 1e-3
+    # The name is taken now: refused, the file untouched.
+    stamp = result.path.stat().st_mtime_ns
+    with pytest.raises(DanqingError) as err:
+        training.train(store, req, tmp_path / "run2", store.folders.folder("lora"))
+    assert err.value.code == "train_name_taken" and result.path.stat().st_mtime_ns == stamp
+
+
+def test_stop_then_resume_gives_the_uninterrupted_adapter(bench, tmp_path):
+    studio, paths = bench
+    store = studio.store
+    lora_dir = tmp_path / "loras"
+    lora_dir.mkdir()
+    whole = training.train(store, request(paths, "whole", save_every=10), tmp_path / "whole", lora_dir)
+    assert [p.name for p in whole.checkpoints] == ["whole-step10.safetensors", "whole-step20.safetensors"]
+    cancel = threading.Event()
+    req = request(paths, "halves", save_every=10)
+    first = training.train(store, req, tmp_path / "halves", lora_dir, cancel=cancel,
+                           on_step=lambda n, total, loss: cancel.set() if n == 15 else None)
+    assert first.stopped and first.path is None and first.steps_done == 15
+    assert not (lora_dir / "halves.safetensors").exists()
+    second = training.train(store, req, tmp_path / "halves", lora_dir, resume=True)
+    assert second.path is not None and second.steps_done == 30 and len(second.losses) == 30
+    assert second.losses[:15] == first.losses
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(whole.path)), load_file(str(second.path))
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_bad_training_requests_are_refused(bench):
+    _, paths = bench
+    for kwargs, code in (
+        (dict(name="../evil", trigger="x", images=paths), "train_bad_name"),
+        (dict(name="ok", trigger="x", images=[]), "train_image_count"),
+        (dict(name="ok", trigger="x", images=paths, captions=["a"]), "train_caption_count"),
+        (dict(name="ok", trigger="x", images=paths, preset="huge"), "train_bad_preset"),
+        (dict(name="ok", trigger="x", images=paths, rank=0), "out_of_range"),
+        (dict(name="ok", trigger="x", images=paths, resolution=100), "size_not_multiple_of_8"),
+        (dict(name="ok", trigger="x", images=paths, warp=9), "train_unknown_option"),
+    ):
+        with pytest.raises(DanqingError) as err:
+            TrainLora.build(**kwargs)
+        assert err.value.code == code, kwargs
+    preset = TrainLora.build("快速", "x", paths, preset="fast")
+    assert preset.steps == 400 and preset.rank == 8 and preset.captions == ("x",) * 4
+
+
+def test_text_encoder_training_and_the_loras_in_use_come_back(bench, tmp_path):
+    """Training the text encoder too writes lora_te_ keys the loaders read; a LoRA that was in
+    use before the run is in use after it, with the same pixels."""
+    studio, paths = bench
+    store = studio.store
+    styled_before = image(studio, [("danqing-demo-kohya.safetensors", 0.8)])
+    lora_dir = tmp_path / "loras"
+    lora_dir.mkdir()
+    result = training.train(store, request(paths, "with-te", steps=6, train_text_encoder=True, text_encoder_lr=1e-3),
+                            tmp_path / "run", lora_dir)
+    assert np.array_equal(image(studio, [("danqing-demo-kohya.safetensors", 0.8)]), styled_before)
+    assert not [n for n, _ in store.base().text_encoder.named_parameters() if "danqing-train" in n]
+    from safetensors.torch import load_file
+
+    keys = load_file(str(result.path)).keys()
+    assert any(k.startswith("lora_te_text_model_encoder_layers_0_") for k in keys)
+    assert any(k.startswith("lora_unet_") for k in keys)
+    shutil.copy(result.path, store.folders.folder("lora") / "with-te.safetensors")
+    assert np.abs(image(studio, [("with-te.safetensors", 1.0)]) - image(studio)).mean() > 0.5
+
+
+def test_the_headless_command_trains_stops_and_resumes(bench, demo_models, tmp_path):
+    """python train.py: pictures and .txt captions from a folder, the LoRA in models/lora; a bad
+    name is refused in Chinese; --resume after the run finished refuses to overwrite it."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    _, paths = bench
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for i, path in enumerate(paths):
+        shutil.copy(path, pictures / f"{i}.png")
+        (pictures / f"{i}.txt").write_text("红色方块, 蓝底", encoding="utf-8")
+    cache = tmp_path / "cache"
+    shutil.copytree(demo_models, cache / demo_models.name)  # the bundle, so its lora/ is this test's own
+    env = {**os.environ, "DANQING_CACHE": str(cache)}
+    command = [sys.executable, str(ROOT / "train.py"), "--demo", "--images", str(pictures), "--name", "命令行",
+               "--trigger", "redsq", "--steps", "4", "--rank", "2", "--resolution", "64",
+               "--outputs-dir", str(tmp_path / "out")]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    made = cache / demo_models.name / "lora" / "命令行.safetensors"
+    assert made.is_file() and "step 4/4" in run.stdout
+    import json
+
+    assert json.loads(read_metadata(made)["ss_tag_frequency"])["danqing"] == {"redsq": 4, "红色方块": 4, "蓝底": 4}
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert again.returncode == 2 and "已经有 命令行" in again.stderr
+    bad = subprocess.run([*command[:5], "--name", "../x"], capture_output=True, text=True, timeout=300, env=env,
+                         cwd=tmp_path)
+    assert bad.returncode == 2 and "LoRA 名称不合法" in bad.stderr
