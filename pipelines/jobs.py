@@ -88,6 +88,10 @@ class Turns:
                 self._holder = None
                 self._cond.notify_all()
 
+    def others_waiting(self) -> bool:
+        with self._cond:
+            return bool(self._waiting)
+
     def waiting(self) -> dict[str, int]:
         """Waiting jobs per address."""
         with self._cond:
@@ -165,6 +169,20 @@ class Jobs:
             # Raised outside the except block, so the collection runs with the frames cleared.
             free_memory(self.device)
             raise DanqingError("out_of_memory")
+
+    def give_way(self, address: str) -> None:
+        """Inside a long job that ``run`` started (training): when other jobs wait, let them
+        all go first, then take the GPU back. The job's address was served last, so everyone
+        waiting now is ahead of it. A 停止 meanwhile is seen by the job after it resumes."""
+        if not self.turns.others_waiting():
+            return
+        self.lock.release()
+        self.turns.release()
+        try:
+            time.sleep(0)  # let a waiting thread see the free turn
+        finally:
+            self.turns.acquire(address)
+            self.lock.acquire()
 
     @contextmanager
     def hold(self, batch: "Batch | None" = None):

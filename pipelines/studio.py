@@ -294,9 +294,17 @@ class Studio:
         """Train a LoRA on the loaded model as one job of the GPU queue (停止 keeps the last
         checkpoint; ``resume`` continues from it). The result lands in models/lora/."""
         caller = as_caller(client)
+
+        def give_way(now: bool = False) -> bool:
+            """Between steps: are others waiting? (now=True: let them run first.)"""
+            if now:
+                self.jobs.give_way(caller.address)
+                return True
+            return self.jobs.turns.others_waiting()
+
         with self.jobs.run(caller) as (cancel, _hook):
             return train.train(self.store, request, Path(run_dir), self.store.folders.folder("lora"), cancel=cancel,
-                               on_step=on_step, on_sample=on_sample, resume=resume)
+                               on_step=on_step, on_sample=on_sample, resume=resume, give_way=give_way)
 
     # -- LoRAs --------------------------------------------------------------------------------
     def loras(self) -> list[dict]:

@@ -219,3 +219,37 @@ def test_the_headless_command_trains_stops_and_resumes(bench, demo_models, tmp_p
     bad = subprocess.run([*command[:5], "--name", "../x"], capture_output=True, text=True, timeout=300, env=env,
                          cwd=tmp_path)
     assert bad.returncode == 2 and "LoRA 名称不合法" in bad.stderr
+
+
+def test_a_teammates_picture_during_training_is_the_idle_servers(bench, tmp_path):
+    """Training yields between steps: a generation asked for meanwhile runs before the training
+    ends, with the pixels it has on an idle server (the training adapter off for it), with and
+    without a LoRA of its own; the training still finishes all its steps."""
+    from pipelines.requests import Caller
+
+    studio, paths = bench
+    idle_plain = image(studio)
+    idle_styled = image(studio, [("danqing-demo-kohya.safetensors", 0.8)])
+    started, finished = threading.Event(), threading.Event()
+    outcome = {}
+
+    def run():
+        outcome["result"] = studio.train_lora(
+            request(paths, "让路", steps=60), tmp_path / "run", client=Caller("trainer", "", "10.0.0.1"),
+            on_step=lambda n, total, loss: started.set())
+        finished.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert started.wait(60)
+    during = []
+    for loras in ((), [("danqing-demo-kohya.safetensors", 0.8)]):
+        paths_, _ = studio.txt2img(Txt2Img.from_fields(prompt="redsq 红色方块", width=64, height=64, num_inference_steps=3,
+                                                       seed=11, loras=[list(x) for x in loras]),
+                                   client=Caller("teammate", "", "10.0.0.2"))
+        with Image.open(paths_[0]) as im:
+            during.append(np.asarray(im.convert("RGB"), dtype=np.int16))
+    assert not finished.is_set()  # the pictures did not wait for the whole run
+    thread.join(120)
+    assert outcome["result"].steps_done == 60 and outcome["result"].path is not None
+    assert np.array_equal(during[0], idle_plain) and np.array_equal(during[1], idle_styled)

@@ -100,12 +100,13 @@ def _add_adapters(base, req: TrainLora, dtype: torch.dtype) -> list[dict]:
     if req.train_text_encoder:
         # peft's own injection (as diffusers loads text-encoder LoRAs): transformers' add_adapter
         # wants a newer peft than diffusers' LoRA loading does.
-        from diffusers.utils.peft_utils import set_weights_and_activate_adapters
+        from diffusers.utils.peft_utils import set_adapter_layers, set_weights_and_activate_adapters
         from peft import inject_adapter_in_model
 
         inject_adapter_in_model(LoraConfig(r=req.rank, lora_alpha=req.alpha, init_lora_weights="gaussian",
                                            target_modules=TEXT_TARGETS), base.text_encoder, adapter_name=ADAPTER)
         set_weights_and_activate_adapters(base.text_encoder, [ADAPTER], [1.0])
+        set_adapter_layers(base.text_encoder, enabled=True)  # layers a disable_lora() left off
         groups.append({"params": _adapter_params(base.text_encoder), "lr": req.text_encoder_lr})
     for group in groups:
         for p in group["params"]:
@@ -185,11 +186,44 @@ def _render(base, prompt: str, seed: int, size: int, path: Path) -> Path:
     return path
 
 
+def _park(base, store, previous: tuple) -> None:
+    """The base as generation jobs expect it: the training adapter off, the LoRAs that were in
+    use back on, eval mode (a teammate's image is the same as on an idle server)."""
+    base.unet.eval()
+    base.text_encoder.eval()
+    if _adapter_params(base.text_encoder):
+        from diffusers.utils.peft_utils import set_adapter_layers
+
+        set_adapter_layers(base.text_encoder, enabled=False)
+    if previous or store.adapters.loaded:
+        restore_active(store, previous)
+    else:
+        base.unet.disable_lora()
+
+
+def _unpark(base, store, req: TrainLora) -> None:
+    """The training adapter alone on again, train mode."""
+    if store.adapters.loaded:
+        base.disable_lora()
+        store.adapters.enabled = False
+    base.unet.set_adapters([ADAPTER])
+    base.unet.enable_lora()
+    if req.train_text_encoder:
+        from diffusers.utils.peft_utils import set_adapter_layers, set_weights_and_activate_adapters
+
+        set_weights_and_activate_adapters(base.text_encoder, [ADAPTER], [1.0])
+        set_adapter_layers(base.text_encoder, enabled=True)
+        base.text_encoder.train()
+    base.unet.train()
+
+
 def train(store, req: TrainLora, run_dir: Path, lora_dir: Path, cancel=None, on_step: StepHook | None = None,
-          on_sample: Callable[[Path, int], None] | None = None, resume: bool = False) -> TrainResult:
+          on_sample: Callable[[Path, int], None] | None = None, resume: bool = False,
+          give_way: Callable[[], bool] | None = None) -> TrainResult:
     """Train ``req`` on the store's base. Runs inside a job (the GPU lock is held). ``cancel``
     (an Event) stops after the current step, saving a checkpoint; ``resume`` continues from the
-    run folder's ``state.pt``."""
+    run folder's ``state.pt``. ``give_way()`` is asked between steps: when it says others wait,
+    the base is parked as generation expects it and ``give_way(True)`` lets them run."""
     from diffusers import DDPMScheduler
 
     started = time.perf_counter()
@@ -252,6 +286,10 @@ def train(store, req: TrainLora, run_dir: Path, lora_dir: Path, cancel=None, on_
         result = TrainResult(None, start, losses, stopped=False)
         # 3. Steps: everything random at step n comes from (seed, n).
         for step in range(start, req.steps):
+            if give_way is not None and step > start and give_way():
+                _park(base, store, previous)
+                give_way(True)  # a teammate's picture waits at most one training step
+                _unpark(base, store, req)
             if cancel is not None and cancel.is_set():
                 checkpoint(step)
                 result.stopped = True
