@@ -12,6 +12,7 @@ It holds no Gradio and no user-facing text; errors are ``DanqingError`` codes.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,12 +22,13 @@ from PIL import Image
 from .downloads import Downloads, endpoint
 from .errors import DanqingError, ParamError
 from .formats.cards import read_card
+from .formats import uploads
 from .formats.images import open_upload
 from .formats.weights import file_hash
 from .formats.pnginfo import format_parameters, parse_parameters, read_parameters
 from .jobs import Jobs, as_caller
 from .outputs import OutputWriter
-from .requests import INPAINT_FILL_NAMES, LATENT_UPSCALER, Caller, Control, ControlUnit, Img2Img, Inpaint, Outpaint, TrainLora, Txt2Img, Upscale
+from .requests import INPAINT_FILL_NAMES, LATENT_UPSCALER, Caller, Control, ControlUnit, Img2Img, Inpaint, Outpaint, TRAIN_NAME, TrainLora, Txt2Img, Upscale
 from .store import ModelStore
 from .tasks import annotators, controlnet, edit, lora, train, txt2img, upscale
 from .tasks.denoise import Generated
@@ -289,6 +291,28 @@ class Studio:
         return upscale.list_upscalers(self.store)
 
     # -- 训练 LoRA ----------------------------------------------------------------------------
+    def training_dir(self, name: str, user: str = "") -> Path:
+        """A run's folder: outputs/[users/<user>/]training/<name>/ (pictures, checkpoint, samples)."""
+        if not isinstance(name, str) or not TRAIN_NAME.match(name.strip()):
+            raise ParamError("train_bad_name", name=str(name)[:80])
+        return self.outputs.user_root(user) / "training" / name.strip()
+
+    def prepare_training(self, name: str, files: list, user: str = "") -> dict:
+        """Uploaded pictures, captions and zips gathered into the run's folder (its pictures
+        replaced; a checkpoint there stays for 继续训练)."""
+        run_dir = self.training_dir(name, user)
+        images = run_dir / "images"
+        if images.exists():
+            shutil.rmtree(images)
+        pictures, captions = uploads.gather(list(files or []), images)
+        return {"run_dir": str(run_dir), "images": pictures, "captions": captions}
+
+    def can_resume(self, name: str, user: str = "") -> bool:
+        try:
+            return (self.training_dir(name, user) / train.STATE).is_file()
+        except ParamError:
+            return False
+
     def train_lora(self, request: TrainLora, run_dir: Path, client: Caller | str = "local", on_step=None,
                    on_sample=None, resume: bool = False) -> train.TrainResult:
         """Train a LoRA on the loaded model as one job of the GPU queue (停止 keeps the last

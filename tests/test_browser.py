@@ -104,13 +104,14 @@ ALLOWED_WORDS = {
     "Danqing", "API", "CFG", "LoRA", "ESRGAN", "DeepCache", "Civitai", "A1111", "ControlNet", "Canny",
     "DPM++", "Karras", "SDE", "Euler", "DDIM", "PNDM", "UniPC", "LCM", "Heun", "LMS", "PNG", "JPEG", "WebP",
     "BMP", "TIFF", "GIF", "Excel", "WPS", "JSON", "csv", "styles.csv", "TAESD", "cpu", "cuda", "fp32", "fp16",
-    "sdpa", "torch", "torch.compile", "channels_last", "QKV", "VAE", "CLIP", "EasyNegative", "HuggingFace", "ModelScope", "SHA-256", "SD1", "MB", "GB", "PAI", "Gradio", "MCP",
+    "sdpa", "torch", "torch.compile", "channels_last", "QKV", "VAE", "CLIP", "EasyNegative", "HuggingFace", "ModelScope", "SHA-256", "SD1",
+    "U-Net", "rank", "alpha", "min-SNR", "MB", "GB", "PAI", "Gradio", "MCP",
 }
 # Gradio's status-line literals ("queue: 1/1 |", "processing |"): its front end has no hook for
 # them (README, 使用 / Usage, lists what stays English); shown only while an event waits.
 GRADIO_LITERALS = {"queue", "processing"}
 # The demo bundle's file names (models, VAE, embeddings) are what the user put there, not UI text.
-MODEL_NAME = re.compile(r"^(danqing-demo-[a-z]+|demo-[a-z]+|sd15-only)(\.(safetensors|pt|bin))?$")
+MODEL_NAME = re.compile(r"^(danqing-demo-[a-z]+|demo-[a-z]+|sd15-only|p\d+|png|txt)(\.(safetensors|pt|bin|png|txt))?$")
 
 
 def english_words(page) -> set[str]:
@@ -243,3 +244,41 @@ def test_model_library_walk_single_file_vae_embeddings_and_a_download(page, brow
     page.get_by_role("button", name="开始下载").click()
     page.locator("#download-jobs").get_by_text("已完成").wait_for(timeout=30_000)
     assert (browser_app.outputs.parent / "models" / "lora" / "ink_style.safetensors").stat().st_size == 300_000
+
+
+def test_training_walk_pictures_captions_train_and_the_lora_is_listed(page, browser_app, demo_cache, tmp_path):
+    """训练 LoRA in the browser: four pictures with .txt captions, 读取图片 fills the table, a short
+    run shows its progress and loss curve, and the LoRA is then in the LoRA panel's choices."""
+    pictures = []
+    for i in range(4):
+        picture = Image.new("RGB", (120, 100), (30, 60, 200))
+        picture.paste((220, 40, 40), (20 + 10 * i, 20, 70 + 10 * i, 70))
+        picture.save(tmp_path / f"p{i}.png")
+        (tmp_path / f"p{i}.txt").write_text("红色方块", encoding="utf-8")
+        pictures += [str(tmp_path / f"p{i}.png"), str(tmp_path / f"p{i}.txt")]
+    lora_dir = next(demo_cache.glob("demo-v*/lora"))
+    try:
+        page.reload(wait_until="networkidle")
+        page.get_by_role("tab", name="训练 LoRA").first.click()
+        page.locator("#train-name textarea, #train-name input").first.fill("浏览器练的")
+        page.locator("#train-trigger textarea, #train-trigger input").first.fill("redsq")
+        page.locator("#train-files input[type=file]").set_input_files(pictures)
+        page.wait_for_timeout(3000)  # the uploads finish
+        page.get_by_role("button", name="读取图片").click()
+        page.locator("#train-captions").get_by_text("p3.png").wait_for(timeout=30_000)
+        page.get_by_text("高级").first.click()
+        page.get_by_label("训练步数").first.fill("12")
+        page.get_by_label("分辨率").first.fill("256")
+        page.locator("#train-start").click()
+        page.locator("#train-status").get_by_text("训练完成").wait_for(timeout=120_000)
+        assert english_words(page) == set(), english_words(page)
+        assert (lora_dir / "浏览器练的.safetensors").is_file()
+        page.get_by_role("tab", name="创作").first.click()
+        page.get_by_text("LoRA 模型").first.click()
+        page.locator("#refresh-loras").click()
+        page.get_by_label("LoRA 1").first.click()
+        page.get_by_role("option", name="浏览器练的.safetensors").wait_for(timeout=30_000)
+        page.keyboard.press("Escape")
+    finally:
+        for made in lora_dir.glob("浏览器练的*"):
+            made.unlink()

@@ -253,3 +253,61 @@ def test_a_teammates_picture_during_training_is_the_idle_servers(bench, tmp_path
     thread.join(120)
     assert outcome["result"].steps_done == 60 and outcome["result"].path is not None
     assert np.array_equal(during[0], idle_plain) and np.array_equal(during[1], idle_styled)
+
+
+def test_uploads_zips_and_bad_pictures_are_checked_before_anything_is_written(bench, tmp_path):
+    """Pictures, captions and zips are gathered into the run's folder only; a zip that leaves
+    its folder, holds a link, is a bomb, or a non-picture, a corrupt picture: refused in Chinese,
+    nothing written outside the run's folder."""
+    import stat
+    import zipfile
+
+    from pipelines.formats import uploads
+    from strings import error_text, load
+
+    studio, paths = bench
+    S = load("zh")
+    ok = tmp_path / "ok.zip"
+    with zipfile.ZipFile(ok, "w") as zf:
+        zf.write(paths[0], "set/a.png")
+        zf.writestr("set/a.txt", "红色方块")
+        zf.write(paths[1], "b.png")
+        zf.writestr("__MACOSX/._b.png", b"junk")
+        zf.writestr("notes.md", "ignored")
+    found = studio.prepare_training("打包", [str(ok), paths[2]], user="")
+    assert [p.rsplit("/", 1)[1] for p in found["images"]] == ["a.png", "b.png", "p2.png"]
+    assert found["captions"] == ["红色方块", "", ""]
+    assert found["run_dir"].endswith("training/打包")
+
+    def zip_with(name, data=b"x", link=False, compress=False):
+        path = tmp_path / f"bad{len(list(tmp_path.glob('bad*.zip')))}.zip"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as zf:
+            info = zipfile.ZipInfo(name)
+            if link:
+                info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED)
+        return path
+
+    outside = tmp_path / "escaped.png"
+    cases = [
+        (zip_with("../escaped.png"), "train_zip_unsafe"),
+        (zip_with("/tmp/abs.png"), "train_zip_unsafe"),
+        (zip_with("link.png", b"/etc/passwd", link=True), "train_zip_unsafe"),
+        (zip_with("bomb.png", b"\0" * (20 << 20), compress=True), "train_zip_bomb"),
+        (tmp_path / "notes.pdf", "train_not_image"),
+        (tmp_path / "broken.png", "train_bad_image"),
+        (tmp_path / "empty.zip", "train_no_images"),
+    ]
+    (tmp_path / "notes.pdf").write_bytes(b"%PDF-1.4")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with zipfile.ZipFile(tmp_path / "empty.zip", "w") as zf:
+        zf.writestr("readme.txt", "no pictures")
+    for source, code in cases:
+        with pytest.raises(DanqingError) as err:
+            uploads.gather([str(source)], tmp_path / "run" / code)
+        assert err.value.code == code, (source, err.value.code)
+        assert "{" not in error_text(S, err.value.code, err.value.fields)  # a whole Chinese sentence
+    assert not outside.exists() and not any(tmp_path.glob("abs.png"))
+    with pytest.raises(DanqingError) as err:
+        studio.prepare_training("../逃出", [paths[0]])
+    assert err.value.code == "train_bad_name"

@@ -16,7 +16,7 @@ import json
 
 import gradio as gr
 
-from . import inputs, sending, tab_control, tab_edit, tab_download, tab_extensions, tab_tools
+from . import inputs, sending, tab_control, tab_download, tab_edit, tab_extensions, tab_tools, tab_train
 from .common import GPU, UIContext, UIOptions, selected_path, user_error, user_of
 from .panel import build_panel
 from .summary import summarize
@@ -130,6 +130,7 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
             # 4. Super-resolution, PNG info, saved images, system info.
             tools = tab_tools.build_tabs(ctx)
             tab_download.build_tab(ctx)
+            tab_train.build_tab(ctx)
             # 5. Extension tabs; one that fails to build is hidden and listed as failed.
             tab_extensions.build_tabs(ctx, extensions, panel.fields())
 

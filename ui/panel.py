@@ -268,7 +268,7 @@ def build_panel(ctx: UIContext, styles=None) -> Panel:
                 lora_weights.append(inputs.slider(S, -2, 2, value=0.8, step=0.05, label=S.lora_weight, scale=2))
         lora_info = gr.Markdown()
         lora_previews = gr.Gallery(label=S.lora_previews, columns=4, height=140, object_fit="contain", interactive=False)
-        refresh_loras = gr.Button(S.refresh)
+        refresh_loras = gr.Button(S.refresh, elem_id="refresh-loras")
         loras = gr.JSON(value=[], visible=False)
 
     # Textual-inversion embeddings: listed when the accordion opens (reading them needs the

@@ -233,6 +233,8 @@ def train(store, req: TrainLora, run_dir: Path, lora_dir: Path, cancel=None, on_
         raise ParamError("train_name_taken", name=req.name)
     state_file = run_dir / STATE
     saved = torch.load(state_file, map_location="cpu", weights_only=True) if resume and state_file.exists() else None
+    if not resume:
+        state_file.unlink(missing_ok=True)  # a new run starts from nothing
     base = store.base()
     device, dtype = store.plan.device, store.plan.dtype
 

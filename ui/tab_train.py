@@ -1,0 +1,202 @@
+"""训练: a designer trains a LoRA on their own pictures. Name and trigger word, pictures (files,
+same-name .txt captions, or one zip), captions edited in a table, a preset or the real knobs;
+while it trains: step, loss curve, time left, samples; 停止 keeps a checkpoint, 继续训练 resumes.
+The work is studio.prepare_training / studio.train_lora (pipelines/tasks/train.py)."""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+
+import gradio as gr
+
+from pipelines.errors import JobCancelled
+from pipelines.requests import MAX_TRAIN_STEPS, TRAIN_PRESETS, TrainLora
+
+from . import inputs
+from .common import UIContext, caller_of, user_error, user_of
+
+KNOBS = ("steps", "rank", "alpha", "learning_rate", "text_encoder_lr", "train_text_encoder", "resolution",
+         "batch_size", "seed", "save_every", "sample_every", "sample_prompt", "min_snr_gamma",
+         "gradient_checkpointing")
+
+
+def build_tab(ctx: UIContext) -> None:
+    S, studio = ctx.S, ctx.studio
+    standard = TRAIN_PRESETS["standard"]
+    with gr.Tab(S.tab_train, id="train"):
+        gr.Markdown(S.train_intro)
+        with gr.Row():
+            name = gr.Textbox(label=S.train_name_label, placeholder=S.train_name_placeholder, elem_id="train-name")
+            trigger = gr.Textbox(label=S.train_trigger_label, placeholder=S.train_trigger_placeholder,
+                                 elem_id="train-trigger")
+        with gr.Row():
+            with gr.Column(scale=3):
+                files = gr.File(label=S.train_files_label, file_count="multiple",
+                                file_types=[".png", ".jpg", ".jpeg", ".webp", ".bmp", ".txt", ".zip"],
+                                elem_id="train-files")
+                read = gr.Button(S.train_read)
+            with gr.Column(scale=4):
+                table = gr.Dataframe(headers=[S.train_col_file, S.train_col_caption], datatype=["str", "str"],
+                                     col_count=(2, "fixed"), interactive=True, wrap=True, label=S.train_table_label,
+                                     elem_id="train-captions")
+        preset = inputs.radio(S, [(S.train_presets[k], k) for k in TRAIN_PRESETS], value="standard",
+                              label=S.train_preset_label, info=S.train_preset_info)
+        with gr.Accordion(S.train_advanced, open=False):
+            with gr.Row():
+                steps = inputs.slider(S, 10, MAX_TRAIN_STEPS, value=standard["steps"], step=10, label=S.train_steps)
+                rank = inputs.slider(S, 1, 128, value=standard["rank"], step=1, label=S.train_rank)
+                alpha = inputs.slider(S, 1, 128, value=standard["alpha"], step=1, label=S.train_alpha)
+            with gr.Row():
+                learning_rate = gr.Number(value=standard["learning_rate"], label=S.train_lr)
+                text_encoder_lr = gr.Number(value=5e-5, label=S.train_te_lr)
+                train_text_encoder = gr.Checkbox(False, label=S.train_te)
+            with gr.Row():
+                resolution = inputs.slider(S, 256, 1024, value=standard["resolution"], step=64, label=S.train_resolution)
+                batch_size = inputs.slider(S, 1, 8, value=1, step=1, label=S.train_batch)
+                seed = gr.Number(value=0, precision=0, label=S.train_seed)
+            with gr.Row():
+                save_every = inputs.slider(S, 0, 2000, value=0, step=50, label=S.train_save_every)
+                sample_every = inputs.slider(S, 0, 2000, value=0, step=50, label=S.train_sample_every)
+                min_snr_gamma = inputs.slider(S, 0, 20, value=0, step=1, label=S.train_min_snr)
+            sample_prompt = gr.Textbox(label=S.train_sample_prompt)
+            gradient_checkpointing = gr.Checkbox(False, label=S.train_checkpointing)
+        with gr.Row():
+            start = gr.Button(S.train_start, variant="primary", elem_id="train-start")
+            resume = gr.Button(S.train_resume, elem_id="train-resume")
+            stop = gr.Button(S.train_stop, variant="stop", elem_id="train-stop")
+        status = gr.Markdown(elem_id="train-status")
+        with gr.Row():
+            curve = gr.LinePlot(x=S.train_axis_step, y=S.train_axis_loss, label=S.train_curve, height=240,
+                                elem_id="train-curve")
+            samples = gr.Gallery(label=S.train_samples, columns=3, height=240, object_fit="contain")
+    knob_inputs = [steps, rank, alpha, learning_rate, text_encoder_lr, train_text_encoder, resolution, batch_size,
+                   seed, save_every, sample_every, sample_prompt, min_snr_gamma, gradient_checkpointing]
+
+    def apply_preset(key: str):
+        values = TRAIN_PRESETS.get(key, standard)
+        return [values[k] for k in ("steps", "rank", "alpha", "learning_rate", "resolution")]
+
+    def read_files(name_value: str, uploaded, request: gr.Request = None):
+        """The pictures gathered into the run's folder; their captions into the table."""
+        try:
+            found = studio.prepare_training(name_value, [_path(f) for f in (uploaded or [])], user_of(request) or "")
+        except Exception as exc:
+            raise user_error(S, exc) from None
+        rows = [[_name(p), c] for p, c in zip(found["images"], found["captions"])]
+        gr.Info(S.train_read_done.format(count=len(rows)))
+        return rows
+
+    def run(name_value, trigger_value, rows, preset_key, *knob_values, resume_run=False, request: gr.Request = None):
+        user = user_of(request) or ""
+        caller = caller_of(request)
+        try:
+            run_dir = studio.training_dir(name_value, user)
+            images_dir = run_dir / "images"
+            pictures = {_name(str(p)): str(p) for p in sorted(images_dir.glob("*")) if p.suffix.lower() != ".txt"}
+            table_rows = [r for r in (rows.values.tolist() if hasattr(rows, "values") else rows or []) if r and r[0]]
+            chosen = [(pictures[r[0]], str(r[1] or "")) for r in table_rows if r[0] in pictures]
+            if not chosen:
+                raise user_error(S, _no_images())
+            knobs = dict(zip(KNOBS, knob_values))
+            req = TrainLora.build(name_value, trigger_value, [p for p, _ in chosen], [c for _, c in chosen],
+                                  **{k: v for k, v in knobs.items() if v not in (None, "")})
+        except gr.Error:
+            raise
+        except Exception as exc:
+            raise user_error(S, exc) from None
+        losses: list[tuple[int, float]] = []
+        shown: list[str] = []
+        state = {"step": 0, "total": req.steps, "started": time.monotonic()}
+        outcome: dict = {}
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            losses.append((step, loss))
+            state["step"] = step
+
+        def work() -> None:
+            try:
+                outcome["result"] = studio.train_lora(req, run_dir, client=caller, on_step=on_step,
+                                                      on_sample=lambda path, step: shown.append(str(path)),
+                                                      resume=resume_run)
+            except BaseException as exc:  # noqa: BLE001 (re-raised in the event's thread)
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True,
+                                  name="danqing-train")
+        thread.start()
+        try:
+            while thread.is_alive():
+                thread.join(1.0)
+                yield _status(S, state, losses), _curve(S, losses), list(shown)
+        finally:
+            if thread.is_alive():  # the page went away: stop the run (its checkpoint is kept)
+                studio.stop(caller.client)
+        if "error" in outcome:
+            if isinstance(outcome["error"], JobCancelled):
+                yield S.train_stopped_waiting, _curve(S, losses), list(shown)
+                return
+            raise user_error(S, outcome["error"]) from None
+        result = outcome["result"]
+        if result.stopped:
+            text = S.train_stopped.format(step=result.steps_done, total=req.steps)
+        else:
+            gr.Info(S.train_done.format(name=req.name))
+            text = S.train_finished.format(name=result.path.name, steps=result.steps_done,
+                                           minutes=f"{result.seconds / 60:.1f}")
+        # The preview sits in models/lora (not served as a file): handed over as a picture.
+        preview = studio.lora_preview(result.path.name) if result.path else None
+        yield text, _curve(S, losses), list(shown) + ([preview] if preview is not None else [])
+
+    def run_new(*values, request: gr.Request = None):
+        yield from run(*values, resume_run=False, request=request)
+
+    def run_resume(*values, request: gr.Request = None):
+        yield from run(*values, resume_run=True, request=request)
+
+    preset.change(apply_preset, preset, [steps, rank, alpha, learning_rate, resolution], queue=False,
+                  api_visibility="private")
+    read.click(read_files, [name, files], table, api_name="train_read")
+    # Training is long: it runs outside the GPU concurrency group (its own job of the GPU
+    # queue, giving way between steps), so a teammate's picture never waits behind it.
+    start.click(run_new, [name, trigger, table, preset, *knob_inputs], [status, curve, samples], api_name="train",
+                concurrency_limit=1, concurrency_id="train")
+    resume.click(run_resume, [name, trigger, table, preset, *knob_inputs], [status, curve, samples],
+                 api_name="train_resume", concurrency_limit=1, concurrency_id="train")
+    def stop_run(request: gr.Request = None) -> None:
+        studio.stop(caller_of(request).client)
+
+    stop.click(stop_run, None, None, queue=False, api_name="train_stop")
+
+
+def _path(item) -> str:
+    return item if isinstance(item, str) else getattr(item, "name", None) or item.get("path")
+
+
+def _name(path: str) -> str:
+    from pathlib import Path
+
+    return Path(path).name
+
+
+def _no_images():
+    from pipelines.errors import ParamError
+
+    return ParamError("train_no_images")
+
+
+def _curve(S, losses: list[tuple[int, float]]):
+    import pandas as pd
+
+    return pd.DataFrame({S.train_axis_step: [s for s, _ in losses], S.train_axis_loss: [v for _, v in losses]})
+
+
+def _status(S, state: dict, losses: list) -> str:
+    step, total = state["step"], state["total"]
+    if not step:
+        return S.train_preparing
+    elapsed = time.monotonic() - state["started"]
+    left = elapsed / step * (total - step)
+    return S.train_progress.format(step=step, total=total, loss=f"{losses[-1][1]:.4f}", elapsed=round(elapsed),
+                                   left=round(left))
