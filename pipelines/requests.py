@@ -629,6 +629,7 @@ class TrainLora:
     sample_prompt: str = ""
     min_snr_gamma: float = 0.0  # 0: plain MSE; 5 is the usual min-SNR weighting
     gradient_checkpointing: bool = False
+    preview: bool = True  # render a preview image beside the finished LoRA
 
     @classmethod
     def build(cls, name: object, trigger: object, images, captions=None, preset: str | None = None,
@@ -670,7 +671,7 @@ class TrainLora:
                 in_range(key, checked[key], low, high)
         if "seed" in values:
             checked["seed"] = resolve_seed(values["seed"])
-        for key in ("train_text_encoder", "gradient_checkpointing"):
+        for key in ("train_text_encoder", "gradient_checkpointing", "preview"):
             if key in values:
                 checked[key] = bool(values[key])
         if "sample_prompt" in values:

@@ -39,7 +39,7 @@ def build_tab(ctx: UIContext) -> None:
                 read = gr.Button(S.train_read)
             with gr.Column(scale=4):
                 table = gr.Dataframe(headers=[S.train_col_file, S.train_col_caption], datatype=["str", "str"],
-                                     col_count=(2, "fixed"), interactive=True, wrap=True, label=S.train_table_label,
+                                     column_count=(2, "fixed"), interactive=True, wrap=True, label=S.train_table_label,
                                      elem_id="train-captions")
         preset = inputs.radio(S, [(S.train_presets[k], k) for k in TRAIN_PRESETS], value="standard",
                               label=S.train_preset_label, info=S.train_preset_info)

@@ -340,11 +340,12 @@ def train(store, req: TrainLora, run_dir: Path, lora_dir: Path, cancel=None, on_
             _write_lora(final, to_kohya(_adapter_states(base, req.train_text_encoder), req.alpha),
                         metadata(store, req, req.steps))
             result.path = final
-            try:
-                _render(base, req.sample_prompt or req.trigger or req.captions[0], req.seed, req.resolution,
-                        final.with_suffix(".png"))
-            except Exception:  # a preview is a nicety: the LoRA is saved
-                log.exception("could not render the preview of %s", final.name)
+            if req.preview:
+                try:
+                    _render(base, req.sample_prompt or req.trigger or req.captions[0], req.seed, req.resolution,
+                            final.with_suffix(".png"))
+                except Exception:  # a preview is a nicety: the LoRA is saved
+                    log.exception("could not render the preview of %s", final.name)
         result.seconds = time.perf_counter() - started
         log.info("LoRA %s: %d/%d steps in %.1fs, loss %.4f → %.4f%s", req.name, result.steps_done, req.steps,
                  result.seconds, losses[0] if losses else float("nan"), losses[-1] if losses else float("nan"),
