@@ -80,3 +80,16 @@ def build_sd15(folder: Path, seed: int = 0) -> Path:
     write_vocab(folder / "tokenizer")
     (folder / "BENCH.json").write_text(json.dumps({"seconds_to_build": round(time.perf_counter() - started, 1)}))
     return folder
+
+
+def model_folder(root: Path, quick: bool) -> Path:
+    """The benchmarks' model: full-size SD 1.5 with random weights, or (``quick``) the demo's
+    tiny one that only checks the plumbing; built once under ``root``."""
+    if not quick:
+        return build_sd15(Path(root) / "sd15-random")
+    from pipelines.demo import save_sd_pipeline
+
+    folder = Path(root) / "sd-tiny"
+    if not (folder / "model_index.json").exists():
+        save_sd_pipeline(folder, seed=0, safe_serialization=True)
+    return folder

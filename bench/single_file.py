@@ -51,16 +51,9 @@ def main(argv=None) -> dict:
     quiet_known_noise()
     # 1. The model as a diffusers folder and as one fp16 LDM file.
     root = Path(args.model_dir or tempfile.mkdtemp(prefix="danqing-single-"))
-    if args.quick:
-        from pipelines.demo import save_sd_pipeline
+    from bench.sd15 import model_folder
 
-        folder = root / "sd-tiny"
-        if not (folder / "model_index.json").exists():
-            save_sd_pipeline(folder, seed=0, safe_serialization=True)
-    else:
-        from bench.sd15 import build_sd15
-
-        folder = build_sd15(root / "sd15-random")
+    folder = model_folder(root, args.quick)
     single = root / "sd15-random-fp16.safetensors"
     if not single.exists():
         source = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)

@@ -159,16 +159,9 @@ def main(argv=None) -> dict:
 
     quiet_known_noise()
     root = Path(args.model_dir or tempfile.mkdtemp(prefix="danqing-train-"))
-    if args.quick:
-        from pipelines.demo import save_sd_pipeline
+    from bench.sd15 import model_folder
 
-        folder = root / "sd-tiny"
-        if not (folder / "model_index.json").exists():
-            save_sd_pipeline(folder, seed=0, safe_serialization=True)
-    else:
-        from bench.sd15 import build_sd15
-
-        folder = build_sd15(root / "sd15-random")
+    folder = model_folder(root, args.quick)
     pictures = _pictures(root / "pictures", args.size)
     from pipelines.store.devices import plan_device
 
