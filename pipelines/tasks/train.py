@@ -13,7 +13,7 @@ training adds only the adapter, its optimizer state and the activations.
    follows the model's own scheduler (epsilon or v-prediction); min-SNR weighting optional;
    fp16/bf16 autocast with fp32 adapter weights on a GPU; gradient checkpointing optional.
 4. Checkpoints: ``state.pt`` in the run's folder (adapter + optimizer + losses, read back with
-   ``weights_only=True``) every ``save_every`` steps and when stopped; ``<name>-step<N>.safetensors``
+   ``weights_only=True``) every 100 steps, every ``save_every`` steps and when stopped; ``<name>-step<N>.safetensors``
    beside the final ``<name>.safetensors`` in models/lora, in the Kohya/A1111 layout with ``ss_*``
    metadata, and a preview image. Existing files are never overwritten.
 """
@@ -45,6 +45,7 @@ ADAPTER = "danqing-train"
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 STATE = "state.pt"
+STATE_EVERY = 100  # steps between two automatic checkpoints (adapter + optimizer, small)
 
 StepHook = Callable[[int, int, float], None]  # (step done, total, loss)
 
@@ -322,6 +323,8 @@ def train(store, req: TrainLora, run_dir: Path, lora_dir: Path, cancel=None, on_
             result.steps_done = done
             if on_step is not None:
                 on_step(done, req.steps, losses[-1])
+            if done % STATE_EVERY == 0 and done < req.steps:
+                checkpoint(done)  # a crash loses at most this many steps (继续训练 resumes here)
             if req.save_every and done % req.save_every == 0 and done < req.steps:
                 checkpoint(done)
                 path = lora_path(lora_dir, req.name, done)
