@@ -269,8 +269,15 @@ def test_training_walk_pictures_captions_train_and_the_lora_is_listed(page, brow
         page.get_by_text("高级").first.click()
         page.get_by_label("训练步数").first.fill("12")
         page.get_by_label("分辨率").first.fill("256")
+        page.wait_for_load_state("networkidle")
         page.locator("#train-start").click()
-        page.locator("#train-status").get_by_text("训练完成").wait_for(timeout=120_000)
+        try:
+            page.locator("#train-status").get_by_text("训练完成").wait_for(timeout=240_000)
+        except Exception:
+            page.screenshot(path=str(browser_app.outputs.parent / "training-walk-failed.png"), full_page=True)
+            toasts = page.locator(".toast-body").all_inner_texts()
+            raise AssertionError(f"status: {page.locator('#train-status').inner_text()!r}; toasts: {toasts}; "
+                                 f"log tail: {browser_app.log.read_text(errors='replace')[-1500:]}") from None
         assert english_words(page) == set(), english_words(page)
         assert (lora_dir / "浏览器练的.safetensors").is_file()
         page.get_by_role("tab", name="创作").first.click()
