@@ -267,8 +267,15 @@ def test_training_walk_pictures_captions_train_and_the_lora_is_listed(page, brow
         page.get_by_role("button", name="读取图片").click()
         page.locator("#train-captions").get_by_text("p3.png").wait_for(timeout=30_000)
         page.get_by_text("高级").first.click()
-        page.get_by_label("训练步数").first.fill("12")
-        page.get_by_label("分辨率").first.fill("256")
+        for label, value in (("训练步数", "12"), ("分辨率", "256")):
+            box = page.get_by_label(label).first
+            for _ in range(5):  # a slider's box takes a typed value once it has rendered
+                box.fill(value)
+                box.press("Enter")
+                page.wait_for_timeout(300)
+                if box.input_value() == value:
+                    break
+            assert box.input_value() == value, (label, box.input_value())
         page.wait_for_load_state("networkidle")
         page.locator("#train-start").click()
         try:
