@@ -8,18 +8,16 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
+from pathlib import Path
 
 import gradio as gr
 
-from pipelines.errors import JobCancelled
+from pipelines.errors import JobCancelled, ParamError
 from pipelines.requests import MAX_TRAIN_STEPS, TRAIN_PRESETS, TrainLora
 
 from . import inputs
 from .common import UIContext, caller_of, user_error, user_of
 
-KNOBS = ("steps", "rank", "alpha", "learning_rate", "text_encoder_lr", "train_text_encoder", "resolution",
-         "batch_size", "seed", "save_every", "sample_every", "sample_prompt", "min_snr_gamma",
-         "gradient_checkpointing")
 
 
 def build_tab(ctx: UIContext) -> None:
@@ -71,8 +69,13 @@ def build_tab(ctx: UIContext) -> None:
             curve = gr.LinePlot(x=S.train_axis_step, y=S.train_axis_loss, label=S.train_curve, height=240,
                                 elem_id="train-curve")
             samples = gr.Gallery(label=S.train_samples, columns=3, height=240, object_fit="contain")
-    knob_inputs = [steps, rank, alpha, learning_rate, text_encoder_lr, train_text_encoder, resolution, batch_size,
-                   seed, save_every, sample_every, sample_prompt, min_snr_gamma, gradient_checkpointing]
+    # The 高级 knobs by TrainLora field name: one list for the events' inputs and the request.
+    knobs = {"steps": steps, "rank": rank, "alpha": alpha, "learning_rate": learning_rate,
+             "text_encoder_lr": text_encoder_lr, "train_text_encoder": train_text_encoder, "resolution": resolution,
+             "batch_size": batch_size, "seed": seed, "save_every": save_every, "sample_every": sample_every,
+             "sample_prompt": sample_prompt, "min_snr_gamma": min_snr_gamma,
+             "gradient_checkpointing": gradient_checkpointing}
+    knob_inputs = list(knobs.values())
 
     def apply_preset(key: str):
         values = TRAIN_PRESETS.get(key, standard)
@@ -98,10 +101,10 @@ def build_tab(ctx: UIContext) -> None:
             table_rows = [r for r in (rows.values.tolist() if hasattr(rows, "values") else rows or []) if r and r[0]]
             chosen = [(pictures[r[0]], str(r[1] or "")) for r in table_rows if r[0] in pictures]
             if not chosen:
-                raise user_error(S, _no_images())
-            knobs = dict(zip(KNOBS, knob_values))
+                raise user_error(S, ParamError("train_no_images"))
+            values = dict(zip(knobs, knob_values))
             req = TrainLora.build(name_value, trigger_value, [p for p, _ in chosen], [c for _, c in chosen],
-                                  **{k: v for k, v in knobs.items() if v not in (None, "")})
+                                  **{k: v for k, v in values.items() if v not in (None, "")})
         except gr.Error:
             raise
         except Exception as exc:
@@ -175,15 +178,7 @@ def _path(item) -> str:
 
 
 def _name(path: str) -> str:
-    from pathlib import Path
-
     return Path(path).name
-
-
-def _no_images():
-    from pipelines.errors import ParamError
-
-    return ParamError("train_no_images")
 
 
 def _curve(S, losses: list[tuple[int, float]]):
