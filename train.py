@@ -3,7 +3,8 @@
     python train.py --images DIR --name 我的风格 --trigger mystyle --preset standard
     python train.py --images DIR --name 我的风格 --resume          # after a stop or a crash
 
-Pictures are the image files in DIR; a same-name ``.txt`` beside a picture is its caption. The
+Pictures are the image files in DIR; a same-name ``.txt`` beside a picture is its caption (or,
+with ``--captioner NAME``, a local captioning model in MODELS_DIR/captioners writes one). The
 LoRA goes to MODELS_DIR/lora/NAME.safetensors; checkpoints and samples to
 OUTPUTS_DIR/training/NAME/. Ctrl+C stops after the current step and keeps a checkpoint.
 """
@@ -25,13 +26,16 @@ def main(argv=None) -> int:
     p.add_argument("--name", required=True, help="the LoRA's name (its file name)")
     p.add_argument("--trigger", default="", help="trigger word put first in every caption")
     p.add_argument("--preset", default="standard", choices=["fast", "standard", "fine"])
-    for knob, kind in (("steps", int), ("rank", int), ("alpha", float), ("learning-rate", float),
+    for knob, kind in (("steps", int), ("epochs", int), ("repeats", int), ("rank", int), ("alpha", float), ("learning-rate", float),
                        ("text-encoder-lr", float), ("resolution", int), ("batch-size", int), ("seed", int),
                        ("save-every", int), ("sample-every", int), ("min-snr-gamma", float)):
         p.add_argument(f"--{knob}", type=kind, default=None)
     p.add_argument("--sample-prompt", default=None)
     p.add_argument("--train-text-encoder", action="store_true")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--no-buckets", action="store_true", help="centre-crop every picture to a square")
+    p.add_argument("--captioner", default=None,
+                   help="a folder in MODELS_DIR/captioners: captions for the pictures without a .txt")
     p.add_argument("--resume", action="store_true", help="continue the run of this name from its checkpoint")
     p.add_argument("--model", default=None, help="base model (as app.py's --model)")
     p.add_argument("--models-dir", default="models")
@@ -58,13 +62,18 @@ def main(argv=None) -> int:
         if folder.is_dir() else []
     captions = [(p.with_suffix(".txt").read_text(encoding="utf-8", errors="replace").strip()
                  if p.with_suffix(".txt").is_file() else "") for p in pictures]
-    knobs = {k: getattr(args, k) for k in ("steps", "rank", "alpha", "learning_rate", "text_encoder_lr", "resolution",
+    knobs = {k: getattr(args, k) for k in ("steps", "epochs", "repeats", "rank", "alpha", "learning_rate", "text_encoder_lr", "resolution",
                                            "batch_size", "seed", "save_every", "sample_every", "min_snr_gamma",
                                            "sample_prompt")}
+
+    def build(captions: list[str]) -> TrainLora:
+        return TrainLora.build(args.name, args.trigger, [str(p) for p in pictures], captions, preset=args.preset,
+                               train_text_encoder=args.train_text_encoder or None,
+                               gradient_checkpointing=args.gradient_checkpointing or None,
+                               buckets=False if args.no_buckets else None, **knobs)
+
     try:
-        request = TrainLora.build(args.name, args.trigger, [str(p) for p in pictures], captions, preset=args.preset,
-                                  train_text_encoder=args.train_text_encoder or None,
-                                  gradient_checkpointing=args.gradient_checkpointing or None, **knobs)
+        request = build(captions)  # bad knobs are refused before the model loads
         # 2. The model (as app.py chooses it) and one studio over it.
         started = choose_model(EngineOptions(model=args.model, models_dir=args.models_dir, outputs_dir=args.outputs_dir,
                                              demo=args.demo, offline=True, device=args.device, dtype=args.dtype))
@@ -72,6 +81,13 @@ def main(argv=None) -> int:
             print(strings.error_text(S, "model_missing_offline", {"name": started.missing_model}), file=sys.stderr)
             return 2
         studio = Studio(ModelStore(started.settings), OutputWriter(Path(args.outputs_dir)))
+        missing = [i for i, c in enumerate(captions) if not c]
+        if args.captioner and missing:
+            written = studio.caption_pictures([str(pictures[i]) for i in missing], args.captioner, client="cli")
+            for i, text in zip(missing, written):
+                captions[i] = text
+                print(f"{pictures[i].name}: {text}", flush=True)
+            request = build(captions)
         run_dir = Path(args.outputs_dir) / "training" / request.name
 
         # 3. Train; Ctrl+C stops after the step and keeps a checkpoint.

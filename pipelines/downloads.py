@@ -36,7 +36,7 @@ from .store.folders import MODEL_KINDS, ModelFolders
 log = logging.getLogger(__name__)
 
 SOURCES = ("huggingface", "modelscope")
-KINDS = ("checkpoints", "lora", "vae", "embeddings", "controlnet", "upscalers")
+KINDS = ("checkpoints", "lora", "vae", "embeddings", "controlnet", "upscalers", "captioners")
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 CONNECT_TIMEOUT = 8.0  # seconds (also between two reads): offline fails at once instead of hanging
 CHUNK = 1 << 20

@@ -615,7 +615,10 @@ class TrainLora:
     trigger: str
     images: tuple[str, ...]
     captions: tuple[str, ...]
-    steps: int = 1200
+    steps: int = 1200  # used when epochs is 0
+    epochs: int = 0  # > 0: train this many passes over the pictures (× repeats) instead of `steps`
+    repeats: int = 1  # each picture seen this many times per epoch (Kohya's folder repeats)
+    buckets: bool = True  # aspect-ratio buckets: pictures keep their shape (else centre-cropped square)
     rank: int = 16
     alpha: float = 16
     learning_rate: float = 1e-4
@@ -656,7 +659,8 @@ class TrainLora:
         if unknown:
             raise ParamError("train_unknown_option", value=", ".join(sorted(unknown))[:80])
         checked = {}
-        for key, low, high in (("steps", 1, MAX_TRAIN_STEPS), ("rank", 1, MAX_RANK), ("batch_size", 1, 8),
+        for key, low, high in (("steps", 1, MAX_TRAIN_STEPS), ("epochs", 0, MAX_TRAIN_STEPS), ("repeats", 1, 100),
+                               ("rank", 1, MAX_RANK), ("batch_size", 1, 8),
                                ("save_every", 0, MAX_TRAIN_STEPS), ("sample_every", 0, MAX_TRAIN_STEPS),
                                ("resolution", 64, 1024)):
             if key in values:
@@ -671,9 +675,18 @@ class TrainLora:
                 in_range(key, checked[key], low, high)
         if "seed" in values:
             checked["seed"] = resolve_seed(values["seed"])
-        for key in ("train_text_encoder", "gradient_checkpointing", "preview"):
+        for key in ("train_text_encoder", "gradient_checkpointing", "preview", "buckets"):
             if key in values:
                 checked[key] = bool(values[key])
         if "sample_prompt" in values:
             checked["sample_prompt"] = text_field("sample_prompt", values["sample_prompt"])
         return cls(name=name, trigger=trigger, images=images, captions=tuple(captions), **checked)
+
+    def total_steps(self, batches_per_epoch: int) -> int:
+        """Optimizer steps of the run: ``steps``, or ``epochs`` passes of ``batches_per_epoch``."""
+        if not self.epochs:
+            return self.steps
+        total = self.epochs * batches_per_epoch
+        if total > MAX_TRAIN_STEPS:
+            raise ParamError("train_too_many_steps", steps=total, high=MAX_TRAIN_STEPS)
+        return total

@@ -30,7 +30,7 @@ from .jobs import Jobs, as_caller
 from .outputs import OutputWriter
 from .requests import INPAINT_FILL_NAMES, LATENT_UPSCALER, Caller, Control, ControlUnit, Img2Img, Inpaint, Outpaint, TRAIN_NAME, TrainLora, Txt2Img, Upscale
 from .store import ModelStore
-from .tasks import annotators, controlnet, edit, lora, train, txt2img, upscale
+from .tasks import annotators, captions, controlnet, edit, lora, train, txt2img, upscale
 from .tasks.denoise import Generated
 from .tasks.prompts import token_window
 
@@ -306,6 +306,18 @@ class Studio:
             shutil.rmtree(images)
         pictures, captions = uploads.gather(list(files or []), images)
         return {"run_dir": str(run_dir), "images": pictures, "captions": captions}
+
+    def captioners(self) -> list[str]:
+        """Image-to-text models in models/captioners (training captions)."""
+        return captions.list_captioners(self.store)
+
+    def caption_pictures(self, pictures: list[str], captioner: str, client: Caller | str = "local") -> list[str]:
+        """A caption for each picture from a local captioner, as one job of the GPU queue; in
+        Chinese from chat models when the base model reads Chinese (a BERT tokenizer)."""
+        with self.jobs.run(as_caller(client)) as (cancel, _hook):
+            chinese = type(self.store.base().tokenizer).__name__.startswith("Bert")
+            return captions.caption_images(self.store, captioner, list(pictures), "zh" if chinese else "en",
+                                           cancel=cancel)
 
     def can_resume(self, name: str, user: str = "") -> bool:
         try:

@@ -105,13 +105,15 @@ ALLOWED_WORDS = {
     "DPM++", "Karras", "SDE", "Euler", "DDIM", "PNDM", "UniPC", "LCM", "Heun", "LMS", "PNG", "JPEG", "WebP",
     "BMP", "TIFF", "GIF", "Excel", "WPS", "JSON", "csv", "styles.csv", "TAESD", "cpu", "cuda", "fp32", "fp16",
     "sdpa", "torch", "torch.compile", "channels_last", "QKV", "VAE", "CLIP", "EasyNegative", "HuggingFace", "ModelScope", "SHA-256", "SD1",
-    "U-Net", "rank", "alpha", "min-SNR", "MB", "GB", "PAI", "Gradio", "MCP",
+    "U-Net", "rank", "alpha", "min-SNR", "MB", "GB", "PAI", "Gradio", "MCP", "BLIP", "Florence-2", "Qwen2-VL",
+    # a folder the designer is told to put files in: models/captioners/
+    "models", "captioners",
 }
 # Gradio's status-line literals ("queue: 1/1 |", "processing |"): its front end has no hook for
 # them (README, 使用 / Usage, lists what stays English); shown only while an event waits.
 GRADIO_LITERALS = {"queue", "processing"}
 # The demo bundle's file names (models, VAE, embeddings) are what the user put there, not UI text.
-MODEL_NAME = re.compile(r"^(danqing-demo-[a-z]+|demo-[a-z]+|sd15-only|p\d+|png|txt)(\.(safetensors|pt|bin|png|txt))?$")
+MODEL_NAME = re.compile(r"^(danqing-demo-[a-z]+(-[a-z]+)*|demo-[a-z]+|sd15-only|p\d+|png|txt)(\.(safetensors|pt|bin|png|txt))?$")
 
 
 def english_words(page) -> set[str]:
@@ -247,15 +249,18 @@ def test_model_library_walk_single_file_vae_embeddings_and_a_download(page, brow
 
 
 def test_training_walk_pictures_captions_train_and_the_lora_is_listed(page, browser_app, demo_cache, tmp_path):
-    """训练 LoRA in the browser: four pictures with .txt captions, 读取图片 fills the table, a short
-    run shows its progress and loss curve, and the LoRA is then in the LoRA panel's choices."""
+    """训练 LoRA in the browser: four pictures, three with .txt captions, 读取图片 fills the table,
+    自动描述 (the demo bundle's captioner) writes the fourth, a short run shows its progress and
+    loss curve, and the LoRA is then in the LoRA panel's choices."""
     pictures = []
     for i in range(4):
         picture = Image.new("RGB", (120, 100), (30, 60, 200))
         picture.paste((220, 40, 40), (20 + 10 * i, 20, 70 + 10 * i, 70))
         picture.save(tmp_path / f"p{i}.png")
-        (tmp_path / f"p{i}.txt").write_text("红色方块", encoding="utf-8")
-        pictures += [str(tmp_path / f"p{i}.png"), str(tmp_path / f"p{i}.txt")]
+        pictures.append(str(tmp_path / f"p{i}.png"))
+        if i < 3:
+            (tmp_path / f"p{i}.txt").write_text("红色方块", encoding="utf-8")
+            pictures.append(str(tmp_path / f"p{i}.txt"))
     lora_dir = next(demo_cache.glob("demo-v*/lora"))
     try:
         page.reload(wait_until="networkidle")
@@ -266,6 +271,9 @@ def test_training_walk_pictures_captions_train_and_the_lora_is_listed(page, brow
         page.wait_for_timeout(3000)  # the uploads finish
         page.get_by_role("button", name="读取图片").click()
         page.locator("#train-captions").get_by_text("p3.png").wait_for(timeout=30_000)
+        page.locator("#train-caption").click()
+        page.get_by_text("已为 1 张图片写好描述").first.wait_for(timeout=60_000)
+        page.screenshot(path=str(browser_app.outputs.parent / "training-captions.png"), full_page=True)
         page.get_by_text("高级").first.click()
         for label, value in (("训练步数", "12"), ("分辨率", "256")):
             box = page.get_by_label(label).first

@@ -3,6 +3,7 @@ generated pictures lowers the denoising loss on them, is written in the Kohya/A1
 Danqing's loader and diffusers' ``load_lora_weights`` both read, resumes exactly after a stop,
 and leaves the shared base as it found it."""
 
+import json
 import shutil
 import threading
 
@@ -13,6 +14,7 @@ from PIL import Image
 
 from conftest import make_studio
 from pipelines.demo import DEMO_MODEL
+from pipelines.demo.captioner import DEMO_CAPTIONER
 from pipelines.errors import DanqingError
 from pipelines.formats.lora import read_metadata
 from pipelines.requests import TrainLora, Txt2Img
@@ -50,7 +52,7 @@ def denoising_loss(store, req, loras=()) -> float:
 
     base = store.base()
     apply_loras(store, loras)
-    pixels = training._pixels(req.images, req.resolution)
+    pixels = torch.stack([training._pixels(p, (req.resolution, req.resolution)) for p in req.images])
     scheduler = DDPMScheduler.from_config(base.scheduler.config)
     with torch.no_grad():
         latents = base.vae.encode(pixels).latent_dist.mode() * base.vae.config.scaling_factor
@@ -200,20 +202,24 @@ def test_the_headless_command_trains_stops_and_resumes(bench, demo_models, tmp_p
     pictures.mkdir()
     for i, path in enumerate(paths):
         shutil.copy(path, pictures / f"{i}.png")
-        (pictures / f"{i}.txt").write_text("红色方块, 蓝底", encoding="utf-8")
+        if i < 3:  # the last picture's caption comes from the demo bundle's captioner
+            (pictures / f"{i}.txt").write_text("红色方块, 蓝底", encoding="utf-8")
     cache = tmp_path / "cache"
     shutil.copytree(demo_models, cache / demo_models.name)  # the bundle, so its lora/ is this test's own
     env = {**os.environ, "DANQING_CACHE": str(cache)}
     command = [sys.executable, str(ROOT / "train.py"), "--demo", "--images", str(pictures), "--name", "命令行",
                "--trigger", "redsq", "--steps", "4", "--rank", "2", "--resolution", "64",
-               "--outputs-dir", str(tmp_path / "out")]
+               "--captioner", DEMO_CAPTIONER, "--outputs-dir", str(tmp_path / "out")]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     made = cache / demo_models.name / "lora" / "命令行.safetensors"
     assert made.is_file() and "step 4/4" in run.stdout
     import json
 
-    assert json.loads(read_metadata(made)["ss_tag_frequency"])["danqing"] == {"redsq": 4, "红色方块": 4, "蓝底": 4}
+    written = next(line for line in run.stdout.splitlines() if line.startswith("3.png: "))[len("3.png: "):]
+    assert written  # the captioner's words, printed and trained on
+    assert json.loads(read_metadata(made)["ss_tag_frequency"])["danqing"] == {
+        "redsq": 4, "红色方块": 3, "蓝底": 3, **{t.strip(): 1 for t in written.split(",") if t.strip()}}
     again = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert again.returncode == 2 and "已经有 命令行" in again.stderr
     bad = subprocess.run([*command[:5], "--name", "../x"], capture_output=True, text=True, timeout=300, env=env,
@@ -311,3 +317,85 @@ def test_uploads_zips_and_bad_pictures_are_checked_before_anything_is_written(be
     with pytest.raises(DanqingError) as err:
         studio.prepare_training("../逃出", [paths[0]])
     assert err.value.code == "train_bad_name"
+
+
+def test_aspect_ratio_buckets_and_epochs(bench, tmp_path):
+    """Kohya's buckets at 512 (about 512² pixels, sides multiples of 64); a tall and a wide picture
+    keep their shape; an epoch shows every picture `repeats` times in one-bucket batches; a run
+    by epochs trains epochs × batches steps and writes the buckets into the metadata."""
+    sizes = training.bucket_sizes(512)
+    assert {(512, 512), (448, 576), (576, 448), (384, 640), (320, 768), (256, 1024), (1024, 256)} <= set(sizes)
+    assert all(w % 64 == 0 and h % 64 == 0 and w * h <= 512 * 512 for w, h in sizes)
+    assert training._bucket_of((600, 900), sizes) == (384, 640)  # 2:3 → the nearest shape, 3:5
+    assert training._bucket_of((1000, 1000), sizes) == (512, 512)
+
+    studio, square = bench
+    tall, wide = tmp_path / "tall.png", tmp_path / "wide.png"
+    Image.new("RGB", (60, 120), (200, 30, 30)).save(tall)
+    Image.new("RGB", (160, 80), (30, 200, 30)).save(wide)
+    paths = square[:2] + [str(tall), str(wide)]
+    shapes = training.assign_buckets(tuple(paths), 64, buckets=True)
+    assert shapes[:2] == [(64, 64), (64, 64)]
+    assert shapes[2][1] > shapes[2][0] and shapes[3][0] > shapes[3][1]  # tall stays tall, wide stays wide
+    assert training.assign_buckets(tuple(paths), 64, buckets=False) == [(64, 64)] * 4
+    assert training._pixels(str(tall), shapes[2]).shape == (3, shapes[2][1], shapes[2][0])
+
+    epoch = training.epoch_batches(shapes, repeats=3, batch_size=2, seed=5, epoch=0)
+    seen = [i for batch in epoch for i in batch]
+    assert sorted(seen) == sorted(list(range(4)) * 3)
+    assert all(len({shapes[i] for i in batch}) == 1 for batch in epoch)
+    assert epoch == training.epoch_batches(shapes, 3, 2, 5, 0) != training.epoch_batches(shapes, 3, 2, 5, 1)
+
+    req = TrainLora.build("分桶", "mix", paths, [""] * 4, steps=999, epochs=2, repeats=3, batch_size=2, rank=2,
+                          alpha=2, resolution=64, seed=5, preview=False)
+    result = studio.train_lora(req, tmp_path / "run")
+    assert result.total_steps == result.steps_done == 2 * len(epoch)
+    assert dict(result.buckets) == {(64, 64): 2, shapes[2]: 1, shapes[3]: 1}
+    meta = read_metadata(result.path)
+    assert meta["ss_enable_bucket"] == "True" and meta["ss_num_epochs"] == "2"
+    assert meta["ss_max_train_steps"] == str(2 * len(epoch))
+    counts = {tuple(b["resolution"]): b["count"] for b in json.loads(meta["ss_bucket_info"])["buckets"].values()}
+    assert counts == {(64, 64): 6, shapes[2]: 3, shapes[3]: 3}
+    with pytest.raises(DanqingError) as caught:
+        TrainLora.build("太多", "", paths, None, epochs=20000, repeats=100, resolution=64).total_steps(50)
+    assert caught.value.code == "train_too_many_steps"
+    result.path.unlink()
+
+
+def test_captions_from_a_local_captioner(bench, demo_models):
+    """A transformers captioner in models/captioners (the demo's BLIP in Taiyi-BLIP's layout) is
+    listed and writes what transformers' own generate writes, Chinese characters joined; a
+    missing or broken captioner is a Chinese message, and nothing is downloaded."""
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    import strings
+    from pipelines.tasks.captions import tidy
+
+    studio, paths = bench
+    folder = studio.store.folders.folder("captioners")
+    shutil.copytree(demo_models / "captioners" / DEMO_CAPTIONER, folder / DEMO_CAPTIONER)
+    (folder / "坏的").mkdir()
+    (folder / "坏的" / "config.json").write_text('{"model_type": "blip"}', encoding="utf-8")
+    (folder / "不是模型").mkdir()
+    assert studio.captioners() == [DEMO_CAPTIONER, "坏的"]
+
+    written = studio.caption_pictures(paths[:3], DEMO_CAPTIONER)
+    processor = BlipProcessor.from_pretrained(folder / DEMO_CAPTIONER, local_files_only=True)
+    model = BlipForConditionalGeneration.from_pretrained(folder / DEMO_CAPTIONER, local_files_only=True).eval()
+    with torch.no_grad():
+        ids = model.generate(**processor(images=[Image.open(p).convert("RGB") for p in paths[:3]],
+                                         return_tensors="pt"), max_new_tokens=60, do_sample=False, num_beams=1)
+    expected = ["".join(text.split()) for text in processor.batch_decode(ids, skip_special_tokens=True)]
+    assert written == expected and len(written) == 3 and all(written)
+    assert tidy("一 只 猫 ， 水墨 风格 。") == "一只猫，水墨风格"
+    assert tidy(" a cat  sitting\n on a mat. ") == "a cat sitting on a mat"
+
+    S = strings.load("zh")
+    for name, code in (("没有这个", "captioner_missing"), ("坏的", "captioner_load_failed"),
+                       ("不是模型", "captioner_load_failed"), ("../lora", "bad_model_name")):
+        with pytest.raises(DanqingError) as caught:
+            studio.caption_pictures(paths[:1], name)
+        assert caught.value.code == code, name
+        assert code == "bad_model_name" or "看图说话模型" in strings.error_text(S, code, caught.value.fields)
+    # The base is untouched: a picture after captioning is the same as before.
+    assert studio.store.is_loaded()

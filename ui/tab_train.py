@@ -16,7 +16,7 @@ from pipelines.errors import JobCancelled, ParamError
 from pipelines.requests import MAX_TRAIN_STEPS, TRAIN_PRESETS, TrainLora
 
 from . import inputs
-from .common import UIContext, caller_of, user_error, user_of
+from .common import GPU, UIContext, caller_of, user_error, user_of
 
 
 
@@ -39,11 +39,23 @@ def build_tab(ctx: UIContext) -> None:
                 table = gr.Dataframe(headers=[S.train_col_file, S.train_col_caption], datatype=["str", "str"],
                                      column_count=(2, "fixed"), interactive=True, wrap=True, label=S.train_table_label,
                                      elem_id="train-captions")
+                captioners = studio.captioners()
+                with gr.Row(visible=bool(captioners)) as caption_row:
+                    captioner = inputs.dropdown(S, choices=captioners, value=captioners[0] if captioners else None,
+                                                label=S.train_captioner, info=S.train_captioner_info,
+                                                elem_id="train-captioner", scale=3)
+                    with gr.Column(scale=2, min_width=160):
+                        overwrite = gr.Checkbox(False, label=S.train_caption_overwrite)
+                        caption = gr.Button(S.train_caption_run, elem_id="train-caption")
+                caption_hint = gr.Markdown(S.train_captioner_none, visible=not captioners)
         preset = inputs.radio(S, [(S.train_presets[k], k) for k in TRAIN_PRESETS], value="standard",
                               label=S.train_preset_label, info=S.train_preset_info)
         with gr.Accordion(S.train_advanced, open=False):
             with gr.Row():
                 steps = inputs.slider(S, 10, MAX_TRAIN_STEPS, value=standard["steps"], step=10, label=S.train_steps)
+                epochs = inputs.slider(S, 0, 200, value=0, step=1, label=S.train_epochs)
+                repeats = inputs.slider(S, 1, 100, value=1, step=1, label=S.train_repeats)
+            with gr.Row():
                 rank = inputs.slider(S, 1, 128, value=standard["rank"], step=1, label=S.train_rank)
                 alpha = inputs.slider(S, 1, 128, value=standard["alpha"], step=1, label=S.train_alpha)
             with gr.Row():
@@ -59,7 +71,9 @@ def build_tab(ctx: UIContext) -> None:
                 sample_every = inputs.slider(S, 0, 2000, value=0, step=50, label=S.train_sample_every)
                 min_snr_gamma = inputs.slider(S, 0, 20, value=0, step=1, label=S.train_min_snr)
             sample_prompt = gr.Textbox(label=S.train_sample_prompt)
-            gradient_checkpointing = gr.Checkbox(False, label=S.train_checkpointing)
+            with gr.Row():
+                buckets = gr.Checkbox(True, label=S.train_buckets)
+                gradient_checkpointing = gr.Checkbox(False, label=S.train_checkpointing)
         with gr.Row():
             start = gr.Button(S.train_start, variant="primary", elem_id="train-start")
             resume = gr.Button(S.train_resume, elem_id="train-resume")
@@ -70,7 +84,7 @@ def build_tab(ctx: UIContext) -> None:
                                 elem_id="train-curve")
             samples = gr.Gallery(label=S.train_samples, columns=3, height=240, object_fit="contain")
     # The 高级 knobs by TrainLora field name: one list for the events' inputs and the request.
-    knobs = {"steps": steps, "rank": rank, "alpha": alpha, "learning_rate": learning_rate,
+    knobs = {"steps": steps, "epochs": epochs, "repeats": repeats, "buckets": buckets, "rank": rank, "alpha": alpha, "learning_rate": learning_rate,
              "text_encoder_lr": text_encoder_lr, "train_text_encoder": train_text_encoder, "resolution": resolution,
              "batch_size": batch_size, "seed": seed, "save_every": save_every, "sample_every": sample_every,
              "sample_prompt": sample_prompt, "min_snr_gamma": min_snr_gamma,
@@ -89,19 +103,42 @@ def build_tab(ctx: UIContext) -> None:
             raise user_error(S, exc) from None
         rows = [[_name(p), c] for p, c in zip(found["images"], found["captions"])]
         gr.Info(S.train_read_done.format(count=len(rows)))
-        return rows
+        return rows, *_captioner_updates(S, studio.captioners())
+
+    def _chosen(name_value: str, rows, user: str) -> tuple[Path, list[tuple[str, str]]]:
+        """The run's folder and the table's (picture path, caption) rows that name its pictures."""
+        run_dir = studio.training_dir(name_value, user)
+        images_dir = run_dir / "images"
+        pictures = {_name(str(p)): str(p) for p in sorted(images_dir.glob("*")) if p.suffix.lower() != ".txt"}
+        table_rows = [r for r in (rows.values.tolist() if hasattr(rows, "values") else rows or []) if r and r[0]]
+        chosen = [(pictures[r[0]], str(r[1] or "")) for r in table_rows if r[0] in pictures]
+        if not chosen:
+            raise ParamError("train_no_images")
+        return run_dir, chosen
+
+    def write_captions(name_value: str, rows, captioner_name: str, replace: bool, request: gr.Request = None):
+        """Captions from the local captioner for the pictures without one (or all of them)."""
+        try:
+            _, chosen = _chosen(name_value, rows, user_of(request) or "")
+            todo = [i for i, (_, text) in enumerate(chosen) if replace or not text.strip()]
+            if not todo:
+                gr.Info(S.train_caption_nothing)
+                return [[_name(p), c] for p, c in chosen]
+            written = studio.caption_pictures([chosen[i][0] for i in todo], captioner_name or "",
+                                              client=caller_of(request))
+        except Exception as exc:
+            raise user_error(S, exc) from None
+        table = [[_name(p), c] for p, c in chosen]
+        for i, text in zip(todo, written):
+            table[i][1] = text
+        gr.Info(S.train_caption_done.format(count=len(written)))
+        return table
 
     def run(name_value, trigger_value, rows, preset_key, *knob_values, resume_run=False, request: gr.Request = None):
         user = user_of(request) or ""
         caller = caller_of(request)
         try:
-            run_dir = studio.training_dir(name_value, user)
-            images_dir = run_dir / "images"
-            pictures = {_name(str(p)): str(p) for p in sorted(images_dir.glob("*")) if p.suffix.lower() != ".txt"}
-            table_rows = [r for r in (rows.values.tolist() if hasattr(rows, "values") else rows or []) if r and r[0]]
-            chosen = [(pictures[r[0]], str(r[1] or "")) for r in table_rows if r[0] in pictures]
-            if not chosen:
-                raise user_error(S, ParamError("train_no_images"))
+            run_dir, chosen = _chosen(name_value, rows, user)
             values = dict(zip(knobs, knob_values))
             req = TrainLora.build(name_value, trigger_value, [p for p, _ in chosen], [c for _, c in chosen],
                                   **{k: v for k, v in values.items() if v not in (None, "")})
@@ -116,7 +153,7 @@ def build_tab(ctx: UIContext) -> None:
 
         def on_step(step: int, total: int, loss: float) -> None:
             losses.append((step, loss))
-            state["step"] = step
+            state["step"], state["total"] = step, total
 
         def work() -> None:
             try:
@@ -148,6 +185,9 @@ def build_tab(ctx: UIContext) -> None:
             gr.Info(S.train_done.format(name=req.name))
             text = S.train_finished.format(name=result.path.name, steps=result.steps_done,
                                            minutes=f"{result.seconds / 60:.1f}")
+            if len(result.buckets) > 1:
+                text += "\n\n" + S.train_buckets_used.format(
+                    groups=S.list_sep.join(S.train_bucket_group.format(w=w, h=h, n=n) for (w, h), n in result.buckets))
         # The preview sits in models/lora (not served as a file): handed over as a picture.
         preview = studio.lora_preview(result.path.name) if result.path else None
         yield text, _curve(S, losses), list(shown) + ([preview] if preview is not None else [])
@@ -160,7 +200,9 @@ def build_tab(ctx: UIContext) -> None:
 
     preset.change(apply_preset, preset, [steps, rank, alpha, learning_rate, resolution], queue=False,
                   api_visibility="private")
-    read.click(read_files, [name, files], table, api_name="train_read")
+    read.click(read_files, [name, files], [table, captioner, caption_row, caption_hint], api_name="train_read")
+    caption.click(write_captions, [name, table, captioner, overwrite], table, api_name="train_caption",
+                  concurrency_id=GPU, concurrency_limit=1)
     # Training is long: it runs outside the GPU concurrency group (its own job of the GPU
     # queue, giving way between steps), so a teammate's picture never waits behind it.
     start.click(run_new, [name, trigger, table, preset, *knob_inputs], [status, curve, samples], api_name="train",
@@ -171,6 +213,12 @@ def build_tab(ctx: UIContext) -> None:
         studio.stop(caller_of(request).client)
 
     stop.click(stop_run, None, None, queue=False, api_name="train_stop")
+
+
+def _captioner_updates(S, names: list[str]):
+    """The captioner list as it is on disk now (a folder added since the page loaded shows)."""
+    return (gr.update(choices=names, value=names[0] if names else None), gr.update(visible=bool(names)),
+            gr.update(visible=not names))
 
 
 def _path(item) -> str:

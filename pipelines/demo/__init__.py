@@ -10,7 +10,8 @@ through exactly the code a real model goes through:
 - ``checkpoints/danqing-demo-st``: the same architecture with other weights, as safetensors;
 - ``checkpoints/danqing-demo-inpainting``: a dedicated inpainting model (9-channel U-Net);
 - ``checkpoints/danqing-demo-single.safetensors``, ``vae/``, ``embeddings/``: an A1111 single
-  file, an external VAE and textual-inversion embeddings (``library.py``).
+  file, an external VAE and textual-inversion embeddings (``library.py``);
+- ``captioners/danqing-demo-blip-zh``: a BLIP captioner in Taiyi-BLIP's layout (``captioner.py``).
 
 Images from it are noise: the weights are random. The writers import the engine (to check
 what they wrote loads back); the engine never imports them.
@@ -25,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from ..store.folders import ModelFolders
+from .captioner import DEMO_CAPTIONER, save_demo_captioner
 from .controlnet import save_demo_controlnets
 from .esrgan import save_demo_upscalers
 from .library import save_demo_embeddings, save_demo_single_file, save_demo_vae
@@ -36,7 +38,7 @@ __all__ = ["DEMO_MODEL", "DEMO_MODEL_INPAINT", "DEMO_MODEL_SAFETENSORS", "TOKEN_
 log = logging.getLogger(__name__)
 
 # Bump when the bundle's content changes so old caches are rebuilt.
-BUNDLE_VERSION = "6"
+BUNDLE_VERSION = "7"
 
 
 def default_cache_dir() -> Path:
@@ -87,3 +89,4 @@ def build_bundle(root: Path) -> None:
     save_demo_controlnets(root)
     save_demo_upscalers(folders.folder("upscalers"))
     save_demo_loras(root)
+    save_demo_captioner(folders.folder("captioners") / DEMO_CAPTIONER)

@@ -24,6 +24,7 @@ MODEL_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "controlnet": ("controlnet", (".safetensors",)),
     "upscalers": ("upscalers", (".pth", ".safetensors")),
     "annotators": ("annotators", ()),
+    "captioners": ("captioners", ()),  # transformers image-to-text folders (training captions)
     "vae": ("vae", (".safetensors", ".pt", ".ckpt", ".bin")),  # single files; diffusers folders too
     "embeddings": ("embeddings", (".pt", ".safetensors", ".bin")),  # textual inversion
     "vae_approx": ("vae-approx", ()),  # tiny preview decoders (diffusers AutoencoderTiny folders)

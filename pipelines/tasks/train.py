@@ -2,13 +2,15 @@
 resident U-Net (and text encoder when asked): the base weights stay frozen and are never copied;
 training adds only the adapter, its optimizer state and the activations.
 
-1. Data: every picture resized (shorter side) and centre-cropped to the resolution, encoded
-   once by the VAE; captions (the trigger word first) encoded once when the text encoder is
+1. Data: every picture put in its aspect-ratio bucket (Kohya's: about resolution² pixels, sides
+   multiples of 64; or the square when buckets are off), scaled to cover it and centre-cropped,
+   encoded once by the VAE; captions (the trigger word first) encoded once when the text encoder is
    frozen. PAI's BertTokenizer and CLIP's tokenizer both work (the model's own).
 2. The adapter: ``peft`` LoRA on the attention and feed-forward projections (Kohya's default
    targets), initialised from the run's seed. Other LoRAs on the base are switched off while it
    trains and switched back afterwards.
-3. Steps: the image, noise and timestep of step *n* come from a generator seeded by (seed, n),
+3. Steps: epochs of batches, each from one bucket (pictures × repeats shuffled per epoch by
+   (seed, epoch)); the noise and timestep of step *n* come from a generator seeded by (seed, n),
    so a run stopped at step 15 and resumed gives the adapter of 30 uninterrupted steps. Noise
    follows the model's own scheduler (epsilon or v-prediction); min-SNR weighting optional;
    fp16/bf16 autocast with fp32 adapter weights on a GPU; gradient checkpointing optional.
@@ -59,27 +61,77 @@ class TrainResult:
     checkpoints: list[Path] = field(default_factory=list)
     samples: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    total_steps: int = 0  # the run's length (steps, or epochs × batches per epoch)
+    buckets: list[tuple[tuple[int, int], int]] = field(default_factory=list)  # ((w, h), pictures)
 
 
 def lora_path(lora_dir: Path, name: str, step: int | None = None) -> Path:
     return lora_dir / (f"{name}-step{step}.safetensors" if step else f"{name}.safetensors")
 
 
-def _pixels(paths: tuple[str, ...], resolution: int) -> torch.Tensor:
-    """(n, 3, r, r) in [-1, 1]: each picture's shorter side scaled to r, centre-cropped."""
+def bucket_sizes(resolution: int) -> list[tuple[int, int]]:
+    """Kohya's aspect-ratio buckets for ``resolution``: (width, height) pairs of at most
+    resolution² pixels, sides multiples of 64 (16 below 256) between half and twice it."""
+    step = 64 if resolution >= 256 else 16
+    area, low = resolution * resolution, max(step, resolution // 2 // step * step)
+    high = resolution * 2 // step * step
+    sizes = set()
+    for w in range(low, high + 1, step):
+        h = min(high, area // w // step * step)
+        if h >= low:
+            sizes.update({(w, h), (h, w)})
+    return sorted(sizes)
+
+
+def _bucket_of(size: tuple[int, int], sizes: list[tuple[int, int]]) -> tuple[int, int]:
+    """The bucket whose shape is nearest the picture's (then the larger one)."""
+    aspect = math.log(size[0] / size[1])
+    return min(sizes, key=lambda b: (abs(math.log(b[0] / b[1]) - aspect), -b[0] * b[1]))
+
+
+def _pixels(path: str, size: tuple[int, int]) -> torch.Tensor:
+    """(3, h, w) in [-1, 1]: the picture scaled to cover ``size`` (w, h), centre-cropped."""
     import numpy as np
     from PIL import Image
 
-    rows = []
-    for path in paths:
-        image = open_upload(path).convert("RGB")  # size, format and decompression checks
-        scale = resolution / min(image.size)
-        w, h = max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
-        image = image.resize((w, h), Image.Resampling.LANCZOS)
-        left, top = (w - resolution) // 2, (h - resolution) // 2
-        image = image.crop((left, top, left + resolution, top + resolution))
-        rows.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1))
-    return torch.stack(rows)
+    image = open_upload(path).convert("RGB")  # size, format and decompression checks
+    w, h = size
+    scale = max(w / image.width, h / image.height)
+    sw, sh = max(w, round(image.width * scale)), max(h, round(image.height * scale))
+    image = image.resize((sw, sh), Image.Resampling.LANCZOS)
+    left, top = (sw - w) // 2, (sh - h) // 2
+    image = image.crop((left, top, left + w, top + h))
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+
+
+def assign_buckets(paths: tuple[str, ...], resolution: int, buckets: bool) -> list[tuple[int, int]]:
+    """Each picture's training size (w, h): its aspect-ratio bucket, or the square."""
+    if not buckets:
+        return [(resolution, resolution)] * len(paths)
+    sizes = bucket_sizes(resolution)
+    return [_bucket_of(open_upload(p).size, sizes) for p in paths]
+
+
+def epoch_batches(shapes: list[tuple[int, int]], repeats: int, batch_size: int, seed: int,
+                  epoch: int) -> list[list[int]]:
+    """Epoch ``epoch``'s batches of picture indices: each bucket's pictures (× repeats) shuffled
+    and cut into batches (the last may be smaller), the batches shuffled. Seeded by (seed,
+    epoch), and always as many batches, so step n is the same batch in a resumed run."""
+    generator = torch.Generator().manual_seed(seed * 7_919 + epoch)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, shape in enumerate(shapes):
+        groups.setdefault(shape, []).append(index)
+    batches = []
+    for shape in sorted(groups):
+        items = groups[shape] * repeats
+        items = [items[i] for i in torch.randperm(len(items), generator=generator).tolist()]
+        batches += [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def bucket_summary(shapes: list[tuple[int, int]]) -> list[tuple[tuple[int, int], int]]:
+    """((w, h), pictures) per bucket, the fullest first."""
+    return Counter(shapes).most_common()
 
 
 def _encode_text(base, ids: torch.Tensor) -> torch.Tensor:
@@ -138,15 +190,21 @@ def _remove_adapters(base) -> None:
         delete_adapter_layers(base.text_encoder, ADAPTER)
 
 
-def metadata(store, req: TrainLora, steps: int) -> dict[str, str]:
+def metadata(store, req: TrainLora, steps: int, total: int, shapes: list[tuple[int, int]]) -> dict[str, str]:
     """Kohya's ``ss_*`` fields (A1111, Civitai and Danqing's LoRA list read them)."""
     tags: Counter = Counter()
     for caption in req.captions:
         tags.update(t.strip() for t in caption.split(",") if t.strip())
+    buckets = {str(i): {"resolution": list(size), "count": n * req.repeats}
+               for i, (size, n) in enumerate(sorted(Counter(shapes).items()))}
     return {
         "ss_network_module": "networks.lora", "ss_network_dim": str(req.rank), "ss_network_alpha": f"{req.alpha:g}",
-        "ss_output_name": req.name, "ss_steps": str(steps), "ss_max_train_steps": str(req.steps),
-        "ss_resolution": f"({req.resolution}, {req.resolution})", "ss_num_train_images": str(len(req.images)),
+        "ss_output_name": req.name, "ss_steps": str(steps), "ss_max_train_steps": str(total),
+        "ss_num_epochs": str(req.epochs) if req.epochs else "",
+        "ss_dataset_dirs": json.dumps({"danqing": {"n_repeats": req.repeats, "img_count": len(req.images)}}),
+        "ss_enable_bucket": str(req.buckets), "ss_bucket_no_upscale": "False",
+        "ss_bucket_info": json.dumps({"buckets": buckets, "mean_img_ar_error": 0.0}) if req.buckets else "null",
+        "ss_resolution": f"({req.resolution}, {req.resolution})", "ss_num_train_images": str(len(req.images) * req.repeats),
         "ss_batch_size_per_device": str(req.batch_size), "ss_learning_rate": f"{req.learning_rate:g}",
         "ss_unet_lr": f"{req.learning_rate:g}",
         "ss_text_encoder_lr": f"{req.text_encoder_lr:g}" if req.train_text_encoder else "0",
@@ -239,11 +297,19 @@ def train(store, req: TrainLora, run_dir: Path, lora_dir: Path, cancel=None, on_
     base = store.base()
     device, dtype = store.plan.device, store.plan.dtype
 
-    # 1. Data: latents and (frozen encoder) text embeddings, once.
-    pixels = _pixels(req.images, req.resolution)
+    # 1. Data: each picture in its bucket's shape, encoded once by the VAE; (frozen encoder)
+    #    text embeddings once.
+    shapes = assign_buckets(req.images, req.resolution, req.buckets)
+    latents = []
     with torch.no_grad():
-        latents = torch.cat([base.vae.encode(pixels[i:i + 1].to(device, base.vae.dtype)).latent_dist.mode()
-                             for i in range(len(pixels))]).float() * base.vae.config.scaling_factor
+        for path, shape in zip(req.images, shapes):
+            pixels = _pixels(path, shape)[None].to(device, base.vae.dtype)
+            latents.append(base.vae.encode(pixels).latent_dist.mode()[0].float().cpu()
+                           * base.vae.config.scaling_factor)
+    per_epoch = len(epoch_batches(shapes, req.repeats, req.batch_size, req.seed, 0))
+    total = req.total_steps(per_epoch)
+    log.info("LoRA %s: %d pictures in %s, %d steps (%d per epoch)", req.name, len(shapes),
+             ", ".join(f"{w}x{h}:{n}" for (w, h), n in bucket_summary(shapes)), total, per_epoch)
     window = token_window(base)
     ids = base.tokenizer(list(req.captions), padding="max_length", max_length=window, truncation=True,
                          return_tensors="pt").input_ids
@@ -286,9 +352,10 @@ def train(store, req: TrainLora, run_dir: Path, lora_dir: Path, cancel=None, on_
             torch.save(payload, tmp)
             os.replace(tmp, state_file)
 
-        result = TrainResult(None, start, losses, stopped=False)
-        # 3. Steps: everything random at step n comes from (seed, n).
-        for step in range(start, req.steps):
+        result = TrainResult(None, start, losses, stopped=False, total_steps=total, buckets=bucket_summary(shapes))
+        batches: dict[int, list[list[int]]] = {}
+        # 3. Steps: step n takes batch n of its epoch; its noise and timesteps come from (seed, n).
+        for step in range(start, total):
             if give_way is not None and step > start and give_way():
                 _park(base, store, previous)
                 give_way(True)  # a teammate's picture waits at most one training step
@@ -297,11 +364,14 @@ def train(store, req: TrainLora, run_dir: Path, lora_dir: Path, cancel=None, on_
                 checkpoint(step)
                 result.stopped = True
                 break
+            epoch, position = divmod(step, per_epoch)
+            if epoch not in batches:
+                batches = {epoch: epoch_batches(shapes, req.repeats, req.batch_size, req.seed, epoch)}
+            index = torch.tensor(batches[epoch][position])
             generator = torch.Generator().manual_seed(req.seed * 1_000_003 + step)
-            index = torch.randint(len(latents), (req.batch_size,), generator=generator)
-            x0 = latents[index].to(device)
+            x0 = torch.stack([latents[i] for i in index.tolist()]).to(device)
             noise = torch.randn(x0.shape, generator=generator).to(device)
-            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (req.batch_size,), generator=generator).to(device)
+            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(index),), generator=generator).to(device)
             noisy = noise_scheduler.add_noise(x0, noise, t)
             target = noise if prediction == "epsilon" else noise_scheduler.get_velocity(x0, noise, t)
             with autocast:
@@ -322,16 +392,16 @@ def train(store, req: TrainLora, run_dir: Path, lora_dir: Path, cancel=None, on_
             done = step + 1
             result.steps_done = done
             if on_step is not None:
-                on_step(done, req.steps, losses[-1])
-            if done % STATE_EVERY == 0 and done < req.steps:
+                on_step(done, total, losses[-1])
+            if done % STATE_EVERY == 0 and done < total:
                 checkpoint(done)  # a crash loses at most this many steps (继续训练 resumes here)
-            if req.save_every and done % req.save_every == 0 and done < req.steps:
+            if req.save_every and done % req.save_every == 0 and done < total:
                 checkpoint(done)
                 path = lora_path(lora_dir, req.name, done)
                 _write_lora(path, to_kohya(_adapter_states(base, req.train_text_encoder), req.alpha),
-                            metadata(store, req, done))
+                            metadata(store, req, done, total, shapes))
                 result.checkpoints.append(path)
-            if req.sample_every and done % req.sample_every == 0 and done < req.steps:
+            if req.sample_every and done % req.sample_every == 0 and done < total:
                 sample = _render(base, req.sample_prompt or req.trigger or req.captions[0], req.seed,
                                  req.resolution, run_dir / f"sample-{done:06d}.png")
                 result.samples.append(sample)
@@ -339,9 +409,9 @@ def train(store, req: TrainLora, run_dir: Path, lora_dir: Path, cancel=None, on_
                     on_sample(sample, done)
         # 4. The finished LoRA, in the Kohya layout, and its preview.
         if not result.stopped:
-            checkpoint(req.steps)
+            checkpoint(total)
             _write_lora(final, to_kohya(_adapter_states(base, req.train_text_encoder), req.alpha),
-                        metadata(store, req, req.steps))
+                        metadata(store, req, total, total, shapes))
             result.path = final
             if req.preview:
                 try:
@@ -350,7 +420,7 @@ def train(store, req: TrainLora, run_dir: Path, lora_dir: Path, cancel=None, on_
                 except Exception:  # a preview is a nicety: the LoRA is saved
                     log.exception("could not render the preview of %s", final.name)
         result.seconds = time.perf_counter() - started
-        log.info("LoRA %s: %d/%d steps in %.1fs, loss %.4f → %.4f%s", req.name, result.steps_done, req.steps,
+        log.info("LoRA %s: %d/%d steps in %.1fs, loss %.4f → %.4f%s", req.name, result.steps_done, total,
                  result.seconds, losses[0] if losses else float("nan"), losses[-1] if losses else float("nan"),
                  " (stopped)" if result.stopped else "")
         return result
