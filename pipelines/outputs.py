@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import logging
+import os
 import re
 import threading
 from pathlib import Path
@@ -21,11 +22,11 @@ from PIL import Image, PngImagePlugin
 
 from .errors import DanqingError
 from .formats.pnginfo import aigc_label, png_metadata
+from .history import TRASH_DIR, USERS_DIR, History
 
 _NUMBERED = re.compile(r"^(\d{5})-")
 _PLAIN_NAME = re.compile(r"^\w[\w.-]{0,63}$")
 _PLAIN_STEM = re.compile(r"[^\w.-]+")
-USERS_DIR = "users"
 
 
 def user_folder(user: str) -> str:
@@ -76,6 +77,7 @@ class OutputWriter:
         self.visible_label = visible_label  # text of the explicit AI label, None = off
         self._lock = threading.Lock()
         self._next: dict[Path, int] = {}
+        self.history = History(self.root)  # the SQLite index of everything saved here
 
     def user_root(self, user: str = "") -> Path:
         return self.root / USERS_DIR / user_folder(user) if user else self.root
@@ -111,7 +113,10 @@ class OutputWriter:
 
     def _number(self, folder: Path) -> int:
         if folder not in self._next:
-            used = [int(m.group(1)) for p in folder.glob("*.png") if (m := _NUMBERED.match(p.name))]
+            # Numbers in the day's trash count too: a restored image never meets a newer namesake.
+            trash = folder.parent / TRASH_DIR / folder.name
+            used = [int(m.group(1)) for p in (*folder.glob("*.png"), *trash.glob("*.png"))
+                    if (m := _NUMBERED.match(p.name))]
             self._next[folder] = max(used, default=0) + 1
         number = self._next[folder]
         self._next[folder] = number + 1
@@ -138,10 +143,18 @@ class OutputWriter:
             else:
                 info = PngImagePlugin.PngInfo()
                 info.add_itxt("parameters", parameters)
-            image.save(path, format="PNG", pnginfo=info)
+            # Written beside, then renamed: a kill -9 mid-write never leaves a truncated PNG
+            # under an image's name (the index rebuild would skip it, the gallery show it broken).
+            partial = path.with_name(f".{path.name}.part")
+            image.save(partial, format="PNG", pnginfo=info)
+            os.replace(partial, path)
             root = self.user_root(user)
             if root in self._used:
                 self._used[root] += path.stat().st_size
+        try:
+            self.history.add(path, parameters)
+        except Exception:  # the index catches up from the file at the next start
+            log.exception("indexing %s failed", path)
         if self.on_saved is not None:
             try:
                 self.on_saved(path, {"parameters": parameters, "seed": seed, "suffix": suffix})

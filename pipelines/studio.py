@@ -25,9 +25,10 @@ from .formats.cards import read_card
 from .formats import uploads
 from .formats.images import open_upload
 from .formats.weights import file_hash
-from .formats.pnginfo import format_parameters, parse_parameters, read_parameters
+from .formats.pnginfo import format_parameters, read_parameters
+from . import history as index
 from .jobs import Jobs, as_caller
-from .outputs import OutputWriter
+from .outputs import OutputWriter, user_folder
 from .requests import INPAINT_FILL_NAMES, LATENT_UPSCALER, Caller, Control, ControlUnit, Img2Img, Inpaint, Outpaint, TRAIN_NAME, TrainLora, Txt2Img, Upscale
 from .store import ModelStore
 from .tasks import annotators, captions, controlnet, edit, lora, train, txt2img, upscale
@@ -74,6 +75,10 @@ class Studio:
         self.extensions = list(extensions)
         # 模型下载: into the user's models folder (in demo mode too: the bundle is a cache).
         self.downloads = downloads or Downloads(store.folders, offline=not store.settings.allow_download)
+        # A team server's administrators (see everyone's history and queue) and whether every
+        # image is in the team gallery (--team-gallery); app.py sets them.
+        self.admins: frozenset[str] = frozenset()
+        self.team_gallery = False
 
     # -- jobs ---------------------------------------------------------------------------------
     def stop(self, client: str) -> bool:
@@ -465,11 +470,6 @@ class Studio:
         """The user's newest saved images ("" without --auth: everything in outputs/<date>/)."""
         return self.outputs.recent(limit, user)
 
-    def recent_captioned(self, limit: int = 60, user: str = "") -> list[tuple[Path, str]]:
-        """``recent_outputs`` with each image's prompt (its caption in the gallery)."""
-        return [(path, parse_parameters(self.saved_parameters(path) or "")["prompt"][:120])
-                for path in self.recent_outputs(limit, user)]
-
     def own_output(self, path, user: str = "") -> Path | None:
         """The saved PNG in outputs/ that ``path`` names, when ``user`` may read it; else None (a
         path a browser sends back is never trusted as it is). A gallery shows Gradio's copy of
@@ -499,5 +499,91 @@ class Studio:
             return None
 
     def may_read(self, path: str, user: str = "") -> bool:
-        """False for a file in another user's outputs folder."""
-        return self.outputs.may_read(path, user)
+        """Whether ``user`` may read a file: their own folder's, anything outside the users'
+        folders (the file route's own rules decide), an administrator everything, any logged-in
+        user a picture (or its thumbnail) shared with the team."""
+        if self.outputs.may_read(path, user):
+            return True
+        if not user:
+            return False
+        if user in self.admins:
+            return True
+        try:
+            picture = index.picture_of(self.outputs.root.resolve(), Path(path).resolve())
+        except (OSError, ValueError):
+            return False
+        entry = self.outputs.history.by_path(picture)
+        return entry is not None and not entry.trashed and (entry.shared or self.team_gallery)
+
+    # -- 历史 (history) -------------------------------------------------------------------------
+    def _scope(self, user: str, scope: str) -> tuple[list[str] | None, bool, bool]:
+        """(owners, shared only, trashed) of a history view; an unknown or forbidden scope is
+        refused."""
+        own = [user_folder(user)] if user else [""]
+        if scope == "mine":
+            return own, False, False
+        if scope == "trash":
+            return own, False, True
+        if scope == "team" and user:
+            return None, not self.team_gallery, False
+        if scope == "all" and user in self.admins:
+            return None, False, False
+        raise ParamError("history_bad_scope", value=str(scope)[:20])
+
+    def history(self, user: str = "", scope: str = "mine", text: str = "", **filters) -> index.Page:
+        """A page of the user's saved images (or the team's shared ones, or everyone's for an
+        administrator, or the user's trash), newest first, searched and filtered."""
+        owners, shared_only, trashed = self._scope(user, scope)
+        return self.outputs.history.search(owners, text, shared_only=shared_only, trashed=trashed, **filters)
+
+    def history_facets(self, user: str = "", scope: str = "mine") -> dict[str, list[str]]:
+        owners, shared_only, _ = self._scope(user, scope if scope != "trash" else "mine")
+        return self.outputs.history.facets(owners, shared_only)
+
+    def history_entry(self, entry_id, user: str = "", own: bool = False) -> index.Entry:
+        """An indexed image the user may see (``own``: may change); else ``history_not_found``."""
+        try:
+            entry = self.outputs.history.get(int(entry_id))
+        except (TypeError, ValueError):
+            entry = None
+        if entry is not None and not (self.outputs.root / entry.path).is_file():
+            self.outputs.history.forget(entry)  # deleted by hand: the index catches up
+            entry = None
+        mine = entry is not None and entry.owner == (user_folder(user) if user else "")
+        if entry is None or (own and not mine) or not (mine or self.may_read(str(self.outputs.root / entry.path), user)):
+            raise ParamError("history_not_found")
+        return entry
+
+    @staticmethod
+    def outputs_owner(user: str) -> str:
+        """The owner name the history gives a user's images (their folder's name)."""
+        return user_folder(user) if user else ""
+
+    def history_file(self, entry: index.Entry) -> Path:
+        return self.outputs.root / entry.path
+
+    def history_thumbnail(self, entry: index.Entry) -> Path:
+        try:
+            return index.thumbnail(self.outputs.root, entry)
+        except OSError:
+            return self.history_file(entry)
+
+    def history_delete(self, entry_id, user: str = "") -> Path:
+        """To the user's trash (own images only); 恢复 brings it back."""
+        entry = self.history_entry(entry_id, user, own=True)
+        if entry.trashed:
+            raise ParamError("history_already_deleted")
+        return self.outputs.history.move(entry, to_trash=True)
+
+    def history_restore(self, entry_id, user: str = "") -> Path:
+        entry = self.history_entry(entry_id, user, own=True)
+        if not entry.trashed:
+            raise ParamError("history_not_deleted")
+        return self.outputs.history.move(entry, to_trash=False)
+
+    def history_share(self, entry_id, user: str = "", shared: bool = True) -> None:
+        """Show one of the user's images in the team gallery (or take it back)."""
+        entry = self.history_entry(entry_id, user, own=True)
+        if entry.trashed:
+            raise ParamError("history_already_deleted")
+        self.outputs.history.set_shared(entry, bool(shared))

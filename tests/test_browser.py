@@ -149,8 +149,8 @@ def test_a_designers_walk_reads_chinese_and_the_grid_stops(page, tmp_path):
     summary = page.locator("#result-summary").inner_text()
     assert "256×256" in summary and "40 步" in summary and "用时" in summary
     assert english_words(page) == set()
-    # 3. 图库 opens filled, each image captioned with its prompt.
-    page.get_by_role("tab", name="图库").first.click()
+    # 3. 历史 opens filled, each image captioned with its prompt.
+    page.get_by_role("tab", name="历史").first.click()
     page.locator("#recent").get_by_text("竹林里的大熊猫").first.wait_for(timeout=30_000)
     assert english_words(page) == set()
     # 4. X/Y 对比图 from 创作's settings, stopped within a few seconds of 停止.

@@ -7,7 +7,7 @@ jobs from different users never interleave; stop is per browser session.
 Layout: a model row, then 创作 (one shared parameter panel on the left; on the right the
 modes 文生图 / 线稿控制 / 深度控制 / 图生图 / 局部重绘 / 扩图, each with its own button, above one
 result gallery whose pictures can be sent on to the editing modes),
-超分辨率, 图片信息, 图库, 系统信息, then the tabs extensions add.
+超分辨率, 图片信息, 历史, 系统信息, then the tabs extensions add.
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
             None, [model, vae], queue=False, api_visibility="private",
         )
         # A picture and its parameters to the mode that uses them next (ui/sending.py): from a
-        # result, from 图库, from 图片信息; 图库 → 图片信息 sends the file itself.
+        # result, from 历史, from 图片信息; 历史 → 图片信息 sends the file itself.
         gallery.select(selected_path, None, picked, queue=False, api_visibility="private")
         sending.wire(panel, edit, tabs, modes, [
             (result_to_img2img, picked, "img2img"), (result_to_inpaint, picked, "inpaint"),

@@ -1,4 +1,4 @@
-"""Sending a picture and its parameters to where it is used next: from a result, from 图库 or
+"""Sending a picture and its parameters to where it is used next: from a result, from 历史 or
 from 图片信息 to 文生图 / 图生图 / 局部重绘 / 扩图. The parameters pick the mode, as A1111's
 "send to" buttons do: an inpainted image goes back to 局部重绘, an img2img one to 图生图, a
 hires-fixed one to 文生图 with 高清修复 on."""

@@ -1,4 +1,4 @@
-"""The tool tabs: 超分辨率 (standalone ESRGAN), 图片信息 (PNG info), 图库, 系统信息."""
+"""The tool tabs: 超分辨率 (standalone ESRGAN), 图片信息 (PNG info), 历史 (ui/tab_history.py), 系统信息."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import gradio as gr
 from pipelines.errors import JobCancelled
 from pipelines.requests import Upscale
 
-from . import inputs
+from . import inputs, tab_history
 from .system_view import system_markdown
-from .common import GPU, UIContext, caller_of, choices, selected_path, user_error, user_of
+from .common import GPU, UIContext, caller_of, choices, user_error
 
 
 @dataclass
@@ -21,7 +21,7 @@ class Tools:
     send: gr.Button
     system: gr.JSON
     recent: gr.Gallery
-    chosen: gr.Textbox  # the path of the image picked in 图库 (hidden)
+    chosen: gr.Textbox  # the path of the image picked in 历史 (hidden)
     send_recent: gr.Button
     inspect_recent: gr.Button
     png: gr.Image
@@ -86,28 +86,8 @@ def build_tabs(ctx: UIContext) -> Tools:
 
     png.change(read_png, png, png_text, api_name="png_info")
 
-    # 3. Saved images: filled when the tab opens (and on 刷新), captioned with their prompts; the
-    #    selected one can be sent to 创作 (its parameters) or to 图片信息.
-    with gr.Tab(S.tab_gallery, id="gallery") as gallery_tab:
-        recent = gr.Gallery(label=S.gallery_recent, columns=4, height=640, format="png", object_fit="contain", preview=False,
-                            elem_id="recent")
-        # The picked image's path (checked again on use: the page may send anything back). A hidden
-        # box rather than gr.State: a State makes every page hold a heartbeat stream open.
-        chosen = gr.Textbox(visible=False)
-        with gr.Row():
-            send_recent = gr.Button(S.send_to_create, elem_id="recent-send")
-            recent_to_img2img = gr.Button(S.send_to_img2img, elem_id="recent-to-img2img")
-            recent_to_inpaint = gr.Button(S.send_to_inpaint, elem_id="recent-to-inpaint")
-            inspect_recent = gr.Button(S.send_to_pnginfo, elem_id="recent-inspect")
-            refresh_recent = gr.Button(S.refresh)
-
-    def my_outputs(request: gr.Request = None) -> list[tuple[str, str]]:
-        """The newest images of this user (with --auth each user sees only their own)."""
-        return [(str(path), caption) for path, caption in studio.recent_captioned(user=user_of(request))]
-
-    for trigger in (gallery_tab.select, refresh_recent.click):
-        trigger(my_outputs, None, recent, queue=False, api_visibility="private")
-    recent.select(selected_path, None, chosen, queue=False, api_visibility="private")
+    # 3. 历史: every saved image, searchable (ui/tab_history.py).
+    saved = tab_history.build_tab(ctx)
 
     # 4. System info.
     with gr.Tab(S.tab_system, id="system"):
@@ -117,9 +97,9 @@ def build_tabs(ctx: UIContext) -> Tools:
         refresh_system = gr.Button(S.system_refresh)
     system.change(lambda info: system_markdown(S, info), system, system_view, queue=False, api_visibility="private")
     refresh_system.click(studio.system_info, None, system, queue=False, api_name="system_info")
-    return Tools(png_text=png_text, send=send, system=system, recent=recent, chosen=chosen, send_recent=send_recent,
-                 inspect_recent=inspect_recent, png=png,
-                 recent_to_img2img=recent_to_img2img, recent_to_inpaint=recent_to_inpaint,
+    return Tools(png_text=png_text, send=send, system=system, recent=saved.gallery, chosen=saved.chosen,
+                 send_recent=saved.send, inspect_recent=saved.inspect, png=png,
+                 recent_to_img2img=saved.to_img2img, recent_to_inpaint=saved.to_inpaint,
                  png_to_img2img=png_to_img2img, png_to_inpaint=png_to_inpaint)
 
 
