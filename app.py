@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
                                  may_change_shared=accounts.is_admin if shared_locked else None)
     studio = build_studio(started.settings, extensions, strings.visible_label if args.visible_label else None,
                           quota_mb=args.max_user_outputs_mb, started=started)
+    studio.admins, studio.team_gallery = accounts.admins, args.team_gallery
 
     # 3. The UI. Results are served from outputs/ as they are (they never change once saved)
     # instead of being copied into Gradio's temporary folder.

@@ -42,8 +42,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="at most one live preview per this many seconds of a job")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser window")
     p.add_argument("--offline", action="store_true", help="never download models")
-    p.add_argument("--admins", default=None, metavar="USER[,USER]",
-                   help="users of --auth who may change what everyone shares (prompt styles, the base model); default: the first --auth user")
+    p.add_argument("--admins", "--admin", dest="admins", default=None, metavar="USER[,USER]",
+                   help="users of --auth who may change what everyone shares (prompt styles, the base model) and see everyone's history and queue; default: the first --auth user")
+    p.add_argument("--team-gallery", action="store_true",
+                   help="every saved image is in the team gallery (else each user shares images one by one)")
     p.add_argument("--allowed-hosts", default=os.environ.get("DANQING_ALLOWED_HOSTS"), metavar="NAME[,NAME]",
                    help="host names the server answers to besides localhost and IP addresses (DNS-rebinding guard); on a LAN bind without it, any name is accepted")
     p.add_argument("--forwarded-allow-ips", default=os.environ.get("FORWARDED_ALLOW_IPS", ""), metavar="IP[,NET]",

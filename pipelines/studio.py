@@ -502,6 +502,17 @@ class Studio:
         """Whether ``user`` may read a file: their own folder's, anything outside the users'
         folders (the file route's own rules decide), an administrator everything, any logged-in
         user a picture (or its thumbnail) shared with the team."""
+        root = self.outputs.root.resolve()
+        try:
+            resolved = Path(path).resolve()
+            inner = resolved.relative_to(root).parts
+        except (OSError, TypeError, ValueError):
+            return True  # not in outputs/: the file route's own rules decide
+        # In outputs/ only pictures and thumbnails are files to serve: never the index, the
+        # sharing lists, a half-written file or a training checkpoint.
+        if resolved.suffix.lower() not in (".png", ".webp") or any(
+                p.startswith(".") and p not in (index.THUMBS_DIR, index.TRASH_DIR) for p in inner):
+            return False
         if self.outputs.may_read(path, user):
             return True
         if not user:

@@ -473,10 +473,19 @@ def test_one_users_images_are_not_served_to_another(team_app):
     assert "users" in path.parts and "bot" in path.parts
     route = "/gradio_api/file=" + urllib.parse.quote(str(path))
     assert request(team_app, "GET", route, headers={"Cookie": login(team_app, "bot", "127.0.0.71")})[0] == 200
-    for user in ("设计部", "访客"):  # the administrator does not browse people's images either
-        status, text, _ = request(team_app, "GET", route, headers={"Cookie": login(team_app, user, "127.0.0.71")})
-        assert status == 404 and CHINESE.search(answer(text)["detail"]), user
+    status, text, _ = request(team_app, "GET", route, headers={"Cookie": login(team_app, "访客", "127.0.0.71")})
+    assert status == 404 and CHINESE.search(answer(text)["detail"])
+    # The administrator sees everyone's history (issue 18).
+    assert request(team_app, "GET", route, headers={"Cookie": login(team_app, "设计部", "127.0.0.71")})[0] == 200
     assert request(team_app, "GET", route)[0] in (401, 404)
+    # The index (everyone's prompts) and the sharing lists are never files to serve, even to
+    # the administrator; nor is an owner's own .shared list.
+    index = team_app.outputs / "history.sqlite3"
+    assert index.is_file()
+    for path, user in ((index, "设计部"), (index, "bot"), (path.parent.parent / ".shared", "bot")):
+        route = "/gradio_api/file=" + urllib.parse.quote(str(path))
+        status, _, _ = request(team_app, "GET", route, headers={"Cookie": login(team_app, user, "127.0.0.71")})
+        assert status == 404, (path.name, user)
 
 
 def test_progress_of_another_users_job_shows_no_details(team_app):
