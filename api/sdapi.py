@@ -31,7 +31,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.routing import APIRoute
 from PIL import Image
 from pydantic import ValidationError
@@ -230,7 +230,8 @@ def _validation_error(S, errors: list[dict]) -> JSONResponse:
 
 def _route_class(S):
     class SdapiRoute(APIRoute):
-        """Every route: errors become 422 JSON with our sentences (bodies were counted and
+        """Every route: errors become JSON with our sentences (422; 403 for administrators only, 404
+        for an image that is not there or not the caller's, 503 offline) (bodies were counted and
         checked at the edge: api/security.py)."""
 
         def get_route_handler(self):
@@ -242,7 +243,7 @@ def _route_class(S):
                 except RequestValidationError as exc:
                     return _validation_error(S, list(exc.errors()))
                 except DanqingError as exc:
-                    status = 403 if exc.code == "admin_only" else 503 if exc.code == "download_offline" else 422
+                    status = {"admin_only": 403, "download_offline": 503, "history_not_found": 404}.get(exc.code, 422)
                     return _error(S, status, exc.code, exc.fields, kind=type(exc).__name__)
                 except HTTPException:
                     raise
@@ -253,6 +254,18 @@ def _route_class(S):
             return guarded
 
     return SdapiRoute
+
+
+def _history_row(entry, mine: str) -> dict:
+    """An indexed image for the API: its parameters and file name, never a server path."""
+    row = {"id": entry.id, "file": Path(entry.path).name, "day": entry.day, "task": entry.task,
+           "prompt": entry.prompt, "negative_prompt": entry.negative, "seed": entry.seed, "model": entry.model,
+           "loras": entry.loras, "sampler": entry.sampler, "steps": entry.steps, "cfg_scale": entry.cfg,
+           "width": entry.width, "height": entry.height, "shared": entry.shared, "trashed": entry.trashed,
+           "mine": entry.owner == mine}
+    if entry.owner != mine:
+        row["owner"] = entry.owner
+    return row
 
 
 def _login(accounts: Accounts, S):
@@ -777,6 +790,42 @@ def build_router(studio, accounts: Accounts | None = None, lang: str | None = No
     @router.post(d1 + "/{job_id}/cancel", tags=["danqing"], summary="Cancel a download (its part file is removed)")
     def cancel_download(job_id: str, user: str = Depends(login)) -> dict:
         return studio.cancel_download(job_id, user, admin=accounts.is_admin(user))
+
+    # Danqing's own: 历史 (pipelines/history.py). Each user's own images; the team's shared ones
+    # with scope=team; everyone's with scope=all for an administrator; scope=trash.
+    h1 = "/danqing/v1/history"
+
+    @router.get(h1, tags=["danqing"], summary="Saved images, newest first: q (any part of a prompt, a model or LoRA "
+                "name, a seed), filters, pages")
+    def history(q: str = "", scope: str = "mine", model: str = "", sampler: str = "", task: str = "",
+                day_from: str = "", day_to: str = "", offset: int = 0, limit: int = 48,
+                user: str = Depends(login)) -> dict:
+        page = studio.history(user, scope, q, model=model, sampler=sampler, task=task, day_from=day_from,
+                              day_to=day_to, offset=offset, limit=limit)
+        mine = studio.outputs_owner(user)
+        return {"total": page.total, "offset": page.offset, "limit": page.limit,
+                "images": [_history_row(e, mine) for e in page.entries]}
+
+    @router.get(h1 + "/{entry_id}/image", tags=["danqing"], summary="One saved image (PNG with its parameters)",
+                response_class=FileResponse)
+    def history_image(entry_id: int, user: str = Depends(login)):
+        entry = studio.history_entry(entry_id, user)
+        return FileResponse(studio.history_file(entry), media_type="image/png")
+
+    @router.post(h1 + "/{entry_id}/delete", tags=["danqing"], summary="Move one of your images to your trash")
+    def history_delete(entry_id: int, user: str = Depends(login)) -> dict:
+        studio.history_delete(entry_id, user)
+        return {"id": entry_id, "trashed": True}
+
+    @router.post(h1 + "/{entry_id}/restore", tags=["danqing"], summary="Bring one of your images back from the trash")
+    def history_restore(entry_id: int, user: str = Depends(login)) -> dict:
+        studio.history_restore(entry_id, user)
+        return {"id": entry_id, "trashed": False}
+
+    @router.post(h1 + "/{entry_id}/share", tags=["danqing"], summary="Show one of your images to the team (or not)")
+    def history_share(entry_id: int, shared: bool = True, user: str = Depends(login)) -> dict:
+        studio.history_share(entry_id, user, shared)
+        return {"id": entry_id, "shared": shared}
 
     @router.get("/controlnet/version", tags=["controlnet"], summary="sd-webui-controlnet API version")
     def controlnet_version() -> dict:

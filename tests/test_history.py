@@ -4,6 +4,7 @@ from the PNGs when it is deleted, corrupt or stale."""
 
 import os
 import sqlite3
+import time
 
 import pytest
 from PIL import Image
@@ -162,3 +163,117 @@ def test_a_save_is_indexed_at_once_and_written_whole(tmp_path):
     page = out.history.search([""], "熊猫")
     assert page.total == 1 and page.entries[0].path == path.relative_to(tmp_path).as_posix()
     assert page.entries[0].seed == 7 and page.entries[0].width == 64 and page.entries[0].task == "txt2img"
+
+
+# Through a launched team server ---------------------------------------------------------------
+TEAM = {"组长": "lead-pass", "小王": "wang-pass", "小李": "li-pass"}
+
+
+def call(app, method, path, user=None, payload=None, timeout=120):
+    import base64
+    import http.client
+    import json
+
+    headers = {"Content-Type": "application/json"}
+    if user:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{TEAM[user]}".encode()).decode()
+    conn = http.client.HTTPConnection("127.0.0.1", app.port, timeout=timeout)
+    try:
+        conn.request(method, path, body=json.dumps(payload) if payload is not None else None, headers=headers)
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    try:
+        return response.status, json.loads(body)
+    except ValueError:
+        return response.status, body
+
+
+def quoted(text):
+    import urllib.parse
+
+    return urllib.parse.quote(text)
+
+
+def test_two_users_through_the_server_and_a_kill_minus_nine(demo_models, demo_cache, tmp_path):
+    """Two designers on one server: each lists, searches and fetches only their own images; the
+    wrong user is answered 404 on every route; sharing lets a teammate see one; the administrator
+    sees all. Then the server is killed (-9) in the middle of a job and its index deleted: after a
+    restart every saved image is back in the history and no half-written file carries an image's
+    name."""
+    import signal
+    import threading
+
+    from conftest import LaunchedApp
+    from pipelines.demo import DEMO_MODEL
+
+    outputs = tmp_path / "outputs"
+    args = ["--models-dir", str(demo_models), "--model", DEMO_MODEL, "--offline", "--api",
+            "--auth", ",".join(f"{u}:{p}" for u, p in TEAM.items())]
+    app = LaunchedApp(args, demo_cache, outputs)
+    try:
+        small = {"width": 64, "height": 64, "steps": 1}
+        for user, prompt in (("小王", "竹林里的大熊猫，水墨画"), ("小王", "窗台上的橘猫"), ("小李", "熊猫宝宝")):
+            status, body = call(app, "POST", "/sdapi/v1/txt2img", user, {**small, "prompt": prompt})
+            assert status == 200, body
+        status, mine = call(app, "GET", "/danqing/v1/history?q=" + quoted("熊猫"), "小王")
+        assert status == 200 and [r["prompt"] for r in mine["images"]] == ["竹林里的大熊猫，水墨画"]
+        assert all("/" not in r["file"] for r in mine["images"])  # no server paths
+        panda = mine["images"][0]["id"]
+        status, theirs = call(app, "GET", "/danqing/v1/history", "小李")
+        assert [r["prompt"] for r in theirs["images"]] == ["熊猫宝宝"]
+        # The wrong user, every route: the same 404 as for no image, in Chinese.
+        for method, route in (("GET", f"/danqing/v1/history/{panda}/image"), ("POST", f"/danqing/v1/history/{panda}/delete"),
+                              ("POST", f"/danqing/v1/history/{panda}/restore"), ("POST", f"/danqing/v1/history/{panda}/share")):
+            status, body = call(app, method, route, "小李")
+            assert status == 404 and "找不到这张图片" in str(body), (route, body)
+        status, body = call(app, "GET", "/danqing/v1/history?scope=all", "小李")
+        assert status == 422 and "管理员" in str(body)
+        assert call(app, "GET", f"/danqing/v1/history/{panda}/image", "小王")[0] == 200
+        # Shared: the teammate sees it in the team view and may fetch it.
+        assert call(app, "POST", f"/danqing/v1/history/{panda}/share", "小王")[0] == 200
+        status, team = call(app, "GET", "/danqing/v1/history?scope=team", "小李")
+        assert [r["prompt"] for r in team["images"]] == ["竹林里的大熊猫，水墨画"] and team["images"][0]["owner"] == "小王"
+        assert call(app, "GET", f"/danqing/v1/history/{panda}/image", "小李")[0] == 200
+        assert call(app, "GET", "/danqing/v1/history?scope=all", "组长")[1]["total"] == 3
+        # Delete and restore, own images only.
+        assert call(app, "POST", f"/danqing/v1/history/{panda}/delete", "小王")[0] == 200
+        assert call(app, "GET", "/danqing/v1/history?q=" + quoted("竹林"), "小王")[1]["total"] == 0
+        assert call(app, "GET", "/danqing/v1/history?scope=trash", "小王")[1]["total"] == 1
+        assert call(app, "POST", f"/danqing/v1/history/{panda}/restore", "小王")[0] == 200
+        assert call(app, "GET", "/danqing/v1/history?q=" + quoted("竹林"), "小王")[1]["total"] == 1
+        assert call(app, "POST", f"/danqing/v1/history/{panda}/share", "小王")[0] == 200  # shared again
+
+        # kill -9 while a long job runs (a batch of images: some saved, one in the making).
+        def long_job():
+            call(app, "POST", "/sdapi/v1/txt2img", "小李",
+                 {"prompt": "长任务", "width": 128, "height": 128, "steps": 40, "n_iter": 20}, timeout=300)
+
+        threading.Thread(target=long_job, daemon=True).start()
+        deadline = time.time() + 120
+        while time.time() < deadline and len(list(outputs.rglob("*长*"))) == 0:
+            saved = [p for p in outputs.rglob("*.png") if "users" in p.parts]
+            if len(saved) >= 5:
+                break
+            time.sleep(0.2)
+        os.kill(app.proc.pid, signal.SIGKILL)
+        app.proc.wait(timeout=30)
+    finally:
+        app.stop()
+    on_disk = sorted(p for p in outputs.rglob("*.png") if ".thumbs" not in p.parts and ".trash" not in p.parts)
+    assert len(on_disk) >= 5
+    for suffix in ("", "-wal", "-shm"):
+        (outputs / f"history.sqlite3{suffix}").unlink(missing_ok=True)
+    app = LaunchedApp(args, demo_cache, outputs)
+    try:
+        everything = call(app, "GET", "/danqing/v1/history?scope=all&limit=200", "组长")[1]
+        assert everything["total"] == len(on_disk)
+        assert sum(r["prompt"] == "长任务" for r in everything["images"]) == len(on_disk) - 3
+        for row in everything["images"]:
+            assert call(app, "GET", f"/danqing/v1/history/{row['id']}/image", "组长")[0] == 200
+        # The shared flag came back from the owner's list, with the index rebuilt from the files.
+        team = call(app, "GET", "/danqing/v1/history?scope=team", "小李")[1]["images"]
+        assert [r["prompt"] for r in team] == ["竹林里的大熊猫，水墨画"]
+    finally:
+        app.stop()
