@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> None:
         server_name=host, server_port=port, auth=auth, share=args.share,
         inbrowser=not (args.no_browser or on_space), show_error=False, max_file_size="25mb",
         enable_monitoring=False, allowed_paths=[],
+        # Each accepted GPU job waits for its turn in a worker thread (pipelines/jobs.py Turns),
+        # so there are threads for a full queue besides the page's quick events.
+        max_threads=max(40, args.queue_size + 16),
         # Every REST call is a session of its own, and Gradio keeps each session's state (about
         # 0.3 MiB per generation job): bound them, or an API-driven server grows without end.
         state_session_capacity=args.session_capacity, footer_links=["api"], app_kwargs=app_kwargs,

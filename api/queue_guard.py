@@ -17,8 +17,9 @@ queue is full, Gradio's page shows a fixed English sentence whatever the server 
    replaces any 503's text with its own English sentence, but shows the ``detail`` of a 429.
 3. Jobs outside Gradio's queue: the A1111 routes (``/sdapi/v1/txt2img``, ...) and direct
    ``/gradio_api/run/...`` calls. They are counted here while they wait or run, so the same cap
-   and the same queue size hold for them (they then take turns at the GPU with every other job:
-   pipelines/jobs.py ``Turns``). When such a caller disconnects, whatever its route registered
+   and the same queue size hold for them. Every job then takes turns at the GPU in the studio's
+   line (pipelines/jobs.py ``Turns``: round-robin between users): the GPU queue has no Gradio
+   limit, so "waiting in all" is counted here — every accepted GPU job but the running one. When such a caller disconnects, whatever its route registered
    with ``on_disconnect`` runs (the A1111 routes stop their batch; the UI events their job).
 
 The count reads Gradio's queue (``Blocks._queue``: the waiting events of every concurrency
@@ -118,6 +119,19 @@ def waiting_jobs(blocks) -> int:
     return sum(len(group.queue) for group in list(queue.event_queue_per_concurrency_id.values()))
 
 
+def gpu_jobs_in_flight(blocks) -> int:
+    """Jobs of the GPU queue that Gradio has accepted: waiting in its queue, or started (with no
+    Gradio limit on that queue, a started job is running or waiting in the studio's line)."""
+    queue = blocks._queue
+    group = queue.event_queue_per_concurrency_id.get(GPU_CONCURRENCY_ID)
+    count = len(group.queue) if group is not None else 0
+    for job in list(queue.active_jobs):
+        for event in job or ():
+            if getattr(getattr(event, "fn", None), "concurrency_id", None) == GPU_CONCURRENCY_ID:
+                count += 1
+    return count
+
+
 def queued_jobs(blocks, address: str) -> int:
     """Jobs from ``address`` that Gradio's queue holds: waiting (any group) or running."""
     queue = blocks._queue
@@ -160,7 +174,7 @@ class QueueGuardMiddleware:
         # 2. Queue full: Gradio answers 503 (its own count); jobs outside its queue count too.
         #    Re-word it (and keep the page able to show it).
         browser = Headers(scope=scope).get("origin") is not None
-        if self.queue_size and self.direct and sum(self.direct.values()) + waiting_jobs(self.blocks) >= self.queue_size:
+        if self.queue_size and self._waiting() >= self.queue_size:
             await self._answer(send, 429 if browser else 503, "queue_full", {"limit": self.queue_size})
             return
         held: dict = {}
@@ -184,11 +198,9 @@ class QueueGuardMiddleware:
         address = client_address(scope)
         if await self._over_cap(send, address):
             return
-        if self.queue_size:
-            waiting = sum(self.direct.values()) + waiting_jobs(self.blocks)
-            if waiting > self.queue_size:  # the running job is not waiting
-                await self._answer(send, 503, "queue_full", {"limit": self.queue_size})
-                return
+        if self.queue_size and self._waiting() >= self.queue_size:
+            await self._answer(send, 503, "queue_full", {"limit": self.queue_size})
+            return
         watch = _Watch(receive)
         state = scope.setdefault("state", {})
         state[DISCONNECT_KEY] = watch.register
@@ -203,6 +215,17 @@ class QueueGuardMiddleware:
             self.direct[address] -= 1
             if self.direct[address] <= 0:
                 del self.direct[address]
+
+    def _waiting(self) -> int:
+        """Jobs waiting in all, whatever route they came by: every accepted one (Gradio's GPU
+        queue, direct calls) but the one running."""
+        in_flight = gpu_jobs_in_flight(self.blocks) + sum(self.direct.values()) + (
+            waiting_jobs(self.blocks) - self._gpu_waiting())
+        return max(0, in_flight - 1)
+
+    def _gpu_waiting(self) -> int:
+        group = self.blocks._queue.event_queue_per_concurrency_id.get(GPU_CONCURRENCY_ID)
+        return len(group.queue) if group is not None else 0
 
     async def _is_gpu_job(self, scope, receive):
         """(receive, whether this direct call runs a GPU job). The A1111 job routes always do; a

@@ -243,7 +243,8 @@ def _route_class(S):
                 except RequestValidationError as exc:
                     return _validation_error(S, list(exc.errors()))
                 except DanqingError as exc:
-                    status = {"admin_only": 403, "download_offline": 503, "history_not_found": 404}.get(exc.code, 422)
+                    status = {"admin_only": 403, "download_offline": 503, "history_not_found": 404,
+                              "job_not_found": 404}.get(exc.code, 422)
                     return _error(S, status, exc.code, exc.fields, kind=type(exc).__name__)
                 except HTTPException:
                     raise
@@ -790,6 +791,17 @@ def build_router(studio, accounts: Accounts | None = None, lang: str | None = No
     @router.post(d1 + "/{job_id}/cancel", tags=["danqing"], summary="Cancel a download (its part file is removed)")
     def cancel_download(job_id: str, user: str = Depends(login)) -> dict:
         return studio.cancel_download(job_id, user, admin=accounts.is_admin(user))
+
+    # Danqing's own: the GPU line (pipelines/jobs.py), each job's place and estimated wait.
+    @router.get("/danqing/v1/queue", tags=["danqing"], summary="The GPU line: running and waiting jobs in the order they "
+                "will go, place and estimated wait (your own in full; everyone's for an administrator)")
+    def queue_view(request: Request, user: str = Depends(login)) -> list[dict]:
+        return studio.queue_view(user, (request.scope.get("client") or ("unknown", 0))[0])
+
+    @router.post("/danqing/v1/queue/{job_id}/cancel", tags=["danqing"], summary="Cancel a job of yours (any, for an "
+                 "administrator): a waiting one leaves the line at once")
+    def cancel_job(job_id: str, request: Request, user: str = Depends(login)) -> dict:
+        return studio.cancel_job(job_id, user, (request.scope.get("client") or ("unknown", 0))[0])
 
     # Danqing's own: 历史 (pipelines/history.py). Each user's own images; the team's shared ones
     # with scope=team; everyone's with scope=all for an administrator; scope=trash.

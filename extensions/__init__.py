@@ -46,6 +46,11 @@ log = logging.getLogger(__name__)
 
 BUILTIN_DIR = Path(__file__).resolve().parent
 GPU_CONCURRENCY_ID = "gpu"  # the one queue for every model job (ui.common.GPU is this name)
+# No Gradio limit on that queue: every accepted job enters the studio's own line at once
+# (pipelines/jobs.py Turns: round-robin between users, each job told its place), and the caps
+# (per client, in all) are api/queue_guard.py's. Gradio's own queue would serve them in order of
+# arrival, so one user's ten jobs would go before a teammate's one.
+GPU_CONCURRENCY_LIMIT = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,7 @@ class ExtensionAPI:
     """What ``setup(api)`` receives: the whole interface an extension may use."""
 
     concurrency_id = GPU_CONCURRENCY_ID
+    concurrency_limit = GPU_CONCURRENCY_LIMIT
 
     def __init__(self, extension: LoadedExtension, lang: str | None,
                  may_change_shared: Callable[[str], bool] | None = None, shared_ui: dict | None = None) -> None:

@@ -17,6 +17,7 @@ import traceback
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .errors import DanqingError, JobCancelled
 from .requests import Caller
@@ -29,14 +30,34 @@ def as_caller(client: "Caller | str") -> Caller:
     return client if isinstance(client, Caller) else Caller(client=client, address=client)
 
 
-class Turns:
-    """Who gets the GPU next: the oldest waiting job of the address served longest ago (an
-    address never served goes first; ties go to the earliest arrival). So one client with eight
-    jobs waiting takes turns with another client's first one instead of going before it.
-    Re-entrant per thread (a batch holds the GPU, its jobs run inside). A waiting job whose stop
-    switch is set leaves the line at once (JobCancelled)."""
+def turn_key(caller: Caller) -> str:
+    """Whose turn a job counts for: the user when logged in (one person, whatever tab or
+    address), else the address."""
+    return f"user:{caller.user}" if caller.user else f"address:{caller.address}"
 
-    MEMORY = 4096  # addresses whose last turn is remembered (the oldest are forgotten)
+
+@dataclass
+class Ticket:
+    """A job waiting for the GPU: whose (``key``: the user when logged in, else the address),
+    which client (its stop switch), what kind, since when."""
+
+    arrival: int
+    key: str
+    client: str = ""
+    user: str = ""
+    kind: str = ""
+    since: float = field(default_factory=time.time)
+
+
+class Turns:
+    """Who gets the GPU next: the oldest waiting job of the key (user, or address without a
+    login) served longest ago (a key never served goes first; ties go to the earliest arrival).
+    So one user with eight jobs waiting takes turns with another's first one instead of going
+    before it. Re-entrant per thread (a batch holds the GPU, its jobs run inside). A waiting job
+    whose stop switch is set leaves the line at once (JobCancelled). ``line()`` is the order the
+    waiting jobs will go in, for showing each its place."""
+
+    MEMORY = 4096  # keys whose last turn is remembered (the oldest are forgotten)
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -44,41 +65,74 @@ class Turns:
         self._depth = 0
         self._arrivals = 0
         self._grants = 0
-        self._waiting: dict[str, list[tuple[int, object]]] = {}  # address -> (arrival, ticket), oldest first
-        self._served: dict[str, int] = {}  # address -> number of its last turn
+        self._waiting: dict[str, list[Ticket]] = {}  # key -> its tickets, oldest first
+        self._served: dict[str, int] = {}  # key -> number of its last turn
+        self.running: Ticket | None = None  # the job holding the GPU (outermost)
 
-    def acquire(self, address: str, cancel: threading.Event | None = None) -> None:
+    def acquire(self, key: str, cancel: threading.Event | None = None, ticket: Ticket | None = None,
+                on_wait: Callable[[int], None] | None = None) -> None:
+        """Wait for the GPU. ``on_wait(place)`` is told the job's place in the line (0: next)
+        when it changes, and again every second (the estimate moves with the running job)."""
         me = threading.get_ident()
         with self._cond:
             if self._holder == me:
                 self._depth += 1
                 return
             self._arrivals += 1
-            entry = (self._arrivals, object())
-            self._waiting.setdefault(address, []).append(entry)
+            ticket = ticket or Ticket(0, key)
+            ticket.arrival, ticket.key = self._arrivals, key
+            self._waiting.setdefault(key, []).append(ticket)
+            place, told = None, 0.0
             try:
-                while not (self._holder is None and self._next() is entry):
+                while not (self._holder is None and self._next() is ticket):
                     if cancel is not None and cancel.is_set():
                         raise JobCancelled()
+                    if on_wait is not None:
+                        now = self._line().index(ticket)
+                        if now != place or time.monotonic() - told >= 1.0:
+                            place, told = now, time.monotonic()
+                            on_wait(now)
                     self._cond.wait(0.2)
             finally:
-                self._leave(address, entry)
+                self._leave(key, ticket)
             self._holder, self._depth = me, 1
+            self.running = ticket
             self._grants += 1
-            self._served[address] = self._grants
+            self._served[key] = self._grants
             if len(self._served) > self.MEMORY:
                 for old in sorted(self._served, key=self._served.get)[: len(self._served) - self.MEMORY]:
                     del self._served[old]
 
-    def _next(self):
-        address = min(self._waiting, key=lambda a: (self._served.get(a, -1), self._waiting[a][0][0]))
-        return self._waiting[address][0]
+    def _pick(self, waiting: dict[str, list[Ticket]], served: dict[str, int]) -> Ticket:
+        key = min(waiting, key=lambda k: (served.get(k, -1), waiting[k][0].arrival))
+        return waiting[key][0]
 
-    def _leave(self, address: str, entry) -> None:
-        entries = self._waiting[address]
-        entries.remove(entry)
-        if not entries:
-            del self._waiting[address]
+    def _next(self) -> Ticket:
+        return self._pick(self._waiting, self._served)
+
+    def _line(self) -> list[Ticket]:
+        """The waiting tickets in the order they will be served (if no one else arrives)."""
+        waiting = {k: list(v) for k, v in self._waiting.items()}
+        served, grants, order = dict(self._served), self._grants, []
+        while waiting:
+            ticket = self._pick(waiting, served)
+            order.append(ticket)
+            grants += 1
+            served[ticket.key] = grants
+            waiting[ticket.key].pop(0)
+            if not waiting[ticket.key]:
+                del waiting[ticket.key]
+        return order
+
+    def line(self) -> list[Ticket]:
+        with self._cond:
+            return self._line()
+
+    def _leave(self, key: str, ticket: Ticket) -> None:
+        tickets = self._waiting[key]
+        tickets.remove(ticket)
+        if not tickets:
+            del self._waiting[key]
         self._cond.notify_all()
 
     def release(self) -> None:
@@ -86,6 +140,7 @@ class Turns:
             self._depth -= 1
             if self._depth == 0:
                 self._holder = None
+                self.running = None
                 self._cond.notify_all()
 
     def others_waiting(self) -> bool:
@@ -93,9 +148,9 @@ class Turns:
             return bool(self._waiting)
 
     def waiting(self) -> dict[str, int]:
-        """Waiting jobs per address."""
+        """Waiting jobs per key."""
         with self._cond:
-            return {address: len(entries) for address, entries in self._waiting.items()}
+            return {key: len(tickets) for key, tickets in self._waiting.items()}
 
     def notify(self) -> None:
         with self._cond:
@@ -139,20 +194,30 @@ class Jobs:
         self._batches: dict[str, Batch] = {}
         self._progress = Progress()
         self.turns = Turns()
+        self._seconds: float | None = None  # a moving average of how long a job holds the GPU
 
     # 1. One job ---------------------------------------------------------------------------------
     @contextmanager
-    def run(self, client: "Caller | str", on_step=None):
+    def run(self, client: "Caller | str", on_step=None, kind: str = "", on_wait=None):
         """Run a job for ``client`` (a Caller, or a client id): yields (cancel event, step hook).
         The stop switch is armed before waiting for the GPU (停止 while waiting takes the job out
-        of the line); out of memory becomes ``out_of_memory`` with the failed job's memory freed."""
+        of the line); ``on_wait(place, seconds)`` hears the job's place in the line (0: next) and
+        the estimated wait while it waits, then ``on_wait(None, None)`` once the GPU is the
+        job's (a stop meanwhile still cancels it before it starts); out of memory becomes ``out_of_memory`` with the
+        failed job's memory freed."""
         caller = as_caller(client)
         client = caller.client
         cancel = self._start(client)
         hook = self._progress.track(client, on_step, user=caller.user)
+        ticket = Ticket(0, turn_key(caller), client=client, user=caller.user, kind=kind)
+        told = (lambda place: on_wait(place, self.estimate(place))) if on_wait is not None else None
         out_of_memory = False
         try:
-            with self._turn(caller.address, cancel), self.lock:
+            with self._turn(ticket.key, cancel, ticket, told), self.lock, self._timed():
+                if on_wait is not None:
+                    on_wait(None, None)  # its turn: the caller may check it is still wanted
+                if cancel.is_set():
+                    raise JobCancelled()
                 yield cancel, hook
         except Exception as exc:
             if not is_oom(exc):
@@ -170,9 +235,9 @@ class Jobs:
             free_memory(self.device)
             raise DanqingError("out_of_memory")
 
-    def give_way(self, address: str) -> None:
+    def give_way(self, caller: Caller, kind: str = "") -> None:
         """Inside a long job that ``run`` started (training): when other jobs wait, let them
-        all go first, then take the GPU back. The job's address was served last, so everyone
+        all go first, then take the GPU back. The job's key was served last, so everyone
         waiting now is ahead of it. A 停止 meanwhile is seen by the job after it resumes."""
         if not self.turns.others_waiting():
             return
@@ -181,24 +246,76 @@ class Jobs:
         try:
             time.sleep(0)  # let a waiting thread see the free turn
         finally:
-            self.turns.acquire(address)
+            self.turns.acquire(turn_key(caller), ticket=Ticket(0, "", client=caller.client, user=caller.user, kind=kind))
             self.lock.acquire()
 
     @contextmanager
     def hold(self, batch: "Batch | None" = None):
         """The GPU for several jobs in a row (an API request's model override and batches); the
         batch waits for its turn like any job, and leaves the line when it is interrupted."""
-        address, cancel = (batch.address, batch.cancel) if batch is not None else ("local", None)
-        with self._turn(address, cancel), self.lock:
+        caller = batch.caller if batch is not None else as_caller("local")
+        ticket = Ticket(0, turn_key(caller), client=caller.client, user=caller.user,
+                        kind=batch.kind if batch is not None else "")
+        with self._turn(ticket.key, batch.cancel if batch is not None else None, ticket), self.lock:
             yield
 
     @contextmanager
-    def _turn(self, address: str, cancel: threading.Event | None):
-        self.turns.acquire(address, cancel)
+    def _turn(self, key: str, cancel: threading.Event | None, ticket: Ticket | None = None, on_wait=None):
+        self.turns.acquire(key, cancel, ticket, on_wait)
         try:
             yield
         finally:
             self.turns.release()
+
+    @contextmanager
+    def _timed(self):
+        """How long the job held the GPU, into the moving average the waits are estimated by."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            seconds = time.monotonic() - started
+            with self._guard:
+                self._seconds = seconds if self._seconds is None else 0.7 * self._seconds + 0.3 * seconds
+
+    # 2. The line --------------------------------------------------------------------------------
+    def estimate(self, place: int) -> float | None:
+        """Seconds until the job at ``place`` (0: next) starts: what the running job has left
+        plus one average job for each ahead; None before any job has run."""
+        with self._guard:
+            average = self._seconds
+        snapshot = self._progress.snapshot()
+        left = None
+        if snapshot and snapshot.get("seconds_per_step"):
+            left = max(0.0, (snapshot["total"] - snapshot["step"]) * snapshot["seconds_per_step"])
+        if average is None:
+            return left
+        running = self.turns.running is not None
+        return (left if left is not None else (average / 2 if running else 0.0)) + place * average
+
+    def queue(self) -> list[dict]:
+        """The running job and the waiting ones in the order they will go: client, user, kind,
+        state, place (0: next), seconds waited, estimated seconds until it starts."""
+        now = time.time()
+        rows = []
+        running = self.turns.running
+        if running is not None:
+            snapshot = self._progress.snapshot() or {}
+            rows.append({"client": running.client, "key": running.key, "user": running.user, "kind": running.kind,
+                         "state": "running",
+                         "place": None, "waited": None, "eta": None,
+                         "step": snapshot.get("step") if snapshot.get("client") == running.client else None,
+                         "total": snapshot.get("total") if snapshot.get("client") == running.client else None})
+        for place, ticket in enumerate(self.turns.line()):
+            eta = self.estimate(place)
+            rows.append({"client": ticket.client, "key": ticket.key, "user": ticket.user, "kind": ticket.kind,
+                         "state": "waiting",
+                         "place": place, "waited": round(now - ticket.since, 1),
+                         "eta": round(eta, 1) if eta is not None else None})
+        return rows
+
+    def waiting_count(self) -> int:
+        return sum(self.turns.waiting().values())
 
     def _start(self, client: str) -> threading.Event:
         event = threading.Event()
@@ -221,7 +338,7 @@ class Jobs:
         self.turns.notify()
         return True
 
-    # 2. Batches ---------------------------------------------------------------------------------
+    # 3. Batches ---------------------------------------------------------------------------------
     def open_batch(self, user: str, kind: str, job_count: int = 1, address: str = "local") -> Batch:
         batch = Batch(user=user, kind=kind, job_count=job_count, address=address)
         with self._guard:

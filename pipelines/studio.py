@@ -11,6 +11,7 @@ It holds no Gradio and no user-facing text; errors are ``DanqingError`` codes.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import time
@@ -27,7 +28,7 @@ from .formats.images import open_upload
 from .formats.weights import file_hash
 from .formats.pnginfo import format_parameters, read_parameters
 from . import history as index
-from .jobs import Jobs, as_caller
+from .jobs import Jobs, as_caller, turn_key
 from .outputs import OutputWriter, user_folder
 from .requests import INPAINT_FILL_NAMES, LATENT_UPSCALER, Caller, Control, ControlUnit, Img2Img, Inpaint, Outpaint, TRAIN_NAME, TrainLora, Txt2Img, Upscale
 from .store import ModelStore
@@ -84,6 +85,47 @@ class Studio:
     def stop(self, client: str) -> bool:
         return self.jobs.stop(client)
 
+    def queue_view(self, user: str = "", address: str = "") -> list[dict]:
+        """The GPU line as ``user`` (without logins: the client at ``address``) may see it: the
+        running job and the waiting ones in the order they will go, with place and estimated
+        wait. Their own jobs (everyone's for an administrator) with who and what and an id to
+        cancel; others' only as "someone"."""
+        admin = user in self.admins
+        me = turn_key(Caller(user=user, address=address or "local"))
+        rows = []
+        for row in self.jobs.queue():
+            mine = row["key"] == me
+            visible = admin or mine
+            job_id = hashlib.sha256(row["client"].encode()).hexdigest()[:12]  # never the session key
+            rows.append({"id": job_id if visible else None, "mine": mine,
+                         "user": row["user"] if visible else "", "kind": row["kind"] if visible else "",
+                         "state": row["state"], "place": row["place"], "waited": row["waited"], "eta": row["eta"],
+                         "step": row.get("step") if visible else None, "total": row.get("total") if visible else None})
+        return rows
+
+    def cancel_job(self, job_id: str, user: str = "", address: str = "") -> dict:
+        """Cancel a waiting (or running) job by its id from ``queue_view``: one's own, or any for
+        an administrator. Anything else is ``job_not_found`` (the same as no such job)."""
+        me = turn_key(Caller(user=user, address=address or "local"))
+        for row in self.jobs.queue():
+            if hashlib.sha256(row["client"].encode()).hexdigest()[:12] != str(job_id):
+                continue
+            if not (user in self.admins or row["key"] == me):
+                break
+            batch = self.jobs.batch(row["client"])
+            if batch is not None:
+                self.jobs.interrupt_batch(batch)
+            else:
+                self.jobs.stop(row["client"])
+            # A waiting job leaves the line within a poll: answer once it has (the list shown
+            # next is then right).
+            deadline = time.monotonic() + 1.0
+            while row["state"] == "waiting" and time.monotonic() < deadline and any(
+                    t.client == row["client"] for t in self.jobs.turns.line()):
+                time.sleep(0.05)
+            return {"id": job_id, "state": row["state"], "cancelled": True}
+        raise ParamError("job_not_found")
+
     def hold_gpu(self, batch=None):
         """The GPU for several jobs in a row (the A1111 API's model override and batches): the
         batch (pipelines.jobs.Batch) waits for its turn like any job."""
@@ -91,22 +133,23 @@ class Studio:
 
     # -- generation -------------------------------------------------------------------------
     def txt2img(self, request: Txt2Img, client: Caller | str = "local", on_step=None,
-                on_preview=None) -> tuple[list[Path], dict]:
+                on_preview=None, on_wait=None) -> tuple[list[Path], dict]:
         """Generate, (upscale,) save. Returns the saved files and the info dict.
         ``client``: who asks (pipelines.requests.Caller, or just a client id for the stop switch).
-        ``on_preview(image, step, total)`` gets live previews while it denoises."""
+        ``on_preview(image, step, total)`` gets live previews while it denoises; ``on_wait(place,
+        seconds)`` the job's place in the line and the estimated wait before it starts."""
         caller = as_caller(client)
         self.outputs.check_quota(caller.user)
-        with self.jobs.run(caller, on_step) as (cancel, hook):
+        with self.jobs.run(caller, on_step, kind="txt2img", on_wait=on_wait) as (cancel, hook):
             result = txt2img.run(self.store, request, cancel=cancel, on_step=hook, on_preview=on_preview)
             return self._save(result, {"draft": request.draft}, user=caller.user)
 
     def control(self, request: Control, client: Caller | str = "local", on_step=None,
-                on_preview=None) -> tuple[list[Path], dict]:
+                on_preview=None, on_wait=None) -> tuple[list[Path], dict]:
         """ControlNet generation with one to three units; the control maps are saved too."""
         caller = as_caller(client)
         self.outputs.check_quota(caller.user)
-        with self.jobs.run(caller, on_step) as (cancel, hook):
+        with self.jobs.run(caller, on_step, kind="controlnet", on_wait=on_wait) as (cancel, hook):
             task = edit.control_hires if request.base.hires_pass else controlnet.run
             result = task(self.store, request, cancel=cancel, on_step=hook, on_preview=on_preview)
             paths, info = self._save(result, {}, _unit_fields(request.units, request.resize_mode), user=caller.user)
@@ -115,12 +158,12 @@ class Studio:
 
     # -- editing --------------------------------------------------------------------------
     def img2img(self, request: Img2Img, client: Caller | str = "local", on_step=None,
-                on_preview=None) -> tuple[list[Path], dict]:
+                on_preview=None, on_wait=None) -> tuple[list[Path], dict]:
         """图生图: the input denoised from ``request.strength`` (ControlNets optional)."""
-        return self._edit(edit.img2img, request, request, {}, client, on_step, on_preview)
+        return self._edit(edit.img2img, request, request, {}, client, on_step, on_preview, on_wait)
 
     def inpaint(self, request: Inpaint, client: Caller | str = "local", on_step=None,
-                on_preview=None) -> tuple[list[Path], dict]:
+                on_preview=None, on_wait=None) -> tuple[list[Path], dict]:
         """局部重绘: the masked area repainted, every other pixel kept."""
         fields = {
             "Mask blur": request.mask_blur,
@@ -129,24 +172,24 @@ class Studio:
             "Masked content": INPAINT_FILL_NAMES[request.fill],
             **({"Mask mode": "Inpaint not masked"} if request.invert else {}),
         }
-        return self._edit(edit.inpaint, request, request.edit, fields, client, on_step, on_preview)
+        return self._edit(edit.inpaint, request, request.edit, fields, client, on_step, on_preview, on_wait)
 
     def outpaint(self, request: Outpaint, client: Caller | str = "local", on_step=None,
-                 on_preview=None) -> tuple[list[Path], dict]:
+                 on_preview=None, on_wait=None) -> tuple[list[Path], dict]:
         """扩图: the canvas grown, the new area filled to continue the picture."""
         def fields(result: Generated) -> dict:  # the sides as grown (to multiples of 8, or scaled to fit)
             left, right, up, down = result.notices["outpaint"]
             return {"Outpaint": f"left {left} right {right} up {up} down {down}",
                     "Masked content": INPAINT_FILL_NAMES[request.fill]}
 
-        return self._edit(edit.outpaint, request, request.edit, fields, client, on_step, on_preview)
+        return self._edit(edit.outpaint, request, request.edit, fields, client, on_step, on_preview, on_wait)
 
-    def _edit(self, task, request, edit_request: Img2Img, fields, client, on_step, on_preview):
+    def _edit(self, task, request, edit_request: Img2Img, fields, client, on_step, on_preview, on_wait):
         """Run an editing task in the job context and save it. ``fields``: the mode's A1111
         parameter fields, or a function of the result giving them (when the task decides them)."""
         caller = as_caller(client)
         self.outputs.check_quota(caller.user)
-        with self.jobs.run(caller, on_step) as (cancel, hook):
+        with self.jobs.run(caller, on_step, kind=task.__name__, on_wait=on_wait) as (cancel, hook):
             result = task(self.store, request, cancel=cancel, on_step=hook, on_preview=on_preview)
             fields = {"Denoising strength": edit_request.strength, **(fields(result) if callable(fields) else fields),
                       **_unit_fields(edit_request.units, edit_request.resize_mode)}
@@ -258,7 +301,7 @@ class Studio:
         """The control map of one unit (the preview beside the control image). A depth map runs
         a model, so it waits for the GPU like any job."""
         if unit.kind == "depth" and not unit.is_map:
-            with self.jobs.run(client):
+            with self.jobs.run(client, kind="depth"):
                 return controlnet.control_map(self.store, unit)
         return controlnet.control_map(self.store, unit)
 
@@ -269,7 +312,8 @@ class Studio:
         return annotators.list_depth_estimators(self.store)
 
     # -- super-resolution -------------------------------------------------------------------
-    def upscale_images(self, images: list, request: Upscale, client: Caller | str = "local", on_step=None):
+    def upscale_images(self, images: list, request: Upscale, client: Caller | str = "local", on_step=None,
+                       on_wait=None):
         """Upscale uploads (paths, bytes or PIL images; checked before decoding) and save them."""
         caller = as_caller(client)
         if not images:
@@ -278,7 +322,7 @@ class Studio:
             raise ParamError("unknown_model_name", kind="upscalers", name=str(request.upscaler)[:80])
         self.outputs.check_quota(caller.user)
         paths, started = [], time.perf_counter()
-        with self.jobs.run(caller, on_step) as (cancel, hook):
+        with self.jobs.run(caller, on_step, kind="upscale", on_wait=on_wait) as (cancel, hook):
             for source in images:
                 image = open_upload(source)  # one decoded image at a time
                 own_name = Path(source).stem if isinstance(source, (str, Path)) else None
@@ -319,7 +363,7 @@ class Studio:
     def caption_pictures(self, pictures: list[str], captioner: str, client: Caller | str = "local") -> list[str]:
         """A caption for each picture from a local captioner, as one job of the GPU queue; in
         Chinese from chat models when the base model reads Chinese (a BERT tokenizer)."""
-        with self.jobs.run(as_caller(client)) as (cancel, _hook):
+        with self.jobs.run(as_caller(client), kind="caption") as (cancel, _hook):
             chinese = type(self.store.base().tokenizer).__name__.startswith("Bert")
             return captions.caption_images(self.store, captioner, list(pictures), "zh" if chinese else "en",
                                            cancel=cancel)
@@ -339,11 +383,11 @@ class Studio:
         def give_way(now: bool = False) -> bool:
             """Between steps: are others waiting? (now=True: let them run first.)"""
             if now:
-                self.jobs.give_way(caller.address)
+                self.jobs.give_way(caller, kind="train")
                 return True
             return self.jobs.turns.others_waiting()
 
-        with self.jobs.run(caller) as (cancel, _hook):
+        with self.jobs.run(caller, kind="train") as (cancel, _hook):
             return train.train(self.store, request, Path(run_dir), self.store.folders.folder("lora"), cancel=cancel,
                                on_step=on_step, on_sample=on_sample, resume=resume, give_way=give_way)
 

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from extensions import GPU_CONCURRENCY_ID as GPU  # noqa: F401  (the one queue of every model event; ui modules import it from here)
+from extensions import GPU_CONCURRENCY_LIMIT as GPU_LIMIT  # noqa: F401  (its limit: none, the studio's line orders jobs)
 from pipelines.errors import DanqingError
 from pipelines.requests import Caller
 

@@ -17,7 +17,7 @@ import json
 import gradio as gr
 
 from . import inputs, sending, tab_control, tab_download, tab_edit, tab_extensions, tab_tools, tab_train
-from .common import GPU, UIContext, UIOptions, selected_path, user_error, user_of
+from .common import GPU, GPU_LIMIT, UIContext, UIOptions, selected_path, user_error, user_of
 from .panel import build_panel
 from .summary import summarize
 from strings import error_text, load
@@ -160,7 +160,7 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
             return gr.Row(visible=bool(text)), text, gr.Image(image, visible=image is not None)
 
         model.input(switch_model, model, tools.system, api_name="switch_model", concurrency_id=GPU,
-                    concurrency_limit=1).then(show_card, model, [card_row, card, card_preview], api_visibility="private")
+                    concurrency_limit=GPU_LIMIT).then(show_card, model, [card_row, card, card_preview], api_visibility="private")
 
         def switch_vae(choice: str, request: gr.Request = None):
             if not options.may_change_shared(user_of(request)):
@@ -174,7 +174,7 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
             gr.Info(message.format(name=info.get("vae") or S.vae_own_now))
             return info
 
-        vae.input(switch_vae, vae, tools.system, api_name="switch_vae", concurrency_id=GPU, concurrency_limit=1)
+        vae.input(switch_vae, vae, tools.system, api_name="switch_vae", concurrency_id=GPU, concurrency_limit=GPU_LIMIT)
         refresh_models.click(
             lambda: (gr.Dropdown(choices=model_dropdown_choices(S, studio), value=studio.current_model()),
                      gr.Dropdown(choices=vae_dropdown_choices(S, studio), value=studio.current_vae())),

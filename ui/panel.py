@@ -30,7 +30,7 @@ from pipelines.formats.pnginfo import parse_parameters
 
 from . import inputs
 from .binding import endpoint, request_defaults, request_fields
-from .common import GPU, UIContext, caller_of, choices, client_id, user_error
+from .common import GPU, GPU_LIMIT, UIContext, caller_of, choices, client_id, user_error
 
 LORA_SLOTS = 4
 # The Gradio API's defaults: the request's own, with "" for no upscaler and None for no LoRA list.
@@ -81,22 +81,41 @@ class Panel:
     def stop_job(self, request: gr.Request = None) -> None:
         self.ctx.studio.stop(client_id(request))
 
-    def run(self, job, request, progress, caller=None, **kwargs):
+    def run(self, job, request, progress, caller=None, on_turn=None, **kwargs):
         """Call ``job(client=..., on_step=..., **kwargs)`` (a studio method with its request
         built inside, so a bad value becomes a Chinese error) and turn its result into
-        (gallery files, info JSON). ``client`` is the event's Caller (ui/common.caller_of)."""
+        (gallery files, info JSON). ``client`` is the event's Caller (ui/common.caller_of).
+        While the job waits for the GPU its place and estimated wait show as the progress line;
+        ``on_turn()`` is called once the GPU is its."""
         S = self.ctx.S
-        started = time.monotonic()
+        clock = {"queued": time.monotonic(), "started": time.monotonic()}
 
         def on_step(i: int, n: int) -> None:
             """The progress line: step i/n with the time so far and the time still to come."""
-            elapsed = time.monotonic() - started
+            elapsed = time.monotonic() - clock["started"]
             remaining = elapsed / i * (n - i) if i else 0
             progress((i, n), desc=S.progress_line.format(elapsed=round(elapsed), remaining=round(remaining)),
                      unit=S.progress_unit)
 
+        def on_wait(place: int | None, seconds: float | None) -> None:
+            """While the job waits for the GPU: its place in the line and the estimated wait
+            (place None: its turn has come)."""
+            if place is None:
+                clock["started"] = time.monotonic()  # the job's own time starts now
+                if on_turn is not None:
+                    on_turn()
+                return
+            text = S.queue_place.format(ahead=place + 1)
+            waited = time.monotonic() - clock["queued"]
+            done = 0.0
+            if seconds is not None:
+                text += S.queue_eta.format(seconds=max(1, round(seconds)))
+                done = waited / (waited + seconds) if waited + seconds > 0 else 0.0
+            # A fraction (Gradio shows the text only with one): how much of the wait is behind.
+            progress(min(done, 0.99), desc=text)
+
         try:
-            paths, meta = job(client=caller or caller_of(request), on_step=on_step, **kwargs)
+            paths, meta = job(client=caller or caller_of(request), on_step=on_step, on_wait=on_wait, **kwargs)
         except JobCancelled:
             gr.Warning(S.stopped)
             return [], json.dumps({"cancelled": True}, ensure_ascii=False)
@@ -111,12 +130,19 @@ class Panel:
         S = self.ctx.S
         caller = caller_of(request)
         updates: queue.SimpleQueue = queue.SimpleQueue()
-        done = object()
+        done, turn, go = object(), object(), threading.Event()
         outcome: dict = {}
+
+        def on_turn() -> None:
+            """The GPU is the job's: before it starts, this event yields once, so a page that
+            went away while the job waited is noticed (Gradio ends the event at a yield, and the
+            finally below stops the job) before any work is done."""
+            updates.put(turn)
+            go.wait(5)
 
         def work() -> None:
             try:
-                outcome["value"] = self.run(job, request, progress, caller=caller,
+                outcome["value"] = self.run(job, request, progress, caller=caller, on_turn=on_turn,
                                             on_preview=lambda image, step, total: updates.put((image, step, total)))
             except BaseException as exc:  # noqa: BLE001 (re-raised in the event's own thread)
                 outcome["error"] = exc
@@ -128,6 +154,10 @@ class Panel:
         threading.Thread(target=context.run, args=(work,), daemon=True, name="danqing-job").start()
         try:
             while (item := updates.get()) is not done:
+                if item is turn:
+                    yield gr.update(), gr.update()
+                    go.set()
+                    continue
                 while not updates.empty():  # show only the newest of several waiting previews
                     newer = updates.get()
                     if newer is done:
@@ -140,6 +170,7 @@ class Panel:
             if "value" not in outcome and "error" not in outcome:
                 # Gradio closed this event early (the page went away): stop its job too.
                 self.ctx.studio.stop(caller.client)
+            go.set()
         if "error" in outcome:
             raise outcome["error"]
         yield outcome["value"]
@@ -157,9 +188,9 @@ class Panel:
             doc="Text to image. Returns the saved PNG files and a JSON info string (seed, all parameters).",
             defaults=API_DEFAULTS,  # no tqdm tracking: the job's own progress line (step, time) is shown
         )
-        generate.click(event, inputs, [gallery, info], api_name="txt2img", concurrency_id=GPU, concurrency_limit=1,
+        generate.click(event, inputs, [gallery, info], api_name="txt2img", concurrency_id=GPU, concurrency_limit=GPU_LIMIT,
                        show_progress_on=progress_on)
-        self.prompt.submit(event, inputs, [gallery, info], api_visibility="private", concurrency_id=GPU, concurrency_limit=1,
+        self.prompt.submit(event, inputs, [gallery, info], api_visibility="private", concurrency_id=GPU, concurrency_limit=GPU_LIMIT,
                            show_progress_on=progress_on)
 
     def wire_size_rounding(self) -> None:

@@ -15,7 +15,7 @@ from pipelines.requests import CONTROL_KINDS, Control, ControlUnit, Txt2Img
 
 from . import inputs
 from .binding import endpoint, request_fields
-from .common import GPU, UIContext, caller_of, choices, user_error
+from .common import GPU, GPU_LIMIT, UIContext, caller_of, choices, user_error
 from .panel import API_DEFAULTS, Panel
 
 
@@ -189,7 +189,7 @@ def wire(ctx: UIContext, panel: Panel, units: dict[str, Unit], gallery, info, pr
         event(canny_preview, [canny.image, canny.low, canny.high], canny.preview, api_visibility="private")
     canny.image.upload(canny_preview, [canny.image, canny.low, canny.high], canny.preview, api_visibility="private")
     depth.preview_button.click(depth_preview, [depth.image, depth.estimator], depth.preview, api_name="depth_preview",
-                               concurrency_id=GPU, concurrency_limit=1)
+                               concurrency_id=GPU, concurrency_limit=GPU_LIMIT)
 
     # 2. Generation: the tab's own unit, plus the other tab's when combined (multi-ControlNet).
     def components(own: Unit, other: Unit) -> dict:
@@ -213,5 +213,5 @@ def wire(ctx: UIContext, panel: Panel, units: dict[str, Unit], gallery, info, pr
 
         generate.__name__ = f"{kind}_generate"
         event, inputs = endpoint(ENDPOINTS[kind], components(own, other), generate, doc=DOCS[kind], defaults=DEFAULTS)
-        own.generate.click(event, inputs, [gallery, info], api_name=kind, concurrency_id=GPU, concurrency_limit=1,
+        own.generate.click(event, inputs, [gallery, info], api_name=kind, concurrency_id=GPU, concurrency_limit=GPU_LIMIT,
                            show_progress_on=progress_on)

@@ -26,7 +26,7 @@ from pipelines.requests import (
 
 from . import inputs
 from .binding import endpoint, request_fields
-from .common import GPU, UIContext
+from .common import GPU, GPU_LIMIT, UIContext
 from .panel import API_DEFAULTS, Panel
 from .tab_control import (ADDED_FIELDS, DEFAULTS as CONTROL_DEFAULTS, HIRES_PASS_FIELDS, LATE_FIELDS, Unit,
                           added_components, added_units)
@@ -181,7 +181,7 @@ def wire(ctx: UIContext, panel: Panel, edit: Edit, gallery, info, progress_on) -
         generate.__name__ = f"{mode}_generate"
         event, inputs_ = endpoint(ENDPOINTS[mode], {**panel.fields(), **edit.components[mode]}, generate,
                                   doc=DOCS[mode], defaults={**DEFAULTS, **MODE_DEFAULTS.get(mode, {})})
-        button.click(event, inputs_, [gallery, info], api_name=mode, concurrency_id=GPU, concurrency_limit=1,
+        button.click(event, inputs_, [gallery, info], api_name=mode, concurrency_id=GPU, concurrency_limit=GPU_LIMIT,
                      show_progress_on=progress_on)
 
     # "尺寸取自原图": the panel's size from the picture (multiples of 8, within the limits).

@@ -10,9 +10,9 @@ import gradio as gr
 from pipelines.errors import JobCancelled
 from pipelines.requests import Upscale
 
-from . import inputs, tab_history
+from . import inputs, queue_panel, tab_history
 from .system_view import system_markdown
-from .common import GPU, UIContext, caller_of, choices, user_error
+from .common import GPU, GPU_LIMIT, UIContext, caller_of, choices, user_error
 
 
 @dataclass
@@ -65,7 +65,7 @@ def build_tabs(ctx: UIContext) -> Tools:
             raise user_error(S, exc) from None
         return [str(p) for p in saved], json.dumps(meta, ensure_ascii=False, indent=2)
 
-    run.click(upscale, [files, upscaler, scale], [results, info], api_name="upscale", concurrency_id=GPU, concurrency_limit=1)
+    run.click(upscale, [files, upscaler, scale], [results, info], api_name="upscale", concurrency_id=GPU, concurrency_limit=GPU_LIMIT)
     refresh.click(lambda: gr.Dropdown(choices=choices(studio.upscalers())), None, upscaler, queue=False, api_visibility="private")
 
     # 2. PNG info.
@@ -90,13 +90,15 @@ def build_tabs(ctx: UIContext) -> Tools:
     saved = tab_history.build_tab(ctx)
 
     # 4. System info.
-    with gr.Tab(S.tab_system, id="system"):
+    with gr.Tab(S.tab_system, id="system") as system_tab:
+        fill_queue, queue_outputs = queue_panel.build(ctx)
         system_view = gr.Markdown(elem_id="system-view")
         with gr.Accordion(S.system_json, open=False):
             system = gr.JSON(label=S.tab_system)
         refresh_system = gr.Button(S.system_refresh)
     system.change(lambda info: system_markdown(S, info), system, system_view, queue=False, api_visibility="private")
     refresh_system.click(studio.system_info, None, system, queue=False, api_name="system_info")
+    system_tab.select(fill_queue, None, queue_outputs, queue=False, api_visibility="private")
     return Tools(png_text=png_text, send=send, system=system, recent=saved.gallery, chosen=saved.chosen,
                  send_recent=saved.send, inspect_recent=saved.inspect, png=png,
                  recent_to_img2img=saved.to_img2img, recent_to_inpaint=saved.to_inpaint,

@@ -16,7 +16,7 @@ from pipelines.errors import JobCancelled, ParamError
 from pipelines.requests import MAX_TRAIN_STEPS, TRAIN_PRESETS, TrainLora
 
 from . import inputs
-from .common import GPU, UIContext, caller_of, user_error, user_of
+from .common import GPU, GPU_LIMIT, UIContext, caller_of, user_error, user_of
 
 
 
@@ -202,7 +202,7 @@ def build_tab(ctx: UIContext) -> None:
                   api_visibility="private")
     read.click(read_files, [name, files], [table, captioner, caption_row, caption_hint], api_name="train_read")
     caption.click(write_captions, [name, table, captioner, overwrite], table, api_name="train_caption",
-                  concurrency_id=GPU, concurrency_limit=1)
+                  concurrency_id=GPU, concurrency_limit=GPU_LIMIT)
     # Training is long: it runs outside the GPU concurrency group (its own job of the GPU
     # queue, giving way between steps), so a teammate's picture never waits behind it.
     start.click(run_new, [name, trigger, table, preset, *knob_inputs], [status, curve, samples], api_name="train",

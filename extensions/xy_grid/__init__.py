@@ -162,7 +162,7 @@ def setup(api) -> None:
 
         inputs = [prompt, negative, sampler, seed, steps, cfg, width, height, lora, lora_weight,
                   x_axis, x_values, y_axis, y_values]
-        run.click(make_grid, inputs, [result, info], concurrency_id=api.concurrency_id, concurrency_limit=1,
+        run.click(make_grid, inputs, [result, info], concurrency_id=api.concurrency_id, concurrency_limit=api.concurrency_limit,
                   api_name="xy_grid", show_progress_on=info)
         def stop_grid(request: gr.Request = None) -> None:
             studio.stop(api.caller(request).client)
