@@ -243,8 +243,8 @@ def _route_class(S):
                 except RequestValidationError as exc:
                     return _validation_error(S, list(exc.errors()))
                 except DanqingError as exc:
-                    status = {"admin_only": 403, "download_offline": 503, "history_not_found": 404,
-                              "job_not_found": 404}.get(exc.code, 422)
+                    status = {"admin_only": 403, "admin_only_usage": 403, "download_offline": 503,
+                              "history_not_found": 404, "job_not_found": 404}.get(exc.code, 422)
                     return _error(S, status, exc.code, exc.fields, kind=type(exc).__name__)
                 except HTTPException:
                     raise
@@ -802,6 +802,11 @@ def build_router(studio, accounts: Accounts | None = None, lang: str | None = No
                  "administrator): a waiting one leaves the line at once")
     def cancel_job(job_id: str, request: Request, user: str = Depends(login)) -> dict:
         return studio.cancel_job(job_id, user, (request.scope.get("client") or ("unknown", 0))[0])
+
+    @router.get("/danqing/v1/usage", tags=["danqing"], summary="Per user over days (YYYY-MM-DD): images made, GPU jobs, "
+                "GPU seconds, failed and cancelled jobs (administrators)")
+    def usage(day_from: str = "", day_to: str = "", user: str = Depends(login)) -> list[dict]:
+        return studio.usage(user, day_from, day_to)
 
     # Danqing's own: 历史 (pipelines/history.py). Each user's own images; the team's shared ones
     # with scope=team; everyone's with scope=all for an administrator; scope=trash.

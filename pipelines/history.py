@@ -485,3 +485,60 @@ def picture_of(root: Path, path: Path) -> Path:
         i = parts.index(THUMBS_DIR)
         return Path(root).joinpath(*parts[:i], *parts[i + 1:-1], parts[-1][: -len(".webp")])
     return Path(path)
+
+
+class UsageLog:
+    """Every GPU job's who, what, when, how long and how it ended, in ``outputs/usage.sqlite3``
+    (its own file: rebuilding the history index never touches it). For the administrators'
+    用量 view: per user, images made (from the history), GPU seconds, failures."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = Path(root) / "usage.sqlite3"
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("CREATE TABLE IF NOT EXISTS jobs (at REAL NOT NULL, day TEXT NOT NULL, user TEXT NOT NULL,"
+                           " kind TEXT NOT NULL, seconds REAL NOT NULL, outcome TEXT NOT NULL)")
+                db.execute("CREATE INDEX IF NOT EXISTS jobs_day ON jobs (day)")
+            except sqlite3.DatabaseError as exc:  # unreadable: set aside, start a new log
+                log.warning("usage log %s unreadable (%s): starting a new one", self.path, exc)
+                os.replace(self.path, self.path.with_name(f"usage.sqlite3.corrupt-{int(time.time())}"))
+                return self._connect()
+            self._db = db
+        return self._db
+
+    def record(self, user: str, kind: str, seconds: float, outcome: str) -> None:
+        now = time.time()
+        with self._lock:
+            db = self._connect()
+            db.execute("INSERT INTO jobs VALUES (?,?,?,?,?,?)",
+                       (now, time.strftime("%Y-%m-%d", time.localtime(now)), user, kind, float(seconds), outcome))
+            db.commit()
+
+    def summary(self, day_from: str = "", day_to: str = "") -> dict[str, dict]:
+        """user → {jobs, gpu_seconds, failed, cancelled} over the days given."""
+        where, args = ["1=1"], []
+        for op, value in ((">=", day_from), ("<=", day_to)):
+            if value:
+                if not DAY.match(str(value)):
+                    raise ParamError("history_bad_date", value=str(value)[:20])
+                where.append(f"day {op} ?")
+                args.append(value)
+        with self._lock:
+            rows = self._connect().execute(
+                "SELECT user, count(*), sum(seconds), sum(outcome = 'failed'), sum(outcome = 'cancelled')"
+                f" FROM jobs WHERE {' AND '.join(where)} GROUP BY user", args).fetchall()
+        return {u: {"jobs": n, "gpu_seconds": round(s or 0.0, 1), "failed": f or 0, "cancelled": c or 0}
+                for u, n, s, f, c in rows}
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None

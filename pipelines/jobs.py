@@ -195,6 +195,8 @@ class Jobs:
         self._progress = Progress()
         self.turns = Turns()
         self._seconds: float | None = None  # a moving average of how long a job holds the GPU
+        # Told of every job that had the GPU: (user, kind, seconds, "ok" | "cancelled" | "failed").
+        self.on_finished: Callable[[str, str, float, str], None] | None = None
 
     # 1. One job ---------------------------------------------------------------------------------
     @contextmanager
@@ -213,7 +215,7 @@ class Jobs:
         told = (lambda place: on_wait(place, self.estimate(place))) if on_wait is not None else None
         out_of_memory = False
         try:
-            with self._turn(ticket.key, cancel, ticket, told), self.lock, self._timed():
+            with self._turn(ticket.key, cancel, ticket, told), self.lock, self._timed(ticket):
                 if on_wait is not None:
                     on_wait(None, None)  # its turn: the caller may check it is still wanted
                 if cancel.is_set():
@@ -268,15 +270,26 @@ class Jobs:
             self.turns.release()
 
     @contextmanager
-    def _timed(self):
-        """How long the job held the GPU, into the moving average the waits are estimated by."""
+    def _timed(self, ticket: Ticket):
+        """How long the job held the GPU, into the moving average the waits are estimated by,
+        and to ``on_finished`` (the usage log) with how it ended."""
         started = time.monotonic()
+        outcome = "failed"
         try:
             yield
+            outcome = "ok"
+        except JobCancelled:
+            outcome = "cancelled"
+            raise
         finally:
             seconds = time.monotonic() - started
             with self._guard:
                 self._seconds = seconds if self._seconds is None else 0.7 * self._seconds + 0.3 * seconds
+            if self.on_finished is not None:
+                try:
+                    self.on_finished(ticket.user, ticket.kind, seconds, outcome)
+                except Exception:  # the log never costs a user their job
+                    log.exception("recording a job's usage failed")
 
     # 2. The line --------------------------------------------------------------------------------
     def estimate(self, place: int) -> float | None:

@@ -80,6 +80,8 @@ class Studio:
         # image is in the team gallery (--team-gallery); app.py sets them.
         self.admins: frozenset[str] = frozenset()
         self.team_gallery = False
+        self.usage_log = index.UsageLog(outputs.root)
+        self.jobs.on_finished = self.usage_log.record
 
     # -- jobs ---------------------------------------------------------------------------------
     def stop(self, client: str) -> bool:
@@ -125,6 +127,24 @@ class Studio:
                 time.sleep(0.05)
             return {"id": job_id, "state": row["state"], "cancelled": True}
         raise ParamError("job_not_found")
+
+    def usage(self, user: str = "", day_from: str = "", day_to: str = "") -> list[dict]:
+        """用量 per user over the days given: images made (the history), GPU jobs, GPU seconds,
+        failed and cancelled jobs. Administrators only (when there are logins)."""
+        if user and user not in self.admins:
+            raise ParamError("admin_only_usage")
+        jobs = self.usage_log.summary(day_from, day_to)
+        images = {row["owner"]: row["images"] for row in self.outputs.history.usage(day_from, day_to)}
+        names = {self.outputs_owner(u): u for u in jobs}  # folder name → user name
+        rows = {}
+        for owner, count in images.items():
+            rows[names.get(owner, owner)] = {"images": count}
+        for name, row in jobs.items():
+            rows.setdefault(name, {"images": images.get(self.outputs_owner(name), 0)}).update(row)
+        return [{"user": name, "images": r.get("images", 0), "jobs": r.get("jobs", 0),
+                 "gpu_seconds": r.get("gpu_seconds", 0.0), "failed": r.get("failed", 0),
+                 "cancelled": r.get("cancelled", 0)}
+                for name, r in sorted(rows.items(), key=lambda kv: -kv[1].get("gpu_seconds", 0.0))]
 
     def hold_gpu(self, batch=None):
         """The GPU for several jobs in a row (the A1111 API's model override and batches): the

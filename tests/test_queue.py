@@ -223,6 +223,13 @@ def test_a_flooding_user_and_a_teammate_through_the_server(demo_models, demo_cac
         assert _request(app, "POST", f"/danqing/v1/queue/{everyone[0]['id']}/cancel", "组长")[0] == 200
         for thread in threads:
             thread.join(300)
+        # 用量: the administrator's per-user count; nobody else's business.
+        status, usage = _request(app, "GET", "/danqing/v1/usage", "组长")
+        rows = {r["user"]: r for r in usage}
+        assert status == 200 and rows["小王"]["images"] == 3 and rows["小王"]["jobs"] == 3, usage
+        assert rows["小李"]["images"] == 1 and rows["组长"]["cancelled"] == 1 and rows["组长"]["gpu_seconds"] > 0
+        status, refused = _request(app, "GET", "/danqing/v1/usage", "小李")
+        assert status == 403 and "管理员" in refused["detail"]
     finally:
         app.stop()
     assert answers["L0"] == ("complete",), answers["L0"]

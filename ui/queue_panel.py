@@ -1,4 +1,4 @@
-"""任务队列 (in 系统信息): the GPU line as the studio shows it to this user — the running job and
+"""任务队列 and 用量 (in 系统信息): the GPU line as the studio shows it to this user — the running job and
 the waiting ones in the order they will go, each with its place and estimated wait; one's own
 jobs can be cancelled, an administrator's view has everyone's (pipelines/jobs.py Turns: jobs
 take turns between users)."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 import gradio as gr
 
 from . import inputs
-from .common import UIContext, caller_of, user_error
+from .common import UIContext, caller_of, user_error, user_of
 
 
 def build(ctx: UIContext):
@@ -55,6 +55,25 @@ def build(ctx: UIContext):
             raise user_error(S, exc) from None
         gr.Info(S.queue_cancelled)
         return show(request)
+
+    with gr.Accordion(S.usage_title, open=False):
+        with gr.Row():
+            day_from = gr.Textbox(label=S.history_from, placeholder="2026-12-01", scale=2)
+            day_to = gr.Textbox(label=S.history_to, placeholder="2026-12-31", scale=2)
+            count = gr.Button(S.usage_button, scale=1, elem_id="usage-go")
+        usage_table = gr.Dataframe(headers=[S.queue_col_user, S.usage_images, S.usage_jobs, S.usage_seconds,
+                                            S.usage_failed, S.usage_cancelled], interactive=False,
+                                   elem_id="usage-table")
+
+    def usage(start: str, end: str, request: gr.Request = None):
+        try:
+            rows = studio.usage(user_of(request), (start or "").strip(), (end or "").strip())
+        except Exception as exc:
+            raise user_error(S, exc) from None
+        return [[r["user"] or S.usage_nobody, r["images"], r["jobs"], r["gpu_seconds"], r["failed"], r["cancelled"]]
+                for r in rows]
+
+    count.click(usage, [day_from, day_to], usage_table, queue=False, api_visibility="private")
 
     outputs = [summary, table, pick]
     refresh.click(show, None, outputs, queue=False, api_visibility="private")
