@@ -205,19 +205,25 @@ class Jobs:
         The stop switch is armed before waiting for the GPU (停止 while waiting takes the job out
         of the line); ``on_wait(place, seconds)`` hears the job's place in the line (0: next) and
         the estimated wait while it waits, then ``on_wait(None, None)`` once the GPU is the
-        job's (a stop meanwhile still cancels it before it starts); out of memory becomes ``out_of_memory`` with the
+        job's after a wait (a stop meanwhile still cancels it before it starts); out of memory becomes ``out_of_memory`` with the
         failed job's memory freed."""
         caller = as_caller(client)
         client = caller.client
         cancel = self._start(client)
         hook = self._progress.track(client, on_step, user=caller.user)
         ticket = Ticket(0, turn_key(caller), client=client, user=caller.user, kind=kind)
-        told = (lambda place: on_wait(place, self.estimate(place))) if on_wait is not None else None
+        waited: list[int] = []
+
+        def told(place: int) -> None:
+            waited.append(place)
+            on_wait(place, self.estimate(place))
+
         out_of_memory = False
         try:
-            with self._turn(ticket.key, cancel, ticket, told), self.lock, self._timed(ticket):
-                if on_wait is not None:
-                    on_wait(None, None)  # its turn: the caller may check it is still wanted
+            with self._turn(ticket.key, cancel, ticket, told if on_wait is not None else None), self.lock, \
+                    self._timed(ticket):
+                if on_wait is not None and waited:
+                    on_wait(None, None)  # its turn after a wait: the caller may check it is still wanted
                 if cancel.is_set():
                     raise JobCancelled()
                 yield cancel, hook
