@@ -33,6 +33,13 @@ def main(argv: list[str] | None = None) -> None:
 
     strings = load(args.lang)
     auth = parse_auth(args.auth, strings)
+    if args.users:
+        from api.accounts import read_users
+
+        try:
+            auth = (auth or []) + read_users(pathlib.Path(args.users))
+        except (OSError, ValueError) as exc:
+            sys.exit(strings.cli_bad_users.format(path=args.users, where=str(exc)[:80]))
     if host not in LOCAL_HOSTS and not auth and not args.insecure_no_auth and not on_space:
         sys.exit(strings.cli_listen_needs_auth)
     from api.accounts import Accounts
@@ -111,7 +118,9 @@ def main(argv: list[str] | None = None) -> None:
 
         app_kwargs |= api_app_kwargs(studio, accounts=accounts, lang=args.lang, styles=extensions)
     demo.launch(
-        server_name=host, server_port=port, auth=auth, share=args.share,
+        # A users file holds hashes: Gradio's login asks the accounts (plain pairs it can compare).
+        server_name=host, server_port=port, share=args.share,
+        auth=(lambda user, password: accounts.check(user, password) is not None) if args.users else auth,
         inbrowser=not (args.no_browser or on_space), show_error=False, max_file_size="25mb",
         enable_monitoring=False, allowed_paths=[],
         # Each accepted GPU job waits for its turn in a worker thread (pipelines/jobs.py Turns),

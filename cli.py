@@ -27,6 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=None, help="port (default 7860)")
     p.add_argument("--listen", action="store_true", help="bind 0.0.0.0 so other machines on the LAN can connect (needs --auth)")
     p.add_argument("--auth", default=None, help="login as USER:PASS; several as USER:PASS,USER2:PASS2")
+    p.add_argument("--users", default=None, metavar="FILE",
+                   help="accounts from a users file (salted scrypt hashes; add users with: python -m api.accounts add NAME FILE)")
     p.add_argument("--insecure-no-auth", action="store_true", help="allow listening beyond localhost without a login (not recommended)")
     p.add_argument("--share", action="store_true", help="create a public gradio.live link (needs a network)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
