@@ -153,6 +153,14 @@ def test_a_designers_walk_reads_chinese_and_the_grid_stops(page, tmp_path):
     page.get_by_role("tab", name="历史").first.click()
     page.locator("#recent").get_by_text("竹林里的大熊猫").first.wait_for(timeout=30_000)
     assert english_words(page) == set()
+    # Searched by two characters of the prompt; the picked image's parameters read in Chinese.
+    page.locator("#history-search textarea, #history-search input").first.fill("熊猫")
+    page.locator("#history-go").click()
+    page.locator("#history-page").get_by_text("共").wait_for(timeout=30_000)
+    page.locator("#recent .thumbnail-item").first.click()
+    page.locator("#history-detail").get_by_text("竹林里的大熊猫").first.wait_for(timeout=30_000)
+    assert "提示词" in page.locator("#history-detail").inner_text()
+    assert english_words(page) == set(), english_words(page)
     # 4. X/Y 对比图 from 创作's settings, stopped within a few seconds of 停止.
     page.get_by_role("tab", name="X/Y 对比图").first.click()
     page.get_by_role("button", name="载入「创作」页的当前设置").click()
