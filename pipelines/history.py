@@ -28,7 +28,7 @@ from pathlib import Path
 from PIL import Image
 
 from .errors import ParamError
-from .formats.pnginfo import parse_parameters, read_parameters_of
+from .formats.pnginfo import edit_mode, parse_parameters, read_parameters_of
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +87,10 @@ def task_of(fields: dict) -> str:
         return "aux"
     if "Postprocess upscaler" in fields:
         return "upscale"
-    if "Outpaint" in fields:
-        return "outpaint"
-    if "Mask blur" in fields or "Inpaint area" in fields:
-        return "inpaint"
-    if "Denoising strength" in fields and "Hires upscale" not in fields:
-        return "img2img"
-    if any(k.startswith("ControlNet") for k in fields):
+    mode = edit_mode(fields)
+    if mode == "txt2img" and any(k.startswith("ControlNet") for k in fields):
         return "controlnet"
-    return "txt2img"
+    return mode
 
 
 def _number(value: str | None, kind=int):
@@ -328,12 +323,8 @@ class History:
         if lora:
             where.append("instr(loras, ?) > 0")
             args.append(lora)
-        for op, value in ((">=", day_from), ("<=", day_to)):
-            if value:
-                if not DAY.match(str(value)):
-                    raise ParamError("history_bad_date", value=str(value)[:20])
-                where.append(f"day {op} ?")
-                args.append(value)
+        clauses, values = _days(day_from, day_to)
+        where, args = where + clauses, args + values
         offset, limit = max(0, int(offset)), max(1, min(PAGE_MAX, int(limit)))
         clause = " AND ".join(where)
         self.ensure_synced()
@@ -380,11 +371,8 @@ class History:
 
     def usage(self, day_from: str = "", day_to: str = "") -> list[dict]:
         """Images per owner (generated ones, trash included) over the days given."""
-        where, args = ["task != 'aux'"], []
-        for op, value in ((">=", day_from), ("<=", day_to)):
-            if value:
-                where.append(f"day {op} ?")
-                args.append(value)
+        clauses, args = _days(day_from, day_to)
+        where = ["task != 'aux'", *clauses]
         with self._lock:
             rows = self._connect().execute(
                 f"SELECT owner, count(*), sum(bytes) FROM images WHERE {' AND '.join(where)} GROUP BY owner"
@@ -446,6 +434,18 @@ class History:
             db = self._connect()
             db.execute("DELETE FROM images WHERE id = ?", (entry.id,))
             db.commit()
+
+
+def _days(day_from: str, day_to: str) -> tuple[list[str], list[str]]:
+    """SQL clauses and arguments for ``day`` between two YYYY-MM-DD dates (either may be empty)."""
+    clauses, args = [], []
+    for op, value in ((">=", day_from), ("<=", day_to)):
+        if value:
+            if not DAY.match(str(value)):
+                raise ParamError("history_bad_date", value=str(value)[:20])
+            clauses.append(f"day {op} ?")
+            args.append(value)
+    return clauses, args
 
 
 def _entry(row) -> Entry:
@@ -523,13 +523,8 @@ class UsageLog:
 
     def summary(self, day_from: str = "", day_to: str = "") -> dict[str, dict]:
         """user → {jobs, gpu_seconds, failed, cancelled} over the days given."""
-        where, args = ["1=1"], []
-        for op, value in ((">=", day_from), ("<=", day_to)):
-            if value:
-                if not DAY.match(str(value)):
-                    raise ParamError("history_bad_date", value=str(value)[:20])
-                where.append(f"day {op} ?")
-                args.append(value)
+        clauses, args = _days(day_from, day_to)
+        where = ["1=1", *clauses]
         with self._lock:
             rows = self._connect().execute(
                 "SELECT user, count(*), sum(seconds), sum(outcome = 'failed'), sum(outcome = 'cancelled')"

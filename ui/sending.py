@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from pipelines.formats.pnginfo import parse_parameters
+from pipelines.formats.pnginfo import edit_mode, parse_parameters
 from pipelines.requests import INPAINT_FILL_NAMES
 
 from .common import user_of
@@ -19,13 +19,7 @@ FILLS = {name: fill for fill, name in INPAINT_FILL_NAMES.items()}  # A1111's nam
 
 def mode_of(fields: dict) -> str:
     """The 创作 mode a picture's parameters came from."""
-    if "Outpaint" in fields:
-        return "outpaint"
-    if "Mask blur" in fields or "Inpaint area" in fields:
-        return "inpaint"
-    if "Denoising strength" in fields and "Hires upscale" not in fields:
-        return "img2img"
-    return "txt2img"
+    return edit_mode(fields)
 
 
 def wire(panel: Panel, edit: Edit, tabs, modes, sources: list) -> None:
