@@ -19,8 +19,8 @@ queue is full, Gradio's page shows a fixed English sentence whatever the server 
    ``/gradio_api/run/...`` calls. They are counted here while they wait or run, so the same cap
    and the same queue size hold for them. Every job then takes turns at the GPU in the studio's
    line (pipelines/jobs.py ``Turns``: round-robin between users): the GPU queue has no Gradio
-   limit, so "waiting in all" is counted here — every accepted GPU job but the running one. When such a caller disconnects, whatever its route registered
-   with ``on_disconnect`` runs (the A1111 routes stop their batch; the UI events their job).
+   limit, so "waiting in all" is counted here — every accepted job but the running one. When
+   such a caller disconnects, whatever its route registered with ``on_disconnect`` runs (the A1111 routes stop their batch; the UI events their job).
 
 The count reads Gradio's queue (``Blocks._queue``: the waiting events of every concurrency
 group and the running ones) without changing it; tests/test_load.py fails if that layout moves.
@@ -119,17 +119,11 @@ def waiting_jobs(blocks) -> int:
     return sum(len(group.queue) for group in list(queue.event_queue_per_concurrency_id.values()))
 
 
-def gpu_jobs_in_flight(blocks) -> int:
-    """Jobs of the GPU queue that Gradio has accepted: waiting in its queue, or started (with no
-    Gradio limit on that queue, a started job is running or waiting in the studio's line)."""
-    queue = blocks._queue
-    group = queue.event_queue_per_concurrency_id.get(GPU_CONCURRENCY_ID)
-    count = len(group.queue) if group is not None else 0
-    for job in list(queue.active_jobs):
-        for event in job or ():
-            if getattr(getattr(event, "fn", None), "concurrency_id", None) == GPU_CONCURRENCY_ID:
-                count += 1
-    return count
+def started_gpu_jobs(blocks) -> int:
+    """Jobs of the GPU queue that Gradio has started: with no Gradio limit on that queue, each is
+    running or waiting in the studio's line."""
+    return sum(1 for job in list(blocks._queue.active_jobs) for event in job or ()
+               if getattr(getattr(event, "fn", None), "concurrency_id", None) == GPU_CONCURRENCY_ID)
 
 
 def queued_jobs(blocks, address: str) -> int:
@@ -171,8 +165,8 @@ class QueueGuardMiddleware:
         address = client_address(scope)
         if await self._over_cap(send, address):
             return
-        # 2. Queue full: Gradio answers 503 (its own count); jobs outside its queue count too.
-        #    Re-word it (and keep the page able to show it).
+        # 2. Queue full: counted here (every accepted job, whatever its route, but the running
+        #    one); should Gradio's own count answer 503, it is re-worded (the page can show it).
         browser = Headers(scope=scope).get("origin") is not None
         if self.queue_size and self._waiting() >= self.queue_size:
             await self._answer(send, 429 if browser else 503, "queue_full", {"limit": self.queue_size})
@@ -217,15 +211,10 @@ class QueueGuardMiddleware:
                 del self.direct[address]
 
     def _waiting(self) -> int:
-        """Jobs waiting in all, whatever route they came by: every accepted one (Gradio's GPU
-        queue, direct calls) but the one running."""
-        in_flight = gpu_jobs_in_flight(self.blocks) + sum(self.direct.values()) + (
-            waiting_jobs(self.blocks) - self._gpu_waiting())
-        return max(0, in_flight - 1)
-
-    def _gpu_waiting(self) -> int:
-        group = self.blocks._queue.event_queue_per_concurrency_id.get(GPU_CONCURRENCY_ID)
-        return len(group.queue) if group is not None else 0
+        """Jobs waiting in all, whatever route they came by: every accepted one (not yet started
+        by Gradio, started GPU jobs, direct calls) but the one running."""
+        accepted = waiting_jobs(self.blocks) + started_gpu_jobs(self.blocks) + sum(self.direct.values())
+        return max(0, accepted - 1)
 
     async def _is_gpu_job(self, scope, receive):
         """(receive, whether this direct call runs a GPU job). The A1111 job routes always do; a

@@ -48,6 +48,10 @@ class Ticket:
     kind: str = ""
     since: float = field(default_factory=time.time)
 
+    @classmethod
+    def of(cls, caller: Caller, kind: str = "") -> "Ticket":
+        return cls(0, turn_key(caller), client=caller.client, user=caller.user, kind=kind)
+
 
 class Turns:
     """Who gets the GPU next: the oldest waiting job of the key (user, or address without a
@@ -205,13 +209,13 @@ class Jobs:
         The stop switch is armed before waiting for the GPU (停止 while waiting takes the job out
         of the line); ``on_wait(place, seconds)`` hears the job's place in the line (0: next) and
         the estimated wait while it waits, then ``on_wait(None, None)`` once the GPU is the
-        job's after a wait (a stop meanwhile still cancels it before it starts); out of memory becomes ``out_of_memory`` with the
-        failed job's memory freed."""
+        job's after a wait (a stop meanwhile still cancels it before it starts); out of memory
+        becomes ``out_of_memory`` with the failed job's memory freed."""
         caller = as_caller(client)
         client = caller.client
         cancel = self._start(client)
         hook = self._progress.track(client, on_step, user=caller.user)
-        ticket = Ticket(0, turn_key(caller), client=client, user=caller.user, kind=kind)
+        ticket = Ticket.of(caller, kind)
         waited: list[int] = []
 
         def told(place: int) -> None:
@@ -220,8 +224,7 @@ class Jobs:
 
         out_of_memory = False
         try:
-            with self._turn(ticket.key, cancel, ticket, told if on_wait is not None else None), self.lock, \
-                    self._timed(ticket):
+            with self._turn(ticket, cancel, told if on_wait is not None else None), self.lock, self._timed(ticket):
                 if on_wait is not None and waited:
                     on_wait(None, None)  # its turn after a wait: the caller may check it is still wanted
                 if cancel.is_set():
@@ -254,22 +257,21 @@ class Jobs:
         try:
             time.sleep(0)  # let a waiting thread see the free turn
         finally:
-            self.turns.acquire(turn_key(caller), ticket=Ticket(0, "", client=caller.client, user=caller.user, kind=kind))
+            ticket = Ticket.of(caller, kind)
+            self.turns.acquire(ticket.key, ticket=ticket)
             self.lock.acquire()
 
     @contextmanager
     def hold(self, batch: "Batch | None" = None):
         """The GPU for several jobs in a row (an API request's model override and batches); the
         batch waits for its turn like any job, and leaves the line when it is interrupted."""
-        caller = batch.caller if batch is not None else as_caller("local")
-        ticket = Ticket(0, turn_key(caller), client=caller.client, user=caller.user,
-                        kind=batch.kind if batch is not None else "")
-        with self._turn(ticket.key, batch.cancel if batch is not None else None, ticket), self.lock:
+        ticket = Ticket.of(batch.caller, batch.kind) if batch is not None else Ticket.of(as_caller("local"))
+        with self._turn(ticket, batch.cancel if batch is not None else None), self.lock:
             yield
 
     @contextmanager
-    def _turn(self, key: str, cancel: threading.Event | None, ticket: Ticket | None = None, on_wait=None):
-        self.turns.acquire(key, cancel, ticket, on_wait)
+    def _turn(self, ticket: Ticket, cancel: threading.Event | None, on_wait=None):
+        self.turns.acquire(ticket.key, cancel, ticket, on_wait)
         try:
             yield
         finally:
@@ -332,9 +334,6 @@ class Jobs:
                          "place": place, "waited": round(now - ticket.since, 1),
                          "eta": round(eta, 1) if eta is not None else None})
         return rows
-
-    def waiting_count(self) -> int:
-        return sum(self.turns.waiting().values())
 
     def _start(self, client: str) -> threading.Event:
         event = threading.Event()

@@ -66,6 +66,12 @@ def _model_field(ref: str) -> str:
             return Path(ref).name[: -len(ending)]
     return ref
 
+
+def _job_id(client: str) -> str:
+    """A queued job's public id: a hash of its stop-switch key (a page's session), never the key."""
+    return hashlib.sha256(client.encode()).hexdigest()[:12]
+
+
 class Studio:
     def __init__(self, store: ModelStore, outputs: OutputWriter, extensions: list = (),
                  downloads: Downloads | None = None) -> None:
@@ -98,8 +104,7 @@ class Studio:
         for row in self.jobs.queue():
             mine = row["key"] == me
             visible = admin or mine
-            job_id = hashlib.sha256(row["client"].encode()).hexdigest()[:12]  # never the session key
-            rows.append({"id": job_id if visible else None, "mine": mine,
+            rows.append({"id": _job_id(row["client"]) if visible else None, "mine": mine,
                          "user": row["user"] if visible else "", "kind": row["kind"] if visible else "",
                          "state": row["state"], "place": row["place"], "waited": row["waited"], "eta": row["eta"],
                          "step": row.get("step") if visible else None, "total": row.get("total") if visible else None})
@@ -110,7 +115,7 @@ class Studio:
         an administrator. Anything else is ``job_not_found`` (the same as no such job)."""
         me = turn_key(Caller(user=user, address=address or "local"))
         for row in self.jobs.queue():
-            if hashlib.sha256(row["client"].encode()).hexdigest()[:12] != str(job_id):
+            if _job_id(row["client"]) != str(job_id):
                 continue
             if not (user in self.admins or row["key"] == me):
                 break
@@ -594,7 +599,7 @@ class Studio:
     def _scope(self, user: str, scope: str) -> tuple[list[str] | None, bool, bool]:
         """(owners, shared only, trashed) of a history view; an unknown or forbidden scope is
         refused."""
-        own = [user_folder(user)] if user else [""]
+        own = [self.outputs_owner(user)]
         if scope == "mine":
             return own, False, False
         if scope == "trash":
@@ -624,7 +629,7 @@ class Studio:
         if entry is not None and not (self.outputs.root / entry.path).is_file():
             self.outputs.history.forget(entry)  # deleted by hand: the index catches up
             entry = None
-        mine = entry is not None and entry.owner == (user_folder(user) if user else "")
+        mine = entry is not None and entry.owner == self.outputs_owner(user)
         if entry is None or (own and not mine) or not (mine or self.may_read(str(self.outputs.root / entry.path), user)):
             raise ParamError("history_not_found")
         return entry
