@@ -51,6 +51,18 @@ ZH = dict(
     queue_cancel="取消任务",
     queue_cancelled="已取消。",
     queue_eta="，预计约 {seconds} 秒后开始",
+    unfinished_banner=("⚠ 服务器上次停止（重启或出错）时，你有 {count} 个任务没有完成：{jobs}。"
+                       "已经保存的图片都在「历史」里，没有丢失；需要的话请重新生成。"),
+    unfinished_job="{kind}（{time} 提交）",
+    # Gradio's own messages when the page loses the server (hard-coded in English in its page
+    # script; ui/layout.page_head puts ours in their place).
+    connection_messages={
+        "Connection to the server was lost. Attempting reconnection...":
+            "与服务器的连接断开了（服务器可能在重启）。正在生成和排队的任务不会完成；已经保存的图片都在「历史」里，不会丢失。"
+            "连接恢复后页面会自动刷新，请重新生成。",
+        "Connection errored out.":
+            "与服务器的连接断开了，这个任务没有完成。已经保存的图片都在「历史」里；请稍后刷新页面重新生成。",
+    },
     toast_error="出错了",
     toast_warning="提示",
     toast_info="完成",
@@ -427,6 +439,10 @@ EN = dict(
     queue_cancel="Cancel job",
     queue_cancelled="Cancelled.",
     queue_eta=", starting in about {seconds} s",
+    unfinished_banner=("⚠ When the server last stopped (restart or crash), {count} of your jobs had not finished: {jobs}. "
+                       "Every image already saved is in History; generate again if you need them."),
+    unfinished_job="{kind} (sent {time})",
+    connection_messages={},
     toast_error="Error",
     toast_warning="Warning",
     toast_info="Done",

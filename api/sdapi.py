@@ -798,6 +798,11 @@ def build_router(studio, accounts: Accounts | None = None, lang: str | None = No
     def queue_view(request: Request, user: str = Depends(login)) -> list[dict]:
         return studio.queue_view(user, (request.scope.get("client") or ("unknown", 0))[0])
 
+    @router.get("/danqing/v1/queue/unfinished", tags=["danqing"], summary="Your jobs that a server stop (restart, "
+                "crash) cut off before they finished: when accepted and what kind; each told once")
+    def unfinished_jobs(request: Request, user: str = Depends(login)) -> list[dict]:
+        return studio.unfinished_jobs(user, (request.scope.get("client") or ("unknown", 0))[0])
+
     @router.post("/danqing/v1/queue/{job_id}/cancel", tags=["danqing"], summary="Cancel a job of yours (any, for an "
                  "administrator): a waiting one leaves the line at once")
     def cancel_job(job_id: str, request: Request, user: str = Depends(login)) -> dict:

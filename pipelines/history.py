@@ -490,7 +490,14 @@ def picture_of(root: Path, path: Path) -> Path:
 class UsageLog:
     """Every GPU job's who, what, when, how long and how it ended, in ``outputs/usage.sqlite3``
     (its own file: rebuilding the history index never touches it). For the administrators'
-    用量 view: per user, images made (from the history), GPU seconds, failures."""
+    用量 view: per user, images made (from the history), GPU seconds, failures.
+
+    It is also the jobs' journal (``opened``/``closed``, pipelines.jobs): a job is written down
+    when accepted and struck out when it ends, so the jobs a kill -9 or a crash cut off are
+    still there at the next start (``recover``); each user is told of theirs once
+    (``unfinished``) instead of finding them silently gone."""
+
+    KEEP_UNFINISHED_DAYS = 7
 
     def __init__(self, root: Path) -> None:
         self.path = Path(root) / "usage.sqlite3"
@@ -506,6 +513,9 @@ class UsageLog:
                 db.execute("CREATE TABLE IF NOT EXISTS jobs (at REAL NOT NULL, day TEXT NOT NULL, user TEXT NOT NULL,"
                            " kind TEXT NOT NULL, seconds REAL NOT NULL, outcome TEXT NOT NULL)")
                 db.execute("CREATE INDEX IF NOT EXISTS jobs_day ON jobs (day)")
+                db.execute("CREATE TABLE IF NOT EXISTS open_jobs (id TEXT PRIMARY KEY, at REAL NOT NULL,"
+                           " key TEXT NOT NULL, user TEXT NOT NULL, kind TEXT NOT NULL,"
+                           " state TEXT NOT NULL DEFAULT 'open')")
             except sqlite3.DatabaseError as exc:  # unreadable: set aside, start a new log
                 log.warning("usage log %s unreadable (%s): starting a new one", self.path, exc)
                 os.replace(self.path, self.path.with_name(f"usage.sqlite3.corrupt-{int(time.time())}"))
@@ -520,6 +530,46 @@ class UsageLog:
             db.execute("INSERT INTO jobs VALUES (?,?,?,?,?,?)",
                        (now, time.strftime("%Y-%m-%d", time.localtime(now)), user, kind, float(seconds), outcome))
             db.commit()
+
+    # The journal -----------------------------------------------------------------------------
+    def opened(self, ticket) -> None:
+        """A job accepted (``ticket``: pipelines.jobs.Ticket)."""
+        with self._lock:
+            db = self._connect()
+            db.execute("INSERT OR REPLACE INTO open_jobs VALUES (?,?,?,?,?, 'open')",
+                       (ticket.id, ticket.since, ticket.key, ticket.user, ticket.kind))
+            db.commit()
+
+    def closed(self, ticket) -> None:
+        with self._lock:
+            db = self._connect()
+            db.execute("DELETE FROM open_jobs WHERE id = ?", (ticket.id,))
+            db.commit()
+
+    def recover(self) -> int:
+        """At start: the jobs a previous process left open did not finish. Returns how many;
+        ones told of long ago are forgotten."""
+        with self._lock:
+            db = self._connect()
+            db.execute("DELETE FROM open_jobs WHERE state = 'unfinished' AND at < ?",
+                       (time.time() - self.KEEP_UNFINISHED_DAYS * 86400,))
+            count = db.execute("UPDATE open_jobs SET state = 'unfinished' WHERE state = 'open'").rowcount
+            db.commit()
+        if count:
+            log.warning("%d job(s) did not finish before the last stop; their users are told", count)
+        return count
+
+    def unfinished(self, key: str) -> list[dict]:
+        """The jobs of ``key`` (pipelines.jobs.turn_key) that a stop cut off, oldest first, once:
+        they are forgotten when read."""
+        with self._lock:
+            db = self._connect()
+            rows = db.execute("SELECT id, at, kind FROM open_jobs WHERE state = 'unfinished' AND key = ?"
+                              " ORDER BY at", (key,)).fetchall()
+            if rows:
+                db.executemany("DELETE FROM open_jobs WHERE id = ?", [(r[0],) for r in rows])
+                db.commit()
+        return [{"at": at, "kind": kind} for _, at, kind in rows]
 
     def summary(self, day_from: str = "", day_to: str = "") -> dict[str, dict]:
         """user → {jobs, gpu_seconds, failed, cancelled} over the days given."""

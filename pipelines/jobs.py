@@ -47,6 +47,7 @@ class Ticket:
     user: str = ""
     kind: str = ""
     since: float = field(default_factory=time.time)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @classmethod
     def of(cls, caller: Caller, kind: str = "") -> "Ticket":
@@ -201,6 +202,9 @@ class Jobs:
         self._seconds: float | None = None  # a moving average of how long a job holds the GPU
         # Told of every job that had the GPU: (user, kind, seconds, "ok" | "cancelled" | "failed").
         self.on_finished: Callable[[str, str, float, str], None] | None = None
+        # Told of every job from when it is accepted until it ends (.opened(ticket), .closed(ticket)):
+        # the jobs still open when the process died are the ones its users are told did not finish.
+        self.journal = None
 
     # 1. One job ---------------------------------------------------------------------------------
     @contextmanager
@@ -223,6 +227,7 @@ class Jobs:
             on_wait(place, self.estimate(place))
 
         out_of_memory = False
+        self._journal("opened", ticket)
         try:
             with self._turn(ticket, cancel, told if on_wait is not None else None), self.lock, self._timed(ticket):
                 if on_wait is not None and waited:
@@ -241,6 +246,7 @@ class Jobs:
         finally:
             self._finish(client, cancel)
             self._progress.finish(client)
+            self._journal("closed", ticket)
         if out_of_memory:
             # Raised outside the except block, so the collection runs with the frames cleared.
             free_memory(self.device)
@@ -298,6 +304,14 @@ class Jobs:
                     self.on_finished(ticket.user, ticket.kind, seconds, outcome)
                 except Exception:  # the log never costs a user their job
                     log.exception("recording a job's usage failed")
+
+    def _journal(self, event: str, ticket: Ticket) -> None:
+        if self.journal is None:
+            return
+        try:
+            getattr(self.journal, event)(ticket)
+        except Exception:  # the journal never costs a user their job
+            log.exception("the job journal failed")
 
     # 2. The line --------------------------------------------------------------------------------
     def estimate(self, place: int) -> float | None:

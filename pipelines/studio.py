@@ -88,6 +88,11 @@ class Studio:
         self.team_gallery = False
         self.usage_log = index.UsageLog(outputs.root)
         self.jobs.on_finished = self.usage_log.record
+        try:
+            self.usage_log.recover()
+        except Exception:  # an unwritable outputs folder shows itself at the first save
+            log.exception("reading the job journal failed")
+        self.jobs.journal = self.usage_log
 
     # -- jobs ---------------------------------------------------------------------------------
     def stop(self, client: str) -> bool:
@@ -109,6 +114,11 @@ class Studio:
                          "state": row["state"], "place": row["place"], "waited": row["waited"], "eta": row["eta"],
                          "step": row.get("step") if visible else None, "total": row.get("total") if visible else None})
         return rows
+
+    def unfinished_jobs(self, user: str = "", address: str = "") -> list[dict]:
+        """The jobs of ``user`` (without logins: of ``address``) that a restart or crash cut
+        off before they finished ({at, kind}), told once."""
+        return self.usage_log.unfinished(turn_key(Caller(user=user, address=address or "local")))
 
     def cancel_job(self, job_id: str, user: str = "", address: str = "") -> dict:
         """Cancel a waiting (or running) job by its id from ``queue_view``: one's own, or any for

@@ -200,8 +200,8 @@ def test_two_users_through_the_server_and_a_kill_minus_nine(demo_models, demo_ca
     """Two designers on one server: each lists, searches and fetches only their own images; the
     wrong user is answered 404 on every route; sharing lets a teammate see one; the administrator
     sees all. Then the server is killed (-9) in the middle of a job and its index deleted: after a
-    restart every saved image is back in the history and no half-written file carries an image's
-    name."""
+    restart every saved image is back in the history, no half-written file carries an image's
+    name, and the user whose job was cut off is told (once; nobody else is)."""
     import signal
     import threading
 
@@ -275,5 +275,10 @@ def test_two_users_through_the_server_and_a_kill_minus_nine(demo_models, demo_ca
         # The shared flag came back from the owner's list, with the index rebuilt from the files.
         team = call(app, "GET", "/danqing/v1/history?scope=team", "小李")[1]["images"]
         assert [r["prompt"] for r in team] == ["竹林里的大熊猫，水墨画"]
+        # The job the kill cut off is reported to its user, once; the others had none.
+        status, cut = call(app, "GET", "/danqing/v1/queue/unfinished", "小李")
+        assert status == 200 and [j["kind"] for j in cut] == ["txt2img"], cut
+        assert call(app, "GET", "/danqing/v1/queue/unfinished", "小李")[1] == []
+        assert call(app, "GET", "/danqing/v1/queue/unfinished", "小王")[1] == []
     finally:
         app.stop()

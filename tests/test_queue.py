@@ -238,3 +238,57 @@ def test_a_flooding_user_and_a_teammate_through_the_server(demo_models, demo_cac
     assert finished["L0"] < wang_done[1][0], (finished, wang_done)  # after 小王's first, before their second
     cancelled = [n for n in ("W0", "W1", "W2", "W3") if not json.loads(answers[n][1]["info"]).get("files")]
     assert len(cancelled) == 1, answers
+
+
+def test_jobs_cut_off_by_a_stop_are_told_to_their_user_once(tmp_path):
+    """The journal: a job is written down when accepted and struck out when it ends however it
+    ends; the ones still open when the process died are, at the next start, its user's
+    unfinished jobs (by user, or by address without logins), told once. The page shows them in
+    a banner, and Gradio's English "connection lost" message is replaced by ours."""
+    from pipelines.history import UsageLog
+    from strings import load
+    from ui.layout import page_head, unfinished_text
+
+    log = UsageLog(tmp_path)
+    jobs = Jobs(threading.RLock(), "cpu")
+    jobs.journal = log
+    with jobs.run(Caller(client="a", user="小王"), kind="txt2img"):
+        pass
+    try:
+        with jobs.run(Caller(client="b", user="小王"), kind="img2img"):
+            raise DanqingError("internal")
+    except DanqingError:
+        pass
+    assert log._connect().execute("SELECT count(*) FROM open_jobs").fetchone()[0] == 0
+    # Two jobs in flight when the process dies: one running, one waiting (another address).
+    running, waiting = Caller(client="c", user="小李"), Caller(client="d", address="10.0.0.7")
+    entered = threading.Event()
+
+    def hold():
+        with jobs.run(running, kind="inpaint"):
+            entered.set()
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    entered.wait(5)
+    ticket_open = threading.Thread(target=lambda: jobs.run(waiting, kind="upscale").__enter__())
+    ticket_open.daemon = True
+    ticket_open.start()
+    time.sleep(0.2)
+    snapshot = tmp_path / "copy"
+    snapshot.mkdir()
+    log._connect().execute(f"VACUUM INTO '{snapshot / 'usage.sqlite3'}'")  # the disk as a kill -9 leaves it
+    thread.join()
+    after = UsageLog(snapshot)
+    assert after.recover() == 2
+    assert [j["kind"] for j in after.unfinished("user:小李")] == ["inpaint"]
+    assert after.unfinished("user:小李") == []  # told once
+    assert [j["kind"] for j in after.unfinished("address:10.0.0.7")] == ["upscale"]
+    assert after.unfinished("user:小王") == []
+    S = load("zh")
+    text = unfinished_text(S, [{"at": time.time(), "kind": "inpaint"}])
+    assert "1 个任务没有完成" in text and "局部重绘" in text and "历史" in text
+    assert unfinished_text(S, []) == ""
+    head = page_head(S)
+    assert "Connection to the server was lost. Attempting reconnection..." in head and "与服务器的连接断开了" in head

@@ -13,16 +13,17 @@ result gallery whose pictures can be sent on to the editing modes),
 from __future__ import annotations
 
 import json
+import time
 
 import gradio as gr
 
 from . import inputs, sending, tab_control, tab_download, tab_edit, tab_extensions, tab_tools, tab_train
-from .common import GPU, GPU_LIMIT, UIContext, UIOptions, selected_path, user_error, user_of
+from .common import GPU, GPU_LIMIT, UIContext, UIOptions, caller_of, selected_path, user_error, user_of
 from .panel import build_panel
 from .summary import summarize
 from strings import error_text, load
 
-__all__ = ["UIOptions", "build_ui", "page_css"]
+__all__ = ["UIOptions", "build_ui", "page_css", "page_head"]
 
 
 def model_dropdown_choices(S, studio) -> list[tuple[str, str]]:
@@ -63,6 +64,33 @@ def page_css(S) -> str:
     return "\n".join(rules)
 
 
+def page_head(S) -> str:
+    """A script for ``launch(head=...)``: Gradio's messages when the page loses the server are
+    English text in its page script; each is replaced by ours wherever it appears."""
+    if not S.connection_messages:
+        return ""
+    table = json.dumps(S.connection_messages, ensure_ascii=False)
+    return ("<script>(() => {const table = " + table + ";"
+            "const mend = (root) => {const walk = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);"
+            "for (let node = walk.nextNode(); node; node = walk.nextNode()) {"
+            "const text = node.nodeValue.trim(); if (text in table) node.nodeValue = table[text];}};"
+            "new MutationObserver((changes) => {for (const c of changes) {"
+            "for (const n of c.addedNodes) {if (n.nodeType === 1 || n.nodeType === 3) mend(n.nodeType === 1 ? n : n.parentNode);}"
+            "if (c.type === 'characterData' && c.target.parentNode) mend(c.target.parentNode);}})"
+            ".observe(document.documentElement, {childList: true, subtree: true, characterData: true});"
+            "})();</script>")
+
+
+def unfinished_text(S, jobs: list[dict]) -> str:
+    """The banner for the jobs a stop cut off ("" when none)."""
+    if not jobs:
+        return ""
+    items = [S.unfinished_job.format(kind=S.queue_kinds.get(j["kind"], j["kind"] or S.queue_kinds["txt2img"]),
+                                     time=time.strftime("%m-%d %H:%M", time.localtime(j["at"])))
+             for j in jobs[:5]]
+    return S.unfinished_banner.format(count=len(jobs), jobs=S.list_sep.join(items) + ("…" if len(jobs) > 5 else ""))
+
+
 def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Blocks:
     """``extensions``: what extensions.load_extensions returned (tabs, styles), or None."""
     S = load(options.lang)
@@ -81,6 +109,8 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
             )
         if options.download_pending:
             gr.Markdown(S.download_banner.format(model=options.download_pending))
+        # Jobs of this user that the last stop (restart, crash) cut off: said once, on the page.
+        unfinished = gr.Markdown(visible=False, elem_id="unfinished-banner")
 
         # 2. Base model switcher.
         with gr.Row():
@@ -199,6 +229,13 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
 
         tools.inspect_recent.click(inspect, tools.chosen, [tabs, tools.png], queue=False, api_visibility="private")
         demo.load(studio.system_info, None, tools.system, queue=False, api_visibility="private")
+
+        def tell_unfinished(request: gr.Request = None):
+            caller = caller_of(request)
+            text = unfinished_text(S, studio.unfinished_jobs(caller.user, caller.address))
+            return gr.Markdown(text, visible=bool(text))
+
+        demo.load(tell_unfinished, None, unfinished, queue=False, api_visibility="private")
         if panel.style is not None:  # styles edited in an extension's tab show up on reload
             demo.load(lambda: gr.Dropdown(choices=extensions.style_names()), None, panel.style, queue=False, api_visibility="private")
     return demo
