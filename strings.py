@@ -395,7 +395,31 @@ ZH = dict(
         "PNDM": "PNDM（PAI 默认）",
         "UniPC": "UniPC（少步数也清晰）",
         "LCM": "LCM（需要 LCM 模型，4–8 步）",
+        "TCD": "TCD（需要 TCD / Hyper-SD 模型，4–8 步）",
     },
+    schedule_label="调度类型",
+    schedule_labels={"Automatic": "自动（采样器默认）", "Karras": "Karras",
+                     "SGM Uniform": "SGM Uniform（尾部均匀，少步数模型用）"},
+    eta_label="eta（TCD 的随机性 gamma）",
+    eta_info="越大越平滑、细节越少；步数多时可调高",
+    fast_label="⚡ 极速（少步数模型）",
+    fast_info="用 LCM / TCD / Hyper-SD 少步数模型，4–8 步出图：自动选用模型并设置采样器、步数和 CFG",
+    fast_set=("**极速已开启**：{label}（{source}，{why}）。已设置：采样器 {sampler}、{steps} 步、CFG {cfg}{extra}。"
+              "作者推荐：{steps_low}–{steps_high} 步，CFG {cfg_range}。可以再自己调整；关闭极速即恢复原来的设置。"),
+    fast_picked=("「{file}」是少步数 LoRA：{label}（{why}）。已按作者推荐设置：采样器 {sampler}、{steps} 步、CFG {cfg}{extra}"
+                 "（推荐 {steps_low}–{steps_high} 步，CFG {cfg_range}）。关闭极速即恢复原来的设置。"),
+    fast_lora_source="LoRA「{file}」",
+    fast_base_source="基础模型「{model}」本身",
+    fast_schedule="、调度 SGM Uniform（尾部均匀）",
+    fast_eta="、eta {eta}",
+    fast_evidence={"config": "按模型结构识别", "metadata": "按文件里的信息识别", "card": "按模型卡识别",
+                   "layout": "按权重结构识别", "name": "按文件名识别"},
+    fast_missing=("没有找到少步数模型。把下面任意一个放进 `models/lora/`（「模型下载」页可以直接下载），再点 LoRA 的「刷新」：\n"
+                  "- LCM-LoRA：`latent-consistency/lcm-lora-sdv1-5` 的 `pytorch_lora_weights.safetensors`\n"
+                  "- TCD-LoRA：`h1t/TCD-SD15` 的 `pytorch_lora_weights.safetensors`\n"
+                  "- Hyper-SD：`ByteDance/Hyper-SD` 的 `Hyper-SD15-8steps-lora.safetensors`（或 1/2/4 步版）\n"
+                  "或者换成 LCM 蒸馏的基础模型（如 `SimianLuo/LCM_Dreamshaper_v7`）。"),
+    fast_restored="已关闭极速，恢复了原来的采样器、步数、CFG 和 LoRA。",
 )
 
 EN = dict(
@@ -762,6 +786,32 @@ EN = dict(
     send_to_inpaint="Send to inpaint",
     send_to_create="Send parameters to the studio",
     sampler_labels={name: name for name in ZH["sampler_labels"]},
+    schedule_label="Schedule type",
+    schedule_labels={"Automatic": "Automatic (the sampler's own)", "Karras": "Karras",
+                     "SGM Uniform": "SGM Uniform (trailing, for few-step models)"},
+    eta_label="eta (TCD's gamma)",
+    eta_info="Higher: smoother, less detail; raise it with more steps",
+    fast_label="⚡ Fast (few-step model)",
+    fast_info="Use an LCM / TCD / Hyper-SD few-step model, 4-8 steps: picks it and sets sampler, steps and CFG",
+    fast_set=("**Fast mode on**: {label} ({source}, {why}). Set: sampler {sampler}, {steps} steps, CFG {cfg}{extra}. "
+              "Its authors recommend {steps_low}-{steps_high} steps, CFG {cfg_range}. Change them if you like; "
+              "turning Fast off restores your settings."),
+    fast_picked=("\"{file}\" is a few-step LoRA: {label} ({why}). Set as its authors recommend: sampler {sampler}, "
+                 "{steps} steps, CFG {cfg}{extra} ({steps_low}-{steps_high} steps, CFG {cfg_range}). "
+                 "Turning Fast off restores your settings."),
+    fast_lora_source="LoRA \"{file}\"",
+    fast_base_source="the base model \"{model}\" itself",
+    fast_schedule=", schedule SGM Uniform (trailing)",
+    fast_eta=", eta {eta}",
+    fast_evidence={"config": "from the model's structure", "metadata": "from the file's metadata", "card": "from its model card",
+                   "layout": "from its weights' layout", "name": "from its file name"},
+    fast_missing=("No few-step model found. Put one of these in `models/lora/` (the Downloads tab can fetch them), "
+                  "then press Refresh under LoRA:\n"
+                  "- LCM-LoRA: `pytorch_lora_weights.safetensors` of `latent-consistency/lcm-lora-sdv1-5`\n"
+                  "- TCD-LoRA: `pytorch_lora_weights.safetensors` of `h1t/TCD-SD15`\n"
+                  "- Hyper-SD: `Hyper-SD15-8steps-lora.safetensors` of `ByteDance/Hyper-SD` (or the 1/2/4-step one)\n"
+                  "or switch to an LCM-distilled base model (e.g. `SimianLuo/LCM_Dreamshaper_v7`)."),
+    fast_restored="Fast mode off: your sampler, steps, CFG and LoRAs are back.",
 )
 
 ERRORS_ZH = {
@@ -784,6 +834,7 @@ ERRORS_ZH = {
     "size_not_multiple_of_8": "宽度和高度必须是 8 的倍数（收到 {width}×{height}）。",
     "job_too_large": "一次生成的像素太多（{width}×{height}×{images} 张），请减小尺寸或张数。",
     "unknown_sampler": "不认识的采样器：{value}。",
+    "unknown_schedule": "不认识的调度类型：{value}。可选：Automatic、Karras、SGM Uniform。",
     "unknown_model": "没有这个模型：{name}。请从列表中选择。",
     "bad_model_name": "模型名称不合法（{kind}）。",
     "unknown_model_name": "在 {kind} 文件夹里没有找到：{name}。",
@@ -927,6 +978,7 @@ ERRORS_EN = {
     "size_not_multiple_of_8": "Width and height must be multiples of 8 (got {width}×{height}).",
     "job_too_large": "Too many pixels in one job ({width}×{height}×{images}); lower the size or count.",
     "unknown_sampler": "Unknown sampler: {value}.",
+    "unknown_schedule": "Unknown schedule type: {value}. Choose Automatic, Karras or SGM Uniform.",
     "unknown_model": "No such model: {name}. Pick one from the list.",
     "bad_model_name": "Invalid model name ({kind}).",
     "unknown_model_name": "Not found in the {kind} folder: {name}.",

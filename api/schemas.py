@@ -24,7 +24,8 @@ class Txt2ImgRequest(_Request):
     seed: int = Field(-1, description="-1 picks a random seed; image i of the request gets seed + i.")
     sampler_name: str | None = Field(None, description="An A1111 sampler name from /sdapi/v1/samplers (default DPM++ 2M Karras).")
     sampler_index: str | None = Field(None, description="Older name of sampler_name.")
-    scheduler: str | None = Field(None, description="A1111 1.9+: 'Karras' with sampler_name 'DPM++ 2M' means 'DPM++ 2M Karras'.")
+    scheduler: str | None = Field(None, description="A1111 1.9+ (see /sdapi/v1/schedulers): 'Automatic', 'Karras' ('DPM++ 2M' + 'Karras' is 'DPM++ 2M Karras'), 'SGM Uniform' (trailing timesteps: Hyper-SD, TCD).")
+    eta: float | None = Field(None, description="The sampler's eta, 0 to 1 (TCD's gamma, default 0.3; DDIM's eta). None: the sampler's default.")
     batch_size: int = Field(1, description="Images per batch (one denoising run).")
     n_iter: int = Field(1, description="Batches run one after another; seeds continue across batches.")
     steps: int = 20

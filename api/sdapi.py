@@ -90,7 +90,10 @@ SAMPLER_ALIASES = {
     "PNDM": ["pndm", "plms"],
     "UniPC": ["uni_pc"],
     "LCM": ["lcm"],
+    "TCD": ["tcd"],
 }
+# A1111 1.9's schedulers (/sdapi/v1/schedulers): its names and labels, mapped to ours.
+SCHEDULE_ALIASES = {"Automatic": ["automatic", ""], "Karras": ["karras"], "SGM Uniform": ["sgm_uniform", "trailing"]}
 # A1111's names for the Real-ESRGAN files it downloads, mapped to the files' own stems.
 A1111_UPSCALERS = {
     "r-esrgan 4x+": "RealESRGAN_x4plus",
@@ -153,6 +156,17 @@ def sampler_name(name: str | None, scheduler: str | None = None) -> str:
     if found and scheduler and scheduler.strip().lower() == "karras" and f"{found} Karras" in SAMPLER_NAMES:
         found = f"{found} Karras"
     return found or name  # unknown: validate_txt2img refuses it with the list of names
+
+
+def schedule_name(scheduler: str | None, sampler: str) -> str:
+    """A1111's ``scheduler`` (a name or a label) -> our schedule type. 'Karras' already folded
+    into the sampler's name (sampler_name) is Automatic here; an unknown one comes back as
+    given (the request then refuses it in Chinese)."""
+    wanted = (scheduler or "").strip().lower()
+    for name, aliases in SCHEDULE_ALIASES.items():
+        if wanted == name.lower() or wanted in aliases:
+            return "Automatic" if name == "Karras" and sampler.endswith(" Karras") else name
+    return str(scheduler)
 
 
 def image_bytes(value: Any, missing: str = "control_image_missing") -> bytes:
@@ -389,6 +403,7 @@ class SdApi:
         request = Txt2Img.from_fields(
             prompt=prompt, negative_prompt=negative, num_inference_steps=req.steps, guidance_scale=req.cfg_scale,
             width=req.width, height=req.height, seed=req.seed, num_images_per_prompt=req.batch_size, sampler=sampler,
+            schedule_type=schedule_name(req.scheduler, sampler), eta=req.eta,
             clip_skip=req.override_settings.get("CLIP_stop_at_last_layers", self.clip_skip), **more,
         )
         return request, prompt, negative, sampler
@@ -754,6 +769,10 @@ def build_router(studio, accounts: Accounts | None = None, lang: str | None = No
     @router.get(f"{v1}/samplers", tags=["sdapi"], summary="Samplers by their A1111 names")
     def samplers() -> list[dict]:
         return [{"name": n, "aliases": SAMPLER_ALIASES.get(n, []), "options": {}} for n in SAMPLER_NAMES]
+
+    @router.get(f"{v1}/schedulers", tags=["sdapi"], summary="Schedule types by their A1111 names (scheduler field)")
+    def schedulers() -> list[dict]:
+        return [{"name": aliases[0], "label": name, "aliases": aliases[1:] or None} for name, aliases in SCHEDULE_ALIASES.items()]
 
     @router.get(f"{v1}/loras", tags=["sdapi"], summary="LoRA files in models/lora (use as <lora:name:weight>)")
     def loras() -> list[dict]:

@@ -64,8 +64,13 @@ SAMPLER_NAMES: tuple[str, ...] = (
     "PNDM",
     "UniPC",
     "LCM",
+    "TCD",
 )
 DEFAULT_SAMPLER = "DPM++ 2M Karras"
+# A1111 1.9's schedule types that change what runs here: the sampler's own spacing
+# ("Automatic"), Karras sigmas, or the trailing timesteps few-step models want ("SGM Uniform").
+SCHEDULE_TYPES: tuple[str, ...] = ("Automatic", "Karras", "SGM Uniform")
+DEFAULT_SCHEDULE = "Automatic"
 
 MAX_STEPS = 150
 MAX_CFG = 30.0
@@ -254,6 +259,10 @@ class Txt2Img:
     hires_steps: int = 0
     # A1111's CLIP_stop_at_last_layers: 1 = the text encoder's last layer, 2 = the one before, ...
     clip_skip: int = 1
+    # The timestep schedule (SCHEDULE_TYPES) and the sampler's eta (TCD's gamma, DDIM's eta;
+    # None: the sampler's own default).
+    schedule_type: str = DEFAULT_SCHEDULE
+    eta: float | None = None
 
     @classmethod
     def from_fields(cls, mapping: Mapping | None = None, /, **more: Any) -> "Txt2Img":
@@ -288,6 +297,15 @@ class Txt2Img:
         in_range("hires_steps", hires_steps, 0, MAX_STEPS)
         clip_skip = as_int("clip_skip", raw.get("clip_skip") or 1)
         in_range("clip_skip", clip_skip, 1, MAX_CLIP_SKIP)
+        schedule = raw.get("schedule_type") or DEFAULT_SCHEDULE
+        if schedule not in SCHEDULE_TYPES:
+            raise ParamError("unknown_schedule", value=str(schedule)[:60])
+        eta = raw.get("eta")
+        if eta is not None and eta != "":
+            eta = as_float("eta", eta)
+            in_range("eta", eta, 0.0, 1.0)
+        else:
+            eta = None
         if hires_pass and not draft:
             upscaler = upscaler or LATENT_UPSCALER
             scale = as_float("hires_scale", raw.get("hires_scale", 2))
@@ -316,6 +334,8 @@ class Txt2Img:
             hires_strength=strength,
             hires_steps=hires_steps,
             clip_skip=clip_skip,
+            schedule_type=str(schedule),
+            eta=eta,
         )
 
     def seeds(self) -> list[int]:

@@ -22,6 +22,7 @@ from PIL import Image
 
 from .downloads import Downloads, endpoint
 from .errors import DanqingError, ParamError
+from .formats import fewstep
 from .formats.cards import read_card
 from .formats import uploads
 from .formats.images import open_upload
@@ -30,10 +31,11 @@ from .formats.pnginfo import format_parameters, read_parameters
 from . import history as index
 from .jobs import Jobs, as_caller, turn_key
 from .outputs import OutputWriter, user_folder
-from .requests import INPAINT_FILL_NAMES, LATENT_UPSCALER, Caller, Control, ControlUnit, Img2Img, Inpaint, Outpaint, TRAIN_NAME, TrainLora, Txt2Img, Upscale
+from .requests import DEFAULT_SCHEDULE, INPAINT_FILL_NAMES, LATENT_UPSCALER, Caller, Control, ControlUnit, Img2Img, Inpaint, Outpaint, TRAIN_NAME, TrainLora, Txt2Img, Upscale
 from .store import ModelStore
 from .tasks import annotators, captions, controlnet, edit, lora, train, txt2img, upscale
 from .tasks.denoise import Generated
+from .tasks.schedulers import step_eta
 from .tasks.prompts import token_window
 
 log = logging.getLogger(__name__)
@@ -276,6 +278,11 @@ class Studio:
         }
         if params.clip_skip > 1:
             base_fields["Clip skip"] = params.clip_skip
+        if params.schedule_type != DEFAULT_SCHEDULE:  # A1111 1.9's field
+            base_fields["Schedule type"] = params.schedule_type
+        eta = step_eta(params.sampler, params.eta)
+        if eta is not None:  # what the sampler stepped with (TCD's gamma)
+            base_fields["Eta"] = f"{eta:g}"
         used = result.notices.get("embeddings") or {}
         if used:  # A1111's "TI hashes": each embedding named in the prompts, by its file's hash
             base_fields["TI hashes"] = ", ".join(
@@ -475,6 +482,27 @@ class Studio:
             except DanqingError:
                 continue
         return card
+
+    def fast_settings(self) -> dict | None:
+        """极速: what to use for few-step generation — the base model itself when it is a
+        few-step one, else the surest few-step LoRA in models/lora (LCM before TCD before
+        Hyper-SD; metadata before layout before file name). {"lora": file or None, "model": the
+        base's name, "fewstep": the method and its published settings}; None when there is none."""
+        model = self.current_model()
+        unet_config = None
+        try:
+            unet_config = dict(self.store.base().unet.config)
+        except Exception:  # not loadable now: its name and card still tell
+            pass
+        found = fewstep.recognise_base(model, unet_config, self.model_card(model))
+        if found is not None:
+            return {"lora": None, "model": model, "fewstep": found.as_dict()}
+        ranked = sorted((row for row in self.loras() if row.get("fewstep")),
+                        key=lambda row: (fewstep.RANK.index(row["fewstep"]["evidence"]),
+                                         list(fewstep.METHODS).index(row["fewstep"]["method"]), row["name"]))
+        if not ranked:
+            return None
+        return {"lora": ranked[0]["name"], "model": model, "fewstep": ranked[0]["fewstep"]}
 
     def model_card_image(self, ref: str | None = None) -> Image.Image | None:
         """The preview image beside a local model (read like an upload: size and format checked)."""

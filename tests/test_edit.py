@@ -301,7 +301,7 @@ def test_hires_fix_latent_with_its_own_steps_and_scale(studio):
 
 # 7. LoRA and ControlNet in img2img --------------------------------------------------------
 def test_a_lora_and_a_controlnet_change_img2img(studio, tmp_path):
-    lora = studio.loras()[0]["name"]
+    lora = "danqing-demo-kohya.safetensors"
     plain = rgb(studio.img2img(Img2Img.build(base(), photo(), 0.7))[0][0])
     with_lora = rgb(studio.img2img(Img2Img.build(base(loras=[[lora, 1.0]]), photo(), 0.7))[0][0])
     assert not np.array_equal(plain, with_lora)

@@ -24,6 +24,8 @@ from pipelines.requests import (
     MAX_STEPS,
     MIN_SIDE,
     SAMPLER_NAMES,
+    SCHEDULE_TYPES,
+    DEFAULT_SCHEDULE,
     parse_prompt_loras,
 )
 from pipelines.formats.pnginfo import parse_parameters
@@ -66,6 +68,11 @@ class Panel:
     clip_skip: gr.Slider  # CLIP 跳过层 (A1111's CLIP_stop_at_last_layers)
     style: gr.Dropdown | None = None  # prompt styles from the extensions (None: no styles)
     lora_box: gr.Accordion | None = None  # its title names the active LoRAs, even when folded
+    schedule: gr.Dropdown | None = None  # A1111's schedule type (trailing for few-step models)
+    eta: gr.Slider | None = None  # TCD's gamma (shown with the TCD sampler)
+    fast: gr.Checkbox | None = None  # 极速: a few-step model with its published settings
+    fast_note: gr.Markdown | None = None
+    fast_saved: gr.State | None = None  # the settings 极速 replaced, put back when it goes off
 
     def fields(self) -> dict:
         """The panel's components by request field name (pipelines/requests.Txt2Img)."""
@@ -75,7 +82,7 @@ class Panel:
             "num_images_per_prompt": self.batch, "sampler": self.sampler, "loras": self.loras,
             "hires_upscaler": self.hires, "hires_scale": self.hires_scale, "deepcache": self.deepcache,
             "hires_pass": self.hires_pass, "hires_strength": self.hires_strength, "hires_steps": self.hires_steps,
-            "clip_skip": self.clip_skip,
+            "clip_skip": self.clip_skip, "schedule_type": self.schedule, "eta": self.eta,
         }
 
     def stop_job(self, request: gr.Request = None) -> None:
@@ -240,6 +247,8 @@ class Panel:
             number(fields.get("Steps")), number(fields.get("CFG scale")), number(fields.get("Seed")),
             number(w), number(h), sampler if sampler in SAMPLER_NAMES else gr.update(),
             *names, *weights, *self._hires_values(fields, number), number(fields.get("Clip skip", 1)),
+            fields.get("Schedule type") if fields.get("Schedule type") in SCHEDULE_TYPES else DEFAULT_SCHEDULE,
+            number(fields.get("Eta")) if "Eta" in fields else gr.update(),
         ]
 
     def _hires_values(self, fields: dict, number) -> list:
@@ -258,7 +267,7 @@ class Panel:
 def send_parameters_targets(panel: Panel) -> list:
     return [panel.prompt, panel.negative, panel.steps, panel.cfg, panel.seed, panel.width, panel.height,
             panel.sampler, *panel.lora_names, *panel.lora_weights, panel.hires_pass, panel.hires_strength,
-            panel.hires_steps, panel.hires, panel.hires_scale, panel.clip_skip]
+            panel.hires_steps, panel.hires, panel.hires_scale, panel.clip_skip, panel.schedule, panel.eta]
 
 
 def build_panel(ctx: UIContext, styles=None) -> Panel:
@@ -274,7 +283,16 @@ def build_panel(ctx: UIContext, styles=None) -> Panel:
             apply_style = gr.Button(S.style_apply, scale=1)
         apply_style.click(styles.apply_styles, [prompt, negative, style], [prompt, negative],
                           queue=False, api_visibility="private")
-    sampler = inputs.dropdown(S, choices=[(S.sampler_labels[n], n) for n in SAMPLER_NAMES], value=DEFAULT_SAMPLER, label=S.sampler_label)
+    fast = gr.Checkbox(False, label=S.fast_label, info=S.fast_info, elem_id="fast-mode")
+    fast_note = gr.Markdown(elem_id="fast-note")
+    fast_saved = gr.State(None)
+    with gr.Row():
+        sampler = inputs.dropdown(S, choices=[(S.sampler_labels[n], n) for n in SAMPLER_NAMES], value=DEFAULT_SAMPLER,
+                                  label=S.sampler_label, scale=3)
+        schedule = inputs.dropdown(S, choices=[(S.schedule_labels[n], n) for n in SCHEDULE_TYPES], value=DEFAULT_SCHEDULE,
+                                   label=S.schedule_label, scale=2)
+    eta = inputs.slider(S, 0, 1, value=0.3, step=0.05, label=S.eta_label, info=S.eta_info, visible=False)
+    sampler.change(lambda name: gr.Slider(visible=name == "TCD"), sampler, eta, queue=False, api_visibility="private")
     with gr.Row():
         steps = inputs.slider(S, 1, MAX_STEPS, value=20, step=1, label=S.steps_label)
         cfg = inputs.slider(S, 0, MAX_CFG, value=7.0, step=0.5, label=S.cfg_label)
@@ -327,8 +345,10 @@ def build_panel(ctx: UIContext, styles=None) -> Panel:
 
     panel = Panel(ctx, prompt, negative, sampler, steps, cfg, width, height, seed, batch, random_seed,
                   reuse_seed, lora_names, lora_weights, loras, lora_info, lora_previews, refresh_loras, hires, hires_scale,
-                  deepcache, hires_pass, hires_strength, hires_steps, clip_skip, style=style, lora_box=lora_box)
-    _wire_lora_slots(panel)
+                  deepcache, hires_pass, hires_strength, hires_steps, clip_skip, style=style, lora_box=lora_box,
+                  schedule=schedule, eta=eta, fast=fast, fast_note=fast_note, fast_saved=fast_saved)
+    gather = _wire_lora_slots(panel)
+    _wire_fast(panel, gather)
     return panel
 
 
@@ -364,7 +384,8 @@ def _listed_name(tag: str, listed: list[str]) -> str | None:
     return stems[0] if len(stems) == 1 else None
 
 
-def _wire_lora_slots(panel: Panel) -> None:
+def _wire_lora_slots(panel: Panel):
+    """The slots' events; returns the function that gathers them (for events that set slots)."""
     S, studio = panel.ctx.S, panel.ctx.studio
     slots = [*panel.lora_names, *panel.lora_weights]
 
@@ -403,3 +424,93 @@ def _wire_lora_slots(panel: Panel) -> None:
         return [gr.Dropdown(choices=choices(names, S.none)) for _ in range(LORA_SLOTS)]
 
     panel.refresh_loras.click(refresh, None, panel.lora_names, queue=False, api_visibility="private")
+    return gather
+
+
+# 极速 -----------------------------------------------------------------------------------------
+def fast_text(S, found: dict, file: str | None = None, model: str | None = None, picked: bool = False) -> str:
+    """What 极速 (or picking a few-step LoRA) set and why, in one paragraph."""
+    extra = (S.fast_schedule if found["schedule_type"] == "SGM Uniform" else "") + \
+        (S.fast_eta.format(eta=f"{found['eta']:g}") if found.get("eta") is not None else "")
+    low, high = found["cfg_range"]
+    values = {"label": found["label"], "why": S.fast_evidence.get(found["evidence"], found["evidence"]),
+              "sampler": found["sampler"], "steps": found["steps"], "cfg": f"{found['cfg']:g}", "extra": extra,
+              "steps_low": found["steps_range"][0], "steps_high": found["steps_range"][1],
+              "cfg_range": f"{low:g}" if low == high else f"{low:g}–{high:g}"}
+    if picked:
+        return S.fast_picked.format(file=file, **values)
+    source = S.fast_lora_source.format(file=file) if file else S.fast_base_source.format(model=model)
+    return S.fast_set.format(source=source, **values)
+
+
+# The settings 极速 changes, in this order (panel components and the values kept to restore).
+FAST_FIELDS = ("sampler", "steps", "cfg", "schedule", "eta")
+
+
+def fast_switch(S, studio, on: bool, settings: list, names: list, weights: list, saved) -> tuple:
+    """极速 turned on or off. ``settings``: the panel's current [sampler, steps, cfg, schedule,
+    eta]; ``names``/``weights``: the LoRA slots. On: the few-step model's published settings
+    (its LoRA in the first free slot, or the last slot when all are taken), the old values kept
+    in ``saved``; off: ``saved`` put back. Returns (checkbox, note, settings, names, weights,
+    saved); a switch with no few-step model to use stays off and says what to download."""
+    keep = [gr.update()] * len(settings), [gr.update()] * len(names), [gr.update()] * len(weights)
+    if not on:
+        if not saved:
+            return gr.update(), "", *keep, None
+        if saved["names"] is None:  # set by picking a LoRA by hand: the slots stay as they are
+            return gr.update(), S.fast_restored, list(saved["settings"]), keep[1], keep[2], None
+        return gr.update(), S.fast_restored, list(saved["settings"]), list(saved["names"]), list(saved["weights"]), None
+    found = studio.fast_settings()
+    if found is None:
+        return False, S.fast_missing, *keep, None
+    if saved is None:  # on twice (a LoRA picked while on): the first old values are the ones to restore
+        saved = {"settings": list(settings), "names": list(names), "weights": list(weights)}
+    f = found["fewstep"]
+    new_settings = [f["sampler"], f["steps"], f["cfg"], f["schedule_type"],
+                    f["eta"] if f.get("eta") is not None else settings[4]]
+    new_names, new_weights = list(names), list(weights)
+    lora = found["lora"]
+    if lora and lora not in new_names:
+        slot = next((i for i, n in enumerate(new_names) if not n), len(new_names) - 1)
+        new_names[slot], new_weights[slot] = lora, 1.0
+    return True, fast_text(S, f, file=lora, model=found["model"]), new_settings, new_names, new_weights, saved
+
+
+def fast_picked(S, studio, name: str, settings: list, saved) -> tuple:
+    """A few-step LoRA chosen by hand in a slot: its published settings proposed (set, with
+    the note), 极速 shown on so turning it off restores the old ones. Any other LoRA: nothing."""
+    row = next((r for r in studio.loras() if r["name"] == name), None) if name else None
+    found = row and row.get("fewstep")
+    if not found:
+        return gr.update(), gr.update(), *([gr.update()] * len(settings)), saved
+    if saved is None:
+        saved = {"settings": list(settings), "names": None, "weights": None}
+    new_settings = [found["sampler"], found["steps"], found["cfg"], found["schedule_type"],
+                    found["eta"] if found.get("eta") is not None else settings[4]]
+    return True, fast_text(S, found, file=name, picked=True), *new_settings, saved
+
+
+def _wire_fast(panel: Panel, gather) -> None:
+    S, studio = panel.ctx.S, panel.ctx.studio
+    settings = [panel.sampler, panel.steps, panel.cfg, panel.schedule, panel.eta]
+    slots = [*panel.lora_names, *panel.lora_weights]
+
+    def switch(on, *values):
+        current, names, weights, saved = (list(values[:5]), list(values[5:5 + LORA_SLOTS]),
+                                          list(values[5 + LORA_SLOTS:5 + 2 * LORA_SLOTS]), values[-1])
+        box, note, new_settings, new_names, new_weights, kept = fast_switch(S, studio, on, current, names, weights, saved)
+        return box, note, *new_settings, *new_names, *new_weights, kept
+
+    # .input: only the person's own clicks (a LoRA pick sets the box without switching again).
+    # The slots' own change events each gather what they saw when they fired; with a name and a
+    # weight set at once the last to answer may be stale, so gather once more after both.
+    panel.fast.input(switch, [panel.fast, *settings, *slots, panel.fast_saved],
+                     [panel.fast, panel.fast_note, *settings, *slots, panel.fast_saved],
+                     queue=False, api_visibility="private").then(
+        gather, slots, [panel.loras, panel.lora_info, panel.lora_previews, panel.lora_box], queue=False,
+        api_visibility="private")
+
+    for name_box in panel.lora_names:
+        name_box.input(lambda name, *rest: fast_picked(S, studio, name, list(rest[:5]), rest[5]),
+                       [name_box, *settings, panel.fast_saved],
+                       [panel.fast, panel.fast_note, *settings, panel.fast_saved], queue=False, api_visibility="private")

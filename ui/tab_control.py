@@ -102,7 +102,7 @@ def added_names(kind: str) -> tuple[str, ...]:
 # The two endpoints' parameters, in the order the Gradio API has always listed them.
 # The hires pass's fields come last (added after the endpoints were first published).
 HIRES_PASS_FIELDS = ("hires_pass", "hires_strength", "hires_steps")
-LATE_FIELDS = ("clip_skip",)  # added later still: last, after the hires pass's
+LATE_FIELDS = ("clip_skip", "schedule_type", "eta")  # added later still: last, after the hires pass's
 BASE_FIELDS = request_fields(Txt2Img, exclude=("draft", *HIRES_PASS_FIELDS, *LATE_FIELDS))
 ENDPOINTS = {
     "canny": ("image", *BASE_FIELDS, *OWN_NAMES, "low_threshold", "high_threshold", "resize_mode",

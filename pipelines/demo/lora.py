@@ -15,7 +15,16 @@ DEMO_LORAS = {
     "peft": "danqing-demo-peft.safetensors",
     "kohya": "danqing-demo-kohya.safetensors",
     "pai": "pai-poem-tiny/pytorch_lora_weights.bin",
+    # Few-step LoRAs (极速): LCM-LoRA's layout under its published file name (nothing in the name
+    # says LCM: it is recognised by its keys), and a Hyper-SD-style one under Hyper-SD's name.
+    "lcm": "lcm-lora-sdv1-5-tiny/pytorch_lora_weights.safetensors",
+    "hyper": "Hyper-SD15-2steps-lora-tiny.safetensors",
 }
+
+# The modules LCM-LoRA's and TCD's distillation scripts adapt: every U-Net layer that takes
+# weights, the ResNets (and their time-embedding projections) included; no text encoder.
+FEWSTEP_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
+                   "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj")
 
 
 DEMO_TAGS = {"shuimo": 14, "ink wash painting": 11, "bamboo": 6, "panda": 3}
@@ -100,4 +109,25 @@ def save_demo_loras(root: Path) -> dict[str, Path]:
         state[f"{key}.down.weight"], state[f"{key}.up.weight"] = down, up
     written["pai"].parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, written["pai"])
+
+    # 5. Few-step LoRAs over the whole U-Net (FEWSTEP_TARGETS), small weights (a distillation
+    # LoRA nudges every layer): LCM-LoRA as Kohya-style keys with alpha = rank, as diffusers'
+    # conversion writes it for A1111 and ComfyUI; the Hyper-SD-style one in diffusers' own
+    # ``unet.<module>.lora.down/up`` naming.
+    whole = [(n, m) for n, m in unet.named_modules()
+             if n.endswith(FEWSTEP_TARGETS) and isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    for kind, seed in (("lcm", 404), ("hyper", 505)):
+        g = torch.Generator().manual_seed(seed)
+        state = {}
+        for name, module in whole:
+            down, up = pair(module, 4, g)
+            down, up = down * 0.5, up * 0.5
+            if kind == "lcm":
+                key = "lora_unet_" + name.replace(".", "_")
+                state[f"{key}.lora_down.weight"], state[f"{key}.lora_up.weight"] = down, up
+                state[f"{key}.alpha"] = torch.tensor(4.0)
+            else:
+                state[f"unet.{name}.lora.down.weight"], state[f"unet.{name}.lora.up.weight"] = down, up
+        written[kind].parent.mkdir(parents=True, exist_ok=True)
+        save_file(state, written[kind], metadata={"format": "pt"})
     return written

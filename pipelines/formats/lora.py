@@ -56,20 +56,26 @@ DOWN_UP = (
 )
 
 
-def read_metadata(path: Path) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors header, read without loading any tensor."""
+def read_header(path: Path) -> tuple[dict[str, str], list[str]]:
+    """The ``__metadata__`` and the tensor names of a safetensors header, read without loading
+    any tensor (({}, []) for other formats and unreadable files)."""
     if path.suffix.lower() != ".safetensors":
-        return {}
+        return {}, []
     try:
         with open(path, "rb") as f:
             (length,) = struct.unpack("<Q", f.read(8))
             if length > HEADER_LIMIT:
-                return {}
+                return {}, []
             header = json.loads(f.read(length))
-        metadata = header.get("__metadata__") or {}
-        return {str(k): str(v) for k, v in metadata.items()}
+        metadata = header.pop("__metadata__", None) or {}
+        return {str(k): str(v) for k, v in metadata.items()}, [str(k) for k in header]
     except (OSError, ValueError, struct.error, AttributeError):
-        return {}
+        return {}, []
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors header, read without loading any tensor."""
+    return read_header(path)[0]
 
 
 def trigger_words(metadata: dict[str, str], limit: int = TRIGGER_WORDS) -> list[str]:

@@ -24,7 +24,7 @@ from .deepcache import deep_cache
 from .lora import apply_loras
 from .preview import PreviewHook, Previewer, preview_decoder
 from .prompts import long_prompt_embeds, used_embeddings
-from .schedulers import make_scheduler
+from .schedulers import make_scheduler, step_eta
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def build_pipeline(store, params: Txt2Img, cls=None, **components):
 
     base = store.base()
     apply_loras(store, params.loras)
-    scheduler = make_scheduler(params.sampler, base.scheduler.config)
+    scheduler = make_scheduler(params.sampler, base.scheduler.config, params.schedule_type)
     return store.pipeline(cls or StableDiffusionPipeline, scheduler=scheduler, **components)
 
 
@@ -155,6 +155,9 @@ def denoise(
     accepted = inspect.signature(pipe.__call__).parameters
     size = {"width": params.width, "height": params.height} if "width" in accepted else {}
     total = steps or params.num_inference_steps
+    eta = step_eta(params.sampler, params.eta)
+    if eta is not None and "eta" in accepted:
+        call_kwargs = {"eta": eta, **(call_kwargs or {})}
     # 2. Denoise to latents; the callback reports steps and honours stop.
     with deep_cache(pipe.unet, params.deepcache):
         latents = pipe(

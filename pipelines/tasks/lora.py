@@ -42,7 +42,8 @@ import torch
 from ..errors import ModelError, ParamError
 from ..formats.cards import read_card
 from ..formats.weights import short_hash
-from ..formats.lora import COMPONENTS, LoraLayers, base_model, map_state_dict, read_metadata, read_state_dict, trigger_words
+from ..formats import fewstep
+from ..formats.lora import COMPONENTS, LoraLayers, base_model, map_state_dict, read_header, read_state_dict, trigger_words
 from ..store.adapters import MAX_ADAPTERS, AdapterTable, adapter_bytes
 from ..store.folders import inside
 
@@ -71,7 +72,7 @@ def list_loras(store, with_hash: bool = True) -> list[dict]:
             digest = short_hash(str(path), stat.st_size, stat.st_mtime_ns) if with_hash else None
         except (OSError, ParamError):  # removed or unreadable meanwhile: not listed
             continue
-        metadata = read_metadata(path)
+        metadata, keys = read_header(path)
         card = read_card(path)
         rows.append(
             {
@@ -85,6 +86,8 @@ def list_loras(store, with_hash: bool = True) -> list[dict]:
                 "description": card.get("description", ""),
                 "title": card.get("title", ""),
                 "preferred_weight": card.get("preferred_weight"),
+                # A few-step LoRA (LCM, TCD, Hyper-SD): its method and published settings.
+                "fewstep": (found.as_dict() if (found := fewstep.recognise_lora(name, metadata, keys, card)) else None),
             }
         )
     return rows
