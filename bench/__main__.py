@@ -2,6 +2,8 @@
 
     python -m bench --quick                 # a few minutes on a 2-core CPU
     python -m bench --size 512 --steps 20   # the real thing (GPU: add --dtype fp16)
+    python -m bench --size 256 --variants danqing,danqing-lcm-4,danqing-lcm-8,danqing-tcd-4,diffusers-lcm-4
+                                            # 极速: 20 steps against few-step LoRAs
 
 Builds the full-size SD 1.5 architecture with random weights (bench/sd15.py) in a temporary
 folder, loads it (1) with plain ``StableDiffusionPipeline.from_pretrained`` and (2) through
@@ -123,20 +125,97 @@ def make_baseline(folder: Path, device: torch.device, dtype: torch.dtype, naive:
     return run
 
 
-def make_danqing(folder: Path, device: str, dtype: str, deepcache: int = 0, **fast):
+FEWSTEP_LORA = "fewstep-rank64.safetensors"
+
+
+def fewstep_lora(folder: Path) -> Path:
+    """A rank-64 LoRA over the whole U-Net in LCM-LoRA's layout (bench/sd15.py's model, random
+    weights, written once): what a few-step LoRA costs per step, unfused, as users run it."""
+    from pipelines.demo.lora import FEWSTEP_TARGETS
+
+    path = folder.parent / "models" / "lora" / FEWSTEP_LORA
+    if path.exists():
+        return path
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for name, module in unet.named_modules():
+        if not (name.endswith(FEWSTEP_TARGETS) and isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))):
+            continue
+        conv = isinstance(module, torch.nn.Conv2d)
+        inner = (module.in_channels, *module.kernel_size) if conv else (module.in_features,)
+        outer = (module.out_channels, 64, 1, 1) if conv else (module.out_features, 64)
+        key = "lora_unet_" + name.replace(".", "_")
+        state[f"{key}.lora_down.weight"] = torch.randn((64, *inner), generator=g) * 0.01
+        state[f"{key}.lora_up.weight"] = torch.randn(outer, generator=g) * 0.01
+        state[f"{key}.alpha"] = torch.tensor(64.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata={"format": "pt"})
+    return path
+
+
+# Few-step variants: the settings each method's authors publish (pipelines/formats/configs/fewstep.json).
+FEWSTEP_JOBS = {
+    "lcm-4": {"sampler": "LCM", "num_inference_steps": 4, "guidance_scale": 1.0},
+    "lcm-8": {"sampler": "LCM", "num_inference_steps": 8, "guidance_scale": 1.0},
+    "tcd-4": {"sampler": "TCD", "num_inference_steps": 4, "guidance_scale": 0.0, "eta": 0.3},
+}
+
+
+def make_baseline_fewstep(folder: Path, device: torch.device, dtype: torch.dtype, job: dict):
+    """Plain diffusers doing the same few-step job: its scheduler, ``load_lora_weights``."""
+    from diffusers import LCMScheduler, StableDiffusionPipeline, TCDScheduler
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=dtype).to(device)
+    pipe.scheduler = (LCMScheduler if job["sampler"] == "LCM" else TCDScheduler).from_config(pipe.scheduler.config)
+    pipe.load_lora_weights(str(fewstep_lora(folder)))
+    pipe.set_progress_bar_config(disable=True)
+
+    def run(seed: int, args) -> tuple[np.ndarray, StepClock]:
+        clock = StepClock(device)
+
+        def callback(p, i, t, kw):
+            clock.tick()
+            return kw
+
+        image = pipe(PROMPT, width=args.size, height=args.size, num_inference_steps=job["num_inference_steps"],
+                     guidance_scale=job["guidance_scale"], eta=job.get("eta", 0.0),
+                     generator=torch.Generator("cpu").manual_seed(seed), callback_on_step_end=callback).images[0]
+        return np.asarray(image), clock
+
+    return run
+
+
+_STORES: dict = {}
+
+
+def make_danqing(folder: Path, device: str, dtype: str, deepcache: int = 0, job: dict | None = None, **fast):
+    """Danqing's store and text-to-image path; ``job``: a few-step job (FEWSTEP_JOBS) with the
+    few-step LoRA instead of the benchmark's PNDM at ``--steps``."""
     from pipelines.tasks import txt2img
     from pipelines.requests import Txt2Img
     from pipelines.store.settings import EngineSettings
     from pipelines.store import ModelStore
 
-    store = ModelStore(EngineSettings(model=str(folder), models_dir=folder.parent / "models",
-                                      device=device, dtype=dtype, **fast))
+    if job is not None:
+        job = {**job, "loras": [[fewstep_lora(folder).name, 1.0]]}
+    # Variants with the same engine settings share one store (one U-Net in memory, as in the
+    # app: the few-step LoRA is switched on for its jobs and off for the others).
+    key = (str(folder), device, dtype, tuple(sorted(fast.items())))
+    store = _STORES.get(key)
+    if store is None:
+        store = _STORES[key] = ModelStore(EngineSettings(model=str(folder), models_dir=folder.parent / "models",
+                                                         device=device, dtype=dtype, **fast))
     store.base()
 
     def run(seed: int, args) -> tuple[np.ndarray, StepClock]:
         clock = StepClock(store.plan.device)
-        params = Txt2Img.from_fields(prompt=PROMPT, width=args.size, height=args.size, num_inference_steps=args.steps,
-                                  guidance_scale=7.5, seed=seed, sampler="PNDM", deepcache=deepcache)
+        settings = job or {"num_inference_steps": args.steps, "guidance_scale": 7.5, "sampler": "PNDM"}
+        params = Txt2Img.from_fields(prompt=PROMPT, width=args.size, height=args.size, seed=seed, deepcache=deepcache,
+                                     **settings)
         result = txt2img.run(store, params, on_step=lambda i, n: clock.tick())
         return np.asarray(result.images[0]), clock
 
@@ -153,6 +232,10 @@ VARIANTS = {
     "danqing-deepcache-2": lambda f, a, d, t: make_danqing(f, a.device, a.dtype, deepcache=2),
     "danqing-deepcache-3": lambda f, a, d, t: make_danqing(f, a.device, a.dtype, deepcache=3),
     "danqing-compile": lambda f, a, d, t: make_danqing(f, a.device, a.dtype, channels_last=True, compile=True),
+    **{f"danqing-{name}": (lambda f, a, d, t, job=job: make_danqing(f, a.device, a.dtype, job=job))
+       for name, job in FEWSTEP_JOBS.items()},
+    **{f"diffusers-{name}": (lambda f, a, d, t, job=job: make_baseline_fewstep(f, d, t, job))
+       for name, job in FEWSTEP_JOBS.items()},
 }
 
 

@@ -106,6 +106,7 @@ ALLOWED_WORDS = {
     "BMP", "TIFF", "GIF", "Excel", "WPS", "JSON", "csv", "styles.csv", "TAESD", "cpu", "cuda", "fp32", "fp16",
     "sdpa", "torch", "torch.compile", "channels_last", "QKV", "VAE", "CLIP", "EasyNegative", "HuggingFace", "ModelScope", "SHA-256", "SD1",
     "U-Net", "rank", "alpha", "min-SNR", "MB", "GB", "PAI", "Gradio", "MCP", "BLIP", "Florence-2", "Qwen2-VL",
+    "TCD", "Hyper-SD", "LCM-LoRA", "TCD-LoRA", "SGM", "Uniform",
     # a folder the designer is told to put files in: models/captioners/
     "models", "captioners",
 }
@@ -113,7 +114,8 @@ ALLOWED_WORDS = {
 # them (README, 使用 / Usage, lists what stays English); shown only while an event waits.
 GRADIO_LITERALS = {"queue", "processing"}
 # The demo bundle's file names (models, VAE, embeddings) are what the user put there, not UI text.
-MODEL_NAME = re.compile(r"^(danqing-demo-[a-z]+(-[a-z]+)*|demo-[a-z]+|sd15-only|p\d+|png|txt)(\.(safetensors|pt|bin|png|txt))?$")
+MODEL_NAME = re.compile(r"^(danqing-demo-[a-z]+(-[a-z]+)*|demo-[a-z]+|sd15-only|p\d+|png|txt|lcm-lora-sdv1-5-tiny"
+                        r"|pytorch_lora_weights|Hyper-SD15-2steps-lora-tiny)(\.(safetensors|pt|bin|png|txt))?$")
 
 
 def english_words(page) -> set[str]:
@@ -172,6 +174,31 @@ def test_a_designers_walk_reads_chinese_and_the_grid_stops(page, tmp_path):
     page.get_by_text("已停止").first.wait_for(timeout=30_000)
     assert time.time() - started < 10
     assert english_words(page) == set()
+
+
+def test_fast_mode_sets_a_few_step_lora_and_gives_the_settings_back(page, tmp_path):
+    """极速 on: the demo's LCM-LoRA (found by its keys) in a LoRA slot, LCM, 4 steps, CFG 1, and a
+    Chinese note saying so; a generation with them; off: 20 steps and the old sampler back."""
+    page.get_by_role("tab", name="创作").first.click()
+    steps = page.get_by_label("采样步数").first
+    steps.fill("20")
+    steps.press("Enter")
+    page.locator("#fast-mode input").check()
+    page.locator("#fast-note").get_by_text("极速已开启").wait_for(timeout=30_000)
+    note = page.locator("#fast-note").inner_text()
+    assert "LCM-LoRA" in note and "按权重结构识别" in note and "4 步" in note
+    assert page.get_by_label("采样步数").first.input_value() == "4"
+    assert page.get_by_text("LoRA 模型 · 已启用：pytorch_lora_weights ×1").count() >= 1
+    page.get_by_label("提示词", exact=True).first.fill("竹林里的大熊猫，水墨画")
+    page.click("#generate")
+    page.locator("#result-summary").get_by_text("4 步").first.wait_for(timeout=90_000)
+    page.screenshot(path=str(tmp_path / "fast-on.png"))
+    assert english_words(page) == set(), english_words(page)
+    page.locator("#fast-mode input").uncheck()
+    page.locator("#fast-note").get_by_text("已关闭极速").wait_for(timeout=30_000)
+    page.wait_for_timeout(500)
+    assert page.get_by_label("采样步数").first.input_value() == "20"
+    assert page.get_by_text("LoRA 模型 · 已启用").count() == 0
 
 
 def test_editing_walk_img2img_then_paint_and_inpaint(page, tmp_path):
