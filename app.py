@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     # instead of being copied into Gradio's temporary folder.
     import gradio as gr
 
-    from ui.layout import UIOptions, build_ui, page_css, page_head
+    from ui.layout import UIOptions, build_ui, page_css, page_js
 
     options = UIOptions(demo=started.settings.demo, missing_model=started.missing_model,
                         missing_folder=started.missing_folder, download_pending=started.download_pending,
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         # Every REST call is a session of its own, and Gradio keeps each session's state (about
         # 0.3 MiB per generation job): bound them, or an API-driven server grows without end.
         state_session_capacity=args.session_capacity, footer_links=["api"], app_kwargs=app_kwargs,
-        i18n=gr.I18n(**{"zh-CN": GRADIO_ZH, "zh": GRADIO_ZH}), css=page_css(strings), head=page_head(strings),
+        i18n=gr.I18n(**{"zh-CN": GRADIO_ZH, "zh": GRADIO_ZH}), css=page_css(strings), js=page_js(strings) or None,
     )
 
 

@@ -55,7 +55,7 @@ ZH = dict(
                        "已经保存的图片都在「历史」里，没有丢失；需要的话请重新生成。"),
     unfinished_job="{kind}（{time} 提交）",
     # Gradio's own messages when the page loses the server (hard-coded in English in its page
-    # script; ui/layout.page_head puts ours in their place).
+    # script; ui/layout.page_js puts ours in their place).
     connection_messages={
         "Connection to the server was lost. Attempting reconnection...":
             "与服务器的连接断开了（服务器可能在重启）。正在生成和排队的任务不会完成；已经保存的图片都在「历史」里，不会丢失。"

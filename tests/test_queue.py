@@ -247,7 +247,7 @@ def test_jobs_cut_off_by_a_stop_are_told_to_their_user_once(tmp_path):
     a banner, and Gradio's English "connection lost" message is replaced by ours."""
     from pipelines.history import UsageLog
     from strings import load
-    from ui.layout import page_head, unfinished_text
+    from ui.layout import page_js, unfinished_text
 
     log = UsageLog(tmp_path)
     jobs = Jobs(threading.RLock(), "cpu")
@@ -290,5 +290,5 @@ def test_jobs_cut_off_by_a_stop_are_told_to_their_user_once(tmp_path):
     text = unfinished_text(S, [{"at": time.time(), "kind": "inpaint"}])
     assert "1 个任务没有完成" in text and "局部重绘" in text and "历史" in text
     assert unfinished_text(S, []) == ""
-    head = page_head(S)
+    head = page_js(S)
     assert "Connection to the server was lost. Attempting reconnection..." in head and "与服务器的连接断开了" in head

@@ -23,7 +23,7 @@ from .panel import build_panel
 from .summary import summarize
 from strings import error_text, load
 
-__all__ = ["UIOptions", "build_ui", "page_css", "page_head"]
+__all__ = ["UIOptions", "build_ui", "page_css", "page_js"]
 
 
 def model_dropdown_choices(S, studio) -> list[tuple[str, str]]:
@@ -64,21 +64,23 @@ def page_css(S) -> str:
     return "\n".join(rules)
 
 
-def page_head(S) -> str:
-    """A script for ``launch(head=...)``: Gradio's messages when the page loses the server are
-    English text in its page script; each is replaced by ours wherever it appears."""
+def page_js(S) -> str:
+    """Code for ``launch(js=...)`` (run once the page has loaded): Gradio's messages when the
+    page loses the server are English text in its page script; each is replaced by ours
+    wherever it appears. (A ``<script>`` in ``head`` would hold the page's first paint for
+    twenty seconds: Gradio waits for head scripts to load.)"""
     if not S.connection_messages:
         return ""
     table = json.dumps(S.connection_messages, ensure_ascii=False)
-    return ("<script>(() => {const table = " + table + ";"
+    return ("(() => {const table = " + table + ";"
             "const mend = (root) => {const walk = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);"
             "for (let node = walk.nextNode(); node; node = walk.nextNode()) {"
             "const text = node.nodeValue.trim(); if (text in table) node.nodeValue = table[text];}};"
             "new MutationObserver((changes) => {for (const c of changes) {"
             "for (const n of c.addedNodes) {if (n.nodeType === 1 || n.nodeType === 3) mend(n.nodeType === 1 ? n : n.parentNode);}"
             "if (c.type === 'characterData' && c.target.parentNode) mend(c.target.parentNode);}})"
-            ".observe(document.documentElement, {childList: true, subtree: true, characterData: true});"
-            "})();</script>")
+            ".observe(document.body, {childList: true, subtree: true, characterData: true});"
+            "})()")
 
 
 def unfinished_text(S, jobs: list[dict]) -> str:

@@ -72,7 +72,7 @@ class Panel:
     eta: gr.Slider | None = None  # TCD's gamma (shown with the TCD sampler)
     fast: gr.Checkbox | None = None  # 极速: a few-step model with its published settings
     fast_note: gr.Markdown | None = None
-    fast_saved: gr.State | None = None  # the settings 极速 replaced, put back when it goes off
+    fast_saved: gr.JSON | None = None  # hidden: the settings 极速 replaced, put back when it goes off
 
     def fields(self) -> dict:
         """The panel's components by request field name (pipelines/requests.Txt2Img)."""
@@ -285,7 +285,8 @@ def build_panel(ctx: UIContext, styles=None) -> Panel:
                           queue=False, api_visibility="private")
     fast = gr.Checkbox(False, label=S.fast_label, info=S.fast_info, elem_id="fast-mode")
     fast_note = gr.Markdown(elem_id="fast-note")
-    fast_saved = gr.State(None)
+    # Hidden JSON, not gr.State: a State makes every page hold a heartbeat connection open.
+    fast_saved = gr.JSON(None, visible=False)
     with gr.Row():
         sampler = inputs.dropdown(S, choices=[(S.sampler_labels[n], n) for n in SAMPLER_NAMES], value=DEFAULT_SAMPLER,
                                   label=S.sampler_label, scale=3)
