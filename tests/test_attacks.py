@@ -462,7 +462,7 @@ def test_names_given_with_allowed_hosts_are_answered(team_app):
 def run_payload(prompt: str = "猫", steps: int = 1, size: int = 64) -> str:
     """A direct /gradio_api/run/txt2img body (every parameter, in the API's order)."""
     return json.dumps({"data": [prompt, "", steps, 7.0, size, size, -1, 1, "DPM++ 2M Karras", [], "", 2, 0, False,
-                               False, 0.4, 0, 1]})
+                               False, 0.4, 0, 1, "Automatic", 0.3]})
 
 
 def test_one_users_images_are_not_served_to_another(team_app):

@@ -36,7 +36,8 @@ from .common import GPU, GPU_LIMIT, UIContext, caller_of, choices, client_id, us
 
 LORA_SLOTS = 4
 # The Gradio API's defaults: the request's own, with "" for no upscaler and None for no LoRA list.
-API_DEFAULTS = {**request_defaults(Txt2Img), "hires_upscaler": "", "loras": None}
+# eta: TCD's own default (a slider takes no null; other samplers ignore it).
+API_DEFAULTS = {**request_defaults(Txt2Img), "hires_upscaler": "", "loras": None, "eta": 0.3}
 
 
 @dataclass
