@@ -7,6 +7,8 @@ A1111-compatible routes too). ``python app.py --help`` lists the options.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import logging
 import os
 import pathlib
@@ -83,8 +85,22 @@ def main(argv: list[str] | None = None) -> None:
     shared_locked = accounts.shared_by_several()
     extensions = load_extensions(args.extensions_dir, lang=args.lang,
                                  may_change_shared=accounts.is_admin if shared_locked else None)
-    studio = build_studio(started.settings, extensions, strings.visible_label if args.visible_label else None,
+    # With --ray the engine runs as Ray Serve replicas; this process keeps the queue, logins,
+    # history and files, and never loads a model (its store only lists and selects them).
+    front_settings = dataclasses.replace(started.settings, device="cpu") if args.ray is not None else started.settings
+    studio = build_studio(front_settings, extensions, strings.visible_label if args.visible_label else None,
                           quota_mb=args.max_user_outputs_mb, started=started)
+    if args.ray is not None:
+        if importlib.util.find_spec("ray") is None:
+            sys.exit(strings.cli_no_ray)
+        import torch
+
+        from pipelines.serve import remote
+
+        gpus = started.settings.device.startswith("cuda") or (started.settings.device == "auto" and torch.cuda.is_available())
+        studio.use_remote(remote.start(started.settings, remote.RayOptions(
+            address=args.ray, replicas=max(1, args.replicas), min_replicas=args.min_replicas,
+            max_replicas=args.max_replicas, threads=args.replica_threads, gpus=gpus)))
     studio.admins, studio.team_gallery = accounts.admins, args.team_gallery
 
     # 3. The UI. Results are served from outputs/ as they are (they never change once saved)

@@ -62,6 +62,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="jobs one client (address) may have waiting or running at once; 0: no limit (default 4)")
     p.add_argument("--lang", default=None, choices=["zh", "en"], help="interface language (default zh)")
     p.add_argument("--visible-label", action="store_true", help="also draw the explicit AI-generated mark on saved images (GB 45438-2025; the metadata label is always written)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the engine as Ray Serve replicas (one per GPU): a local Ray cluster, or join ADDRESS "
+                        "(pip install -r requirements-ray.txt)")
+    p.add_argument("--replicas", type=int, default=1, help="with --ray: engine replicas (default 1)")
+    p.add_argument("--min-replicas", type=int, default=0, help="with --ray and --max-replicas: autoscale from this many")
+    p.add_argument("--max-replicas", type=int, default=0, help="with --ray: autoscale up to this many replicas on queue length")
+    p.add_argument("--replica-threads", type=int, default=0, help="with --ray on CPU: torch threads per replica")
     p.add_argument("--api", action="store_true", help="serve AUTOMATIC1111's /sdapi/v1 REST API on the same port and login (docs at /docs)")
     p.add_argument("--extensions-dir", action="append", default=[], metavar="DIR", help="another folder of extensions besides extensions/ (repeatable)")
     return p.parse_args(argv)

@@ -99,6 +99,7 @@ ZH = dict(
         "拒绝启动：监听局域网/公网地址时必须设置登录，请加上 --auth 用户名:密码（或明知风险时加 --insecure-no-auth）。\n"
         "Refusing to start: listening beyond localhost needs --auth USER:PASS (or --insecure-no-auth)."
     ),
+    cli_no_ray="--ray 需要 Ray Serve：先运行 pip install -r requirements-ray.txt。",
     cli_bad_users="用户文件 {path} 读不了或格式不对（{where}）：每行应是 用户名:scrypt$…，请用 python -m api.accounts add 用户名 {path} 添加用户。",
     users_password="{name} 的密码：",
     users_again="再输一次：",
@@ -500,6 +501,7 @@ EN = dict(
     deepcache_every="Refresh every {n} steps",
     visible_label="AI-generated",
     cli_listen_needs_auth="Refusing to start: listening beyond localhost needs --auth USER:PASS (or --insecure-no-auth).",
+    cli_no_ray="--ray needs Ray Serve: pip install -r requirements-ray.txt first.",
     cli_bad_users="The users file {path} cannot be read or has a bad line ({where}): each line is NAME:scrypt$…; add users with python -m api.accounts add NAME {path}.",
     users_password="Password for {name}: ",
     users_again="Again: ",
@@ -834,6 +836,7 @@ ERRORS_ZH = {
     "size_not_multiple_of_8": "宽度和高度必须是 8 的倍数（收到 {width}×{height}）。",
     "job_too_large": "一次生成的像素太多（{width}×{height}×{images} 张），请减小尺寸或张数。",
     "unknown_sampler": "不认识的采样器：{value}。",
+    "replica_lost": "运行这个任务的 GPU 进程两次中断（进程退出或 GPU 故障），任务没有完成。其他任务不受影响，请重新生成。",
     "unknown_schedule": "不认识的调度类型：{value}。可选：Automatic、Karras、SGM Uniform。",
     "unknown_model": "没有这个模型：{name}。请从列表中选择。",
     "bad_model_name": "模型名称不合法（{kind}）。",
@@ -978,6 +981,7 @@ ERRORS_EN = {
     "size_not_multiple_of_8": "Width and height must be multiples of 8 (got {width}×{height}).",
     "job_too_large": "Too many pixels in one job ({width}×{height}×{images}); lower the size or count.",
     "unknown_sampler": "Unknown sampler: {value}.",
+    "replica_lost": "The GPU process running this job stopped twice (process exited or GPU lost); the job did not finish. Other jobs go on; please generate again.",
     "unknown_schedule": "Unknown schedule type: {value}. Choose Automatic, Karras or SGM Uniform.",
     "unknown_model": "No such model: {name}. Pick one from the list.",
     "bad_model_name": "Invalid model name ({kind}).",

@@ -552,6 +552,8 @@ class SdApi:
             "extra_generation_params": {k: first[k] for k in ("loras", "controlnet") if first.get(k)},
             "interrupted": job.interrupted, "files": [f for info in infos for f in info["files"]],
             "seconds": round(sum(info["seconds"] for info in infos), 3),
+            # With --ray: the replica (process id) of the first batch and how many tries it took.
+            **({"engine": first["engine"]} if first.get("engine") else {}),
         }
 
     # -- progress and interrupt ---------------------------------------------------------------

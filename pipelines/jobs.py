@@ -64,15 +64,29 @@ class Turns:
 
     MEMORY = 4096  # keys whose last turn is remembered (the oldest are forgotten)
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 1) -> None:
         self._cond = threading.Condition()
-        self._holder: int | None = None
-        self._depth = 0
+        self.capacity = capacity  # jobs at once: one per GPU (Ray Serve replicas: one per replica)
+        self._holders: dict[int, list] = {}  # thread -> [depth, its ticket], outermost
         self._arrivals = 0
         self._grants = 0
         self._waiting: dict[str, list[Ticket]] = {}  # key -> its tickets, oldest first
         self._served: dict[str, int] = {}  # key -> number of its last turn
-        self.running: Ticket | None = None  # the job holding the GPU (outermost)
+
+    @property
+    def running(self) -> Ticket | None:
+        """The job holding the GPU (the longest-running one, with several GPUs)."""
+        holders = self.running_all()
+        return holders[0] if holders else None
+
+    def running_all(self) -> list[Ticket]:
+        with self._cond:
+            return sorted((t for _, t in self._holders.values()), key=lambda t: t.arrival)
+
+    def set_capacity(self, capacity: int) -> None:
+        with self._cond:
+            self.capacity = max(1, int(capacity))
+            self._cond.notify_all()
 
     def acquire(self, key: str, cancel: threading.Event | None = None, ticket: Ticket | None = None,
                 on_wait: Callable[[int], None] | None = None) -> None:
@@ -80,8 +94,8 @@ class Turns:
         when it changes, and again every second (the estimate moves with the running job)."""
         me = threading.get_ident()
         with self._cond:
-            if self._holder == me:
-                self._depth += 1
+            if me in self._holders:
+                self._holders[me][0] += 1
                 return
             self._arrivals += 1
             ticket = ticket or Ticket(0, key)
@@ -89,7 +103,7 @@ class Turns:
             self._waiting.setdefault(key, []).append(ticket)
             place, told = None, 0.0
             try:
-                while not (self._holder is None and self._next() is ticket):
+                while not (len(self._holders) < self.capacity and self._next() is ticket):
                     if cancel is not None and cancel.is_set():
                         raise JobCancelled()
                     if on_wait is not None:
@@ -100,8 +114,7 @@ class Turns:
                     self._cond.wait(0.2)
             finally:
                 self._leave(key, ticket)
-            self._holder, self._depth = me, 1
-            self.running = ticket
+            self._holders[me] = [1, ticket]
             self._grants += 1
             self._served[key] = self._grants
             if len(self._served) > self.MEMORY:
@@ -141,11 +154,12 @@ class Turns:
         self._cond.notify_all()
 
     def release(self) -> None:
+        me = threading.get_ident()
         with self._cond:
-            self._depth -= 1
-            if self._depth == 0:
-                self._holder = None
-                self.running = None
+            entry = self._holders[me]
+            entry[0] -= 1
+            if entry[0] == 0:
+                del self._holders[me]
                 self._cond.notify_all()
 
     def others_waiting(self) -> bool:
@@ -191,14 +205,14 @@ class Jobs:
     LoRAs, then denoise" never interleaves between users, and a model switch waits for the job.
     """
 
-    def __init__(self, lock, device) -> None:
+    def __init__(self, lock, device, capacity: int = 1) -> None:
         self.lock = lock
         self.device = device
         self._guard = threading.Lock()
         self._running: dict[str, threading.Event] = {}
         self._batches: dict[str, Batch] = {}
         self._progress = Progress()
-        self.turns = Turns()
+        self.turns = Turns(capacity)
         self._seconds: float | None = None  # a moving average of how long a job holds the GPU
         # Told of every job that had the GPU: (user, kind, seconds, "ok" | "cancelled" | "failed").
         self.on_finished: Callable[[str, str, float, str], None] | None = None
@@ -315,32 +329,30 @@ class Jobs:
 
     # 2. The line --------------------------------------------------------------------------------
     def estimate(self, place: int) -> float | None:
-        """Seconds until the job at ``place`` (0: next) starts: what the running job has left
-        plus one average job for each ahead; None before any job has run."""
+        """Seconds until the job at ``place`` (0: next) starts: what the running job nearest its
+        end has left, plus one average job for each round of jobs ahead (one job per GPU at a
+        time); None before any job has run."""
         with self._guard:
             average = self._seconds
-        snapshot = self._progress.snapshot()
-        left = None
-        if snapshot and snapshot.get("seconds_per_step"):
-            left = max(0.0, (snapshot["total"] - snapshot["step"]) * snapshot["seconds_per_step"])
+        lefts = [max(0.0, (s["total"] - s["step"]) * s["seconds_per_step"])
+                 for s in self._progress.snapshots() if s.get("seconds_per_step")]
+        left = min(lefts) if lefts else None
         if average is None:
             return left
         running = self.turns.running is not None
-        return (left if left is not None else (average / 2 if running else 0.0)) + place * average
+        rounds = place // max(1, self.turns.capacity)
+        return (left if left is not None else (average / 2 if running else 0.0)) + rounds * average
 
     def queue(self) -> list[dict]:
-        """The running job and the waiting ones in the order they will go: client, user, kind,
+        """The running jobs and the waiting ones in the order they will go: client, user, kind,
         state, place (0: next), seconds waited, estimated seconds until it starts."""
         now = time.time()
         rows = []
-        running = self.turns.running
-        if running is not None:
-            snapshot = self._progress.snapshot() or {}
+        for running in self.turns.running_all():
+            snapshot = self._progress.snapshot(running.client) or {}
             rows.append({"client": running.client, "key": running.key, "user": running.user, "kind": running.kind,
-                         "state": "running",
-                         "place": None, "waited": None, "eta": None,
-                         "step": snapshot.get("step") if snapshot.get("client") == running.client else None,
-                         "total": snapshot.get("total") if snapshot.get("client") == running.client else None})
+                         "state": "running", "place": None, "waited": None, "eta": None,
+                         "step": snapshot.get("step"), "total": snapshot.get("total")})
         for place, ticket in enumerate(self.turns.line()):
             eta = self.estimate(place)
             rows.append({"client": ticket.client, "key": ticket.key, "user": ticket.user, "kind": ticket.kind,
@@ -409,13 +421,14 @@ class Jobs:
 
 
 class Progress:
-    """What the job on the GPU is doing (client, step, total, seconds per step), for the API's
-    progress route. Fed by the step hook; read at any time without waiting for the GPU lock. Only
-    one job samples at a time (the GPU lock), so the latest report is the running job."""
+    """What the jobs on the GPUs are doing (client, step, total, seconds per step), for the
+    API's progress route and the queue's estimates. Fed by each job's step hook; read at any
+    time without waiting for the GPU lock. One GPU runs one job at a time; with several
+    (Ray Serve replicas) each running job has its own entry."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._state: dict | None = None
+        self._states: dict[str, dict] = {}  # client -> its job's state
 
     def track(self, client: str, on_step=None, user: str = ""):
         """A step hook that records progress for ``client`` (of ``user``), then calls ``on_step``."""
@@ -424,9 +437,10 @@ class Progress:
         def hook(step: int, total: int) -> None:
             now = time.time()
             with self._lock:
-                state = self._state
+                state = self._states.get(client)
                 if state is None or state["token"] is not token:
-                    state = self._state = {"token": token, "client": client, "user": user, "first": (now, step)}
+                    state = self._states[client] = {"token": token, "client": client, "user": user,
+                                                    "first": (now, step)}
                 state.update(step=step, total=total, updated=now)
             if on_step is not None:
                 on_step(step, total)
@@ -435,16 +449,25 @@ class Progress:
 
     def finish(self, client: str) -> None:
         with self._lock:
-            if self._state is not None and self._state["client"] == client:
-                self._state = None
+            self._states.pop(client, None)
 
-    def snapshot(self) -> dict | None:
-        """{client, user, step, total, seconds_per_step} of the running job, or None when idle."""
+    @staticmethod
+    def _view(state: dict) -> dict:
+        (t0, s0), step = state["first"], state["step"]
+        rate = (state["updated"] - t0) / (step - s0) if step > s0 else None
+        return {"client": state["client"], "user": state["user"], "step": step, "total": state["total"],
+                "seconds_per_step": rate}
+
+    def snapshots(self) -> list[dict]:
         with self._lock:
-            state = self._state
-            if state is None:
-                return None
-            (t0, s0), step = state["first"], state["step"]
-            rate = (state["updated"] - t0) / (step - s0) if step > s0 else None
-            return {"client": state["client"], "user": state["user"], "step": step, "total": state["total"],
-                    "seconds_per_step": rate}
+            return [self._view(s) for s in self._states.values()]
+
+    def snapshot(self, client: str | None = None) -> dict | None:
+        """{client, user, step, total, seconds_per_step} of ``client``'s job (None: the job
+        updated last), or None when there is none."""
+        with self._lock:
+            if client is not None:
+                state = self._states.get(client)
+            else:
+                state = max(self._states.values(), key=lambda s: s["updated"], default=None)
+            return self._view(state) if state is not None else None

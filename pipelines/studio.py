@@ -74,6 +74,25 @@ def _job_id(client: str) -> str:
     return hashlib.sha256(client.encode()).hexdigest()[:12]
 
 
+class _NoLock:
+    """The jobs' lock when the GPUs are Ray Serve replicas: each replica has its own."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def acquire(self, *args, **kwargs):
+        return True
+
+    def release(self):
+        pass
+
+
+NO_LOCK = _NoLock()
+
+
 class Studio:
     def __init__(self, store: ModelStore, outputs: OutputWriter, extensions: list = (),
                  downloads: Downloads | None = None) -> None:
@@ -88,6 +107,8 @@ class Studio:
         # image is in the team gallery (--team-gallery); app.py sets them.
         self.admins: frozenset[str] = frozenset()
         self.team_gallery = False
+        # The engine replicas (pipelines/serve, --ray), or None: the tasks run here.
+        self.remote = None
         self.usage_log = index.UsageLog(outputs.root)
         self.jobs.on_finished = self.usage_log.record
         try:
@@ -95,6 +116,22 @@ class Studio:
         except Exception:  # an unwritable outputs folder shows itself at the first save
             log.exception("reading the job journal failed")
         self.jobs.journal = self.usage_log
+
+    def use_remote(self, engine) -> None:
+        """Run generation on Ray Serve replicas (pipelines/serve/remote.RayEngine): one turn
+        per replica in the fair queue, and no local GPU lock around them."""
+        self.remote = engine
+        self.jobs.lock = NO_LOCK
+        self.jobs.turns.set_capacity(engine.options.capacity)
+
+    def _generate(self, name: str, task, request, cancel, hook, on_preview) -> Generated:
+        """Run a generation task here or on a replica (``name``: its name in serve/replica.TASKS)."""
+        if self.remote is None:
+            return task(self.store, request, cancel=cancel, on_step=hook, on_preview=on_preview)
+        result, facts = self.remote.run(name, request, model=self.current_model(), vae=self.current_vae(),
+                                        cancel=cancel, on_step=hook, on_preview=on_preview)
+        result.facts = facts
+        return result
 
     # -- jobs ---------------------------------------------------------------------------------
     def stop(self, client: str) -> bool:
@@ -178,7 +215,7 @@ class Studio:
         caller = as_caller(client)
         self.outputs.check_quota(caller.user)
         with self.jobs.run(caller, on_step, kind="txt2img", on_wait=on_wait) as (cancel, hook):
-            result = txt2img.run(self.store, request, cancel=cancel, on_step=hook, on_preview=on_preview)
+            result = self._generate("txt2img", txt2img.run, request, cancel, hook, on_preview)
             return self._save(result, {"draft": request.draft}, user=caller.user)
 
     def control(self, request: Control, client: Caller | str = "local", on_step=None,
@@ -187,8 +224,8 @@ class Studio:
         caller = as_caller(client)
         self.outputs.check_quota(caller.user)
         with self.jobs.run(caller, on_step, kind="controlnet", on_wait=on_wait) as (cancel, hook):
-            task = edit.control_hires if request.base.hires_pass else controlnet.run
-            result = task(self.store, request, cancel=cancel, on_step=hook, on_preview=on_preview)
+            name, task = ("control_hires", edit.control_hires) if request.base.hires_pass else ("controlnet", controlnet.run)
+            result = self._generate(name, task, request, cancel, hook, on_preview)
             paths, info = self._save(result, {}, _unit_fields(request.units, request.resize_mode), user=caller.user)
             self._save_beside(paths, info, result, request.units, request.resize_mode, caller.user)
             return paths, info
@@ -227,7 +264,7 @@ class Studio:
         caller = as_caller(client)
         self.outputs.check_quota(caller.user)
         with self.jobs.run(caller, on_step, kind=task.__name__, on_wait=on_wait) as (cancel, hook):
-            result = task(self.store, request, cancel=cancel, on_step=hook, on_preview=on_preview)
+            result = self._generate(task.__name__, task, request, cancel, hook, on_preview)
             fields = {"Denoising strength": edit_request.strength, **(fields(result) if callable(fields) else fields),
                       **_unit_fields(edit_request.units, edit_request.resize_mode)}
             extra = {"mode": task.__name__, "denoising_strength": edit_request.strength,
@@ -263,15 +300,17 @@ class Studio:
         """Save each image (and its upscaled twin) with A1111 parameters; build the info dict."""
         params = result.request
         model = self.current_model()
+        facts = result.facts or {"model_hash": self.store.model_hash, "vae_ref": self.store.vae_ref,
+                                 "vae_hash": self.store.vae_hash}
         base_fields = {
             "Steps": params.num_inference_steps,
             "Sampler": params.sampler,
             "CFG scale": params.guidance_scale,
             "Size": f"{params.width}x{params.height}",
             "Model": _model_field(model),
-            **({"Model hash": self.store.model_hash} if self.store.model_hash else {}),
-            **({"VAE hash": self.store.vae_hash} if self.store.vae_hash else {}),
-            **({"VAE": Path(self.store.vae_ref).name} if self.store.vae_ref else {}),
+            **({"Model hash": facts["model_hash"]} if facts["model_hash"] else {}),
+            **({"VAE hash": facts["vae_hash"]} if facts["vae_hash"] else {}),
+            **({"VAE": Path(facts["vae_ref"]).name} if facts["vae_ref"] else {}),
             **({"DeepCache interval": params.deepcache} if params.deepcache else {}),
             **(fields or {}),
             "Version": f"Danqing {VERSION}",
@@ -321,7 +360,9 @@ class Studio:
             "seed": params.seed,
             "all_seeds": result.seeds,
             "model": model,
-            **({"vae": self.store.vae_ref} if self.store.vae_ref else {}),
+            **({"vae": facts["vae_ref"]} if facts["vae_ref"] else {}),
+            **({"engine": {"replica": result.facts["replica"], "attempts": result.facts["attempts"]}}
+               if result.facts else {}),
             "seconds": round(result.seconds + result.upscale_seconds, 3),
             "generation_seconds": round(result.seconds, 3),
             "notices": result.notices,
@@ -490,8 +531,8 @@ class Studio:
         base's name, "fewstep": the method and its published settings}; None when there is none."""
         model = self.current_model()
         unet_config = None
-        try:
-            unet_config = dict(self.store.base().unet.config)
+        try:  # a Ray front never loads the model: its name and card tell there
+            unet_config = dict(self.store.base().unet.config) if self.remote is None else None
         except Exception:  # not loadable now: its name and card still tell
             pass
         found = fewstep.recognise_base(model, unet_config, self.model_card(model))
@@ -552,7 +593,10 @@ class Studio:
         return self.store.current_ref
 
     def switch_model(self, ref: str) -> dict:
-        self.store.switch(ref)
+        if self.remote is not None:  # the replicas switch with their next job
+            self.store.select(ref)
+        else:
+            self.store.switch(ref)
         return self.system_info()
 
     def system_info(self) -> dict:

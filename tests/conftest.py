@@ -61,7 +61,7 @@ def free_port() -> int:
 
 
 class LaunchedApp:
-    def __init__(self, args: list[str], cache: Path, outputs: Path, env: dict | None = None):
+    def __init__(self, args: list[str], cache: Path, outputs: Path, env: dict | None = None, timeout: float = 120):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.outputs = outputs
@@ -73,7 +73,7 @@ class LaunchedApp:
              "--outputs-dir", str(outputs), *args],
             cwd=outputs.parent, env=full_env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
         )
-        self._wait()
+        self._wait(timeout)
 
     def _wait(self, timeout: float = 120) -> None:
         import urllib.error

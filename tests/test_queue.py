@@ -292,3 +292,46 @@ def test_jobs_cut_off_by_a_stop_are_told_to_their_user_once(tmp_path):
     assert unfinished_text(S, []) == ""
     head = page_js(S)
     assert "Connection to the server was lost. Attempting reconnection..." in head and "与服务器的连接断开了" in head
+
+
+def test_with_two_gpus_two_jobs_run_at_once_and_turns_stay_fair():
+    """Ray Serve replicas: one turn per replica. With two, two jobs hold the GPU at once; the
+    waiting line still takes turns between users, and each running job has its own progress.
+    (No GPU lock here: each replica has its own, as the studio sets it up for --ray.)"""
+    from pipelines.studio import NO_LOCK
+
+    jobs = Jobs(NO_LOCK, "cpu", capacity=2)
+    inside, order = [], []
+    both = threading.Event()
+    gate = threading.Event()
+
+    def job(user: str, name: str) -> None:
+        with jobs.run(Caller(client=name, user=user), kind="txt2img") as (_, hook):
+            inside.append(name)
+            hook(1, 10)
+            if len(inside) == 2:
+                both.set()
+            if name in ("W0", "W1"):
+                gate.wait(5)
+            order.append(name)
+
+    threads = [threading.Thread(target=job, args=("小王", f"W{i}")) for i in range(2)]
+    for t in threads:
+        t.start()
+    assert both.wait(5), "two jobs never ran at once"
+    running = [r for r in jobs.queue() if r["state"] == "running"]
+    assert sorted(r["client"] for r in running) == ["W0", "W1"] and all(r["step"] == 1 for r in running)
+    more = [threading.Thread(target=job, args=("小王", f"W{i}")) for i in range(2, 5)]
+    for t in more:
+        t.start()
+        time.sleep(0.05)
+    late = threading.Thread(target=job, args=("小李", "L1"))
+    late.start()
+    time.sleep(0.3)
+    line = [r["client"] for r in jobs.queue() if r["state"] == "waiting"]
+    assert line[:2] == ["L1", "W2"] or line[:2] == ["W2", "L1"], line  # 小李 at most one behind
+    assert line.index("L1") <= 1
+    gate.set()
+    for t in threads + more + [late]:
+        t.join(10)
+    assert order.index("L1") <= 3, order

@@ -134,6 +134,13 @@ class ModelStore:
                 self._adopt(self._load(choice), choice)
             return self._base
 
+    def select(self, ref: str) -> None:
+        """Make ``ref`` the model to use without loading it here (a Ray front process: the
+        replicas load it with their next job)."""
+        self.choice(ref)
+        with self.lock:
+            self._wanted_ref = ref
+
     def switch(self, ref: str):
         """Make ``ref`` the base model. On failure the previous model stays active."""
         with self.lock:

@@ -94,6 +94,8 @@ class Generated:
     upscale_seconds: float = 0.0
     maps: list[Image.Image] = field(default_factory=list)  # ControlNet maps, saved beside the images
     inputs: list[tuple[Image.Image, str]] = field(default_factory=list)  # an edit's input (and mask), by role
+    # Where it ran, when not here (a Ray Serve replica): its model hash, VAE, process, attempts.
+    facts: dict | None = None
 
 
 def build_pipeline(store, params: Txt2Img, cls=None, **components):
