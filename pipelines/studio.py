@@ -606,6 +606,8 @@ class Studio:
         info["extensions"] = [ext.summary() for ext in self.extensions]
         if self.store.is_loaded():
             info["token_window"] = token_window(self.store.base())
+        if self.remote is not None:  # --ray: the replicas as Serve reports them
+            info["ray_replicas"] = self.remote.replicas()
         return info
 
     # -- outputs and PNG info ---------------------------------------------------------------

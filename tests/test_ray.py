@@ -154,3 +154,24 @@ def test_stop_reaches_the_replica_within_a_step(ray_app):
     started = time.time()
     assert post(ray_app, "/sdapi/v1/txt2img", {**JOB, "seed": 32})[0] == 200
     assert time.time() - started < 30
+
+
+def test_a_model_switch_reaches_every_replica(ray_app):
+    """Switched once at the front (A1111 options): both replicas' next jobs use the new model."""
+    from test_sdapi import call
+
+    assert call(ray_app, "/sdapi/v1/options", {"sd_model_checkpoint": "danqing-demo-single.safetensors"})[0] == 200
+    try:
+        results = {}
+        threads = [threading.Thread(target=lambda n=n: results.update({n: post(ray_app, "/sdapi/v1/txt2img",
+                                                                                {**JOB, "seed": 60 + n})}))
+                   for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        texts = [info(body)["infotexts"][0] for _, body in results.values()]
+        assert len({info(body)["engine"]["replica"] for _, body in results.values()}) == 2
+        assert all("Model: danqing-demo-single" in t and "Model hash:" in t for t in texts), texts
+    finally:
+        call(ray_app, "/sdapi/v1/options", {"sd_model_checkpoint": "danqing-demo-zh"})

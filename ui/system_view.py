@@ -22,6 +22,10 @@ def system_markdown(S, info: dict) -> str:
                                          for name, value in speed.items() if name != "attention") or "-"),
         (S.system_version, f"Danqing {info.get('version', '?')} · torch {info.get('torch', '?')}"),
     ]
+    if "ray_replicas" in info:  # --ray: the engine runs on Ray Serve replicas, not in this process
+        states = S.list_sep.join(S.system_replica_count.format(state=S.system_replica_states.get(r["state"], r["state"]),
+                                                               n=r["count"]) for r in info["ray_replicas"]) or "-"
+        rows.insert(1, (S.system_replicas, states))
     lines = [f"| {S.system_item} | {S.system_value} |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
     resident = info.get("resident") or []
     if resident:

@@ -102,7 +102,7 @@ class RayEngine:
 
         try:
             status = serve.status().applications[APP_NAME].deployments[DEPLOYMENT]
-            return [{"state": str(k), "count": v} for k, v in status.replica_states.items()]
+            return [{"state": str(getattr(k, "value", k)), "count": int(v)} for k, v in status.replica_states.items()]
         except Exception:  # noqa: BLE001 (status is informative only)
             return []
 
