@@ -97,34 +97,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def make_baseline(folder: Path, device: torch.device, dtype: torch.dtype, naive: bool):
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=dtype).to(device)
-    if naive:
-        from diffusers.models.attention_processor import AttnProcessor
-
-        pipe.unet.set_attn_processor(AttnProcessor())
-        pipe.vae.set_attn_processor(AttnProcessor())
-    pipe.set_progress_bar_config(disable=True)
-
-    def run(seed: int, args) -> tuple[np.ndarray, StepClock]:
-        clock = StepClock(device)
-
-        def callback(p, i, t, kw):
-            clock.tick()
-            return kw
-
-        image = pipe(
-            PROMPT, width=args.size, height=args.size, num_inference_steps=args.steps,
-            guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(seed),
-            callback_on_step_end=callback,
-        ).images[0]
-        return np.asarray(image), clock
-
-    return run
-
-
 FEWSTEP_LORA = "fewstep-rank64.safetensors"
 
 
@@ -165,13 +137,21 @@ FEWSTEP_JOBS = {
 }
 
 
-def make_baseline_fewstep(folder: Path, device: torch.device, dtype: torch.dtype, job: dict):
-    """Plain diffusers doing the same few-step job: its scheduler, ``load_lora_weights``."""
+def make_baseline(folder: Path, device: torch.device, dtype: torch.dtype, naive: bool = False,
+                  job: dict | None = None):
+    """Plain diffusers: PNDM at ``--steps`` with CFG 7.5, or a few-step ``job`` (FEWSTEP_JOBS)
+    done the plain way: its scheduler and ``load_lora_weights``."""
     from diffusers import LCMScheduler, StableDiffusionPipeline, TCDScheduler
 
     pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=dtype).to(device)
-    pipe.scheduler = (LCMScheduler if job["sampler"] == "LCM" else TCDScheduler).from_config(pipe.scheduler.config)
-    pipe.load_lora_weights(str(fewstep_lora(folder)))
+    if naive:
+        from diffusers.models.attention_processor import AttnProcessor
+
+        pipe.unet.set_attn_processor(AttnProcessor())
+        pipe.vae.set_attn_processor(AttnProcessor())
+    if job is not None:
+        pipe.scheduler = (LCMScheduler if job["sampler"] == "LCM" else TCDScheduler).from_config(pipe.scheduler.config)
+        pipe.load_lora_weights(str(fewstep_lora(folder)))
     pipe.set_progress_bar_config(disable=True)
 
     def run(seed: int, args) -> tuple[np.ndarray, StepClock]:
@@ -181,9 +161,12 @@ def make_baseline_fewstep(folder: Path, device: torch.device, dtype: torch.dtype
             clock.tick()
             return kw
 
-        image = pipe(PROMPT, width=args.size, height=args.size, num_inference_steps=job["num_inference_steps"],
-                     guidance_scale=job["guidance_scale"], eta=job.get("eta", 0.0),
-                     generator=torch.Generator("cpu").manual_seed(seed), callback_on_step_end=callback).images[0]
+        settings = job or {"num_inference_steps": args.steps, "guidance_scale": 7.5}
+        image = pipe(
+            PROMPT, width=args.size, height=args.size, num_inference_steps=settings["num_inference_steps"],
+            guidance_scale=settings["guidance_scale"], eta=settings.get("eta", 0.0),
+            generator=torch.Generator("cpu").manual_seed(seed), callback_on_step_end=callback,
+        ).images[0]
         return np.asarray(image), clock
 
     return run
@@ -234,7 +217,7 @@ VARIANTS = {
     "danqing-compile": lambda f, a, d, t: make_danqing(f, a.device, a.dtype, channels_last=True, compile=True),
     **{f"danqing-{name}": (lambda f, a, d, t, job=job: make_danqing(f, a.device, a.dtype, job=job))
        for name, job in FEWSTEP_JOBS.items()},
-    **{f"diffusers-{name}": (lambda f, a, d, t, job=job: make_baseline_fewstep(f, d, t, job))
+    **{f"diffusers-{name}": (lambda f, a, d, t, job=job: make_baseline(f, d, t, job=job))
        for name, job in FEWSTEP_JOBS.items()},
 }
 
