@@ -134,3 +134,15 @@ def test_nobody_outside_the_engine_reaches_into_the_store():
                 if needle in text:
                     offenders.append(f"{path.relative_to(ROOT)}: {needle}")
     assert not offenders, offenders
+
+
+def test_without_ray_nothing_imports_ray():
+    """Ray is an optional dependency of --ray: the app, the engine, the UI and the APIs (and the
+    serve package itself, until it starts Ray) import without it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, app, cli, startup, pipelines.studio, pipelines.serve.remote, pipelines.serve.replica, "
+            "ui.layout, api.sdapi; assert 'ray' not in sys.modules, 'ray imported'")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
