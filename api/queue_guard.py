@@ -146,6 +146,9 @@ class QueueGuardMiddleware:
         self.stop = stop  # studio.stop(client): pulls a direct call's stop switch when its caller leaves
         self.S = load(lang)
         self.direct: Counter[str] = Counter()  # jobs outside Gradio's queue, per address
+        # Joins let through that Gradio has not put in its queue yet (until its answer starts):
+        # several arriving within the same milliseconds each count the others.
+        self.joining: Counter[str] = Counter()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope.get("method") != "POST":
@@ -172,11 +175,21 @@ class QueueGuardMiddleware:
             await self._answer(send, 429 if browser else 503, "queue_full", {"limit": self.queue_size})
             return
         held: dict = {}
+        self.joining[address] += 1
+
+        def joined() -> None:
+            if not held.get("joined"):
+                held["joined"] = True
+                self.joining[address] -= 1
+                if self.joining[address] <= 0:
+                    del self.joining[address]
 
         async def watch(message) -> None:
-            if message["type"] == "http.response.start" and message["status"] == 503:
-                held["start"] = message
-                return
+            if message["type"] == "http.response.start":
+                joined()  # Gradio has queued the job (or refused it): its own count has it now
+                if message["status"] == 503:
+                    held["start"] = message
+                    return
             if "start" in held and message["type"] == "http.response.body":
                 if message.get("more_body"):
                     return  # drop Gradio's English body; ours follows once it ends
@@ -184,7 +197,10 @@ class QueueGuardMiddleware:
                 return
             await send(message)
 
-        await self.app(scope, receive, watch)
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            joined()
 
     async def _direct(self, scope, receive, send) -> None:
         """A job outside Gradio's queue: the same caps, counted while it runs, stopped when its
@@ -213,7 +229,8 @@ class QueueGuardMiddleware:
     def _waiting(self) -> int:
         """Jobs waiting in all, whatever route they came by: every accepted one (not yet started
         by Gradio, started GPU jobs, direct calls) but the one running."""
-        accepted = waiting_jobs(self.blocks) + started_gpu_jobs(self.blocks) + sum(self.direct.values())
+        accepted = (waiting_jobs(self.blocks) + started_gpu_jobs(self.blocks) + sum(self.direct.values())
+                    + sum(self.joining.values()))
         return max(0, accepted - 1)
 
     async def _is_gpu_job(self, scope, receive):
@@ -241,7 +258,7 @@ class QueueGuardMiddleware:
         """Answer 429 when ``address`` already has ``limit`` jobs, in Gradio's queue or outside it."""
         if self.limit <= 0:
             return False
-        count = queued_jobs(self.blocks, address) + self.direct[address]
+        count = queued_jobs(self.blocks, address) + self.direct[address] + self.joining[address]
         if count < self.limit:
             return False
         log.info("client %s has %d jobs queued: refusing another", address, count)

@@ -54,7 +54,7 @@ def test_two_replicas_serve_several_clients_and_each_image_is_saved_once(ray_app
     results = {}
 
     def client(n: int) -> None:
-        results[n] = post(ray_app, "/sdapi/v1/txt2img", {**JOB, "seed": 100 + n})
+        results[n] = post(ray_app, "/sdapi/v1/txt2img", {**JOB, "steps": 10, "seed": 100 + n})  # long enough to overlap
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(6)]
     for t in threads:
@@ -88,42 +88,6 @@ def test_the_same_request_gives_the_same_pixels_as_without_ray(ray_app, demo_mod
     finally:
         torch.set_num_threads(threads)
     assert np.array_equal(pixels(body), np.asarray(Image.open(paths[0]).convert("RGB")))
-
-
-def test_a_replica_killed_mid_job_loses_no_job(ray_app):
-    """Two long jobs, one on each replica; one replica's process is killed while they run:
-    both jobs still come back with their images (the lost one sent again), and the replica
-    is back for the next job."""
-    warm = [post(ray_app, "/sdapi/v1/txt2img", {**JOB, "seed": 900 + i}) for i in range(2)]
-    pids = {info(body)["engine"]["replica"] for _, body in warm}
-    results = {}
-
-    def client(n: int) -> None:
-        results[n] = post(ray_app, "/sdapi/v1/txt2img", {**JOB, "width": 128, "height": 128, "steps": 40,
-                                                         "seed": 500 + n})
-
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(2)]
-    for t in threads:
-        t.start()
-    from test_sdapi import call
-
-    deadline = time.time() + 120
-    while time.time() < deadline:  # both running, a few steps in
-        status, line = call(ray_app, "/danqing/v1/queue")
-        running = [r for r in line if r["state"] == "running" and (r.get("step") or 0) >= 2]
-        if len(running) == 2:
-            break
-        time.sleep(0.2)
-    victim = sorted(pids)[0]
-    os.kill(victim, signal.SIGKILL)
-    for t in threads:
-        t.join(300)
-    assert all(status == 200 for status, _ in results.values()), results
-    attempts = sorted(info(body)["engine"]["attempts"] for _, body in results.values())
-    assert attempts == [1, 2], attempts  # the killed replica's job was sent once more
-    # The next jobs run (Ray restarted the replica).
-    status, body = post(ray_app, "/sdapi/v1/txt2img", {**JOB, "seed": 77})
-    assert status == 200 and info(body)["engine"]["replica"] != victim
 
 
 def test_stop_reaches_the_replica_within_a_step(ray_app):
@@ -164,7 +128,7 @@ def test_a_model_switch_reaches_every_replica(ray_app):
     try:
         results = {}
         threads = [threading.Thread(target=lambda n=n: results.update({n: post(ray_app, "/sdapi/v1/txt2img",
-                                                                                {**JOB, "seed": 60 + n})}))
+                                                                                {**JOB, "steps": 10, "seed": 60 + n})}))
                    for n in range(4)]
         for t in threads:
             t.start()
@@ -175,3 +139,40 @@ def test_a_model_switch_reaches_every_replica(ray_app):
         assert all("Model: danqing-demo-single" in t and "Model hash:" in t for t in texts), texts
     finally:
         call(ray_app, "/sdapi/v1/options", {"sd_model_checkpoint": "danqing-demo-zh"})
+
+
+# Last: the replica it kills is restarted by Ray, which takes a while.
+def test_a_replica_killed_mid_job_loses_no_job(ray_app):
+    """Two long jobs, one on each replica; one replica's process is killed while they run:
+    both jobs still come back with their images (the lost one sent again), and the replica
+    is back for the next job."""
+    warm = [post(ray_app, "/sdapi/v1/txt2img", {**JOB, "seed": 900 + i}) for i in range(2)]
+    pids = {info(body)["engine"]["replica"] for _, body in warm}
+    results = {}
+
+    def client(n: int) -> None:
+        results[n] = post(ray_app, "/sdapi/v1/txt2img", {**JOB, "width": 128, "height": 128, "steps": 40,
+                                                         "seed": 500 + n})
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    from test_sdapi import call
+
+    deadline = time.time() + 120
+    while time.time() < deadline:  # both running, a few steps in
+        status, line = call(ray_app, "/danqing/v1/queue")
+        running = [r for r in line if r["state"] == "running" and (r.get("step") or 0) >= 2]
+        if len(running) == 2:
+            break
+        time.sleep(0.2)
+    victim = sorted(pids)[0]
+    os.kill(victim, signal.SIGKILL)
+    for t in threads:
+        t.join(300)
+    assert all(status == 200 for status, _ in results.values()), results
+    attempts = sorted(info(body)["engine"]["attempts"] for _, body in results.values())
+    assert attempts == [1, 2], attempts  # the killed replica's job was sent once more
+    # The next jobs run (Ray restarted the replica).
+    status, body = post(ray_app, "/sdapi/v1/txt2img", {**JOB, "seed": 77})
+    assert status == 200 and info(body)["engine"]["replica"] != victim
