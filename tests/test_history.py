@@ -169,7 +169,9 @@ def test_a_save_is_indexed_at_once_and_written_whole(tmp_path):
 TEAM = {"组长": "lead-pass", "小王": "wang-pass", "小李": "li-pass"}
 
 
-def call(app, method, path, user=None, payload=None, timeout=120):
+def call(app, method, path, user=None, payload=None, timeout=120, cookie=None, source="127.0.0.1"):
+    """(status, JSON or bytes) of one request as a TEAM user (HTTP Basic) or with a login
+    cookie, from ``source`` (a loopback address: per-address turns and caps)."""
     import base64
     import http.client
     import json
@@ -177,7 +179,9 @@ def call(app, method, path, user=None, payload=None, timeout=120):
     headers = {"Content-Type": "application/json"}
     if user:
         headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{TEAM[user]}".encode()).decode()
-    conn = http.client.HTTPConnection("127.0.0.1", app.port, timeout=timeout)
+    if cookie:
+        headers["Cookie"] = cookie
+    conn = http.client.HTTPConnection("127.0.0.1", app.port, timeout=timeout, source_address=(source, 0))
     try:
         conn.request(method, path, body=json.dumps(payload) if payload is not None else None, headers=headers)
         response = conn.getresponse()

@@ -113,30 +113,11 @@ def test_a_waiting_job_is_cancelled_by_its_owner_or_an_administrator_only(studio
 
 
 # Through a launched team server --------------------------------------------------------------
-TEAM = {"组长": "lead-pass", "小王": "wang-pass", "小李": "li-pass"}
+from test_history import TEAM, call  # noqa: E402 (the team and its HTTP helper)
 
 
-def _request(app, method, path, user=None, payload=None, cookie=None, timeout=300, source="127.0.0.1"):
-    import base64
-    import http.client
-    import json
-
-    headers = {"Content-Type": "application/json"}
-    if user:
-        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{TEAM[user]}".encode()).decode()
-    if cookie:
-        headers["Cookie"] = cookie
-    conn = http.client.HTTPConnection("127.0.0.1", app.port, timeout=timeout, source_address=(source, 0))
-    try:
-        conn.request(method, path, body=json.dumps(payload) if payload is not None else None, headers=headers)
-        response = conn.getresponse()
-        body = response.read()
-    finally:
-        conn.close()
-    try:
-        return response.status, json.loads(body)
-    except ValueError:
-        return response.status, body
+def _request(app, method, path, user=None, payload=None, **options):
+    return call(app, method, path, user, payload, **{"timeout": 300, **options})
 
 
 def _login(app, user, source):

@@ -445,8 +445,11 @@ def fast_text(S, found: dict, file: str | None = None, model: str | None = None,
     return S.fast_set.format(source=source, **values)
 
 
-# The settings 极速 changes, in this order (panel components and the values kept to restore).
-FAST_FIELDS = ("sampler", "steps", "cfg", "schedule", "eta")
+def fast_values(found: dict, eta) -> list:
+    """[sampler, steps, cfg, schedule, eta] of a few-step model's published settings (the
+    panel's own eta kept when the method names none)."""
+    return [found["sampler"], found["steps"], found["cfg"], found["schedule_type"],
+            found["eta"] if found.get("eta") is not None else eta]
 
 
 def fast_switch(S, studio, on: bool, settings: list, names: list, weights: list, saved) -> tuple:
@@ -468,8 +471,7 @@ def fast_switch(S, studio, on: bool, settings: list, names: list, weights: list,
     if saved is None:  # on twice (a LoRA picked while on): the first old values are the ones to restore
         saved = {"settings": list(settings), "names": list(names), "weights": list(weights)}
     f = found["fewstep"]
-    new_settings = [f["sampler"], f["steps"], f["cfg"], f["schedule_type"],
-                    f["eta"] if f.get("eta") is not None else settings[4]]
+    new_settings = fast_values(f, settings[4])
     new_names, new_weights = list(names), list(weights)
     lora = found["lora"]
     if lora and lora not in new_names:
@@ -487,9 +489,7 @@ def fast_picked(S, studio, name: str, settings: list, saved) -> tuple:
         return gr.update(), gr.update(), *([gr.update()] * len(settings)), saved
     if saved is None:
         saved = {"settings": list(settings), "names": None, "weights": None}
-    new_settings = [found["sampler"], found["steps"], found["cfg"], found["schedule_type"],
-                    found["eta"] if found.get("eta") is not None else settings[4]]
-    return True, fast_text(S, found, file=name, picked=True), *new_settings, saved
+    return True, fast_text(S, found, file=name, picked=True), *fast_values(found, settings[4]), saved
 
 
 def _wire_fast(panel: Panel, gather) -> None:
@@ -497,9 +497,11 @@ def _wire_fast(panel: Panel, gather) -> None:
     settings = [panel.sampler, panel.steps, panel.cfg, panel.schedule, panel.eta]
     slots = [*panel.lora_names, *panel.lora_weights]
 
+    n = len(settings)
+
     def switch(on, *values):
-        current, names, weights, saved = (list(values[:5]), list(values[5:5 + LORA_SLOTS]),
-                                          list(values[5 + LORA_SLOTS:5 + 2 * LORA_SLOTS]), values[-1])
+        current, names, weights, saved = (list(values[:n]), list(values[n:n + LORA_SLOTS]),
+                                          list(values[n + LORA_SLOTS:n + 2 * LORA_SLOTS]), values[-1])
         box, note, new_settings, new_names, new_weights, kept = fast_switch(S, studio, on, current, names, weights, saved)
         return box, note, *new_settings, *new_names, *new_weights, kept
 
@@ -513,6 +515,6 @@ def _wire_fast(panel: Panel, gather) -> None:
         api_visibility="private")
 
     for name_box in panel.lora_names:
-        name_box.input(lambda name, *rest: fast_picked(S, studio, name, list(rest[:5]), rest[5]),
+        name_box.input(lambda name, *rest: fast_picked(S, studio, name, list(rest[:n]), rest[n]),
                        [name_box, *settings, panel.fast_saved],
                        [panel.fast, panel.fast_note, *settings, panel.fast_saved], queue=False, api_visibility="private")

@@ -4,6 +4,8 @@ few-step models (Hyper-SD, SDXL-Lightning, TCD) are distilled on."""
 
 from __future__ import annotations
 
+import inspect
+
 from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
@@ -51,7 +53,7 @@ def make_scheduler(name: str, base_config, schedule_type: str = "Automatic"):
         overrides["timestep_spacing"] = "trailing"
         if "use_karras_sigmas" in overrides:
             overrides["use_karras_sigmas"] = False
-    elif schedule_type == "Karras" and "use_karras_sigmas" in cls.from_config(base_config).config:
+    elif schedule_type == "Karras" and "use_karras_sigmas" in inspect.signature(cls.__init__).parameters:
         overrides["use_karras_sigmas"] = True
     return cls.from_config(base_config, **overrides)
 
