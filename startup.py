@@ -14,6 +14,7 @@ from pathlib import Path
 from pipelines.downloads import Downloads
 from pipelines.outputs import OutputWriter
 from pipelines.store import DEFAULT_MODEL, HUB_ID, EngineSettings, ModelFolders, ModelStore, install_folders
+from pipelines.store.folders import MODEL_KINDS
 from pipelines.studio import Studio
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,13 @@ def choose_model(options: EngineOptions) -> Startup:
     common = dict(outputs_dir=Path(options.outputs_dir), device=options.device, dtype=options.dtype,
                   extra_model_dirs=extra, **options.speed)
     if use_demo:
-        settings = EngineSettings(model=DEMO_MODEL, models_dir=ensure_demo_bundle(), demo=True, allow_download=False, **common)
+        # The bundle is a cache other checkouts share: it is read (after the user's own folder
+        # and any install), never written. What the user makes (a trained LoRA, a download)
+        # goes to their own models folder, as without the demo.
+        bundle = ModelFolders(ensure_demo_bundle())
+        demo_folders = tuple((kind, bundle.folder(kind)) for kind in MODEL_KINDS)
+        settings = EngineSettings(model=DEMO_MODEL, models_dir=Path(options.models_dir), demo=True,
+                                  allow_download=False, **{**common, "extra_model_dirs": extra + demo_folders})
     else:
         settings = EngineSettings(model=wanted, models_dir=Path(options.models_dir), allow_download=not options.offline, **common)
     return Startup(settings, missing, str(user_folders.folder("checkpoints")) + os.sep, pending,

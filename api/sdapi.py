@@ -548,7 +548,7 @@ class SdApi:
             "batch_size": req.batch_size, "n_iter": req.n_iter, "restore_faces": False,
             "sd_model_name": first.get("model", self.studio.current_model()), "sd_model_hash": None,
             "styles": req.styles, "index_of_first_image": 0, "infotexts": infotexts,
-            "job_timestamp": job.timestamp, "clip_skip": 1, "version": f"Danqing {_version()}",
+            "job_timestamp": job.timestamp, "clip_skip": first.get("clip_skip", 1), "version": f"Danqing {_version()}",
             "extra_generation_params": {k: first[k] for k in ("loras", "controlnet") if first.get(k)},
             "interrupted": job.interrupted, "files": [f for info in infos for f in info["files"]],
             "seconds": round(sum(info["seconds"] for info in infos), 3),

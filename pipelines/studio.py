@@ -330,12 +330,17 @@ class Studio:
         if params.loras:
             # A1111 keeps the tags in the prompt text and lists short hashes: readers show
             # them, and sending the text back to the form re-selects the same LoRAs.
+            # Tags name the LoRA as A1111 and Civitai read it: the file's name without its ending
+            # (with its folder only when two files share that name).
+            rows = self.loras()
             hashes = {}
-            for row in self.loras():  # a <lora:tag> may name the file, its stem or its folder
+            for row in rows:  # a <lora:tag> may name the file, its stem or its folder
                 for key in (row["name"], Path(row["name"]).stem, row["name"].split("/", 1)[0]):
                     hashes.setdefault(key, row["hash"])
-            prompt += " " + " ".join(f"<lora:{name}:{weight:g}>" for name, weight in params.loras)
-            base_fields["Lora hashes"] = ", ".join(f"{name}: {hashes.get(name, '')}" for name, _ in params.loras)
+            listed = [row["name"] for row in rows]
+            tags = [(lora.tag_name(name, listed), hashes.get(name, ""), weight) for name, weight in params.loras]
+            prompt += " " + " ".join(f"<lora:{tag}:{weight:g}>" for tag, _, weight in tags)
+            base_fields["Lora hashes"] = ", ".join(f"{tag}: {digest}" for tag, digest, _ in tags)
         if result.hires_pass is not None:  # A1111's hires fix fields (the size is the first pass's)
             base_fields.update({
                 "Denoising strength": params.hires_strength,
@@ -460,8 +465,10 @@ class Studio:
     def train_lora(self, request: TrainLora, run_dir: Path, client: Caller | str = "local", on_step=None,
                    on_sample=None, resume: bool = False) -> train.TrainResult:
         """Train a LoRA on the loaded model as one job of the GPU queue (停止 keeps the last
-        checkpoint; ``resume`` continues from it). The result lands in models/lora/."""
+        checkpoint; ``resume`` continues from it). The result lands in the user's models folder:
+        models/lora/ (with logins models/lora/<user>/, so teammates' names never collide)."""
         caller = as_caller(client)
+        lora_dir = self.trained_lora_dir(caller.user)
 
         def give_way(now: bool = False) -> bool:
             """Between steps: are others waiting? (now=True: let them run first.)"""
@@ -471,8 +478,17 @@ class Studio:
             return self.jobs.turns.others_waiting()
 
         with self.jobs.run(caller, kind="train") as (cancel, _hook):
-            return train.train(self.store, request, Path(run_dir), self.store.folders.folder("lora"), cancel=cancel,
+            return train.train(self.store, request, Path(run_dir), lora_dir, cancel=cancel,
                                on_step=on_step, on_sample=on_sample, resume=resume, give_way=give_way)
+
+    def trained_lora_dir(self, user: str = "") -> Path:
+        """Where a user's trained LoRAs go (always the user's own models folder, never a cache)."""
+        folder = self.store.folders.folder("lora")
+        return folder / user_folder(user) if user else folder
+
+    def trained_lora_name(self, path: Path) -> str:
+        """The LoRA list's name of a trained file (relative to models/lora)."""
+        return Path(path).relative_to(self.store.folders.folder("lora")).as_posix()
 
     # -- LoRAs --------------------------------------------------------------------------------
     def loras(self) -> list[dict]:
@@ -652,9 +668,11 @@ class Studio:
             return None
 
     def may_read(self, path: str, user: str = "") -> bool:
-        """Whether ``user`` may read a file: their own folder's, anything outside the users'
-        folders (the file route's own rules decide), an administrator everything, any logged-in
-        user a picture (or its thumbnail) shared with the team."""
+        """Whether ``user`` may read a file: their own folder's, an administrator everything, any
+        logged-in user a picture (or its thumbnail) shared with the team. Pictures made before
+        logins were turned on (in outputs/ outside the users' folders) are nobody's own: with
+        logins only administrators read them; without logins everyone does. Files outside
+        outputs/ are left to the file route's own rules."""
         root = self.outputs.root.resolve()
         try:
             resolved = Path(path).resolve()
@@ -666,11 +684,14 @@ class Studio:
         if resolved.suffix.lower() not in (".png", ".webp") or any(
                 p.startswith(".") and p not in (index.THUMBS_DIR, index.TRASH_DIR) for p in inner):
             return False
-        if self.outputs.may_read(path, user):
-            return True
-        if not user:
-            return False
+        if not user:  # no logins: everything outside the users' folders
+            return inner[:1] != (index.USERS_DIR,)
         if user in self.admins:
+            return True
+        if inner[:1] != (index.USERS_DIR,):
+            # Made before logins were turned on: nobody's own, an administrator's 全部 only.
+            return False
+        if self.outputs.may_read(path, user):
             return True
         try:
             picture = index.picture_of(self.outputs.root.resolve(), Path(path).resolve())

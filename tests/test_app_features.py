@@ -38,8 +38,9 @@ def test_lora_parameter_changes_the_image_and_is_recorded(client):
     assert json.loads(info)["loras"] == [["danqing-demo-kohya.safetensors", 1.0]]
     text = Image.open(with_lora[0]["image"]).info["parameters"]
     parsed = parse_parameters(text)
-    assert "<lora:danqing-demo-kohya.safetensors:1>" in parsed["prompt"]
-    assert parsed["fields"]["Lora hashes"].startswith("danqing-demo-kohya.safetensors: ")
+    # The tag and the hashes name the LoRA without its file ending, as A1111 and Civitai read it.
+    assert "<lora:danqing-demo-kohya:1>" in parsed["prompt"]
+    assert parsed["fields"]["Lora hashes"].startswith("danqing-demo-kohya: ")
 
 
 def test_lora_tag_in_the_prompt_works_like_the_parameter(client):

@@ -158,9 +158,11 @@ def test_vae_single_files_and_clip_skip_through_the_api(api):
         _, body = call(api, "/sdapi/v1/txt2img", {"prompt": "猫", **SMALL, "steps": 1})
         fields = parse_parameters(json.loads(body["info"])["infotexts"][0])["fields"]
         assert fields["VAE"] == "danqing-demo-vae.safetensors" and fields["Clip skip"] == "2"
+        assert json.loads(body["info"])["clip_skip"] == 2  # the info says what the job used
         _, body = call(api, "/sdapi/v1/txt2img", {"prompt": "猫", **SMALL, "steps": 1,
                                                   "override_settings": {"CLIP_stop_at_last_layers": 1}})
         assert "Clip skip" not in parse_parameters(json.loads(body["info"])["infotexts"][0])["fields"]
+        assert json.loads(body["info"])["clip_skip"] == 1
         status, error = call(api, "/sdapi/v1/options", {"sd_vae": "no-such-vae"})
         assert status == 422 and error["code"] == "unknown_model_name"
         status, error = call(api, "/sdapi/v1/options", {"CLIP_stop_at_last_layers": 40})

@@ -189,8 +189,9 @@ def test_text_encoder_training_and_the_loras_in_use_come_back(bench, tmp_path):
 
 
 def test_the_headless_command_trains_stops_and_resumes(bench, demo_models, tmp_path):
-    """python train.py: pictures and .txt captions from a folder, the LoRA in models/lora; a bad
-    name is refused in Chinese; --resume after the run finished refuses to overwrite it."""
+    """python train.py: pictures and .txt captions from a folder, the LoRA in the --models-dir's
+    lora/ (in demo mode too: never in the demo cache other checkouts share); a bad name is
+    refused in Chinese; --resume after the run finished refuses to overwrite it."""
     import os
     import subprocess
     import sys
@@ -205,15 +206,17 @@ def test_the_headless_command_trains_stops_and_resumes(bench, demo_models, tmp_p
         if i < 3:  # the last picture's caption comes from the demo bundle's captioner
             (pictures / f"{i}.txt").write_text("红色方块, 蓝底", encoding="utf-8")
     cache = tmp_path / "cache"
-    shutil.copytree(demo_models, cache / demo_models.name)  # the bundle, so its lora/ is this test's own
+    shutil.copytree(demo_models, cache / demo_models.name)  # the bundle, so nothing else sees what lands in it
     env = {**os.environ, "DANQING_CACHE": str(cache)}
     command = [sys.executable, str(ROOT / "train.py"), "--demo", "--images", str(pictures), "--name", "命令行",
                "--trigger", "redsq", "--steps", "4", "--rank", "2", "--resolution", "64",
-               "--captioner", DEMO_CAPTIONER, "--outputs-dir", str(tmp_path / "out")]
+               "--captioner", DEMO_CAPTIONER, "--outputs-dir", str(tmp_path / "out"),
+               "--models-dir", str(tmp_path / "mine")]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
-    made = cache / demo_models.name / "lora" / "命令行.safetensors"
+    made = tmp_path / "mine" / "lora" / "命令行.safetensors"
     assert made.is_file() and "step 4/4" in run.stdout
+    assert not list((cache / demo_models.name / "lora").glob("命令行*"))
     import json
 
     written = next(line for line in run.stdout.splitlines() if line.startswith("3.png: "))[len("3.png: "):]

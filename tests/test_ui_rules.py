@@ -79,9 +79,12 @@ def test_ui_builds_on_the_demo_studio(studio):
 
 def test_every_event_that_asks_for_the_request_gets_it(studio):
     """Gradio hands an event its gr.Request only when the parameter's annotation evaluates to
-    gr.Request; under ``from __future__ import annotations`` with gradio imported inside a
-    function it does not, and the event silently runs without its user or session (the X/Y
-    grid once ran outside 停止's reach that way). Every event of the UI and the extensions."""
+    gr.Request and the parameter is positional: under ``from __future__ import annotations``
+    with gradio imported inside a function the annotation does not evaluate, and after
+    ``*values`` the parameter is keyword-only, which Gradio never fills; either way the event
+    silently runs without its user or session (the X/Y grid once ran outside 停止's reach; 历史
+    and training with logins ignored who was logged in). Every event of the UI and the
+    extensions."""
     import inspect
     import typing
 
@@ -102,5 +105,8 @@ def test_every_event_that_asks_for_the_request_gets_it(studio):
         except Exception as exc:  # noqa: BLE001
             raise AssertionError(f"{block_fn.name}: annotations do not evaluate ({exc})") from None
         assert hints.get("request") in (gr.Request, typing.Optional[gr.Request]), block_fn.name
+        kind = inspect.signature(fn).parameters["request"].kind
+        assert kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD), \
+            f"{block_fn.name}: request is {kind.description}, Gradio never fills it"
         checked += 1
-    assert checked >= 8
+    assert checked >= 20

@@ -382,7 +382,8 @@ def _listed_name(tag: str, listed: list[str]) -> str | None:
     """The listed file a ``<lora:tag:w>`` means: the name itself, or the file with that stem."""
     if tag in listed:
         return tag
-    stems = [n for n in listed if n.rsplit("/", 1)[-1].rsplit(".", 1)[0] == tag or n.split("/", 1)[0] == tag]
+    stems = [n for n in listed if n.rsplit("/", 1)[-1].rsplit(".", 1)[0] == tag or n.rsplit(".", 1)[0] == tag
+             or n.rsplit("/", 1)[0] == tag]
     return stems[0] if len(stems) == 1 else None
 
 

@@ -91,13 +91,18 @@ def build_tab(ctx: UIContext) -> HistoryTab:
 
     outputs = [gallery, where, page_ids, offset, picked, chosen, detail, share, unshare, delete, restore]
 
-    def first_page(*values, request: gr.Request = None):
-        return show(*values, 0, request=request)
+    # Gradio hands an event its gr.Request only through a positional parameter it can see in the
+    # signature (never after *values), so each event names its inputs.
+    def first_page(text_value, scope_value, model_value, sampler_value, task_value, from_value, to_value,
+                   request: gr.Request = None):
+        return show(text_value, scope_value, model_value, sampler_value, task_value, from_value, to_value, 0,
+                    request=request)
 
     def turn(step: int):
-        def event(*values, request: gr.Request = None):
-            *query_values, at = values
-            return show(*query_values, max(0, int(at or 0) + step * PAGE), request=request)
+        def event(text_value, scope_value, model_value, sampler_value, task_value, from_value, to_value, at,
+                  request: gr.Request = None):
+            return show(text_value, scope_value, model_value, sampler_value, task_value, from_value, to_value,
+                        max(0, int(at or 0) + step * PAGE), request=request)
 
         return event
 
@@ -128,15 +133,16 @@ def build_tab(ctx: UIContext) -> HistoryTab:
                 gr.update(visible=shareable and not entry.shared), gr.update(visible=shareable and entry.shared))
 
     def change(action):
-        def event(entry_id: str, *values, request: gr.Request = None):
+        def event(entry_id: str, text_value, scope_value, model_value, sampler_value, task_value, from_value,
+                  to_value, at, request: gr.Request = None):
             if not entry_id:
                 raise gr.Error(S.history_pick_first)
             try:
                 action(entry_id, user_of(request))
             except Exception as exc:
                 raise user_error(S, exc) from None
-            *query_values, at = values
-            return show(*query_values, at, request=request)
+            return show(text_value, scope_value, model_value, sampler_value, task_value, from_value, to_value, at,
+                        request=request)
 
         return event
 

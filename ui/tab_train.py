@@ -16,6 +16,7 @@ from pipelines.errors import JobCancelled, ParamError
 from pipelines.requests import MAX_TRAIN_STEPS, TRAIN_PRESETS, TrainLora
 
 from . import inputs
+from .binding import endpoint
 from .common import GPU, GPU_LIMIT, UIContext, caller_of, user_error, user_of
 
 
@@ -89,7 +90,6 @@ def build_tab(ctx: UIContext) -> None:
              "batch_size": batch_size, "seed": seed, "save_every": save_every, "sample_every": sample_every,
              "sample_prompt": sample_prompt, "min_snr_gamma": min_snr_gamma,
              "gradient_checkpointing": gradient_checkpointing}
-    knob_inputs = list(knobs.values())
 
     def apply_preset(key: str):
         values = TRAIN_PRESETS.get(key, standard)
@@ -134,12 +134,13 @@ def build_tab(ctx: UIContext) -> None:
         gr.Info(S.train_caption_done.format(count=len(written)))
         return table
 
-    def run(name_value, trigger_value, rows, preset_key, *knob_values, resume_run=False, request: gr.Request = None):
+    def run(fields: dict, request: gr.Request | None, resume_run: bool):
+        name_value, trigger_value, rows = fields["name"], fields["trigger"], fields["captions"]
         user = user_of(request) or ""
         caller = caller_of(request)
         try:
             run_dir, chosen = _chosen(name_value, rows, user)
-            values = dict(zip(knobs, knob_values))
+            values = {k: fields[k] for k in knobs}
             req = TrainLora.build(name_value, trigger_value, [p for p, _ in chosen], [c for _, c in chosen],
                                   **{k: v for k, v in values.items() if v not in (None, "")})
         except gr.Error:
@@ -183,20 +184,27 @@ def build_tab(ctx: UIContext) -> None:
             text = S.train_stopped.format(step=result.steps_done, total=req.steps)
         else:
             gr.Info(S.train_done.format(name=req.name))
-            text = S.train_finished.format(name=result.path.name, steps=result.steps_done,
-                                           minutes=f"{result.seconds / 60:.1f}")
+            text = S.train_finished.format(name=studio.trained_lora_name(result.path), path=_shown_path(result.path),
+                                           steps=result.steps_done, minutes=f"{result.seconds / 60:.1f}")
             if len(result.buckets) > 1:
                 text += "\n\n" + S.train_buckets_used.format(
                     groups=S.list_sep.join(S.train_bucket_group.format(w=w, h=h, n=n) for (w, h), n in result.buckets))
         # The preview sits in models/lora (not served as a file): handed over as a picture.
-        preview = studio.lora_preview(result.path.name) if result.path else None
+        preview = studio.lora_preview(studio.trained_lora_name(result.path)) if result.path else None
         yield text, _curve(S, losses), list(shown) + ([preview] if preview is not None else [])
 
-    def run_new(*values, request: gr.Request = None):
-        yield from run(*values, resume_run=False, request=request)
+    def train(fields: dict, request: gr.Request = None, progress=None):
+        yield from run(fields, request, resume_run=False)
 
-    def run_resume(*values, request: gr.Request = None):
-        yield from run(*values, resume_run=True, request=request)
+    def train_resume(fields: dict, request: gr.Request = None, progress=None):
+        yield from run(fields, request, resume_run=True)
+
+    # Bound by name (ui/binding.py): the event's signature names its inputs, so Gradio sees the
+    # gr.Request parameter and the run belongs to the user who started it.
+    components = {"name": name, "trigger": trigger, "captions": table, "preset": preset, **knobs}
+    names = tuple(components)
+    run_new, run_inputs = endpoint(names, components, train, doc="Train a LoRA on the pictures read for this name.")
+    run_resume, _ = endpoint(names, components, train_resume, doc="Continue a stopped training run from its checkpoint.")
 
     preset.change(apply_preset, preset, [steps, rank, alpha, learning_rate, resolution], queue=False,
                   api_visibility="private")
@@ -205,10 +213,10 @@ def build_tab(ctx: UIContext) -> None:
                   concurrency_id=GPU, concurrency_limit=GPU_LIMIT)
     # Training is long: it runs outside the GPU concurrency group (its own job of the GPU
     # queue, giving way between steps), so a teammate's picture never waits behind it.
-    start.click(run_new, [name, trigger, table, preset, *knob_inputs], [status, curve, samples], api_name="train",
-                concurrency_limit=1, concurrency_id="train")
-    resume.click(run_resume, [name, trigger, table, preset, *knob_inputs], [status, curve, samples],
-                 api_name="train_resume", concurrency_limit=1, concurrency_id="train")
+    start.click(run_new, run_inputs, [status, curve, samples], api_name="train", concurrency_limit=1,
+                concurrency_id="train")
+    resume.click(run_resume, run_inputs, [status, curve, samples], api_name="train_resume", concurrency_limit=1,
+                 concurrency_id="train")
     def stop_run(request: gr.Request = None) -> None:
         studio.stop(caller_of(request).client)
 
@@ -223,6 +231,14 @@ def _captioner_updates(S, names: list[str]):
 
 def _path(item) -> str:
     return item if isinstance(item, str) else getattr(item, "name", None) or item.get("path")
+
+
+def _shown_path(path: Path) -> str:
+    """A saved file as the operator finds it: relative to where the app runs when inside it."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _name(path: str) -> str:

@@ -23,6 +23,7 @@ from ..requests import Txt2Img, Upscale
 from .deepcache import deep_cache
 from .lora import apply_loras
 from .preview import PreviewHook, Previewer, preview_decoder
+from ..formats.prompt_weights import parse as parse_weights, plain_text
 from .prompts import long_prompt_embeds, used_embeddings
 from .schedulers import make_scheduler, step_eta
 
@@ -125,8 +126,9 @@ def prompt_arguments(pipe, prompt: str, negative_prompt: str, notices: dict, sto
                               always=bool(used) or clip_skip > 1)
     if used:
         notices["embeddings"] = {name: usable[name].file for name in used}
-    if long is None:
-        return {"prompt": prompt, "negative_prompt": negative_prompt or None}
+    if long is None:  # no syntax in it: the text as typed, escapes resolved
+        negative_text = plain_text(parse_weights(negative_prompt)) if negative_prompt else ""
+        return {"prompt": plain_text(parse_weights(prompt)), "negative_prompt": negative_text or None}
     positive, negative, chunks = long
     if chunks > 1:
         notices["prompt_chunks"] = chunks

@@ -131,6 +131,22 @@ def _stem(filename: str) -> str:
     return filename.rsplit(".", 1)[0] if "." in filename else filename
 
 
+def tag_name(name: str, listed: Sequence[str]) -> str:
+    """The name a ``<lora:…>`` tag (and ``Lora hashes``) gives a LoRA, as A1111 and Civitai read
+    it: the file's name without its ending, or the relative path without the ending when
+    another listed file has the same name. ``resolve_lora`` finds the file from either."""
+    path = name
+    for ending in (".safetensors", ".bin"):
+        if path.lower().endswith(ending):
+            path = path[: -len(ending)]
+            break
+    stem = path.rsplit("/", 1)[-1]
+    if stem.lower() == "pytorch_lora_weights" and "/" in path:
+        return path.rsplit("/", 1)[0]  # a diffusers folder's file: the folder names the LoRA
+    same = [n for n in listed if _stem(n.rsplit("/", 1)[-1]) == stem]
+    return stem if len(same) <= 1 else path
+
+
 
 
 
