@@ -210,6 +210,7 @@ class Jobs:
         self.device = device
         self._guard = threading.Lock()
         self._running: dict[str, threading.Event] = {}
+        self._outer: dict[threading.Event, threading.Event] = {}  # a job's switch -> its hold's
         self._batches: dict[str, Batch] = {}
         self._progress = Progress()
         self.turns = Turns(capacity)
@@ -282,12 +283,24 @@ class Jobs:
             self.lock.acquire()
 
     @contextmanager
-    def hold(self, batch: "Batch | None" = None):
-        """The GPU for several jobs in a row (an API request's model override and batches); the
-        batch waits for its turn like any job, and leaves the line when it is interrupted."""
-        ticket = Ticket.of(batch.caller, batch.kind) if batch is not None else Ticket.of(as_caller("local"))
-        with self._turn(ticket, batch.cancel if batch is not None else None), self.lock:
-            yield
+    def hold(self, batch: "Batch | None" = None, caller: Caller | None = None, kind: str = ""):
+        """The GPU for several jobs in a row (an API request's model override and batches, a
+        grid's cells on one model); the batch (or ``caller``) waits for its turn like any job,
+        and leaves the line when it is interrupted (a caller: by its 停止). Yields the cancel
+        event: the jobs run inside see a 停止 given between them."""
+        if batch is not None:
+            ticket, cancel = Ticket.of(batch.caller, batch.kind), batch.cancel
+        else:
+            caller = caller or as_caller("local")
+            ticket, cancel = Ticket.of(caller, kind), self._start(caller.client)
+        try:
+            with self._turn(ticket, cancel), self.lock:
+                if cancel.is_set():
+                    raise JobCancelled()
+                yield cancel
+        finally:
+            if batch is None:
+                self._finish(caller.client, cancel)
 
     @contextmanager
     def _turn(self, ticket: Ticket, cancel: threading.Event | None, on_wait=None):
@@ -362,15 +375,29 @@ class Jobs:
         return rows
 
     def _start(self, client: str) -> threading.Event:
+        """The stop switch of a job of ``client``. Inside a hold of the same client (a grid's
+        cells) the hold's switch stays underneath: a 停止 already given carries over, and the
+        hold's switch is armed again when the job ends."""
         event = threading.Event()
         with self._guard:
+            outer = self._running.get(client)
+            if outer is not None and outer.is_set():
+                event.set()
             self._running[client] = event
+            if outer is not None:
+                self._outer[event] = outer
         return event
 
     def _finish(self, client: str, event: threading.Event) -> None:
         with self._guard:
+            outer = self._outer.pop(event, None)
             if self._running.get(client) is event:
-                del self._running[client]
+                if outer is not None:
+                    if event.is_set():
+                        outer.set()
+                    self._running[client] = outer
+                else:
+                    del self._running[client]
 
     def stop(self, client: str) -> bool:
         """停止: stops ``client``'s job, nobody else's."""

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -204,6 +205,23 @@ class Studio:
         """The GPU for several jobs in a row (the A1111 API's model override and batches): the
         batch (pipelines.jobs.Batch) waits for its turn like any job."""
         return self.jobs.hold(batch)
+
+    @contextmanager
+    def on_model(self, ref: str, client: Caller | str = "local", kind: str = "txt2img"):
+        """Several jobs of ``client`` on base model ``ref`` (an X/Y grid's model axis): the GPU
+        is held for them (nobody else's job runs on the borrowed model), the model switched if
+        needed and switched back afterwards. 停止 reaches it while it waits and between jobs."""
+        caller = as_caller(client)
+        self.store.choice(ref)  # an unknown model is refused before waiting
+        with self.jobs.hold(caller=caller, kind=kind):
+            previous = self.current_model()
+            if ref != previous:
+                self.switch_model(ref)
+            try:
+                yield
+            finally:
+                if ref != previous:
+                    self.switch_model(previous)
 
     # -- generation -------------------------------------------------------------------------
     def txt2img(self, request: Txt2Img, client: Caller | str = "local", on_step=None,

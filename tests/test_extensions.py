@@ -81,7 +81,33 @@ def test_xy_grid_ascii_labels_and_lora_axis(builtins, studio):
     assert not np.array_equal(pixels[top:, left:left + 64], pixels[top:, left + 64:left + 128])
 
 
+def test_xy_grid_prompt_search_and_replace_and_a_model_axis(builtins, studio):
+    """A1111's Prompt S/R (the first value is searched for, each value replaces it, in both
+    prompts) and a base-model axis: each column is made on its model and the model in use is
+    the same afterwards; every cell's own PNG says which model and prompt made it."""
+    grid = builtins.get("xy_grid").module
+    base = dict(prompt="竹林里的熊猫", negative_prompt="竹林", sampler="Euler", seed=5, num_inference_steps=1,
+                guidance_scale=7, width=64, height=64)
+    before = studio.current_model()
+    path, info = grid.run_grid(studio, base, "model", f"danqing-demo-st, {before}", "prompt_sr",
+                               '竹林, 雪山, "海边, 夜晚"', font_path=None)
+    assert studio.current_model() == before
+    assert info["x"]["values"] == ["danqing-demo-st", before]
+    assert info["y"]["values"] == ["竹林", "雪山", "海边, 夜晚"]
+    cells = [parse_parameters(Image.open(studio.outputs.root / studio.outputs.day_dir().name / name).info["parameters"])
+             for name in info["cells"]]
+    assert [c["fields"]["Model"] for c in cells] == ["danqing-demo-st", before] * 3
+    assert [c["prompt"] for c in cells[::2]] == ["竹林里的熊猫", "雪山里的熊猫", "海边, 夜晚里的熊猫"]
+    assert [c["negative_prompt"] for c in cells[::2]] == ["竹林", "雪山", "海边, 夜晚"]
+    fields = parse_parameters(Image.open(path).info["parameters"])["fields"]
+    assert fields["X Type"] == "Checkpoint name" and fields["Y Type"] == "Prompt S/R"
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    top, left = info["top"], info["left"]  # the two models make different pictures from one seed
+    assert not np.array_equal(pixels[top:top + 64, left:left + 64], pixels[top:top + 64, left + 64:left + 128])
+
+
 @pytest.mark.parametrize("args,code", [
+    (("prompt_sr", "雪山, 海边", "seed", "1"), "sr_not_found"),
     (("cfg", "1, 2", "cfg", "3"), "same_axis"),
     (("steps", "1-40", "seed", "1"), "too_many_values"),
     (("steps", "two", "seed", "1"), "bad_value"),

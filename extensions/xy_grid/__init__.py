@@ -1,4 +1,5 @@
-"""X/Y 对比图: compare two parameters (seed, CFG, steps, sampler, LoRA weight) in one annotated
+"""X/Y 对比图: compare two parameters (seed, CFG, steps, sampler, LoRA weight, prompt search and
+replace, base model) in one annotated
 grid image, the way designers pick settings. Written against the extension interface only: a
 tab whose events call the Studio's txt2img on the shared GPU queue. The logic is in grid.py.
 """
@@ -18,14 +19,19 @@ TEXT = {
     "zh": {
         "tab": "X/Y 对比图",
         "intro": "选两个参数分别作为横轴和纵轴，每个格子生成一张图，拼成一张带中文标注的对比图并保存到输出文件夹。"
-                 "取值用逗号分隔，整数可写范围，如 `1-4` 或 `10-30 (+10)`；采样器写名称，如 `Euler a, DDIM`。",
+                 "取值用逗号分隔，整数可写范围，如 `1-4` 或 `10-30 (+10)`；采样器写名称，如 `Euler a, DDIM`。"
+                 "「提示词替换」：第一个值是提示词里要找的词，每个值依次替换它，如 `竹林, 雪山, 海边`（含逗号的值用英文双引号括起来）；"
+                 "「基础模型」：写模型列表里的名称，同一个模型的格子一起生成，完成后换回原来的模型。",
         "prompt": "提示词", "negative": "反向提示词", "sampler": "采样器", "steps": "采样步数", "cfg": "CFG",
         "width": "宽度", "height": "高度", "seed": "随机种子（-1 为随机，所有格子用同一个）",
         "lora": "LoRA（「LoRA 权重」轴用它）", "lora_weight": "LoRA 权重", "none": "无",
         "x_axis": "横轴（X）", "x_values": "横轴取值", "y_axis": "纵轴（Y）", "y_values": "纵轴取值",
         "run": "生成对比图", "result": "对比图", "info": "信息", "progress": "第 {k}/{n} 格", "unit": "步",
+        "done": "对比图已保存：{file}（{columns} 列 × {rows} 行，{width}×{height}）。\n\n横轴：{x}\n\n纵轴：{y}",
+        "models_hint": "可用的模型：{names}", "sep": "、",
         "stop": "停止", "load": "载入「创作」页的当前设置", "stopped": "已停止：对比图没有完成，已生成的格子图片已保存。",
-        "axes": {"seed": "种子", "cfg": "CFG", "steps": "采样步数", "sampler": "采样器", "lora_weight": "LoRA 权重"},
+        "axes": {"seed": "种子", "cfg": "CFG", "steps": "采样步数", "sampler": "采样器", "lora_weight": "LoRA 权重",
+                 "prompt_sr": "提示词替换", "model": "基础模型"},
         "errors": {
             "unknown_axis": "不认识的参数：{axis}。",
             "bad_value": "{axis} 的取值 {value} 不合法。",
@@ -34,6 +40,8 @@ TEXT = {
             "too_many_cells": "格子太多：{count} 个，最多 {limit} 个。",
             "same_axis": "横轴和纵轴不能是同一个参数。",
             "lora_needed": "「LoRA 权重」轴需要先选择一个 LoRA。",
+            "sr_not_found": "提示词替换：提示词里没有「{value}」（第一个值是要被替换的词）。",
+            "unknown_model": "没有这个模型：{value}。请写模型列表里的名称。",
         },
     },
     "en": {
@@ -45,9 +53,12 @@ TEXT = {
         "lora": "LoRA (for the LoRA weight axis)", "lora_weight": "LoRA weight", "none": "None",
         "x_axis": "X axis", "x_values": "X values", "y_axis": "Y axis", "y_values": "Y values",
         "run": "Make grid", "result": "Grid", "info": "Info", "progress": "cell {k}/{n}", "unit": "steps",
+        "done": "Grid saved: {file} ({columns} columns × {rows} rows, {width}×{height}).\n\nX: {x}\n\nY: {y}",
+        "models_hint": "Models: {names}", "sep": ", ",
         "stop": "Stop", "load": "Load the Create tab's current settings",
         "stopped": "Stopped: the grid was not finished; the cells made so far are saved.",
-        "axes": {"seed": "Seed", "cfg": "CFG", "steps": "Steps", "sampler": "Sampler", "lora_weight": "LoRA weight"},
+        "axes": {"seed": "Seed", "cfg": "CFG", "steps": "Steps", "sampler": "Sampler", "lora_weight": "LoRA weight",
+                 "prompt_sr": "Prompt S/R", "model": "Base model"},
         "errors": {
             "unknown_axis": "Unknown parameter: {axis}.",
             "bad_value": "{axis}: {value} is not a valid value.",
@@ -56,6 +67,8 @@ TEXT = {
             "too_many_cells": "Too many cells: {count}, at most {limit}.",
             "same_axis": "The X and Y axes must be different parameters.",
             "lora_needed": "The LoRA weight axis needs a LoRA: pick one first.",
+            "sr_not_found": "Prompt S/R: “{value}” is not in the prompt (the first value is what gets replaced).",
+            "unknown_model": "No such model: {value}. Use a name from the model list.",
         },
     },
 }
@@ -112,7 +125,10 @@ def setup(api) -> None:
                     stop = gr.Button(T["stop"], variant="stop", elem_id="xy-stop")
             with gr.Column():
                 result = gr.Image(label=T["result"], type="filepath", format="png", interactive=False, elem_id="xy-result")
-                info = gr.JSON(label=T["info"])
+                # What was made, in words (the API returns the grid's JSON as its second output).
+                info = gr.JSON(visible=False)
+                summary = gr.Markdown(elem_id="xy-summary")
+                models_hint = gr.Markdown(T["models_hint"].format(names=T["sep"].join(c["ref"] for c in studio.model_choices())))
 
         def make_grid(prompt, negative, sampler, seed, steps, cfg, width, height, lora, lora_weight,
                       x_axis, x_values, y_axis, y_values, request: gr.Request = None, progress=gr.Progress()):
@@ -163,11 +179,20 @@ def setup(api) -> None:
         inputs = [prompt, negative, sampler, seed, steps, cfg, width, height, lora, lora_weight,
                   x_axis, x_values, y_axis, y_values]
         run.click(make_grid, inputs, [result, info], concurrency_id=api.concurrency_id, concurrency_limit=api.concurrency_limit,
-                  api_name="xy_grid", show_progress_on=info)
+                  api_name="xy_grid", show_progress_on=summary)
         def stop_grid(request: gr.Request = None) -> None:
             studio.stop(api.caller(request).client)
 
         stop.click(stop_grid, None, None, queue=False, api_visibility="private")
+
+        def describe(meta):
+            if not isinstance(meta, dict) or "file" not in meta:
+                return ""
+            return T["done"].format(file=meta["file"], columns=meta["columns"], rows=meta["rows"],
+                                    width=meta["size"][0], height=meta["size"][1],
+                                    x=T["sep"].join(meta["x"]["labels"]), y=T["sep"].join(meta["y"]["labels"]))
+
+        info.change(describe, info, summary, queue=False, api_visibility="private")
         own = dict(zip(CREATION_FIELDS, [prompt, negative, sampler, seed, steps, cfg, width, height]))
         lent = [name for name in CREATION_FIELDS if creation.get(name) is not None]
         if lent:

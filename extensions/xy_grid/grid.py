@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,12 @@ AXES: dict[str, Axis] = {
     "steps": Axis("steps", "步数", "Steps", int, "num_inference_steps"),
     "sampler": Axis("sampler", "采样器", "Sampler", str, "sampler"),
     "lora_weight": Axis("lora_weight", "LoRA 权重", "LoRA weight", float, ""),
+    # A1111's Prompt S/R: the first value is searched for in the prompts, each value replaces it.
+    "prompt_sr": Axis("prompt_sr", "提示词替换", "Prompt S/R", str, ""),
+    # The base model of each cell (cells of one model run together, the model switched back after).
+    "model": Axis("model", "基础模型", "Checkpoint name", str, ""),
 }
+_QUOTED = re.compile(r'\s*"([^"]*)"|([^,，;；\n]+)')
 
 
 _RANGE = re.compile(r"^(-?\d+(?:\.\d+)?)\s*-\s*(-?\d+(?:\.\d+)?)(?:\s*\(\s*\+\s*(\d+(?:\.\d+)?)\s*\))?$")
@@ -70,11 +76,12 @@ def parse_values(axis_key: str, text: str) -> list:
     if axis is None:
         raise GridError("unknown_axis", axis=str(axis_key)[:20])
     values = []
-    for part in (p.strip() for p in re.split(r"[,，;；\n]+", text or "")):
+    if axis.kind is str:  # names and texts; a value holding a comma goes in double quotes
+        values = [q if q is not None else p.strip() for q, p in
+                  ((m.group(1), m.group(2)) for m in _QUOTED.finditer(text or ""))]
+        values = [v for v in values if v]
+    for part in (() if axis.kind is str else (p.strip() for p in re.split(r"[,，;；\n]+", text or ""))):
         if not part:
-            continue
-        if axis.kind is str:
-            values.append(part)
             continue
         try:
             match = _RANGE.match(part)
@@ -102,22 +109,53 @@ def _format(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def cell_request(base: dict, axis_key: str, value) -> dict:
-    """The txt2img arguments of one cell: ``base`` with one axis set."""
+def cell_request(base: dict, axis_key: str, value, search: str = "") -> dict:
+    """The txt2img arguments of one cell: ``base`` with one axis set (``search``: the Prompt S/R
+    axis's first value, replaced by ``value`` in both prompts)."""
     request = dict(base)
     axis = AXES[axis_key]
     if axis.field:
         request[axis.field] = value
+    elif axis_key == "prompt_sr":
+        for field in ("prompt", "negative_prompt"):
+            request[field] = (request.get(field) or "").replace(search, value)
+    elif axis_key == "model":
+        request["model"] = value
     else:
         request["lora_weight"] = value
     return request
 
 
 def _studio_args(request: dict) -> dict:
-    args = {k: v for k, v in request.items() if k not in ("lora", "lora_weight")}
+    args = {k: v for k, v in request.items() if k not in ("lora", "lora_weight", "model")}
     args["loras"] = [[request["lora"], request.get("lora_weight", 1.0)]] if request.get("lora") else None
     args["num_images_per_prompt"] = 1
     return args
+
+
+def _check_prompt_sr(base: dict, x_axis: str, x_values: list, y_axis: str, y_values: list) -> str:
+    """The Prompt S/R axis's search text (its first value), which must be in a prompt."""
+    values = x_values if x_axis == "prompt_sr" else y_values if y_axis == "prompt_sr" else None
+    if values is None:
+        return ""
+    search = values[0]
+    if search not in (base.get("prompt") or "") and search not in (base.get("negative_prompt") or ""):
+        raise GridError("sr_not_found", value=search[:40])
+    return search
+
+
+def _check_models(studio, x_axis: str, x_values: list, y_axis: str, y_values: list) -> list[str]:
+    """The model axis's models (each must be one the studio lists), in order; [] without one."""
+    values = x_values if x_axis == "model" else y_values if y_axis == "model" else []
+    listed = {c["ref"] for c in studio.model_choices()}
+    for value in values:
+        if value not in listed:
+            raise GridError("unknown_model", value=value[:60])
+    return list(dict.fromkeys(values))
+
+
+def _cell_model(x_axis, x_values, y_axis, y_values, row: int, col: int) -> str:
+    return x_values[col] if x_axis == "model" else y_values[row]
 
 
 # 2. Fonts and drawing ----------------------------------------------------------------------------
@@ -189,24 +227,34 @@ def run_grid(studio, base: dict, x_axis: str, x_text: str, y_axis: str, y_text: 
     base = dict(base)
     if str(base.get("seed", -1)).strip() in ("-1", "") and "seed" not in (x_axis, y_axis):
         base["seed"] = secrets.randbelow(SEED_MAX + 1)
-    # 2. Every cell through the Studio (validation, queue lock, LoRA switching, saving).
-    cells, files, first_text, total = [], [], None, len(x_values) * len(y_values)
-    for row, y_value in enumerate(y_values):
-        images = []
-        for col, x_value in enumerate(x_values):
-            request = cell_request(cell_request(base, y_axis, y_value), x_axis, x_value)
-            cell = row * len(x_values) + col + 1
-            step_hook = (lambda i, n, cell=cell: on_step(cell, total, i, n)) if on_step is not None else None
-            paths, info = studio.txt2img(Txt2Img.from_fields(_studio_args(request)), client=client, on_step=step_hook)
-            with Image.open(paths[0]) as image:
-                images.append(image.copy())
-                first_text = first_text or image.info.get("parameters", "")
-            files.append(info["files"][0])
-            if on_cell is not None:
-                on_cell(row * len(x_values) + col + 1, total)
-            if on_image is not None:
-                on_image(paths[0], row * len(x_values) + col + 1, total)
-        cells.append(images)
+    search = _check_prompt_sr(base, x_axis, x_values, y_axis, y_values)
+    models = _check_models(studio, x_axis, x_values, y_axis, y_values)
+    # 2. Every cell through the Studio (validation, queue, LoRA switching, saving); with a model
+    # axis the cells of one model run together, holding the GPU, and the model is switched back.
+    total = len(x_values) * len(y_values)
+    order = [(row, col) for row in range(len(y_values)) for col in range(len(x_values))]
+    groups: list[tuple[str | None, list]] = [(None, order)]
+    if models:
+        groups = [(ref, [(r, c) for r, c in order if _cell_model(x_axis, x_values, y_axis, y_values, r, c) == ref])
+                  for ref in models]
+    made: dict[tuple[int, int], tuple[Image.Image, str, str]] = {}
+    for ref, cells_of in groups:
+        with (studio.on_model(ref, client) if ref is not None else nullcontext()):
+            for row, col in cells_of:
+                request = cell_request(cell_request(base, y_axis, y_values[row], search), x_axis, x_values[col], search)
+                cell = len(made) + 1
+                step_hook = (lambda i, n, cell=cell: on_step(cell, total, i, n)) if on_step is not None else None
+                paths, info = studio.txt2img(Txt2Img.from_fields(_studio_args(request)), client=client,
+                                             on_step=step_hook)
+                with Image.open(paths[0]) as image:
+                    made[row, col] = (image.copy(), image.info.get("parameters", ""), info["files"][0])
+                if on_cell is not None:
+                    on_cell(cell, total)
+                if on_image is not None:
+                    on_image(paths[0], cell, total)
+    cells = [[made[row, col][0] for col in range(len(x_values))] for row in range(len(y_values))]
+    files = [made[row, col][2] for row in range(len(y_values)) for col in range(len(x_values))]
+    first_text = made[0, 0][1]
     # 3. Labels (Chinese with a CJK font), the grid image, saved with its parameters.
     font = find_cjk_font() if font_path is True else font_path
     x_labels, y_labels = axis_labels(x_axis, x_values, bool(font)), axis_labels(y_axis, y_values, bool(font))
