@@ -107,8 +107,8 @@ ALLOWED_WORDS = {
     "sdpa", "torch", "torch.compile", "channels_last", "QKV", "VAE", "CLIP", "EasyNegative", "HuggingFace", "ModelScope", "SHA-256", "SD1",
     "U-Net", "rank", "alpha", "min-SNR", "MB", "GB", "PAI", "Gradio", "MCP", "BLIP", "Florence-2", "Qwen2-VL",
     "TCD", "Hyper-SD", "LCM-LoRA", "TCD-LoRA", "SGM", "Uniform",
-    # a folder the designer is told to put files in: models/captioners/
-    "models", "captioners",
+    # a folder the designer is told to put files in: models/captioners/, a file's ending
+    "models", "captioners", "lora", "safetensors",
 }
 # Gradio's status-line literals ("queue: 1/1 |", "processing |"): its front end has no hook for
 # them (README, 使用 / Usage, lists what stays English); shown only while an event waits.
@@ -296,7 +296,7 @@ def test_training_walk_pictures_captions_train_and_the_lora_is_listed(page, brow
         if i < 3:
             (tmp_path / f"p{i}.txt").write_text("红色方块", encoding="utf-8")
             pictures.append(str(tmp_path / f"p{i}.txt"))
-    lora_dir = next(demo_cache.glob("demo-v*/lora"))
+    lora_dir = browser_app.outputs.parent / "models" / "lora"  # the user's models folder, not the demo cache
     try:
         page.reload(wait_until="networkidle")
         page.get_by_role("tab", name="训练 LoRA").first.click()
@@ -332,7 +332,7 @@ def test_training_walk_pictures_captions_train_and_the_lora_is_listed(page, brow
         assert (lora_dir / "浏览器练的.safetensors").is_file()
         page.get_by_role("tab", name="创作").first.click()
         page.get_by_text("LoRA 模型").first.click()
-        page.locator("#refresh-loras").click()
+        # Pickable at once: opening the slot reads the folder (no 刷新 needed).
         page.get_by_label("LoRA 1").first.click()
         page.get_by_role("option", name="浏览器练的.safetensors").wait_for(timeout=30_000)
         page.keyboard.press("Escape")

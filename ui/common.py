@@ -70,13 +70,6 @@ def user_error(S, exc: BaseException) -> gr.Error:
     return gr.Error(error_text(S, "internal"))
 
 
-def selected_path(event: gr.SelectData) -> str | None:
-    """The file path of the image picked in a gallery (Gradio's copy of it; None for a caption)."""
-    value = event.value if isinstance(event.value, dict) else {}
-    image = value.get("image") if isinstance(value.get("image"), dict) else value
-    return image.get("path") if isinstance(image, dict) else None
-
-
 def choices(items: list[str], none_label: str | None = None) -> list[tuple[str, str]]:
     """Dropdown (label, value) pairs; an optional leading "none" entry with value ""."""
     pairs = [(name, name) for name in items]

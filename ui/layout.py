@@ -18,7 +18,7 @@ import time
 import gradio as gr
 
 from . import inputs, sending, tab_control, tab_download, tab_edit, tab_extensions, tab_tools, tab_train
-from .common import GPU, GPU_LIMIT, UIContext, UIOptions, caller_of, selected_path, user_error, user_of
+from .common import GPU, GPU_LIMIT, UIContext, UIOptions, caller_of, user_error, user_of
 from .panel import build_panel
 from .summary import summarize
 from strings import error_text, load
@@ -53,14 +53,56 @@ def model_card_view(S, studio, ref: str | None = None):
     return text, studio.model_card_image(ref) if card.get("preview") else None
 
 
+# Pictures shown whole, at any size and proportion, with no scroll bar inside a box: a gallery
+# grows with its pictures (the page scrolls), each tile takes its picture's own proportions, a
+# picture is at most three quarters of the window tall, and the picked one in a batch too.
+WHOLE_PICTURES = """
+.whole-pictures, .whole-pictures .grid-wrap { height: auto !important; max-height: none !important;
+  overflow: visible !important; }
+.whole-pictures .grid-container .thumbnail-item { aspect-ratio: auto !important; height: auto !important; }
+.whole-pictures .grid-container .thumbnail-item img { width: 100% !important; height: auto !important;
+  max-height: 75vh !important; object-fit: contain !important; }
+.whole-pictures .preview { position: relative !important; height: auto !important; min-height: 0 !important; }
+.whole-pictures .preview ~ .grid-wrap { display: none !important; }
+.whole-pictures .preview .media-button { height: auto !important; }
+.whole-pictures .preview .media-button img { width: 100% !important; height: auto !important;
+  max-height: 75vh !important; object-fit: contain !important; }
+.whole-pictures .thumbnails img { object-fit: contain !important; }
+.thumbnail-grid .grid-container .thumbnail-item img { object-fit: contain !important; }
+"""
+
+# A job's progress as one clean line in the page's font (what the event's progress says: step,
+# time so far and to go, or the place in the line), a thin bar under it, nothing else: not
+# Gradio's monospace counter ("processing | 0.6/28.2s"), not a percentage, not the faded last
+# result underneath. The line is the bar's own label (aria-label), shown by CSS.
+CLEAN_PROGRESS = """
+.clean-progress .progress-text, .clean-progress .eta-bar, .clean-progress .progress-level-inner,
+.clean-progress .loading { display: none !important; }
+.clean-progress .pending { visibility: hidden !important; }
+.clean-progress [data-testid="status-tracker"] { background: var(--block-background-fill) !important; }
+.clean-progress .progress-bar-wrap { position: relative; overflow: visible; margin-top: 1.9em; height: 6px;
+  border: none; border-radius: 3px; }
+.clean-progress .progress-bar { border-radius: 3px; }
+.clean-progress .progress-bar-wrap::before { content: attr(aria-label); position: absolute; bottom: calc(100% + 6px);
+  left: 50%; transform: translateX(-50%); white-space: nowrap; font-family: var(--font); font-size: var(--text-md);
+  color: var(--body-text-color); }
+"""
+
+
 def page_css(S) -> str:
     """CSS for ``launch(css=...)``: Gradio's toasts title themselves with their type in English
-    ("Error", "Warning", "Info") whatever ``title`` says; the titles are replaced by ours."""
+    ("Error", "Warning", "Info") whatever ``title`` says; the titles are replaced by ours. Then
+    whole pictures and the clean progress line (above)."""
     rules = []
     for kind, text in (("error", S.toast_error), ("warning", S.toast_warning), ("info", S.toast_info),
                        ("success", S.toast_info)):
         rules.append(f".toast-title.{kind} {{ font-size: 0 !important; }}"
                      f".toast-title.{kind}::before {{ content: {json.dumps(text, ensure_ascii=False)}; font-size: var(--text-md); }}")
+    starting = json.dumps(S.progress_starting, ensure_ascii=False)
+    rules.append(WHOLE_PICTURES + CLEAN_PROGRESS +
+                 f'.clean-progress [data-testid="status-tracker"]:not(.hide):not(:has(.progress-bar-wrap))::before '
+                 f'{{ content: {starting}; font-family: var(--font); font-size: var(--text-md); '
+                 f'color: var(--body-text-color); }}')
     return "\n".join(rules)
 
 
@@ -146,14 +188,17 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
                         stop = gr.Button(S.stop, variant="stop", elem_id="stop")
                         # One place under the buttons: the progress line while a job runs (the
                         # preview stays in view below), the readable summary after it.
-                        summary = gr.Markdown(elem_id="result-summary", min_height=48)
-                        # Whole images (a 1024×256 banner is not cropped to a square).
-                        gallery = gr.Gallery(label=S.gallery_label, columns=2, height=480, format="png",
-                                             object_fit="contain", elem_id="gallery")
-                        picked = gr.Textbox(visible=False)  # the result picked in the gallery (its path)
+                        summary = gr.Markdown(elem_id="result-summary", min_height=48, elem_classes=["clean-progress"])
+                        # Whole images (a 1024×256 banner is not cropped to a square; WHOLE_PICTURES).
+                        gallery = gr.Gallery(label=S.gallery_label, columns=2, format="png", object_fit="contain",
+                                             elem_id="gallery", elem_classes=["whole-pictures"], type="filepath")
+                        # Which result is on screen: the one picked in a batch (the gallery's
+                        # preview), else the first. Hidden, not a gr.State (no heartbeat).
+                        picked = gr.Number(0, visible=False, precision=0)
                         with gr.Row():
                             result_to_img2img = gr.Button(S.send_to_img2img, size="sm", elem_id="result-to-img2img")
                             result_to_inpaint = gr.Button(S.send_to_inpaint, size="sm", elem_id="result-to-inpaint")
+                            result_to_outpaint = gr.Button(S.send_to_outpaint, size="sm", elem_id="result-to-outpaint")
                         with gr.Accordion(S.infotext_label, open=False):
                             infotext = gr.Textbox(show_label=False, lines=4, interactive=False, buttons=["copy"],
                                                   elem_id="infotext")
@@ -207,20 +252,40 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
             return info
 
         vae.input(switch_vae, vae, tools.system, api_name="switch_vae", concurrency_id=GPU, concurrency_limit=GPU_LIMIT)
-        refresh_models.click(
-            lambda: (gr.Dropdown(choices=model_dropdown_choices(S, studio), value=studio.current_model()),
-                     gr.Dropdown(choices=vae_dropdown_choices(S, studio), value=studio.current_vae())),
-            None, [model, vae], queue=False, api_visibility="private",
-        )
+        # 刷新 and every page load read the folders again: models, VAEs and the LoRA slots (a
+        # LoRA trained or downloaded since shows at once).
+        def refreshed():
+            return (gr.Dropdown(choices=model_dropdown_choices(S, studio), value=studio.current_model()),
+                    gr.Dropdown(choices=vae_dropdown_choices(S, studio), value=studio.current_vae()),
+                    *panel.refresh_lora_choices())
+
+        refresh_models.click(refreshed, None, [model, vae, *panel.lora_names], queue=False, api_visibility="private")
+        demo.load(refreshed, None, [model, vae, *panel.lora_names], queue=False, api_visibility="private")
         # A picture and its parameters to the mode that uses them next (ui/sending.py): from a
         # result, from 历史, from 图片信息; 历史 → 图片信息 sends the file itself.
-        gallery.select(selected_path, None, picked, queue=False, api_visibility="private")
+        def picked_index(event: gr.SelectData) -> int:
+            return event.index
+
+        gallery.select(picked_index, None, picked, queue=False, api_visibility="private")
+        for reset in (gallery.change, gallery.preview_close):  # new results, or back to the grid
+            reset(lambda: 0, None, picked, queue=False, api_visibility="private")
+
+        def path_of(value):
+            return value or None
+
+        def image_of(value):
+            return value
+
         sending.wire(panel, edit, tabs, modes, [
-            (result_to_img2img, picked, "img2img"), (result_to_inpaint, picked, "inpaint"),
-            (tools.send_recent, tools.chosen, None), (tools.recent_to_img2img, tools.chosen, "img2img"),
-            (tools.recent_to_inpaint, tools.chosen, "inpaint"),
-            (tools.send, tools.png, None), (tools.png_to_img2img, tools.png, "img2img"),
-            (tools.png_to_inpaint, tools.png, "inpaint"),
+            *(sending.Source(button, [gallery, picked], sending.gallery_picture, mode)
+              for button, mode in ((result_to_img2img, "img2img"), (result_to_inpaint, "inpaint"),
+                                   (result_to_outpaint, "outpaint"))),
+            *(sending.Source(button, [tools.chosen], path_of, mode)
+              for button, mode in ((tools.send_recent, None), (tools.recent_to_img2img, "img2img"),
+                                   (tools.recent_to_inpaint, "inpaint"), (tools.recent_to_outpaint, "outpaint"))),
+            *(sending.Source(button, [tools.png], image_of, mode)
+              for button, mode in ((tools.send, None), (tools.png_to_img2img, "img2img"),
+                                   (tools.png_to_inpaint, "inpaint"), (tools.png_to_outpaint, "outpaint"))),
         ])
 
         def inspect(path: str | None, request: gr.Request = None):

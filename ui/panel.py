@@ -74,6 +74,12 @@ class Panel:
     fast: gr.Checkbox | None = None  # 极速: a few-step model with its published settings
     fast_note: gr.Markdown | None = None
     fast_saved: gr.JSON | None = None  # hidden: the settings 极速 replaced, put back when it goes off
+    gather_loras: object = None  # (*names, *weights) -> gathered() values (set by _wire_lora_slots)
+    refresh_lora_choices: object = None  # () -> the slots' choices as on disk now
+
+    def gathered(self) -> list:
+        """What gathering the LoRA slots sets: the job's list, the description, previews, title."""
+        return [self.loras, self.lora_info, self.lora_previews, self.lora_box]
 
     def fields(self) -> dict:
         """The panel's components by request field name (pipelines/requests.Txt2Img)."""
@@ -102,8 +108,8 @@ class Panel:
             """The progress line: step i/n with the time so far and the time still to come."""
             elapsed = time.monotonic() - clock["started"]
             remaining = elapsed / i * (n - i) if i else 0
-            progress((i, n), desc=S.progress_line.format(elapsed=round(elapsed), remaining=round(remaining)),
-                     unit=S.progress_unit)
+            progress((i, n), desc=S.progress_line.format(step=i, total=n, elapsed=round(elapsed),
+                                                         remaining=round(remaining)), unit=S.progress_unit)
 
         def on_wait(place: int | None, seconds: float | None) -> None:
             """While the job waits for the GPU: its place in the line and the estimated wait
@@ -202,10 +208,20 @@ class Panel:
                            show_progress_on=progress_on)
 
     def wire_size_rounding(self) -> None:
-        """A typed width of 1003 becomes 1000 in the box too (sizes are multiples of 8)."""
-        for slider in (self.width, self.height):
-            slider.release(lambda v: gr.update() if v is None else int(round(float(v) / 8) * 8), slider, slider,
-                           queue=False, api_visibility="private")
+        """A typed width of 1003 becomes 1000 in the box too (sizes are multiples of 8), and
+        the page says so."""
+        S = self.ctx.S
+        for slider, label in ((self.width, S.width_label), (self.height, S.height_label)):
+            def rounded(value, label=label):
+                if value is None:
+                    return gr.update()
+                side = int(round(float(value) / 8) * 8)
+                if side != float(value):
+                    gr.Info(S.size_rounded.format(name=label, value=f"{float(value):g}", rounded=side))
+                return side
+
+            # Queued: Gradio delivers a toast only to queued events.
+            slider.release(rounded, slider, slider, api_visibility="private", show_progress="hidden")
 
     def wire_seed_buttons(self, info) -> None:
         def last_seed(info_text: str):
@@ -261,8 +277,10 @@ class Panel:
         upscaler = LATENT_UPSCALER if named.lower().startswith("latent") else named
         listed = upscaler == LATENT_UPSCALER or upscaler in self.ctx.studio.upscalers()
         scale = number(fields.get("Hires upscale"))
+        offered = hires_scale_choices(True)
+        factor = gr.Radio(choices=offered, value=scale if scale in [v for _, v in offered] else 2)
         return [True, number(fields.get("Denoising strength")), number(fields.get("Hires steps", 0)),
-                upscaler if listed else gr.update(), scale if scale in (2, 4) else gr.update()]
+                upscaler if listed else gr.update(), factor]
 
 
 def send_parameters_targets(panel: Panel) -> list:
@@ -330,17 +348,26 @@ def build_panel(ctx: UIContext, styles=None) -> Panel:
     embeddings_box.expand(lambda: embeddings_markdown(S, studio), None, embeddings_info, api_visibility="private")
     refresh_embeddings.click(lambda: embeddings_markdown(S, studio), None, embeddings_info, api_visibility="private")
 
-    # 高清放大: upscale each generated image before saving (the original is kept too); with
-    # 高清修复 the upscale (ESRGAN or the latents) is denoised again and only that is kept.
+    # 高清放大 / 高清修复: an upscaler and its factor; with 高清修复 the upscale (ESRGAN or the
+    # latents) is denoised again and only that is kept, without it the upscaled twin is saved
+    # beside the original. The factor sits beside 高清修复 and offers what each takes.
+    upscalers = studio.upscalers()
+    hires = inputs.dropdown(S, hires_choices(S, upscalers), value="", label=S.hires_label)
     with gr.Row():
-        upscalers = studio.upscalers()
-        hires = inputs.dropdown(S, hires_choices(S, upscalers), value="", label=S.hires_label, scale=3)
-        hires_scale = inputs.radio(S, [("×2", 2), ("×4", 4)], value=2, label=S.upscale_scale, scale=2)
-    hires_pass = gr.Checkbox(False, label=S.hires_pass_label, elem_id="hires-pass")
+        hires_pass = gr.Checkbox(False, label=S.hires_pass_label, elem_id="hires-pass", scale=3)
+        hires_scale = inputs.radio(S, hires_scale_choices(False), value=2, label=S.upscale_scale, scale=2,
+                                   elem_id="hires-scale")
     with gr.Row(visible=False) as hires_row:  # shown while 高清修复 is on
         hires_strength = inputs.slider(S, 0, 1, value=0.4, step=0.01, label=S.hires_strength_label)
         hires_steps = inputs.slider(S, 0, MAX_STEPS, value=0, step=1, label=S.hires_steps_label)
-    hires_pass.change(lambda on: gr.Row(visible=bool(on)), hires_pass, hires_row, queue=False, api_visibility="private")
+
+    def hires_switched(on: bool, scale):
+        choices = hires_scale_choices(bool(on))
+        values = [value for _, value in choices]
+        return gr.Row(visible=bool(on)), gr.Radio(choices=choices, value=scale if scale in values else 2)
+
+    hires_pass.change(hires_switched, [hires_pass, hires_scale], [hires_row, hires_scale], queue=False,
+                      api_visibility="private")
     # DeepCache-style approximation: faster, not pixel-exact; off by default.
     deepcache = inputs.radio(S, [(S.deepcache_off, 0), (S.deepcache_every.format(n=2), 2), (S.deepcache_every.format(n=3), 3)],
                          value=0, label=S.deepcache_label, info=S.deepcache_info)
@@ -367,6 +394,12 @@ def embeddings_markdown(S, studio) -> str:
         lines += ["- " + S.embeddings_bad_row.format(file=r["file"], why=S.embeddings_problems[r["problem"]].format(**r))
                   for r in unusable]
     return "\n".join(lines)
+
+
+def hires_scale_choices(hires_pass: bool) -> list[tuple[str, float]]:
+    """The factors offered: 高清修复 takes 1 to 4 (A1111's "Upscale by"), the plain upscale ×2 or ×4."""
+    values = (1.5, 2, 2.5, 3, 4) if hires_pass else (2, 4)
+    return [(f"×{value:g}", value) for value in values]
 
 
 def hires_choices(S, upscalers: list[str]) -> list[tuple[str, str]]:
@@ -410,23 +443,25 @@ def _wire_lora_slots(panel: Panel):
         title = S.lora_title_active.format(loras=active) if chosen else S.lora_title
         return chosen, "\n".join(lines), previews, gr.Accordion(label=title)
 
-    for component in slots:
-        component.change(gather, slots, [panel.loras, panel.lora_info, panel.lora_previews, panel.lora_box], queue=False,
-                         api_visibility="private")
-
-    # A card's preferred weight (A1111's "preferred weight") becomes the slot's weight when picked.
-    def preferred(name: str):
-        row = next((r for r in studio.loras() if r["name"] == name), None) if name else None
-        return row["preferred_weight"] if row and row.get("preferred_weight") else gr.update()
-
-    for name_box, weight_box in zip(panel.lora_names, panel.lora_weights):
-        name_box.input(preferred, name_box, weight_box, queue=False, api_visibility="private")
+    # What the job uses (the hidden ``loras``) is gathered only from a person's own change of a
+    # slot, or after an event that set slots has finished (``.then``): never from the change
+    # events of several slots set at once, whose answers race (极速's weight 1 once lost to the
+    # slot's old 0.8 that way). Picking a LoRA's name is wired with 极速 (_wire_fast).
+    for weight_box in panel.lora_weights:
+        weight_box.input(gather, slots, panel.gathered(), queue=False, api_visibility="private")
 
     def refresh():
         names = _lora_names(studio.loras())
         return [gr.Dropdown(choices=choices(names, S.none)) for _ in range(LORA_SLOTS)]
 
+    # The list as it is on disk whenever a slot is opened (a LoRA trained or downloaded a moment
+    # ago, on this page or another), and with 刷新.
+    for name_box in panel.lora_names:
+        name_box.focus(lambda: gr.Dropdown(choices=choices(_lora_names(studio.loras()), S.none)), None, name_box,
+                       queue=False, api_visibility="private", show_progress="hidden")
     panel.refresh_loras.click(refresh, None, panel.lora_names, queue=False, api_visibility="private")
+    panel.refresh_lora_choices = refresh
+    panel.gather_loras = gather
     return gather
 
 
@@ -493,6 +528,20 @@ def fast_picked(S, studio, name: str, settings: list, saved) -> tuple:
     return True, fast_text(S, found, file=name, picked=True), *fast_values(found, settings[4]), saved
 
 
+def picked_lora(S, studio, name: str, weight, settings: list, saved) -> tuple:
+    """A LoRA picked in a slot: the slot's weight becomes the one its card prefers (A1111's
+    "preferred weight"), or 1 for a few-step LoRA (the weight its authors publish); a few-step
+    LoRA also proposes its settings (``fast_picked``). Returns (weight, *fast_picked)."""
+    row = next((r for r in studio.loras() if r["name"] == name), None) if name else None
+    if row and row.get("preferred_weight"):
+        weight = row["preferred_weight"]
+    elif row and row.get("fewstep"):
+        weight = 1.0
+    else:
+        weight = gr.update()
+    return weight, *fast_picked(S, studio, name, settings, saved)
+
+
 def _wire_fast(panel: Panel, gather) -> None:
     S, studio = panel.ctx.S, panel.ctx.studio
     settings = [panel.sampler, panel.steps, panel.cfg, panel.schedule, panel.eta]
@@ -504,18 +553,23 @@ def _wire_fast(panel: Panel, gather) -> None:
         current, names, weights, saved = (list(values[:n]), list(values[n:n + LORA_SLOTS]),
                                           list(values[n + LORA_SLOTS:n + 2 * LORA_SLOTS]), values[-1])
         box, note, new_settings, new_names, new_weights, kept = fast_switch(S, studio, on, current, names, weights, saved)
-        return box, note, *new_settings, *new_names, *new_weights, kept
+        # The job's LoRA list from the slots as this answer leaves them.
+        final = [(old if isinstance(new, dict) else new, old_w if isinstance(new_w, dict) else new_w)
+                 for old, new, old_w, new_w in zip(names, new_names, weights, new_weights)]
+        loras = [[name, float(weight)] for name, weight in final if name]
+        return box, note, *new_settings, *new_names, *new_weights, kept, loras
 
     # .input: only the person's own clicks (a LoRA pick sets the box without switching again).
-    # The slots' own change events each gather what they saw when they fired; with a name and a
-    # weight set at once the last to answer may be stale, so gather once more after both.
+    # The switch sets the job's LoRA list itself, in the same answer as the slots, and the
+    # slots' descriptions are gathered after it.
     panel.fast.input(switch, [panel.fast, *settings, *slots, panel.fast_saved],
-                     [panel.fast, panel.fast_note, *settings, *slots, panel.fast_saved],
+                     [panel.fast, panel.fast_note, *settings, *slots, panel.fast_saved, panel.loras],
                      queue=False, api_visibility="private").then(
-        gather, slots, [panel.loras, panel.lora_info, panel.lora_previews, panel.lora_box], queue=False,
-        api_visibility="private")
+        gather, slots, panel.gathered(), queue=False, api_visibility="private")
 
-    for name_box in panel.lora_names:
-        name_box.input(lambda name, *rest: fast_picked(S, studio, name, list(rest[:n]), rest[n]),
-                       [name_box, *settings, panel.fast_saved],
-                       [panel.fast, panel.fast_note, *settings, panel.fast_saved], queue=False, api_visibility="private")
+    for name_box, weight_box in zip(panel.lora_names, panel.lora_weights):
+        name_box.input(lambda name, weight, *rest: picked_lora(S, studio, name, weight, list(rest[:n]), rest[n]),
+                       [name_box, weight_box, *settings, panel.fast_saved],
+                       [weight_box, panel.fast, panel.fast_note, *settings, panel.fast_saved],
+                       queue=False, api_visibility="private").then(
+            gather, slots, panel.gathered(), queue=False, api_visibility="private")

@@ -11,6 +11,17 @@ def _seconds(value) -> str:
     return f"{float(value):.1f}" if isinstance(value, (int, float)) else "?"
 
 
+def _final_size(info: dict, first: tuple) -> tuple:
+    """The size of the picture a job ends with: after the hires pass, or the upscaled twin."""
+    hires = info.get("hires")
+    if isinstance(hires, dict) and hires.get("size"):
+        return tuple(hires["size"])
+    scale = info.get("upscale")
+    if info.get("upscaler") and isinstance(scale, (int, float)) and all(isinstance(v, int) for v in first):
+        return tuple(int(v * scale) for v in first)
+    return first
+
+
 def summarize(S, info_text: str | None) -> tuple[str, str]:
     """(Markdown summary, A1111 infotext) of an event's info JSON; ("", "") when there is none."""
     try:
@@ -25,8 +36,10 @@ def summarize(S, info_text: str | None) -> tuple[str, str]:
         return S.summary_upscaled.format(upscaler=info["upscaler"], scale=info.get("scale", "?"),
                                          seconds=_seconds(info.get("seconds"))), info.get("infotext", "")
     seeds = info.get("all_seeds") or [info.get("seed")]
+    first = (info.get("width", "?"), info.get("height", "?"))
+    final = _final_size(info, first)
     lines = [S.summary_title.format(
-        seed=seeds[0], width=info.get("width", "?"), height=info.get("height", "?"),
+        seed=seeds[0], width=final[0], height=final[1],
         sampler=info.get("sampler", "?"),
         steps=info.get("num_inference_steps", "?"), cfg=f"{info.get('guidance_scale', '?'):g}"
         if isinstance(info.get("guidance_scale"), (int, float)) else "?", seconds=_seconds(info.get("seconds")))]
@@ -42,13 +55,13 @@ def summarize(S, info_text: str | None) -> tuple[str, str]:
         lines.append(S.summary_controlnets.format(units=units))
     if info.get("upscaler"):
         lines.append(S.summary_hires.format(upscaler=info["upscaler"], scale=info.get("upscale", "?"),
-                                            seconds=_seconds(info.get("upscale_seconds"))))
+                                            seconds=_seconds(info.get("upscale_seconds")), width=first[0],
+                                            height=first[1]))
     hires = info.get("hires")
     if isinstance(hires, dict):
         upscaler = S.hires_latent if hires.get("upscaler") == "latent" else hires.get("upscaler")
-        size = hires.get("size") or ["?", "?"]
-        lines.append(S.summary_hires_pass.format(upscaler=upscaler, scale=f"{hires.get('scale', 0):g}", width=size[0],
-                                                 height=size[1], strength=hires.get("strength"), steps=hires.get("steps")))
+        lines.append(S.summary_hires_pass.format(upscaler=upscaler, scale=f"{hires.get('scale', 0):g}", width=first[0],
+                                                 height=first[1], strength=hires.get("strength"), steps=hires.get("steps")))
     if info.get("mode") in S.summary_modes:
         lines.append(S.summary_edit.format(mode=S.summary_modes[info["mode"]], strength=info.get("denoising_strength")))
     if info.get("draft"):

@@ -24,6 +24,7 @@ class HistoryTab:
     send: gr.Button
     to_img2img: gr.Button
     to_inpaint: gr.Button
+    to_outpaint: gr.Button
     inspect: gr.Button
 
 
@@ -54,6 +55,7 @@ def build_tab(ctx: UIContext) -> HistoryTab:
             send = gr.Button(S.send_to_create, elem_id="recent-send")
             to_img2img = gr.Button(S.send_to_img2img, elem_id="recent-to-img2img")
             to_inpaint = gr.Button(S.send_to_inpaint, elem_id="recent-to-inpaint")
+            to_outpaint = gr.Button(S.send_to_outpaint, elem_id="recent-to-outpaint")
             inspect = gr.Button(S.send_to_pnginfo, elem_id="recent-inspect")
         with gr.Row():
             share = gr.Button(S.history_share, elem_id="history-share", visible=False)
@@ -158,7 +160,7 @@ def build_tab(ctx: UIContext) -> HistoryTab:
                            (unshare, lambda i, u: studio.history_share(i, u, False))):
         button.click(change(action), [picked, *query, offset], outputs, queue=False, api_visibility="private")
     return HistoryTab(gallery=gallery, chosen=chosen, send=send, to_img2img=to_img2img, to_inpaint=to_inpaint,
-                      inspect=inspect)
+                      to_outpaint=to_outpaint, inspect=inspect)
 
 
 def _caption(prompt: str) -> str:

@@ -29,6 +29,8 @@ class Tools:
     recent_to_inpaint: gr.Button
     png_to_img2img: gr.Button
     png_to_inpaint: gr.Button
+    recent_to_outpaint: gr.Button
+    png_to_outpaint: gr.Button
 
 
 def build_tabs(ctx: UIContext) -> Tools:
@@ -78,6 +80,7 @@ def build_tabs(ctx: UIContext) -> Tools:
                 with gr.Row():
                     png_to_img2img = gr.Button(S.send_to_img2img, elem_id="png-to-img2img")
                     png_to_inpaint = gr.Button(S.send_to_inpaint, elem_id="png-to-inpaint")
+                    png_to_outpaint = gr.Button(S.send_to_outpaint, elem_id="png-to-outpaint")
 
     def read_png(image):
         if image is None:
@@ -102,7 +105,8 @@ def build_tabs(ctx: UIContext) -> Tools:
     return Tools(png_text=png_text, send=send, system=system, recent=saved.gallery, chosen=saved.chosen,
                  send_recent=saved.send, inspect_recent=saved.inspect, png=png,
                  recent_to_img2img=saved.to_img2img, recent_to_inpaint=saved.to_inpaint,
-                 png_to_img2img=png_to_img2img, png_to_inpaint=png_to_inpaint)
+                 png_to_img2img=png_to_img2img, png_to_inpaint=png_to_inpaint,
+                 recent_to_outpaint=saved.to_outpaint, png_to_outpaint=png_to_outpaint)
 
 
 def _path_of(upload) -> str:

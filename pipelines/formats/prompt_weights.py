@@ -25,7 +25,8 @@ from dataclasses import dataclass
 ROUND = 1.1
 SQUARE = 1 / 1.1
 BREAK_WORD = re.compile(r"\s*(?<![A-Za-z0-9_])BREAK(?![A-Za-z0-9_])\s*")
-_WEIGHT = re.compile(r"[:：]\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*\)")
+FULL_WIDTH_COLON = chr(0xFF1A)  # what a Chinese input method types for ':'
+_WEIGHT = re.compile(r"[:\uff1a]\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*\)")
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def parse(prompt: str) -> list[Piece]:
             opened.append((c, len(pieces)))
             i += 1
             continue
-        if c in ":：" and any(b == "(" for b, _ in opened):
+        if c in (":", FULL_WIDTH_COLON) and any(b == "(" for b, _ in opened):
             weight = _WEIGHT.match(text, i)
             if weight is not None:
                 flush()

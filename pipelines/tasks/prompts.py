@@ -65,7 +65,7 @@ def _chunks(tokenizer, pieces: list[Piece], size: int, vectors: dict | None = No
 def _comma_ids(tokenizer) -> set:
     """The token ids of a comma (ASCII and full-width) that stand alone."""
     ids = set()
-    for comma in (",", "，"):
+    for comma in (",", chr(0xFF0C)):  # ASCII and full-width
         found = tokenizer(comma, add_special_tokens=False).input_ids
         if len(found) == 1:
             ids.add(found[0])
