@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     options = UIOptions(demo=started.settings.demo, missing_model=started.missing_model,
                         missing_folder=started.missing_folder, download_pending=started.download_pending,
                         default_size=256 if started.settings.demo else 512, lang=args.lang,
-                        admins=tuple(sorted(accounts.admins)), shared_locked=shared_locked)
+                        admins=tuple(sorted(accounts.admins)), shared_locked=shared_locked, logins=bool(auth))
     gr.set_static_paths([str(started.settings.outputs_dir.resolve())])
     demo = build_ui(studio, options, extensions)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         # A users file holds hashes: Gradio's login asks the accounts (plain pairs it can compare).
         server_name=host, server_port=port, share=args.share,
         auth=(lambda user, password: accounts.check(user, password) is not None) if args.users else auth,
+        auth_message=strings.login_message,
         inbrowser=not (args.no_browser or on_space), show_error=False, max_file_size="25mb",
         enable_monitoring=False, allowed_paths=[],
         # Each accepted GPU job waits for its turn in a worker thread (pipelines/jobs.py Turns),
@@ -146,7 +147,16 @@ def main(argv: list[str] | None = None) -> None:
         # 0.3 MiB per generation job): bound them, or an API-driven server grows without end.
         state_session_capacity=args.session_capacity, footer_links=["api"], app_kwargs=app_kwargs,
         i18n=gr.I18n(**{"zh-CN": GRADIO_ZH, "zh": GRADIO_ZH}), css=page_css(strings), js=page_js(strings) or None,
+        # Gradio's own start-up lines advise `share=True` in `launch()`: ours name our options.
+        quiet=True, prevent_thread_lock=True,
     )
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    print(strings.cli_running.format(url=f"http://{shown}:{port}/"), flush=True)
+    if demo.share_url:
+        print(strings.cli_running_shared.format(url=demo.share_url), flush=True)
+    elif host in LOCAL_HOSTS and not on_space:
+        print(strings.cli_running_local, flush=True)
+    demo.block_thread()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ ZH = dict(
     system_device="设备与精度", system_threads="{n} 个线程", system_attention="注意力实现",
     system_speed="加速选项", system_version="版本", system_on="开", system_off="关",
     system_resident="已加载的模型（共 {size}）", system_name="名称", system_kind="类型", system_size="大小",
+    system_kinds={"unet": "去噪网络（U-Net）", "transformer": "去噪网络（Transformer）", "vae": "VAE（图像编解码）",
+                  "text_encoder": "文本编码器", "text_encoder_2": "第二文本编码器", "lora": "LoRA",
+                  "controlnet": "ControlNet", "upscaler": "超分模型", "annotator": "深度估计模型",
+                  "preview_decoder": "预览解码器", "captioner": "自动描述模型"},
     system_extensions="扩展", system_ext_ok="正常", system_ext_failed="加载失败（详情见下方 JSON）",
     system_json="详细信息（JSON）",
     system_replicas="GPU 副本（Ray Serve）",
@@ -114,6 +118,12 @@ ZH = dict(
     users_added="已把 {name} 写入 {file}（只存加盐的 scrypt 散列，不存密码）。",
     cli_bad_auth="--auth 的格式应为 用户名:密码，多个用逗号分隔（USER:PASS,USER2:PASS2）。",
     title="丹青 Danqing · 中文 AI 绘画工作室",
+    logged_in="已登录：**{user}**{role} · <a href=\"/logout?all_session=false\">退出登录</a>",
+    logged_in_admin="（管理员）",
+    cli_running="丹青已启动：在浏览器中打开 {url}",
+    cli_running_shared="公开链接（72 小时内有效）：{url}",
+    cli_running_local="只有本机能打开；让局域网里的同事使用：加 --listen 和 --auth 用户名:密码（或 --users 账号文件）；生成公开链接：加 --share。",
+    login_message="<p style=\"font-size:1.4em;margin:0\"><b>丹青 Danqing</b> · 中文 AI 绘画工作室</p><p>请用团队管理员给你的账号登录。</p>",
     subtitle="输入中文提示词，生成图片。所有图片自动保存，并带有生成参数与 AI 生成标识。",
     demo_banner=(
         "⚠️ **演示模式**：当前使用本机生成的随机权重微型模型，生成的图片是随机噪声，"
@@ -132,12 +142,13 @@ ZH = dict(
     model_switched="已切换到模型：{name}",
     tab_download="模型下载",
     download_intro=(
-        "按仓库名从 HuggingFace（当前地址：`{hf}`，可用环境变量 `HF_ENDPOINT=https://hf-mirror.com` 换成国内镜像）"
-        "或 ModelScope 魔搭（`{ms}`）下载模型，放进对应的 `models/` 文件夹。先点「查看文件」看大小；"
+        "按仓库名从 HuggingFace（`{hf}`）、它的国内镜像（`{mirror}`）或 ModelScope 魔搭（`{ms}`）下载模型，"
+        "放进对应的 `models/` 文件夹。在国内连不上 HuggingFace 时选「HuggingFace 镜像」。先点「查看文件」看大小；"
         "中断后再点「开始下载」会从断点继续；下载完成并校验通过后才出现在列表里。"
     ),
     download_source_label="来源",
-    download_source_hf="HuggingFace / 镜像",
+    download_source_hf="HuggingFace",
+    download_source_mirror="HuggingFace 镜像",
     download_source_ms="ModelScope 魔搭",
     download_repo_label="仓库",
     download_repo_placeholder="作者/模型名，如 alibaba-pai/pai-diffusion-artist-large-zh",
@@ -438,6 +449,10 @@ EN = dict(
     system_device="Device and precision", system_threads="{n} threads", system_attention="Attention",
     system_speed="Speed options", system_version="Version", system_on="on", system_off="off",
     system_resident="Loaded models ({size} in all)", system_name="Name", system_kind="Kind", system_size="Size",
+    system_kinds={"unet": "denoiser (U-Net)", "transformer": "denoiser (transformer)", "vae": "VAE",
+                  "text_encoder": "text encoder", "text_encoder_2": "second text encoder", "lora": "LoRA",
+                  "controlnet": "ControlNet", "upscaler": "upscaler", "annotator": "depth estimator",
+                  "preview_decoder": "preview decoder", "captioner": "captioner"},
     system_extensions="Extensions", system_ext_ok="working", system_ext_failed="failed (see the JSON below)",
     system_json="Details (JSON)",
     system_replicas="GPU replicas (Ray Serve)",
@@ -526,6 +541,12 @@ EN = dict(
     users_added="{name} written to {file} (a salted scrypt hash only, never the password).",
     cli_bad_auth="--auth must be USER:PASS, several separated by commas (USER:PASS,USER2:PASS2).",
     title="Danqing · Chinese-first AI image studio",
+    logged_in="Logged in: **{user}**{role} · <a href=\"/logout?all_session=false\">Log out</a>",
+    logged_in_admin=" (administrator)",
+    cli_running="Danqing is running: open {url} in a browser",
+    cli_running_shared="Public link (valid for 72 hours): {url}",
+    cli_running_local="Only this machine can open it; for colleagues on the LAN add --listen and --auth NAME:PASSWORD (or --users FILE); for a public link add --share.",
+    login_message="<p style=\"font-size:1.4em;margin:0\"><b>Danqing</b> · AI image studio</p><p>Log in with the account your team's administrator gave you.</p>",
     subtitle="Type a prompt to make images. Every image is saved with its parameters and an AI-generated label.",
     demo_banner=(
         "⚠️ **Demo mode**: tiny random-weight models generated on this machine; images are noise. "
@@ -544,12 +565,13 @@ EN = dict(
     model_switched="Switched to model: {name}",
     tab_download="Downloads",
     download_intro=(
-        "Download a model by repository id from HuggingFace (now `{hf}`; set `HF_ENDPOINT=https://hf-mirror.com` "
-        "for a mirror) or ModelScope (`{ms}`) into the right `models/` folder. \"List files\" shows sizes first; "
+        "Download a model by repository id from HuggingFace (`{hf}`), its mirror (`{mirror}`) or ModelScope (`{ms}`) "
+        "into the right `models/` folder. \"List files\" shows sizes first; "
         "after an interruption, start again to resume; a model appears only once it is complete and checked."
     ),
     download_source_label="Source",
-    download_source_hf="HuggingFace / mirror",
+    download_source_hf="HuggingFace",
+    download_source_mirror="HuggingFace mirror",
     download_source_ms="ModelScope",
     download_repo_label="Repository",
     download_repo_placeholder="owner/name, e.g. alibaba-pai/pai-diffusion-artist-large-zh",
@@ -882,11 +904,13 @@ ERRORS_ZH = {
     "train_zip_bomb": "{name} 解压后会异常巨大（疑似压缩炸弹），未解压。",
     "train_zip_too_large": "{name} 里文件太多或解压后太大（最多 2000 个文件、共 2 GB）。",
     "train_disk_full": "磁盘已满，训练图片没能保存：请清理空间后重试，已有的 LoRA 不受影响。",
-    "download_bad_source": "不认识的下载来源：{value}（可选 HuggingFace、ModelScope）。",
+    "download_bad_source": "不认识的下载来源：{value}（可选 HuggingFace、HuggingFace 镜像、ModelScope）。",
     "download_bad_repo": "仓库名不合法：{value}。格式是「作者/模型名」，如 alibaba-pai/pai-diffusion-artist-large-zh。",
     "download_not_found": "{name} 上没有找到（HTTP {status}）：请检查仓库名和文件名；私有或需要登录的仓库无法下载。",
     "download_failed": "下载 {name} 失败（{status}），请稍后再试。",
-    "download_offline": "连不上 {host}：这台机器现在可能没有联网。可设置 HF_ENDPOINT=https://hf-mirror.com 使用镜像，或改用 ModelScope。",
+    "download_offline": "连不上 {host}：这台机器现在可能没有联网。可以把下载来源换成「HuggingFace 镜像」或「ModelScope 魔搭」再试。",
+    "download_offline_mirror": "连不上镜像 {host}：这台机器现在可能没有联网。可以把下载来源换成「ModelScope 魔搭」或「HuggingFace」再试。",
+    "download_offline_modelscope": "连不上 ModelScope（{host}）：这台机器现在可能没有联网。可以把下载来源换成「HuggingFace 镜像」再试。",
     "download_offline_mode": "服务器以 --offline 启动，不允许下载。",
     "download_no_such_file": "仓库 {name} 里没有文件 {file}。",
     "download_bad_kind": "不认识的模型类别：{value}。",
@@ -1031,7 +1055,9 @@ ERRORS_EN = {
     "download_bad_repo": "Invalid repository id: {value}. Use owner/name, e.g. alibaba-pai/pai-diffusion-artist-large-zh.",
     "download_not_found": "Not found on {name} (HTTP {status}): check the repository and file names; private or gated repositories cannot be downloaded.",
     "download_failed": "Downloading {name} failed ({status}); try again later.",
-    "download_offline": "Cannot reach {host}: this machine may be offline. Set HF_ENDPOINT=https://hf-mirror.com for a mirror, or use ModelScope.",
+    "download_offline": "Cannot reach {host}: this machine may be offline. Try the HuggingFace mirror or ModelScope as the source.",
+    "download_offline_mirror": "Cannot reach the mirror {host}: this machine may be offline. Try ModelScope or HuggingFace as the source.",
+    "download_offline_modelscope": "Cannot reach ModelScope ({host}): this machine may be offline. Try the HuggingFace mirror as the source.",
     "download_offline_mode": "The server runs with --offline: downloads are off.",
     "download_no_such_file": "The repository {name} has no file {file}.",
     "download_bad_kind": "Unknown model kind: {value}.",

@@ -258,6 +258,7 @@ def _route_class(S):
                     return _validation_error(S, list(exc.errors()))
                 except DanqingError as exc:
                     status = {"admin_only": 403, "admin_only_usage": 403, "download_offline": 503,
+                              "download_offline_mirror": 503, "download_offline_modelscope": 503,
                               "history_not_found": 404, "job_not_found": 404}.get(exc.code, 422)
                     return _error(S, status, exc.code, exc.fields, kind=type(exc).__name__)
                 except HTTPException:

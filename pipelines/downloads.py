@@ -35,7 +35,11 @@ from .store.folders import MODEL_KINDS, ModelFolders
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("huggingface", "modelscope")
+SOURCES = ("huggingface", "hf_mirror", "modelscope")
+HF_ROUTES = ("huggingface", "hf_mirror")  # HuggingFace's API, at the hub itself or at a mirror
+# What "cannot reach" says, by source: each suggests the other two.
+OFFLINE_CODES = {"huggingface": "download_offline", "hf_mirror": "download_offline_mirror",
+                 "modelscope": "download_offline_modelscope"}
 KINDS = ("checkpoints", "lora", "vae", "embeddings", "controlnet", "upscalers", "captioners")
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 CONNECT_TIMEOUT = 8.0  # seconds (also between two reads): offline fails at once instead of hanging
@@ -50,6 +54,8 @@ SKIP_IN_REPO = re.compile(r"(^|/)(\.|flax_|tf_|onnx|openvino)|\.(msgpack|h5|ckpt
 def endpoint(source: str) -> str:
     if source == "huggingface":
         return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    if source == "hf_mirror":  # the mirror Chinese users reach (chosen on the page, no variable needed)
+        return (os.environ.get("DANQING_HF_MIRROR") or "https://hf-mirror.com").rstrip("/")
     return (os.environ.get("MODELSCOPE_ENDPOINT") or os.environ.get("MODELSCOPE_DOMAIN")
             or "https://www.modelscope.cn").rstrip("/")
 
@@ -73,7 +79,11 @@ def _open(url: str, headers: dict | None = None, timeout: float = CONNECT_TIMEOU
     return urllib.request.urlopen(request, timeout=timeout)
 
 
-def _get_json(url: str, label: str):
+def _offline(source: str, name: str, url: str) -> ModelError:
+    return ModelError(OFFLINE_CODES.get(source, "download_offline"), name=name, host=urllib.parse.urlsplit(url).netloc)
+
+
+def _get_json(url: str, label: str, source: str = "huggingface"):
     try:
         with _open(url) as response:
             return json.loads(response.read(8 << 20))
@@ -82,7 +92,7 @@ def _get_json(url: str, label: str):
         raise ModelError(code, name=label, status=exc.code) from None
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         log.info("cannot reach %s: %s", url, exc)
-        raise ModelError("download_offline", name=label, host=urllib.parse.urlsplit(url).netloc) from None
+        raise _offline(source, label, url) from None
     except ValueError:
         raise ModelError("download_failed", name=label, status="json") from None
 
@@ -91,13 +101,13 @@ def list_files(source: str, repo: str, revision: str = "main") -> list[RemoteFil
     """Every file of the repository with its size and SHA-256 (when the service says)."""
     _check(source, repo)
     base = endpoint(source)
-    if source == "huggingface":
-        data = _get_json(f"{base}/api/models/{repo}/tree/{urllib.parse.quote(revision)}?recursive=true", repo)
+    if source in HF_ROUTES:
+        data = _get_json(f"{base}/api/models/{repo}/tree/{urllib.parse.quote(revision)}?recursive=true", repo, source)
         rows = [RemoteFile(d["path"], d.get("size"), (d.get("lfs") or {}).get("oid"))
                 for d in data if isinstance(d, dict) and d.get("type") == "file" and isinstance(d.get("path"), str)]
     else:
         query = urllib.parse.urlencode({"Revision": "master" if revision == "main" else revision, "Recursive": "true"})
-        data = _get_json(f"{base}/api/v1/models/{repo}/repo/files?{query}", repo)
+        data = _get_json(f"{base}/api/v1/models/{repo}/repo/files?{query}", repo, source)
         files = ((data or {}).get("Data") or {}).get("Files") or []
         rows = [RemoteFile(d["Path"], d.get("Size"), d.get("Sha256") or None)
                 for d in files if isinstance(d, dict) and d.get("Type", "blob") == "blob" and isinstance(d.get("Path"), str)]
@@ -107,7 +117,7 @@ def list_files(source: str, repo: str, revision: str = "main") -> list[RemoteFil
 def file_url(source: str, repo: str, path: str, revision: str = "main") -> str:
     base = endpoint(source)
     quoted = urllib.parse.quote(path)
-    if source == "huggingface":
+    if source in HF_ROUTES:
         return f"{base}/{repo}/resolve/{urllib.parse.quote(revision)}/{quoted}"
     query = urllib.parse.urlencode({"Revision": "master" if revision == "main" else revision, "FilePath": path})
     return f"{base}/api/v1/models/{repo}/repo?{query}"
@@ -298,7 +308,7 @@ class Downloads:
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             if have:  # it was reachable a moment ago: a dropped connection, try again
                 raise _Dropped(str(exc)) from None
-            raise ModelError("download_offline", name=job.repo, host=urllib.parse.urlsplit(url).netloc) from None
+            raise _offline(job.source, job.repo, url) from None
         with response:
             if have and response.status != 206:  # the server ignored Range: start over
                 have = 0

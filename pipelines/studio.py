@@ -596,7 +596,7 @@ class Studio:
     # -- 模型下载 ----------------------------------------------------------------------------
     def download_sources(self) -> dict:
         """Where each source downloads from now (HF_ENDPOINT, MODELSCOPE_ENDPOINT honoured)."""
-        return {source: endpoint(source) for source in ("huggingface", "modelscope")}
+        return {source: endpoint(source) for source in ("huggingface", "hf_mirror", "modelscope")}
 
     def download_plan(self, source: str, repo: str) -> list[dict]:
         """The repository's files with sizes, before anything is fetched."""

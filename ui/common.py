@@ -33,6 +33,11 @@ class UIOptions:
     # only these; otherwise everyone (admins empty and shared_locked False).
     admins: tuple[str, ...] = ()
     shared_locked: bool = False
+    logins: bool = False  # people log in (--auth / --users): who is shown, with 退出登录
+
+    def is_admin(self, user: str | None) -> bool:
+        """An administrator of a team server (everyone, without logins)."""
+        return not self.logins or (user or "") in self.admins
 
     def may_change_shared(self, user: str | None) -> bool:
         return not self.shared_locked or (user or "") in self.admins

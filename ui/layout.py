@@ -12,6 +12,7 @@ result gallery whose pictures can be sent on to the editing modes),
 
 from __future__ import annotations
 
+import html
 import json
 import time
 
@@ -142,8 +143,10 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
     # delete_cache: Gradio copies every shown image (results, live previews, uploads) into its
     # temporary folder; every 10 minutes, files older than an hour go (results stay in outputs/).
     with gr.Blocks(title=S.title, analytics_enabled=False, delete_cache=(600, 3600)) as demo:
-        # 1. Header and banners.
-        gr.Markdown(f"# {S.title}\n{S.subtitle}")
+        # 1. Header (with logins: who is logged in, and 退出登录) and banners.
+        with gr.Row(equal_height=True):
+            gr.Markdown(f"# {S.title}\n{S.subtitle}", elem_id="page-title")
+            who = gr.Markdown(visible=False, elem_id="logged-in", min_height=0)
         if options.demo and not options.missing_model:  # the missing-model banner says it already
             gr.Markdown(S.demo_banner, elem_id="demo-banner")
         if options.missing_model:
@@ -303,6 +306,21 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
             return gr.Markdown(text, visible=bool(text))
 
         demo.load(tell_unfinished, None, unfinished, queue=False, api_visibility="private")
+
+        def tell_who(request: gr.Request = None):
+            user = user_of(request)
+            if not (options.logins and user):
+                return gr.Markdown(visible=False)
+            role = S.logged_in_admin if user in options.admins else ""
+            return gr.Markdown(S.logged_in.format(user=html.escape(user), role=role), visible=True)
+
+        demo.load(tell_who, None, who, queue=False, api_visibility="private")
+        demo.load(tools.for_user, None, tools.admin_only, queue=False, api_visibility="private")
+
+        def queue_timer(event: gr.SelectData):
+            return gr.Timer(active=event.value == S.tab_system)
+
+        tabs.select(queue_timer, None, tools.queue_timer, queue=False, api_visibility="private")
         if panel.style is not None:  # styles edited in an extension's tab show up on reload
             demo.load(lambda: gr.Dropdown(choices=extensions.style_names()), None, panel.style, queue=False, api_visibility="private")
     return demo

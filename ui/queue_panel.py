@@ -5,6 +5,8 @@ take turns between users)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import gradio as gr
 
 from . import inputs
@@ -56,7 +58,7 @@ def build(ctx: UIContext):
         gr.Info(S.queue_cancelled)
         return show(request)
 
-    with gr.Accordion(S.usage_title, open=False):
+    with gr.Accordion(S.usage_title, open=False, visible=False) as usage_box:  # shown to administrators
         with gr.Row():
             day_from = gr.Textbox(label=S.history_from, placeholder="2026-12-01", scale=2)
             day_to = gr.Textbox(label=S.history_to, placeholder="2026-12-31", scale=2)
@@ -78,4 +80,16 @@ def build(ctx: UIContext):
     outputs = [summary, table, pick]
     refresh.click(show, None, outputs, queue=False, api_visibility="private")
     cancel.click(cancel_job, pick, outputs, queue=False, api_visibility="private")
-    return show, outputs
+    # While 系统信息 is open the line refreshes itself every two seconds (ui/layout turns the
+    # timer on with the tab and off when another tab is picked).
+    timer = gr.Timer(2.0, active=False)
+    timer.tick(show, None, outputs, queue=False, api_visibility="private", show_progress="hidden")
+    return Panel(fill=show, outputs=outputs, usage=usage_box, timer=timer)
+
+
+@dataclass(frozen=True)
+class Panel:
+    fill: object  # (request) -> the outputs' values
+    outputs: list
+    usage: gr.Accordion  # 用量: administrators only
+    timer: gr.Timer

@@ -32,7 +32,8 @@ def system_markdown(S, info: dict) -> str:
         total = sum(r.get("bytes", 0) for r in resident)
         lines += ["", f"**{S.system_resident.format(size=size_text(total))}**", "",
                   f"| {S.system_name} | {S.system_kind} | {S.system_size} |", "|---|---|---|"]
-        lines += [f"| {r.get('name')} | {r.get('kind')} | {size_text(r.get('bytes', 0))} |" for r in resident]
+        lines += [f"| {r.get('name')} | {S.system_kinds.get(r.get('kind'), r.get('kind'))} | {size_text(r.get('bytes', 0))} |"
+                  for r in resident]
     extensions = info.get("extensions") or []
     if extensions:
         lines += ["", f"**{S.system_extensions}**", ""]

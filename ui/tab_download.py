@@ -63,10 +63,12 @@ def build_tab(ctx: UIContext) -> None:
     S, studio, options = ctx.S, ctx.studio, ctx.options
     with gr.Tab(S.tab_download, id="download"):
         sources = studio.download_sources()
-        gr.Markdown(S.download_intro.format(hf=sources["huggingface"], ms=sources["modelscope"]))
+        gr.Markdown(S.download_intro.format(hf=sources["huggingface"], mirror=sources["hf_mirror"],
+                                            ms=sources["modelscope"]))
         with gr.Row():
-            source = inputs.radio(S, [(S.download_source_hf, "huggingface"), (S.download_source_ms, "modelscope")],
-                                  value="huggingface", label=S.download_source_label, scale=2)
+            source = inputs.radio(S, [(S.download_source_hf, "huggingface"), (S.download_source_mirror, "hf_mirror"),
+                                      (S.download_source_ms, "modelscope")],
+                                  value="huggingface", label=S.download_source_label, scale=3)
             repo = gr.Textbox(label=S.download_repo_label, placeholder=S.download_repo_placeholder, scale=3,
                               elem_id="download-repo")
             look = gr.Button(S.download_look, scale=1)
@@ -76,7 +78,7 @@ def build_tab(ctx: UIContext) -> None:
             kind = inputs.dropdown(S, choices=[(S.download_kinds[k], k) for k in KIND_ORDER], value="checkpoints",
                                    label=S.download_kind_label, scale=2)
         sha = gr.Textbox(label=S.download_sha_label, placeholder=S.download_sha_placeholder)
-        summary = gr.Markdown(elem_id="download-summary")
+        summary = gr.Markdown(elem_id="download-summary", elem_classes=["clean-progress"])
         with gr.Row():
             start = gr.Button(S.download_start, variant="primary", elem_id="download-start")
             running = inputs.dropdown(S, choices=[], value=None, label=S.download_running_label, scale=2)
@@ -88,11 +90,12 @@ def build_tab(ctx: UIContext) -> None:
         return not options.may_change_shared(user_of(request))
 
     def look_up(source: str, repo: str, request: gr.Request = None):
-        """The repository's files and sizes (nothing is downloaded yet)."""
+        """The repository's files and sizes (nothing is downloaded yet). A failure (offline, no
+        such repository) is said in the summary line; the other fields keep what they had."""
         try:
             rows = studio.download_plan(source, (repo or "").strip())
         except Exception as exc:
-            raise user_error(S, exc) from None
+            return gr.update(), gr.update(), "⚠ " + user_error(S, exc).message
         total = sum(r["size"] or 0 for r in rows)
         picks = [(S.download_whole_repo_size.format(count=len(rows), size=_size(S, total)), "")]
         picks += [(S.download_file_row.format(path=r["path"], size=_size(S, r["size"])), r["path"]) for r in rows]
@@ -103,14 +106,16 @@ def build_tab(ctx: UIContext) -> None:
                 S.download_found.format(count=len(rows), size=_size(S, total)))
 
     def begin(source: str, repo: str, file: str, kind: str, sha256: str, request: gr.Request = None):
+        # A refusal is a toast; the download list and fields stay as they were (no error marks).
         if refused(request):
-            raise gr.Error(error_text(S, "admin_only", {"admins": S.list_sep.join(options.admins), "what": S.admin_what_download}),
-                           print_exception=False)
+            gr.Warning(error_text(S, "admin_only", {"admins": S.list_sep.join(options.admins), "what": S.admin_what_download}))
+            return refresh()
         try:
             row = studio.start_download(source, (repo or "").strip(), kind, file or None, (sha256 or "").strip() or None,
                                         user=user_of(request) or "")
         except Exception as exc:
-            raise user_error(S, exc) from None
+            gr.Warning(user_error(S, exc).message)
+            return refresh()
         gr.Info(S.download_started.format(name=row["target"]))
         return refresh()
 
@@ -129,8 +134,8 @@ def build_tab(ctx: UIContext) -> None:
             raise user_error(S, exc) from None
         return refresh()
 
-    look.click(look_up, [source, repo], [file, kind, summary], api_name="download_files")
-    repo.submit(look_up, [source, repo], [file, kind, summary], api_visibility="private")
+    look.click(look_up, [source, repo], [file, kind, summary], api_name="download_files", show_progress_on=summary)
+    repo.submit(look_up, [source, repo], [file, kind, summary], api_visibility="private", show_progress_on=summary)
     file.input(lambda r, f: _guess_kind(f"{r}/{f}") if f else gr.update(), [repo, file], kind, queue=False,
                api_visibility="private")
     start.click(begin, [source, repo, file, kind, sha], [jobs, timer, running], api_name="download_start")

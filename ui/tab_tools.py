@@ -11,8 +11,9 @@ from pipelines.errors import JobCancelled
 from pipelines.requests import Upscale
 
 from . import inputs, queue_panel, tab_history
+from .summary import summarize
 from .system_view import system_markdown
-from .common import GPU, GPU_LIMIT, UIContext, caller_of, choices, user_error
+from .common import GPU, GPU_LIMIT, UIContext, caller_of, choices, user_error, user_of
 
 
 @dataclass
@@ -31,6 +32,9 @@ class Tools:
     png_to_inpaint: gr.Button
     recent_to_outpaint: gr.Button
     png_to_outpaint: gr.Button
+    admin_only: gr.Accordion  # 用量
+    for_user: object  # (request) -> admin_only's visibility
+    queue_timer: gr.Timer  # refreshes 任务队列 while 系统信息 is open
 
 
 def build_tabs(ctx: UIContext) -> Tools:
@@ -49,8 +53,11 @@ def build_tabs(ctx: UIContext) -> Tools:
                 if not names:
                     gr.Markdown(S.upscale_none)
             with gr.Column():
-                results = gr.Gallery(label=S.gallery_label, columns=2, height=520, format="png", object_fit="contain")
-                info = gr.Code(label=S.info_label, language="json", lines=6, interactive=False)
+                # What was made, in words; the JSON stays the API's second output.
+                upscale_summary = gr.Markdown(elem_id="upscale-summary", min_height=48, elem_classes=["clean-progress"])
+                results = gr.Gallery(label=S.gallery_label, columns=2, format="png", object_fit="contain",
+                                     elem_id="upscale-results", elem_classes=["whole-pictures"])
+                info = gr.Code(label=S.info_label, language="json", lines=6, interactive=False, visible=False)
 
     def upscale(image: str, upscaler: str, scale: int = 4, request: gr.Request = None, progress=gr.Progress()):
         """Upscale one or several images (file paths) with an ESRGAN model; returns the saved PNGs."""
@@ -58,7 +65,7 @@ def build_tabs(ctx: UIContext) -> Tools:
         try:
             saved, meta = studio.upscale_images(
                 [_path_of(p) for p in paths], Upscale.from_fields(upscaler=upscaler, scale=scale), client=caller_of(request),
-                on_step=lambda i, n: progress((i, n), desc=S.progress_upscaling),
+                on_step=lambda i, n: progress((i, n), desc=S.progress_upscaling.format(step=i, total=n)),
             )
         except JobCancelled:
             gr.Warning(S.stopped)
@@ -67,7 +74,9 @@ def build_tabs(ctx: UIContext) -> Tools:
             raise user_error(S, exc) from None
         return [str(p) for p in saved], json.dumps(meta, ensure_ascii=False, indent=2)
 
-    run.click(upscale, [files, upscaler, scale], [results, info], api_name="upscale", concurrency_id=GPU, concurrency_limit=GPU_LIMIT)
+    run.click(upscale, [files, upscaler, scale], [results, info], api_name="upscale", concurrency_id=GPU,
+              concurrency_limit=GPU_LIMIT, show_progress_on=upscale_summary)
+    info.change(lambda text: summarize(S, text)[0], info, upscale_summary, queue=False, api_visibility="private")
     refresh.click(lambda: gr.Dropdown(choices=choices(studio.upscalers())), None, upscaler, queue=False, api_visibility="private")
 
     # 2. PNG info.
@@ -94,19 +103,24 @@ def build_tabs(ctx: UIContext) -> Tools:
 
     # 4. System info.
     with gr.Tab(S.tab_system, id="system") as system_tab:
-        fill_queue, queue_outputs = queue_panel.build(ctx)
+        line = queue_panel.build(ctx)
         system_view = gr.Markdown(elem_id="system-view")
         with gr.Accordion(S.system_json, open=False):
             system = gr.JSON(label=S.tab_system)
         refresh_system = gr.Button(S.system_refresh)
     system.change(lambda info: system_markdown(S, info), system, system_view, queue=False, api_visibility="private")
     refresh_system.click(studio.system_info, None, system, queue=False, api_name="system_info")
-    system_tab.select(fill_queue, None, queue_outputs, queue=False, api_visibility="private")
+    system_tab.select(line.fill, None, line.outputs, queue=False, api_visibility="private")
+
+    def for_user(request: gr.Request = None):
+        """用量 is shown to administrators only (everyone, without logins)."""
+        return gr.Accordion(visible=ctx.options.is_admin(user_of(request)))
     return Tools(png_text=png_text, send=send, system=system, recent=saved.gallery, chosen=saved.chosen,
                  send_recent=saved.send, inspect_recent=saved.inspect, png=png,
                  recent_to_img2img=saved.to_img2img, recent_to_inpaint=saved.to_inpaint,
                  png_to_img2img=png_to_img2img, png_to_inpaint=png_to_inpaint,
-                 recent_to_outpaint=saved.to_outpaint, png_to_outpaint=png_to_outpaint)
+                 recent_to_outpaint=saved.to_outpaint, png_to_outpaint=png_to_outpaint,
+                 admin_only=line.usage, for_user=for_user, queue_timer=line.timer)
 
 
 def _path_of(upload) -> str:

@@ -12,11 +12,19 @@ narrowly (one logger and one message shape each; anything else those loggers say
   falling back …" (the PIL processor is the one Danqing uses).
 - transformers' tokenizer: "Token indices sequence length is longer than the specified maximum",
   false here: long prompts are encoded in chunks (tasks/prompts.py).
+- diffusers' LoRA loader, for a LoRA without text-encoder layers (most few-step and U-Net-only
+  LoRAs): "No LoRA keys associated to CLIPTextModel found … open an issue …", with a GitHub link.
+- peft, when a second adapter joins the first on the shared U-Net (Danqing's LoRA slots do that
+  by design): UserWarning "Already found a `peft_config` attribute in the model".
+- diffusers, building a pipeline with a DDIM scheduler from an SD config without
+  ``clip_sample``: a FutureWarning printing the whole config; the pipeline then sets it as A1111
+  has it (False), which is what Danqing wants.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 
 KNOWN_NOISE = {
     "diffusers.models.modeling_utils": (
@@ -27,7 +35,15 @@ KNOWN_NOISE = {
     "diffusers.loaders.single_file_utils": (("only the non-EMA weights are extracted",),),
     "transformers.utils.import_utils": (("requires torchvision (not installed)", "falling back"),),
     "transformers.tokenization_utils_base": (("Token indices sequence length is longer than the specified maximum",),),
+    "diffusers.loaders.peft": (("No LoRA keys associated to", "found with the prefix"),),
+    "diffusers.loaders.lora_base": (("No LoRA keys associated to", "found with the prefix"),),
+    "diffusers.loaders.lora_pipeline": (("No LoRA keys associated to", "found with the prefix"),),
 }
+# Python warnings (the warnings module, not logging): (category, message regex).
+KNOWN_WARNINGS = (
+    (UserWarning, r"Already found a `peft_config` attribute in the model"),
+    (FutureWarning, r"The configuration file of this scheduler: DDIMScheduler"),
+)
 
 
 class _KnownNoise(logging.Filter):
@@ -42,6 +58,8 @@ class _KnownNoise(logging.Filter):
 
 def quiet_known_noise() -> None:
     """Install the filters once (idempotent)."""
+    for category, message in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
     for name, shapes in KNOWN_NOISE.items():
         target = logging.getLogger(name)
         if not any(isinstance(f, _KnownNoise) for f in target.filters):
