@@ -107,15 +107,28 @@ def page_css(S) -> str:
     return "\n".join(rules)
 
 
+# Ctrl+Enter (⌘+Enter) starts the mode on screen, as in A1111; while this page's job runs (its
+# progress line is showing) it does nothing, so a second press never starts a second job.
+CTRL_ENTER = """
+document.addEventListener('keydown', (e) => {
+  if (e.key !== 'Enter' || !(e.ctrlKey || e.metaKey) || e.repeat) return;
+  const button = [...document.querySelectorAll('.generate-button')].find((b) => b.offsetParent !== null);
+  if (!button) return;
+  e.preventDefault();
+  const tracker = document.querySelector('#result-summary [data-testid="status-tracker"]');
+  if (button.disabled || (tracker && !tracker.classList.contains('hide'))) return;
+  button.click();
+}, true);
+"""
+
+
 def page_js(S) -> str:
-    """Code for ``launch(js=...)`` (run once the page has loaded): Gradio's messages when the
-    page loses the server are English text in its page script; each is replaced by ours
-    wherever it appears. (A ``<script>`` in ``head`` would hold the page's first paint for
+    """Code for ``launch(js=...)`` (run once the page has loaded): Ctrl+Enter, and Gradio's
+    messages when the page loses the server (English text in its page script) replaced by ours
+    wherever they appear. (A ``<script>`` in ``head`` would hold the page's first paint for
     twenty seconds: Gradio waits for head scripts to load.)"""
-    if not S.connection_messages:
-        return ""
-    table = json.dumps(S.connection_messages, ensure_ascii=False)
-    return ("(() => {const table = " + table + ";"
+    table = json.dumps(S.connection_messages or {}, ensure_ascii=False)
+    return ("(() => {" + CTRL_ENTER + "const table = " + table + ";"
             "const mend = (root) => {const walk = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);"
             "for (let node = walk.nextNode(); node; node = walk.nextNode()) {"
             "const text = node.nodeValue.trim(); if (text in table) node.nodeValue = table[text];}};"
@@ -185,7 +198,8 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
                         with gr.Tabs() as modes:
                             with gr.Tab(S.tab_txt2img, id="txt2img"):
                                 draft = gr.Checkbox(False, label=S.draft_label, info=S.draft_info)
-                                generate = gr.Button(S.generate, variant="primary", elem_id="generate")
+                                generate = gr.Button(S.generate, variant="primary", elem_id="generate",
+                                                     elem_classes=["generate-button"])
                             units = tab_control.build_tabs(ctx, panel)
                             edit = tab_edit.build_tabs(ctx, units)
                         stop = gr.Button(S.stop, variant="stop", elem_id="stop")
@@ -194,7 +208,8 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
                         summary = gr.Markdown(elem_id="result-summary", min_height=48, elem_classes=["clean-progress"])
                         # Whole images (a 1024×256 banner is not cropped to a square; WHOLE_PICTURES).
                         gallery = gr.Gallery(label=S.gallery_label, columns=2, format="png", object_fit="contain",
-                                             elem_id="gallery", elem_classes=["whole-pictures"], type="filepath")
+                                             elem_id="gallery", elem_classes=["whole-pictures"], type="filepath",
+                                             interactive=False)
                         # Which result is on screen: the one picked in a batch (the gallery's
                         # preview), else the first. Hidden, not a gr.State (no heartbeat).
                         picked = gr.Number(0, visible=False, precision=0)

@@ -60,8 +60,8 @@ def build(ctx: UIContext):
 
     with gr.Accordion(S.usage_title, open=False, visible=False) as usage_box:  # shown to administrators
         with gr.Row():
-            day_from = gr.Textbox(label=S.history_from, placeholder="2026-12-01", scale=2)
-            day_to = gr.Textbox(label=S.history_to, placeholder="2026-12-31", scale=2)
+            day_from = gr.DateTime(label=S.history_from, include_time=False, type="string", scale=2)
+            day_to = gr.DateTime(label=S.history_to, include_time=False, type="string", scale=2)
             count = gr.Button(S.usage_button, scale=1, elem_id="usage-go")
         usage_table = gr.Dataframe(headers=[S.queue_col_user, S.usage_images, S.usage_jobs, S.usage_seconds,
                                             S.usage_failed, S.usage_cancelled], interactive=False,
@@ -69,7 +69,7 @@ def build(ctx: UIContext):
 
     def usage(start: str, end: str, request: gr.Request = None):
         try:
-            rows = studio.usage(user_of(request), (start or "").strip(), (end or "").strip())
+            rows = studio.usage(user_of(request), str(start or "").strip()[:10], str(end or "").strip()[:10])
         except Exception as exc:
             raise user_error(S, exc) from None
         return [[r["user"] or S.usage_nobody, r["images"], r["jobs"], r["gpu_seconds"], r["failed"], r["cancelled"]]

@@ -79,7 +79,8 @@ def build_tabs(ctx: UIContext, panel: Panel) -> dict[str, Unit]:
                 value="crop", label=S.resize_mode,
             )
             combine = gr.Checkbox(False, label=S.control_combine_depth if kind == "canny" else S.control_combine_canny)
-            generate = gr.Button(S.generate_with_canny if kind == "canny" else S.generate_with_depth, variant="primary")
+            generate = gr.Button(S.generate_with_canny if kind == "canny" else S.generate_with_depth, variant="primary",
+                                 elem_id=f"generate-{kind}", elem_classes=["generate-button"])
         units[kind] = Unit(kind, image, is_map, preview, preview_button, model, weight, start, end,
                            low, high, estimator, combine, resize_mode, generate)
     return units

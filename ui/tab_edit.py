@@ -92,7 +92,8 @@ def build_tabs(ctx: UIContext, units: dict[str, Unit]) -> Edit:
             add_canny = gr.Checkbox(False, label=S.edit_add_canny)
             add_depth = gr.Checkbox(False, label=S.edit_add_depth)
         save_img2img = _save_inputs(S)
-        buttons["img2img"] = gr.Button(S.generate_img2img, variant="primary", elem_id="generate-img2img")
+        buttons["img2img"] = gr.Button(S.generate_img2img, variant="primary", elem_id="generate-img2img",
+                                       elem_classes=["generate-button"])
     comps["img2img"] = {"image": image, "denoising_strength": strength, "resize_mode": resize_mode,
                         "save_inputs": save_img2img,
                         **added_components(units, {"add_canny": add_canny, "add_depth": add_depth})}
@@ -117,7 +118,8 @@ def build_tabs(ctx: UIContext, units: dict[str, Unit]) -> Edit:
             padding = inputs.slider(S, 0, MAX_CROP_PADDING, value=32, step=4, label=S.padding_label)
         invert = gr.Checkbox(False, label=S.invert_label)
         save_inpaint = _save_inputs(S)
-        buttons["inpaint"] = gr.Button(S.generate_inpaint, variant="primary", elem_id="generate-inpaint")
+        buttons["inpaint"] = gr.Button(S.generate_inpaint, variant="primary", elem_id="generate-inpaint",
+                                       elem_classes=["generate-button"])
     comps["inpaint"] = {"image": editor, "mask": mask, "denoising_strength": i_strength, "mask_blur": blur,
                         "inpainting_fill": fill, "inpaint_full_res": area, "inpaint_full_res_padding": padding,
                         "inpainting_mask_invert": invert, "save_inputs": save_inpaint}
@@ -138,7 +140,8 @@ def build_tabs(ctx: UIContext, units: dict[str, Unit]) -> Edit:
             o_strength = inputs.slider(S, 0, 1, value=1.0, step=0.01, label=S.strength_label, scale=2)
             o_fill = inputs.radio(S, _fill_choices(S), value="fill", label=S.fill_label, scale=3)
         save_outpaint = _save_inputs(S)
-        buttons["outpaint"] = gr.Button(S.generate_outpaint, variant="primary", elem_id="generate-outpaint")
+        buttons["outpaint"] = gr.Button(S.generate_outpaint, variant="primary", elem_id="generate-outpaint",
+                                       elem_classes=["generate-button"])
     comps["outpaint"] = {"image": o_image, "denoising_strength": o_strength, **sides, "inpainting_fill": o_fill,
                          "save_inputs": save_outpaint}
     return Edit(image=image, editor=editor, outpaint_image=o_image, components=comps, buttons=buttons,

@@ -7,6 +7,7 @@ studio's history methods (pipelines/history.py, SQLite)."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 
 import gradio as gr
@@ -42,10 +43,11 @@ def build_tab(ctx: UIContext) -> HistoryTab:
                 model = inputs.dropdown(S, choices=[(S.history_any, "")], value="", label=S.history_model)
                 sampler = inputs.dropdown(S, choices=[(S.history_any, "")], value="", label=S.history_sampler)
                 task = inputs.dropdown(S, choices=[(S.history_any, "")], value="", label=S.history_task)
-                day_from = gr.Textbox(label=S.history_from, placeholder="2026-12-01")
-                day_to = gr.Textbox(label=S.history_to, placeholder="2026-12-31")
-        gallery = gr.Gallery(label=S.history_gallery, columns=6, height=560, object_fit="contain", preview=False,
-                             allow_preview=False, elem_id="recent")
+                day_from = gr.DateTime(label=S.history_from, include_time=False, type="string")
+                day_to = gr.DateTime(label=S.history_to, include_time=False, type="string")
+        # Thumbnails whole (each in its square, proportions kept), the page scrolls, not the box.
+        gallery = gr.Gallery(label=S.history_gallery, columns=6, fit_columns=False, object_fit="contain", preview=False,
+                             allow_preview=False, elem_id="recent", elem_classes=["whole-pictures", "thumbnail-grid"])
         with gr.Row():
             previous = gr.Button(S.history_previous, size="sm", elem_id="history-previous")
             where = gr.Markdown(elem_id="history-page")
@@ -57,11 +59,16 @@ def build_tab(ctx: UIContext) -> HistoryTab:
             to_inpaint = gr.Button(S.send_to_inpaint, elem_id="recent-to-inpaint")
             to_outpaint = gr.Button(S.send_to_outpaint, elem_id="recent-to-outpaint")
             inspect = gr.Button(S.send_to_pnginfo, elem_id="recent-inspect")
-        with gr.Row():
-            share = gr.Button(S.history_share, elem_id="history-share", visible=False)
-            unshare = gr.Button(S.history_unshare, elem_id="history-unshare", visible=False)
-            delete = gr.Button(S.history_delete, variant="stop", elem_id="history-delete")
-            restore = gr.Button(S.history_restore, elem_id="history-restore", visible=False)
+        # Sharing and the trash apart from the send buttons, and small: a slip does not delete.
+        with gr.Row(elem_id="history-manage"):
+            share = gr.Button(S.history_share, elem_id="history-share", visible=False, size="sm", scale=0, min_width=120)
+            unshare = gr.Button(S.history_unshare, elem_id="history-unshare", visible=False, size="sm", scale=0,
+                                min_width=120)
+            restore = gr.Button(S.history_restore, elem_id="history-restore", visible=False, size="sm", scale=0,
+                                min_width=120)
+            gr.HTML("", padding=False)  # pushes 删除 to the right
+            delete = gr.Button(S.history_delete, variant="stop", elem_id="history-delete", size="sm", scale=0,
+                               min_width=120)
         # The page's entry ids (to map a click to an image), the picked id and path, the offset:
         # hidden boxes rather than gr.State (a State holds a heartbeat stream open per page).
         page_ids = gr.Textbox(visible=False)
@@ -77,9 +84,9 @@ def build_tab(ctx: UIContext) -> HistoryTab:
         user = user_of(request)
         try:
             page = studio.history(user, scope_value or "mine", text_value or "", model=model_value or "",
-                                  sampler=sampler_value or "", task=task_value or "", day_from=(from_value or "").strip(),
-                                  day_to=(to_value or "").strip(), offset=int(at or 0), limit=PAGE)
-            items = [(str(studio.history_thumbnail(e)), _caption(e.prompt)) for e in page.entries]
+                                  sampler=sampler_value or "", task=task_value or "", day_from=_day(from_value),
+                                  day_to=_day(to_value), offset=int(at or 0), limit=PAGE)
+            items = [(str(studio.history_thumbnail(e)), _caption(S, e)) for e in page.entries]
         except Exception as exc:
             raise user_error(S, exc) from None
         pages = max(1, -(-page.total // PAGE))
@@ -163,8 +170,15 @@ def build_tab(ctx: UIContext) -> HistoryTab:
                       to_outpaint=to_outpaint, inspect=inspect)
 
 
-def _caption(prompt: str) -> str:
-    return prompt if len(prompt) <= 40 else prompt[:39] + "…"
+def _day(value) -> str:
+    """A date picker's value as the history's day (YYYY-MM-DD), or "" for none."""
+    return str(value or "").strip()[:10]
+
+
+def _caption(S, entry) -> str:
+    """What tells pictures apart under their thumbnails: when it was made and its seed."""
+    made = time.strftime("%m-%d %H:%M", time.localtime(entry.created)) if entry.created else entry.day
+    return S.history_caption.format(time=made, seed=entry.seed) if entry.seed is not None else made
 
 
 def _detail(S, entry, mine: bool) -> str:

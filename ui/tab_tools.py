@@ -111,6 +111,7 @@ def build_tabs(ctx: UIContext) -> Tools:
     system.change(lambda info: system_markdown(S, info), system, system_view, queue=False, api_visibility="private")
     refresh_system.click(studio.system_info, None, system, queue=False, api_name="system_info")
     system_tab.select(line.fill, None, line.outputs, queue=False, api_visibility="private")
+    system_tab.select(studio.system_info, None, system, queue=False, api_visibility="private")
 
     def for_user(request: gr.Request = None):
         """用量 is shown to administrators only (everyone, without logins)."""

@@ -36,10 +36,17 @@ def build_tab(ctx: UIContext) -> None:
                                 file_types=[".png", ".jpg", ".jpeg", ".webp", ".bmp", ".txt", ".zip"],
                                 elem_id="train-files")
                 read = gr.Button(S.train_read)
+                # What 读取图片 and 自动描述 did, said here (a toast would cover the table).
+                note = gr.Markdown(elem_id="train-note")
             with gr.Column(scale=4):
+                # The pictures themselves, whole, each under its file name; captions in the table.
+                thumbs = gr.Gallery(label=S.train_pictures, columns=6, fit_columns=False, object_fit="contain",
+                                    allow_preview=False,
+                                    elem_id="train-pictures", elem_classes=["whole-pictures", "thumbnail-grid"],
+                                    visible=False)
                 table = gr.Dataframe(headers=[S.train_col_file, S.train_col_caption], datatype=["str", "str"],
                                      column_count=(2, "fixed"), interactive=True, wrap=True, label=S.train_table_label,
-                                     elem_id="train-captions")
+                                     column_widths=["30%", "70%"], elem_id="train-captions")
                 captioners = studio.captioners()
                 with gr.Row(visible=bool(captioners)) as caption_row:
                     captioner = inputs.dropdown(S, choices=captioners, value=captioners[0] if captioners else None,
@@ -79,10 +86,11 @@ def build_tab(ctx: UIContext) -> None:
             start = gr.Button(S.train_start, variant="primary", elem_id="train-start")
             resume = gr.Button(S.train_resume, elem_id="train-resume")
             stop = gr.Button(S.train_stop, variant="stop", elem_id="train-stop")
-        status = gr.Markdown(elem_id="train-status")
+        status = gr.Markdown(elem_id="train-status", elem_classes=["clean-progress"])
         with gr.Row():
+            # Whole steps on the x-axis (no "0.5"), labels that do not run into each other.
             curve = gr.LinePlot(x=S.train_axis_step, y=S.train_axis_loss, label=S.train_curve, height=240,
-                                elem_id="train-curve")
+                                x_axis_format="d", x_label_angle=0, elem_id="train-curve")
             samples = gr.Gallery(label=S.train_samples, columns=3, height=240, object_fit="contain")
     # The 高级 knobs by TrainLora field name: one list for the events' inputs and the request.
     knobs = {"steps": steps, "epochs": epochs, "repeats": repeats, "buckets": buckets, "rank": rank, "alpha": alpha, "learning_rate": learning_rate,
@@ -102,8 +110,8 @@ def build_tab(ctx: UIContext) -> None:
         except Exception as exc:
             raise user_error(S, exc) from None
         rows = [[_name(p), c] for p, c in zip(found["images"], found["captions"])]
-        gr.Info(S.train_read_done.format(count=len(rows)))
-        return rows, *_captioner_updates(S, studio.captioners())
+        pictures = gr.Gallery([(p, _name(p)) for p in found["images"]], visible=bool(rows))
+        return rows, pictures, S.train_read_done.format(count=len(rows)), *_captioner_updates(S, studio.captioners())
 
     def _chosen(name_value: str, rows, user: str) -> tuple[Path, list[tuple[str, str]]]:
         """The run's folder and the table's (picture path, caption) rows that name its pictures."""
@@ -122,8 +130,7 @@ def build_tab(ctx: UIContext) -> None:
             _, chosen = _chosen(name_value, rows, user_of(request) or "")
             todo = [i for i, (_, text) in enumerate(chosen) if replace or not text.strip()]
             if not todo:
-                gr.Info(S.train_caption_nothing)
-                return [[_name(p), c] for p, c in chosen]
+                return [[_name(p), c] for p, c in chosen], S.train_caption_nothing
             written = studio.caption_pictures([chosen[i][0] for i in todo], captioner_name or "",
                                               client=caller_of(request))
         except Exception as exc:
@@ -131,8 +138,7 @@ def build_tab(ctx: UIContext) -> None:
         table = [[_name(p), c] for p, c in chosen]
         for i, text in zip(todo, written):
             table[i][1] = text
-        gr.Info(S.train_caption_done.format(count=len(written)))
-        return table
+        return table, S.train_caption_done.format(count=len(written))
 
     def run(fields: dict, request: gr.Request | None, resume_run: bool):
         name_value, trigger_value, rows = fields["name"], fields["trigger"], fields["captions"]
@@ -183,7 +189,6 @@ def build_tab(ctx: UIContext) -> None:
         if result.stopped:
             text = S.train_stopped.format(step=result.steps_done, total=req.steps)
         else:
-            gr.Info(S.train_done.format(name=req.name))
             text = S.train_finished.format(name=studio.trained_lora_name(result.path), path=_shown_path(result.path),
                                            steps=result.steps_done, minutes=f"{result.seconds / 60:.1f}")
             if len(result.buckets) > 1:
@@ -208,9 +213,10 @@ def build_tab(ctx: UIContext) -> None:
 
     preset.change(apply_preset, preset, [steps, rank, alpha, learning_rate, resolution], queue=False,
                   api_visibility="private")
-    read.click(read_files, [name, files], [table, captioner, caption_row, caption_hint], api_name="train_read")
-    caption.click(write_captions, [name, table, captioner, overwrite], table, api_name="train_caption",
-                  concurrency_id=GPU, concurrency_limit=GPU_LIMIT)
+    read.click(read_files, [name, files], [table, thumbs, note, captioner, caption_row, caption_hint],
+               api_name="train_read", show_progress_on=note)
+    caption.click(write_captions, [name, table, captioner, overwrite], [table, note], api_name="train_caption",
+                  concurrency_id=GPU, concurrency_limit=GPU_LIMIT, show_progress_on=note)
     # Training is long: it runs outside the GPU concurrency group (its own job of the GPU
     # queue, giving way between steps), so a teammate's picture never waits behind it.
     start.click(run_new, run_inputs, [status, curve, samples], api_name="train", concurrency_limit=1,
