@@ -2,17 +2,18 @@
 its executable_path — playwright's own browser download cannot work offline). Skips with the
 reason when no browser or no playwright is installed; .ci/run installs both."""
 
+import io
 import re
-import shutil
 import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)")
+from pages import CHROMIUM, PROGRESS_LINE, WHOLE, english_words, launch_chromium, playwright
+
+pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)"),
+              pytest.mark.browser]
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,9 @@ def browser_app(demo_models, demo_cache, tmp_path_factory, hub):
     """An app of its own: no job left by other tests' clients can be queued ahead of the page."""
     from conftest import LaunchedApp
 
+    # The HuggingFace mirror is a port nobody listens on: 模型下载 offline, at once.
     app = LaunchedApp(["--demo"], demo_cache, tmp_path_factory.mktemp("browser") / "outputs",
-                      env={"HF_ENDPOINT": hub.url})
+                      env={"HF_ENDPOINT": hub.url, "DANQING_HF_MIRROR": "http://127.0.0.1:9"})
     yield app
     app.stop()
 
@@ -40,10 +42,7 @@ def browser_app(demo_models, demo_cache, tmp_path_factory, hub):
 @pytest.fixture(scope="module")
 def page(browser_app):
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-        )
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="zh-CN")
         page.goto(browser_app.url, wait_until="networkidle")
         yield page
@@ -83,52 +82,6 @@ def test_a_144_megapixel_upload_shows_the_error(page, tmp_path):
     page.wait_for_timeout(1500)
     assert page.locator(".toast-body", has_text="图片太大").count() == 1
     assert page.locator("#png-upload img").count() == 0
-
-
-# A designer's walk (issue 14): every screen read for English words a Chinese user would meet.
-VISIBLE_TEXT = """() => {
-  const parts = [];
-  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
-  while (walker.nextNode()) {
-    const node = walker.currentNode, el = node.parentElement;
-    if (!el || !node.textContent.trim() || el.closest('code, pre, script, style')) continue;
-    const style = getComputedStyle(el);
-    if (style.visibility === 'hidden' || style.display === 'none' || parseFloat(style.fontSize) === 0) continue;
-    if (!el.getClientRects().length) continue;
-    parts.push(node.textContent);
-  }
-  return parts.join(' ');
-}"""
-# Names a Chinese designer reads as names: the product, models, samplers, file formats, units.
-ALLOWED_WORDS = {
-    "Danqing", "API", "CFG", "LoRA", "ESRGAN", "DeepCache", "Civitai", "A1111", "ControlNet", "Canny",
-    "DPM++", "Karras", "SDE", "Euler", "DDIM", "PNDM", "UniPC", "LCM", "Heun", "LMS", "PNG", "JPEG", "WebP",
-    "BMP", "TIFF", "GIF", "Excel", "WPS", "JSON", "csv", "styles.csv", "TAESD", "cpu", "cuda", "fp32", "fp16",
-    "sdpa", "torch", "torch.compile", "channels_last", "QKV", "VAE", "CLIP", "EasyNegative", "HuggingFace", "ModelScope", "SHA-256", "SD1",
-    "U-Net", "rank", "alpha", "min-SNR", "MB", "GB", "PAI", "Gradio", "MCP", "BLIP", "Florence-2", "Qwen2-VL",
-    "TCD", "Hyper-SD", "LCM-LoRA", "TCD-LoRA", "SGM", "Uniform",
-    # a folder the designer is told to put files in: models/captioners/, a file's ending
-    "models", "captioners", "lora", "safetensors",
-}
-# Gradio's status-line literals ("queue: 1/1 |", "processing |"): its front end has no hook for
-# them (README, 使用 / Usage, lists what stays English); shown only while an event waits.
-GRADIO_LITERALS = {"queue", "processing"}
-# The demo bundle's file names (models, VAE, embeddings) are what the user put there, not UI text.
-MODEL_NAME = re.compile(r"^(danqing-demo-[a-z]+(-[a-z]+)*|demo-[a-z]+|sd15-only|p\d+|png|txt|lcm-lora-sdv1-5-tiny"
-                        r"|pytorch_lora_weights|Hyper-SD15-2steps-lora-tiny)(\.(safetensors|pt|bin|png|txt))?$")
-
-
-# The progress line is the bar's own label, drawn by CSS (ui/layout.CLEAN_PROGRESS).
-PROGRESS_LINE = """() => {
-  const bar = document.querySelector('#result-summary .progress-bar-wrap');
-  return bar ? bar.getAttribute('aria-label') || '' : '';
-}"""
-
-
-def english_words(page) -> set[str]:
-    text = page.evaluate(VISIBLE_TEXT)
-    words = set(re.findall(r"[A-Za-z][A-Za-z0-9+._\-]{2,}", text))
-    return {w for w in words if w.strip(".-") not in ALLOWED_WORDS | GRADIO_LITERALS and not MODEL_NAME.match(w)}
 
 
 def test_a_designers_walk_reads_chinese_and_the_grid_stops(page, tmp_path):
@@ -208,25 +161,49 @@ def test_fast_mode_sets_a_few_step_lora_and_gives_the_settings_back(page, tmp_pa
     assert page.get_by_text("LoRA 模型 · 已启用").count() == 0
 
 
-def test_editing_walk_img2img_then_paint_and_inpaint(page, tmp_path):
-    """图生图 from an upload, its result sent to 局部重绘, a brush stroke, 重绘: each screen in Chinese."""
-    source = tmp_path / "photo.png"
-    Image.fromarray((np.random.default_rng(1).random((96, 128, 3)) * 255).astype("uint8")).save(source)
+def shown_pixels(page, selector: str) -> np.ndarray:
+    """The pixels of the picture an <img> on the page shows, fetched by the page itself."""
+    src = page.locator(selector).first.get_attribute("src")
+    data = page.evaluate("async (u) => Array.from(new Uint8Array(await (await fetch(u)).arrayBuffer()))", src)
+    return np.asarray(Image.open(io.BytesIO(bytes(data))).convert("RGB"))
+
+
+def test_sending_acts_on_the_picture_on_screen(page, browser_app, tmp_path):
+    """Right after a generation (no thumbnail clicked) 发送到图生图 sends that result; 图生图
+    runs; then 发送到局部重绘 and 发送到扩图 send *that* result, not the earlier one: the pixels
+    that arrive are the ones on screen. With nothing to send, the page says so."""
     page.reload(wait_until="networkidle")
     page.get_by_role("tab", name="创作").first.wait_for(timeout=60_000)
+    page.wait_for_timeout(1000)
+    page.click("#result-to-img2img")
+    page.get_by_text("还没有可以发送的图片").first.wait_for(timeout=30_000)
     page.get_by_label("提示词", exact=True).first.fill("山水画，远山，小船")
-    page.get_by_label("采样步数").first.fill("4")
-    # 1. 图生图: upload, the panel's size from the picture, run.
-    page.get_by_role("tab", name="图生图").first.click()
-    page.locator("#img2img-image input[type=file]").set_input_files(str(source))
-    page.get_by_role("button", name="尺寸取自原图").click()
-    page.wait_for_timeout(800)
-    assert page.get_by_label("宽度").first.input_value() == "128"
+    page.get_by_label("宽度").first.fill("128")
+    page.get_by_label("高度").first.fill("96")
+    page.get_by_label("采样步数").first.fill("3")
+    page.get_by_label("采样步数").first.press("Tab")
+    # 1. 文生图, then its result to 图生图 at once.
+    page.click("#generate")
+    page.locator("#result-summary").get_by_text("种子").first.wait_for(timeout=90_000)
+    first = shown_pixels(page, "#gallery .grid-container img")
+    page.click("#result-to-img2img")
+    page.locator("#img2img-image img").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(500)
+    assert np.array_equal(shown_pixels(page, "#img2img-image img"), first)
+    # 2. 图生图 runs; its result (other pixels) is what goes on.
     page.click("#generate-img2img")
     page.locator("#result-summary").get_by_text("图生图：重绘幅度").first.wait_for(timeout=90_000)
+    page.wait_for_timeout(500)
+    second = shown_pixels(page, "#gallery .grid-container img")
+    assert not np.array_equal(second, first)
+    page.click("#result-to-outpaint")
+    page.locator("#outpaint-image img").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(500)
+    assert np.array_equal(shown_pixels(page, "#outpaint-image img"), second)
     assert english_words(page) == set()
-    # 2. The result to 局部重绘, a stroke with the brush, 重绘.
-    page.locator("#gallery img").first.click()
+    # 3. The same result to 局部重绘: a stroke, 重绘 with the input saved beside: the input the
+    # server received is the picture that was on screen.
+    page.get_by_role("tab", name="创作").first.click()
     page.click("#result-to-inpaint")
     page.locator("#inpaint-editor canvas").first.wait_for(timeout=30_000)
     page.wait_for_timeout(1500)
@@ -236,16 +213,122 @@ def test_editing_walk_img2img_then_paint_and_inpaint(page, tmp_path):
     page.mouse.down()
     page.mouse.move(box["x"] + box["width"] * 0.55, box["y"] + box["height"] * 0.55, steps=8)
     page.mouse.up()
+    page.locator("#save-inputs-inpaint input").check()
     page.click("#generate-inpaint")
     page.locator("#result-summary").get_by_text("局部重绘：重绘幅度").first.wait_for(timeout=90_000)
     page.screenshot(path=str(tmp_path / "inpainted.png"))
     assert english_words(page) == set()
-    # 3. 扩图 and 文生图 with 高清修复 read in Chinese too.
+    received = max(browser_app.outputs.glob("*/*-init.png"), key=lambda p: p.stat().st_mtime)
+    assert np.array_equal(np.asarray(Image.open(received).convert("RGB")), second)
+    # 4. 扩图 and 文生图 with 高清修复 read in Chinese too.
     page.get_by_role("tab", name="扩图").first.click()
     page.locator("#hires-pass input").check()
     page.wait_for_timeout(500)
     assert page.get_by_label("修复重绘幅度").count() >= 1
+    assert page.locator("#hires-scale").get_by_text("×1.5").count() == 1  # its own factor, beside it
     assert english_words(page) == set()
+    page.locator("#hires-pass input").uncheck()
+
+
+@pytest.mark.parametrize("width,height", [(256, 256), (192, 320), (512, 128)])
+def test_every_picture_is_drawn_whole(page, width, height):
+    """Square, portrait and 4:1 results, a batch with one picked, and 历史: each picture in its
+    own proportions, nothing cut off, no scroll bar inside a box."""
+    from pages import drawn_whole
+
+    page.get_by_role("tab", name="创作").first.click()
+    page.get_by_role("tab", name="文生图").first.click()
+    page.get_by_label("提示词", exact=True).first.fill("竹林里的大熊猫")
+    page.get_by_label("宽度").first.fill(str(width))
+    page.get_by_label("高度").first.fill(str(height))
+    page.get_by_label("采样步数").first.fill("1")
+    page.get_by_label("每次生成张数").first.fill("2" if width == height else "1")
+    page.get_by_label("采样步数").first.press("Tab")
+    page.click("#generate")
+    page.locator("#result-summary").get_by_text(f"{width}×{height}").first.wait_for(timeout=90_000)
+    page.wait_for_timeout(800)
+    assert page.locator("#gallery .grid-container img").count() >= 1
+    assert drawn_whole(page, "#gallery") == []
+    if width == height:  # a batch: the picked one, large
+        page.locator("#gallery .grid-container .thumbnail-item").nth(1).click()
+        page.wait_for_timeout(800)
+        assert page.locator("#gallery .preview img").count() >= 1
+        assert drawn_whole(page, "#gallery .preview .media-button") == []
+        page.get_by_label("每次生成张数").first.fill("1")
+    page.get_by_role("tab", name="历史").first.click()
+    page.locator("#recent .thumbnail-item").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(800)
+    assert drawn_whole(page, "#recent") == []
+
+
+def test_the_tool_screens_read_chinese(page, tmp_path):
+    """超分辨率 after an upscale, X/Y after a grid, 系统信息, 模型下载 offline: every screen in
+    Chinese, results in words (no raw JSON), failures in a sentence (no red error marks)."""
+    picture = tmp_path / "p9.png"
+    Image.fromarray((np.random.default_rng(2).random((48, 64, 3)) * 255).astype("uint8")).save(picture)
+    # 1. 超分辨率.
+    page.get_by_role("tab", name="超分辨率").first.click()
+    page.locator("#upscale-files input[type=file]").set_input_files(str(picture))
+    page.wait_for_timeout(1500)
+    page.get_by_role("button", name="开始放大").click()
+    page.locator("#upscale-summary").get_by_text("已放大").wait_for(timeout=90_000)
+    assert page.locator("#upscale-results img").count() == 1
+    assert english_words(page) == set(), english_words(page)
+    # 2. X/Y: a small grid; what was made, in words.
+    page.get_by_role("tab", name="X/Y 对比图").first.click()
+    page.get_by_role("button", name="载入「创作」页的当前设置").click()
+    page.wait_for_timeout(500)
+    for name, value in (("steps", "1"), ("width", "64"), ("height", "64")):
+        box = page.locator(f"#xy-{name} input[type=number]")
+        box.fill(value)
+        box.press("Tab")
+    page.locator("#xy-y-values textarea, #xy-y-values input").first.fill("1")
+    page.locator("#xy-prompt textarea").fill("竹林")
+    page.click("#xy-run")
+    page.locator("#xy-summary").get_by_text("对比图已保存").wait_for(timeout=120_000)
+    assert "横轴：" in page.locator("#xy-summary").inner_text()
+    assert english_words(page) == set(), english_words(page)
+    # 3. 系统信息: the resident models by kind, in Chinese.
+    page.get_by_role("tab", name="系统信息").first.click()
+    page.get_by_text("去噪网络（U-Net）").first.wait_for(timeout=30_000)
+    assert english_words(page) == set(), english_words(page)
+    # 4. 模型下载 through an unreachable mirror: said in the summary line, fields unmarked.
+    page.get_by_role("tab", name="模型下载").first.click()
+    page.get_by_label("HuggingFace 镜像").check()
+    page.locator("#download-repo textarea, #download-repo input").first.fill("someone/ink-lora")
+    page.get_by_role("button", name="查看文件").click()
+    page.locator("#download-summary").get_by_text("连不上镜像").wait_for(timeout=30_000)
+    assert "ModelScope" in page.locator("#download-summary").inner_text()
+    assert page.get_by_text("出错了").count() == 0
+    page.get_by_role("button", name="开始下载").click()
+    page.wait_for_timeout(1500)
+    assert page.get_by_text("出错了").count() == 0
+    page.screenshot(path=str(tmp_path / "download-offline.png"), full_page=True)
+    assert english_words(page) == set(), english_words(page)
+    page.get_by_label("HuggingFace", exact=True).check()
+
+
+def test_fast_mode_runs_the_lora_at_its_published_weight_every_time(page):
+    """极速 on, generate, off — several rounds: each image's parameters say the LoRA at 1 (never
+    the slot's old 0.8), named without its file ending."""
+    page.get_by_role("tab", name="创作").first.click()
+    page.get_by_role("tab", name="文生图").first.click()
+    page.get_by_label("提示词", exact=True).first.fill("竹林")
+    page.get_by_label("宽度").first.fill("64")
+    page.get_by_label("高度").first.fill("64")
+    page.get_by_label("采样步数").first.press("Tab")
+    page.get_by_text("A1111 参数文本").first.click()  # the parameters text, open below the result
+    for round_ in range(4):
+        page.locator("#fast-mode input").check()
+        page.locator("#fast-note").get_by_text("极速已开启").wait_for(timeout=30_000)
+        page.click("#generate")
+        page.locator("#result-summary").get_by_text("4 步").first.wait_for(timeout=90_000)
+        page.wait_for_timeout(300)
+        text = page.locator("#infotext textarea").first.input_value()
+        assert "<lora:lcm-lora-sdv1-5-tiny:1>" in text, (round_, text)
+        page.locator("#fast-mode input").uncheck()
+        page.locator("#fast-note").get_by_text("已关闭极速").wait_for(timeout=30_000)
+        page.wait_for_timeout(300)
 
 
 def test_model_library_walk_single_file_vae_embeddings_and_a_download(page, browser_app):

@@ -159,7 +159,8 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
         # 1. Header (with logins: who is logged in, and 退出登录) and banners.
         with gr.Row(equal_height=True):
             gr.Markdown(f"# {S.title}\n{S.subtitle}", elem_id="page-title")
-            who = gr.Markdown(visible=False, elem_id="logged-in", min_height=0)
+            # HTML, not Markdown: a Markdown link opens in a new tab, 退出登录 must leave this one.
+            who = gr.HTML(visible=False, elem_id="logged-in", padding=False)
         if options.demo and not options.missing_model:  # the missing-model banner says it already
             gr.Markdown(S.demo_banner, elem_id="demo-banner")
         if options.missing_model:
@@ -325,9 +326,9 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
         def tell_who(request: gr.Request = None):
             user = user_of(request)
             if not (options.logins and user):
-                return gr.Markdown(visible=False)
+                return gr.HTML(visible=False)
             role = S.logged_in_admin if user in options.admins else ""
-            return gr.Markdown(S.logged_in.format(user=html.escape(user), role=role), visible=True)
+            return gr.HTML(S.logged_in.format(user=html.escape(user), role=role), visible=True)
 
         demo.load(tell_who, None, who, queue=False, api_visibility="private")
         demo.load(tools.for_user, None, tools.admin_only, queue=False, api_visibility="private")

@@ -9,6 +9,13 @@ def size_text(n: int) -> str:
     return f"{n / 2**30:.2f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
 
 
+def _name(row: dict) -> str:
+    """A resident model's name as people know it: the base model's parts by the model's name
+    (the kind column says which part), anything else by its file."""
+    name, kind = str(row.get("name") or ""), str(row.get("kind") or "")
+    return name[: -len(kind) - 1] if kind and name.endswith("/" + kind) else name
+
+
 def system_markdown(S, info: dict) -> str:
     if not isinstance(info, dict) or not info:
         return ""
@@ -32,7 +39,7 @@ def system_markdown(S, info: dict) -> str:
         total = sum(r.get("bytes", 0) for r in resident)
         lines += ["", f"**{S.system_resident.format(size=size_text(total))}**", "",
                   f"| {S.system_name} | {S.system_kind} | {S.system_size} |", "|---|---|---|"]
-        lines += [f"| {r.get('name')} | {S.system_kinds.get(r.get('kind'), r.get('kind'))} | {size_text(r.get('bytes', 0))} |"
+        lines += [f"| {_name(r)} | {S.system_kinds.get(r.get('kind'), r.get('kind'))} | {size_text(r.get('bytes', 0))} |"
                   for r in resident]
     extensions = info.get("extensions") or []
     if extensions:

@@ -71,8 +71,8 @@ def _fill_choices(S) -> list[tuple[str, str]]:
     return [(S.fill_labels[name], name) for name in INPAINT_FILLS]
 
 
-def _save_inputs(S) -> gr.Checkbox:
-    return gr.Checkbox(False, label=S.save_inputs)
+def _save_inputs(S, mode: str) -> gr.Checkbox:
+    return gr.Checkbox(False, label=S.save_inputs, elem_id=f"save-inputs-{mode}")
 
 
 def build_tabs(ctx: UIContext, units: dict[str, Unit]) -> Edit:
@@ -91,7 +91,7 @@ def build_tabs(ctx: UIContext, units: dict[str, Unit]) -> Edit:
         with gr.Row():
             add_canny = gr.Checkbox(False, label=S.edit_add_canny)
             add_depth = gr.Checkbox(False, label=S.edit_add_depth)
-        save_img2img = _save_inputs(S)
+        save_img2img = _save_inputs(S, "img2img")
         buttons["img2img"] = gr.Button(S.generate_img2img, variant="primary", elem_id="generate-img2img",
                                        elem_classes=["generate-button"])
     comps["img2img"] = {"image": image, "denoising_strength": strength, "resize_mode": resize_mode,
@@ -117,7 +117,7 @@ def build_tabs(ctx: UIContext, units: dict[str, Unit]) -> Edit:
                                 info=S.area_info)
             padding = inputs.slider(S, 0, MAX_CROP_PADDING, value=32, step=4, label=S.padding_label)
         invert = gr.Checkbox(False, label=S.invert_label)
-        save_inpaint = _save_inputs(S)
+        save_inpaint = _save_inputs(S, "inpaint")
         buttons["inpaint"] = gr.Button(S.generate_inpaint, variant="primary", elem_id="generate-inpaint",
                                        elem_classes=["generate-button"])
     comps["inpaint"] = {"image": editor, "mask": mask, "denoising_strength": i_strength, "mask_blur": blur,
@@ -139,7 +139,7 @@ def build_tabs(ctx: UIContext, units: dict[str, Unit]) -> Edit:
         with gr.Row():
             o_strength = inputs.slider(S, 0, 1, value=1.0, step=0.01, label=S.strength_label, scale=2)
             o_fill = inputs.radio(S, _fill_choices(S), value="fill", label=S.fill_label, scale=3)
-        save_outpaint = _save_inputs(S)
+        save_outpaint = _save_inputs(S, "outpaint")
         buttons["outpaint"] = gr.Button(S.generate_outpaint, variant="primary", elem_id="generate-outpaint",
                                        elem_classes=["generate-button"])
     comps["outpaint"] = {"image": o_image, "denoising_strength": o_strength, **sides, "inpainting_fill": o_fill,

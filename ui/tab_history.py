@@ -132,14 +132,16 @@ def build_tab(ctx: UIContext) -> HistoryTab:
             entry_id = json.loads(ids_json or "[]")[event.index]
             entry = studio.history_entry(entry_id, user_of(request))
         except (IndexError, TypeError, ValueError):
-            return "", "", S.history_pick, gr.update(), gr.update()
+            return "", "", S.history_pick, gr.update(), gr.update(), gr.update(), gr.update()
         except Exception as exc:
             raise user_error(S, exc) from None
         user = user_of(request)
         mine = entry.owner == studio.outputs_owner(user)
         shareable = bool(user) and mine and not entry.trashed
+        # Only one's own pictures can be deleted, restored or shared: the buttons say so by showing.
         return (str(entry.id), str(studio.history_file(entry)), _detail(S, entry, mine),
-                gr.update(visible=shareable and not entry.shared), gr.update(visible=shareable and entry.shared))
+                gr.update(visible=shareable and not entry.shared), gr.update(visible=shareable and entry.shared),
+                gr.update(visible=mine and not entry.trashed), gr.update(visible=mine and entry.trashed))
 
     def change(action):
         def event(entry_id: str, text_value, scope_value, model_value, sampler_value, task_value, from_value,
@@ -161,7 +163,8 @@ def build_tab(ctx: UIContext) -> HistoryTab:
         trigger(first_page, query, outputs, queue=False, api_visibility="private")
     previous.click(turn(-1), [*query, offset], outputs, queue=False, api_visibility="private")
     following.click(turn(1), [*query, offset], outputs, queue=False, api_visibility="private")
-    gallery.select(pick, page_ids, [picked, chosen, detail, share, unshare], queue=False, api_visibility="private")
+    gallery.select(pick, page_ids, [picked, chosen, detail, share, unshare, delete, restore], queue=False,
+                   api_visibility="private")
     for button, action in ((delete, studio.history_delete), (restore, studio.history_restore),
                            (share, lambda i, u: studio.history_share(i, u, True)),
                            (unshare, lambda i, u: studio.history_share(i, u, False))):
@@ -193,7 +196,8 @@ def _detail(S, entry, mine: bool) -> str:
     if entry.loras:
         rows.append(S.history_detail_loras.format(loras=_escape(entry.loras)))
     if not mine:
-        rows.append(S.history_detail_owner.format(owner=_escape(entry.owner or "—")))
+        rows.append(S.history_detail_owner.format(owner=_escape(entry.owner)) if entry.owner
+                    else S.history_detail_no_owner)
     elif entry.shared:
         rows.append(S.history_detail_shared)
     return "\n\n".join(rows)

@@ -44,7 +44,8 @@ def build_tabs(ctx: UIContext) -> Tools:
     with gr.Tab(S.tab_upscale, id="upscale"):
         with gr.Row():
             with gr.Column():
-                files = gr.File(label=S.upscale_upload, file_count="multiple", file_types=["image"])
+                files = gr.File(label=S.upscale_upload, file_count="multiple", file_types=["image"],
+                                elem_id="upscale-files")
                 names = studio.upscalers()
                 upscaler = inputs.dropdown(S, choices(names), value=names[0] if names else None, label=S.upscaler_label)
                 scale = inputs.radio(S, [("×2", 2), ("×4", 4)], value=4, label=S.upscale_scale)

@@ -99,17 +99,17 @@ def setup(api) -> None:
         with gr.Row():
             with gr.Column():
                 load = gr.Button(T["load"], size="sm")
-                prompt = gr.Textbox(start("prompt", ""), label=T["prompt"], lines=2)
+                prompt = gr.Textbox(start("prompt", ""), label=T["prompt"], lines=2, elem_id="xy-prompt")
                 negative = gr.Textbox(start("negative_prompt", ""), label=T["negative"])
                 with gr.Row():
                     sampler = gr.Dropdown(list(SAMPLER_NAMES), value=start("sampler", DEFAULT_SAMPLER), label=T["sampler"])
                     seed = gr.Number(start("seed", -1), precision=0, label=T["seed"])
                 with gr.Row():
-                    steps = gr.Slider(1, 150, value=start("num_inference_steps", 20), step=1, label=T["steps"])
+                    steps = gr.Slider(1, 150, value=start("num_inference_steps", 20), step=1, label=T["steps"], elem_id="xy-steps")
                     cfg = gr.Slider(0, 30, value=start("guidance_scale", 7), step=0.5, label=T["cfg"])
                 with gr.Row():
-                    width = gr.Slider(64, 1024, value=start("width", 512), step=8, label=T["width"])
-                    height = gr.Slider(64, 1024, value=start("height", 512), step=8, label=T["height"])
+                    width = gr.Slider(64, 1024, value=start("width", 512), step=8, label=T["width"], elem_id="xy-width")
+                    height = gr.Slider(64, 1024, value=start("height", 512), step=8, label=T["height"], elem_id="xy-height")
                 with gr.Row():
                     names = [row["name"] for row in studio.loras()]
                     lora = gr.Dropdown([(T["none"], ""), *[(n, n) for n in names]], value="", label=T["lora"])
@@ -119,7 +119,7 @@ def setup(api) -> None:
                     x_values = gr.Textbox("4, 7, 10", label=T["x_values"])
                 with gr.Row():
                     y_axis = gr.Dropdown(axis_choices, value="seed", label=T["y_axis"])
-                    y_values = gr.Textbox("1, 2", label=T["y_values"])
+                    y_values = gr.Textbox("1, 2", label=T["y_values"], elem_id="xy-y-values")
                 with gr.Row():
                     run = gr.Button(T["run"], variant="primary", elem_id="xy-run")
                     stop = gr.Button(T["stop"], variant="stop", elem_id="xy-stop")

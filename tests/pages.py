@@ -1,0 +1,127 @@
+"""Helpers of the browser tests: Debian's Chromium driven by playwright (its own browser
+download cannot work offline), the English-word check of a designer's walk, the check that a
+picture is drawn whole, the progress line as the page shows it, logging in through the page."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+
+
+def launch_chromium(p):
+    return p.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+    )
+
+
+# A designer's walk (issue 14): every screen read for English words a Chinese user would meet.
+VISIBLE_TEXT = """() => {
+  const parts = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  while (walker.nextNode()) {
+    const node = walker.currentNode, el = node.parentElement;
+    if (!el || !node.textContent.trim() || el.closest('code, pre, script, style')) continue;
+    const style = getComputedStyle(el);
+    if (style.visibility === 'hidden' || style.display === 'none' || parseFloat(style.fontSize) === 0) continue;
+    if (!el.getClientRects().length) continue;
+    parts.push(node.textContent);
+  }
+  return parts.join(' ');
+}"""
+# Names a Chinese designer reads as names: the product, models, samplers, file formats, units.
+ALLOWED_WORDS = {
+    "Danqing", "API", "CFG", "LoRA", "ESRGAN", "DeepCache", "Civitai", "A1111", "ControlNet", "Canny",
+    "DPM++", "Karras", "SDE", "Euler", "DDIM", "PNDM", "UniPC", "LCM", "Heun", "LMS", "PNG", "JPEG", "WebP",
+    "BMP", "TIFF", "GIF", "Excel", "WPS", "JSON", "csv", "styles.csv", "TAESD", "cpu", "cuda", "fp32", "fp16",
+    "sdpa", "torch", "torch.compile", "channels_last", "QKV", "VAE", "CLIP", "EasyNegative", "HuggingFace", "ModelScope", "SHA-256", "SD1",
+    "U-Net", "rank", "alpha", "min-SNR", "MB", "GB", "PAI", "Gradio", "MCP", "BLIP", "Florence-2", "Qwen2-VL",
+    "TCD", "Hyper-SD", "LCM-LoRA", "TCD-LoRA", "SGM", "Uniform", "GPU", "Transformer",
+    # a folder the designer is told to put files in: models/captioners/, a file's ending
+    "models", "captioners", "lora", "safetensors",
+}
+# Gradio's status-line literals ("queue: 1/1 |", "processing |"): its front end has no hook for
+# them (README, 使用 / Usage, lists what stays English); shown only while an event waits.
+GRADIO_LITERALS = {"queue", "processing"}
+# The demo bundle's file names (models, VAE, embeddings) are what the user put there, not UI text.
+MODEL_NAME = re.compile(r"^(danqing-demo-[a-z]+(-[a-z]+)*|demo-[a-z]+|sd15-only|p\d+|png|txt|lcm-lora-sdv1-5-tiny"
+                        r"|pytorch_lora_weights|Hyper-SD15-2steps-lora-tiny|RealESRGAN_x[24]plus-tiny|realesr-general-x4v3-tiny|xy)"
+                        r"(\.(safetensors|pt|pth|bin|png|txt))?$")
+
+
+# The progress line is the bar's own label, drawn by CSS (ui/layout.CLEAN_PROGRESS).
+PROGRESS_LINE = """() => {
+  const bar = document.querySelector('#result-summary .progress-bar-wrap');
+  return bar ? bar.getAttribute('aria-label') || '' : '';
+}"""
+
+
+def english_words(page) -> set[str]:
+    text = page.evaluate(VISIBLE_TEXT)
+    words = set(re.findall(r"[A-Za-z][A-Za-z0-9+._\-]{2,}", text))
+    return {w for w in words if w.strip(".-") not in ALLOWED_WORDS | GRADIO_LITERALS and not MODEL_NAME.match(w)}
+
+
+
+
+# Every picture under ``selector``: its file's own size, the box it is drawn in (the picture
+# inside an object-fit box), the part of that box not cut off by an ancestor, and the boxes
+# around it that scroll.
+WHOLE = """(selector) => {
+  const out = [];
+  for (const img of document.querySelectorAll(selector + ' img')) {
+    const r = img.getBoundingClientRect();
+    if (!r.width || !r.height || !img.naturalWidth) continue;
+    const fit = getComputedStyle(img).objectFit;
+    let w = r.width, h = r.height;
+    if (fit === 'contain' || fit === 'scale-down') {
+      const k = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight);
+      w = img.naturalWidth * k; h = img.naturalHeight * k;
+    } else if (fit === 'cover') {
+      const k = Math.max(r.width / img.naturalWidth, r.height / img.naturalHeight);
+      w = img.naturalWidth * k; h = img.naturalHeight * k;
+    }
+    let top = r.top, bottom = r.bottom, left = r.left, right = r.right;
+    const scrolling = [];
+    for (let e = img.parentElement; e && e !== document.body; e = e.parentElement) {
+      const s = getComputedStyle(e);
+      if (s.overflowY !== 'visible' || s.overflowX !== 'visible') {
+        const b = e.getBoundingClientRect();
+        top = Math.max(top, b.top); bottom = Math.min(bottom, b.bottom);
+        left = Math.max(left, b.left); right = Math.min(right, b.right);
+      }
+      if ((/(auto|scroll)/.test(s.overflowY) && e.scrollHeight > e.clientHeight + 1) ||
+          (/(auto|scroll)/.test(s.overflowX) && e.scrollWidth > e.clientWidth + 1)) scrolling.push(e.className);
+    }
+    out.push({natural: [img.naturalWidth, img.naturalHeight], drawn: [w, h], box: [r.width, r.height],
+              visible: [right - left, bottom - top], scrolling});
+  }
+  return out;
+}"""
+
+
+def drawn_whole(page, selector: str) -> list[dict]:
+    """The pictures under ``selector`` that are not drawn whole: cut off, scrolled inside a box,
+    or drawn in other proportions than their own (within a pixel)."""
+    bad = []
+    for p in page.evaluate(WHOLE, selector):
+        (nw, nh), (w, h), (bw, bh), (vw, vh) = p["natural"], p["drawn"], p["box"], p["visible"]
+        wrong_shape = abs(w / h - nw / nh) > max(1 / h, 1 / w) * (nw / nh) + 0.01
+        if wrong_shape or vw < bw - 1 or vh < bh - 1 or p["scrolling"]:
+            bad.append(p)
+    return bad
+
+
+def log_in(page, url: str, user: str, password: str) -> None:
+    """Through the login page, as a person does."""
+    page.goto(url, wait_until="networkidle")
+    page.get_by_label("用户名").fill(user)
+    page.get_by_label("密码").fill(password)
+    page.get_by_role("button", name="登录").click()
+    page.get_by_role("tab", name="创作").first.wait_for(timeout=60_000)
+    page.wait_for_timeout(1000)  # Gradio applies its translations after the first paint
