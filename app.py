@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
             address=args.ray, replicas=max(1, args.replicas), min_replicas=args.min_replicas,
             max_replicas=args.max_replicas, threads=args.replica_threads, gpus=gpus)))
     studio.admins, studio.team_gallery = accounts.admins, args.team_gallery
+    studio.max_train_steps, studio.train_slice_steps = max(0, args.max_train_steps), max(1, args.train_slice_steps)
 
     # 3. The UI. Results are served from outputs/ as they are (they never change once saved)
     # instead of being copied into Gradio's temporary folder.

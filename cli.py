@@ -54,6 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="reverse proxies whose X-Forwarded-For/-Proto/-Host are believed (addresses or networks, e.g. 127.0.0.1); default none")
     p.add_argument("--max-user-outputs-mb", type=float, default=0, metavar="MB",
                    help="saved images one user may keep in outputs/ before new jobs are refused (0: no cap)")
+    p.add_argument("--max-train-steps", type=int, default=0, metavar="N",
+                   help="the most steps one LoRA training run may take (0: the engine's own limit, 20000)")
+    p.add_argument("--train-slice-steps", type=int, default=100, metavar="N",
+                   help="a training run lets another user's waiting run go first after this many steps, then resumes exactly (default 100)")
     p.add_argument("--login-window", type=float, default=60.0, metavar="SECONDS", help="after 5 failed logins from one address within this many seconds, refuse its logins until the window passes (default 60)")
     p.add_argument("--queue-size", type=int, default=64, help="jobs waiting at most; more are answered 'busy' (default 64)")
     p.add_argument("--session-capacity", type=int, default=1000, metavar="N",

@@ -20,6 +20,7 @@ MIB = 2**20
 UPLOAD_BYTES = 64 * MIB  # base64 images inflate by a third: a few 25 MB uploads
 FORM_BYTES = 16 * 1024  # the login form
 JSON_BYTES = 4 * MIB  # Gradio's JSON routes carry file references, not files
+PIECE_BYTES = 26 * MIB  # one piece of the 局部重绘 canvas (ui/inputs.MAX_BLOB_BYTES) in its form
 DRAIN_BYTES = 64 * MIB  # an oversized body up to this is read and dropped before the 413
 MAX_DEPTH = 64
 MAX_DIGITS = 100
@@ -40,6 +41,8 @@ class BodyProblem(ValueError):
 def limit_for(path: str) -> int:
     if path.rstrip("/") == "/login":
         return FORM_BYTES
+    if path.startswith("/gradio_api/component_server"):
+        return PIECE_BYTES
     if path.startswith(_UPLOAD_PREFIXES):
         return UPLOAD_BYTES
     return JSON_BYTES

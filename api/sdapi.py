@@ -407,6 +407,7 @@ class SdApi:
             schedule_type=schedule_name(req.scheduler, sampler), eta=req.eta,
             clip_skip=req.override_settings.get("CLIP_stop_at_last_layers", self.clip_skip), **more,
         )
+        request.check_outputs(repeats=req.n_iter)  # n_iter batches count in one request's budget
         return request, prompt, negative, sampler
 
     def _hires(self, req: Txt2ImgRequest) -> dict:
@@ -524,6 +525,15 @@ class SdApi:
                         infos.append(info)
                         job.last_image = b64_file(paths[count - 1])
                         seed = info["all_seeds"][-1] + 1  # A1111: the next batch continues the seeds
+                        # Between batches, someone else's job goes first (on the model they
+                        # expect: a borrowed one is put back meanwhile).
+                        if number + 1 < req.n_iter and studio.others_waiting():
+                            borrowed = previous is not None and req.override_settings_restore_afterwards
+                            if borrowed:
+                                studio.switch_model(previous)
+                            studio.give_way(job)
+                            if borrowed:
+                                studio.switch_model(ref)
                 finally:
                     if previous is not None and req.override_settings_restore_afterwards:
                         studio.switch_model(previous)
@@ -587,8 +597,9 @@ class SdApi:
                 "current_image": image, "textinfo": f"{step}/{total}"}
 
     def interrupt(self, user: str) -> dict:
-        """Stops this API user's jobs (running or waiting), never a UI user's or another's."""
-        return {"interrupted": self.jobs.interrupt(user)}
+        """Stops this user's jobs (running or waiting: the API's batches, and with logins their
+        page jobs and training runs too), never another user's."""
+        return {"interrupted": self.studio.interrupt(user)}
 
     # -- the other routes ---------------------------------------------------------------------
     def extra_single_image(self, req: ExtraSingleImageRequest, user: str, scope: dict) -> dict:
@@ -796,18 +807,26 @@ def build_router(studio, accounts: Accounts | None = None, lang: str | None = No
     # Danqing's own: 模型下载 (pipelines/downloads.py).
     d1 = "/danqing/v1/downloads"
 
-    @router.get(f"{d1}/files", tags=["danqing"], summary="A repository's files with sizes (nothing is downloaded)")
-    def download_files(source: str = "huggingface", repo: str = "") -> list[dict]:
+    def downloader(user: str) -> None:
+        """Only who may download asks the hub (no one else makes the server query it) or sees
+        the downloads (who fetched which repository)."""
+        if not accounts.is_admin(user):
+            raise ParamError("admin_only", admins=S.list_sep.join(sorted(accounts.admins)), what=S.admin_what_download)
+
+    @router.get(f"{d1}/files", tags=["danqing"], summary="A repository's files with sizes (nothing is downloaded; "
+                "admins when several accounts)")
+    def download_files(source: str = "huggingface", repo: str = "", user: str = Depends(login)) -> list[dict]:
+        downloader(user)
         return studio.download_plan(source, repo)
 
-    @router.get(d1, tags=["danqing"], summary="Downloads: state, bytes so far, total, error")
-    def downloads() -> list[dict]:
+    @router.get(d1, tags=["danqing"], summary="Downloads: state, bytes so far, total, error (admins when several accounts)")
+    def downloads(user: str = Depends(login)) -> list[dict]:
+        downloader(user)
         return studio.download_rows()
 
     @router.post(d1, tags=["danqing"], summary="Start a download into models/<kind>/ (admins when several accounts)")
     def start_download(req: DownloadRequest, user: str = Depends(login)) -> dict:
-        if not accounts.is_admin(user):
-            raise ParamError("admin_only", admins=S.list_sep.join(sorted(accounts.admins)), what=S.admin_what_download)
+        downloader(user)
         return studio.start_download(req.source, req.repo, req.kind, req.file, req.sha256, user=user)
 
     @router.post(d1 + "/{job_id}/cancel", tags=["danqing"], summary="Cancel a download (its part file is removed)")

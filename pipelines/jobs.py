@@ -267,12 +267,13 @@ class Jobs:
             free_memory(self.device)
             raise DanqingError("out_of_memory")
 
-    def give_way(self, caller: Caller, kind: str = "") -> None:
-        """Inside a long job that ``run`` started (training): when other jobs wait, let them
-        all go first, then take the GPU back. The job's key was served last, so everyone
-        waiting now is ahead of it. A 停止 meanwhile is seen by the job after it resumes."""
+    def give_way(self, caller: Caller, kind: str = "") -> bool:
+        """Inside a long job that ``run`` or ``hold`` started (training, an A1111 request's
+        batches): when other jobs wait, let them all go first, then take the GPU back. The
+        job's key was served last, so everyone waiting now is ahead of it. Returns whether it
+        gave way; a 停止 meanwhile is seen by the job after it resumes."""
         if not self.turns.others_waiting():
-            return
+            return False
         self.lock.release()
         self.turns.release()
         try:
@@ -281,6 +282,7 @@ class Jobs:
             ticket = Ticket.of(caller, kind)
             self.turns.acquire(ticket.key, ticket=ticket)
             self.lock.acquire()
+        return True
 
     @contextmanager
     def hold(self, batch: "Batch | None" = None, caller: Caller | None = None, kind: str = ""):
@@ -429,11 +431,28 @@ class Jobs:
             return [b for b in self._batches.values() if b.user == user]
 
     def interrupt(self, user: str) -> int:
-        """Stops ``user``'s batches (running or waiting); returns how many."""
+        """Stops ``user``'s batches (running or waiting) and, for a logged-in user, every other
+        job of theirs, running or waiting (a page's generation, a training run): A1111's
+        /interrupt for that user. Returns how many were stopped."""
         batches = self.batches_of(user)
         for batch in batches:
             self.interrupt_batch(batch)
-        return len(batches)
+        if not user:  # without logins "" is everyone: only the API's own batches
+            return len(batches)
+        clients = {b.client for b in batches}
+        others = [t.client for t in (*self.turns.running_all(), *self.turns.line())
+                  if t.user == user and t.client not in clients]
+        return len(batches) + sum(self.stop(client) for client in dict.fromkeys(others))
+
+    @contextmanager
+    def armed(self, client: str):
+        """``client``'s stop switch, armed for a while outside any job (a training run waiting
+        for its turn between slices): 停止 sets it, and the jobs run inside see it."""
+        event = self._start(client)
+        try:
+            yield event
+        finally:
+            self._finish(client, event)
 
     def interrupt_batch(self, batch: Batch) -> None:
         """Stops one batch: its running job within a step, its waiting ones at once."""

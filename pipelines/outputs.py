@@ -29,6 +29,18 @@ _PLAIN_NAME = re.compile(r"^\w[\w.-]{0,63}$")
 _PLAIN_STEM = re.compile(r"[^\w.-]+")
 
 
+def _folder_bytes(root: Path) -> int:
+    """Bytes of the files under ``root`` (the indexes at the top of outputs/ not counted)."""
+    total = 0
+    for path in root.rglob("*"):
+        try:
+            if path.is_file() and not path.name.endswith((".sqlite3", ".sqlite3-wal", ".sqlite3-shm")):
+                total += path.stat().st_size
+        except OSError:
+            continue
+    return total
+
+
 def user_folder(user: str) -> str:
     """A user's folder name: the name itself when it is a plain file name (Chinese included),
     else a hash of it (no separators, dots or device names ever reach the file system)."""
@@ -86,19 +98,26 @@ class OutputWriter:
         return self.user_root(user) / _dt.date.today().isoformat()
 
     def used_bytes(self, user: str = "") -> int:
-        """Bytes of the user's saved images (counted once, then kept up to date by ``save``)."""
+        """Bytes of everything in the user's folder: saved images, the trash, thumbnails and
+        training runs (counted once, then kept up to date by ``save``; ``forget_usage`` after
+        files arrive another way)."""
         root = self.user_root(user)
         with self._lock:
             if root not in self._used:
-                self._used[root] = sum(p.stat().st_size for p in root.glob("*/*.png") if p.is_file())
+                self._used[root] = _folder_bytes(root)
             return self._used[root]
 
-    def check_quota(self, user: str = "") -> None:
-        """Refuse a new job when the user's folder is already at the cap."""
+    def forget_usage(self, user: str = "") -> None:
+        with self._lock:
+            self._used.pop(self.user_root(user), None)
+
+    def check_quota(self, user: str = "", more: int = 0) -> None:
+        """Refuse a job (or a save, or an upload of ``more`` bytes) when the user's folder is
+        at the cap: checked before a job and again before every saved picture."""
         if self.quota_bytes <= 0:
             return
         used = self.used_bytes(user)
-        if used >= self.quota_bytes:
+        if used + more >= self.quota_bytes:
             raise DanqingError("outputs_quota_full", used=used // 2**20, limit=self.quota_bytes // 2**20)
 
     def may_read(self, path: str | Path, user: str = "") -> bool:
@@ -129,6 +148,7 @@ class OutputWriter:
         on a control map computed from a user's picture. ``name`` replaces the seed in the file
         name (an upscaled photo keeps its own name)."""
         stem = _PLAIN_STEM.sub("_", name)[:60].strip("._") if name else ""
+        self.check_quota(user)  # per picture: one request never writes far past the cap
         with self._lock:
             folder = self.day_dir(user)
             folder.mkdir(parents=True, exist_ok=True)

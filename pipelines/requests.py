@@ -79,6 +79,28 @@ MAX_SIDE = 2048
 MAX_IMAGES = 8
 # Pixels of one job (width * height * images): 4 images of 1024² on one GPU is the ceiling.
 MAX_JOB_PIXELS = 4 * 1024 * 1024
+# What a job may write, whatever route it came by: a saved picture's side (an upscale of a
+# 2048² picture ×4), and the pixels of every picture one request saves (upscaled twins, an
+# inpainting at the source's own size and the A1111 API's n_iter included).
+MAX_OUTPUT_SIDE = 8192
+MAX_REQUEST_PIXELS = 4 * 4096 * 4096
+DRAFT_SIDE = 256  # Rapid Diffusion's draft: the short side at 256, then x4 with ESRGAN
+
+
+def draft_size(width: int, height: int) -> tuple[int, int]:
+    """The draft's size: short side 256, the requested aspect ratio, multiples of 8."""
+    short = min(width, height)
+    return (max(8, round(width * DRAFT_SIDE / short / 8) * 8), max(8, round(height * DRAFT_SIDE / short / 8) * 8))
+
+
+def check_output(width: int, height: int, pixels: int) -> None:
+    """A saved picture of ``width`` × ``height`` within the side limit, and a request's
+    ``pixels`` in all within the budget; refused before any work."""
+    if max(width, height) > MAX_OUTPUT_SIDE:
+        raise ParamError("output_too_large", width=width, height=height, limit=MAX_OUTPUT_SIDE)
+    if pixels > MAX_REQUEST_PIXELS:
+        raise ParamError("request_too_large", megapixels=round(pixels / 1e6, 1),
+                         limit=round(MAX_REQUEST_PIXELS / 1e6, 1))
 MAX_PROMPT_CHARS = 4000
 MAX_DEEPCACHE = 5
 SEED_MAX = 2**32 - 1
@@ -315,7 +337,17 @@ class Txt2Img:
             raise ParamError("latent_needs_hires_pass")
         elif upscaler is not None:
             scale = Upscale.from_fields(upscaler=upscaler, scale=scale if draft else raw.get("hires_scale", 2)).scale
-        return cls(
+        if draft:
+            # The draft's real size (short side 256) is what the U-Net makes: checked like any
+            # size (2048×64 would make 8192×256), then its ×4 upscale as a saved picture.
+            dw, dh = draft_size(w, h)
+            try:
+                validate_size(dw, dh, images)
+                if hires_pass:
+                    validate_size(hires_side(dw, 4), hires_side(dh, 4), images)
+            except ParamError:
+                raise ParamError("draft_too_large", width=dw, height=dh, limit=MAX_SIDE) from None
+        request = cls(
             prompt=text,
             negative_prompt=negative,
             num_inference_steps=steps,
@@ -337,6 +369,36 @@ class Txt2Img:
             schedule_type=str(schedule),
             eta=eta,
         )
+        request.check_outputs()
+        return request
+
+    def made_size(self) -> tuple[int, int]:
+        """The size the U-Net makes first (a draft's own, short side 256)."""
+        return draft_size(self.width, self.height) if self.draft else (self.width, self.height)
+
+    def saved_sizes(self) -> list[tuple[int, int]]:
+        """The size of every picture the job saves, per image: the picture, and its upscaled twin
+        (the post-step, the draft's ×4), or only the refined one (高清修复)."""
+        w, h = self.made_size()
+        if self.hires_pass:
+            scale = 4 if self.draft else self.hires_scale
+            return [(hires_side(w, scale), hires_side(h, scale))]
+        sizes = [(w, h)]
+        if self.hires_upscaler or self.draft:
+            scale = 4 if self.draft else int(self.hires_scale)
+            sizes.append((w * scale, h * scale))
+        return sizes
+
+    def output_pixels(self) -> int:
+        """Pixels of every picture the job saves (its budget, counted before it starts)."""
+        return self.num_images_per_prompt * sum(w * h for w, h in self.saved_sizes())
+
+    def check_outputs(self, repeats: int = 1) -> None:
+        """The saved pictures within the side limit and, ``repeats`` times over (the A1111 API's
+        n_iter), within one request's pixel budget."""
+        for w, h in self.saved_sizes():
+            check_output(w, h, 0)
+        check_output(0, 0, self.output_pixels() * repeats)
 
     def seeds(self) -> list[int]:
         return [self.seed + i for i in range(self.num_images_per_prompt)]
@@ -450,6 +512,7 @@ class Control:
 
 # 3. Upscaling ------------------------------------------------------------------------------------
 SCALES = (2, 4)
+MAX_UPSCALE_IMAGES = 16  # pictures one upscale request takes (the same one listed twice counts twice)
 MIN_TILE = 32  # the OOM fallback stops halving here
 MAX_TILE = 2048
 MAX_TILE_OVERLAP = 128
@@ -491,7 +554,7 @@ MAX_CROP_PADDING = 256
 MAX_OUTPAINT = 1024  # pixels added on one side
 
 
-def _image_given(value: object) -> bool:
+def image_given(value: object) -> bool:
     return value is not None and not (isinstance(value, str) and not value.strip())
 
 
@@ -513,7 +576,7 @@ class Img2Img:
     @classmethod
     def build(cls, base: Txt2Img, image: Any, strength: object = 0.75, resize_mode: str = "crop",
               units=(), save_inputs: bool = False) -> "Img2Img":
-        if not _image_given(image):
+        if not image_given(image):
             raise ParamError("edit_image_missing")
         value = as_float("denoising_strength", strength)
         in_range("denoising_strength", value, 0.0, 1.0)
@@ -569,7 +632,7 @@ class Inpaint:
     @classmethod
     def build(cls, edit: Img2Img, mask: Any, mask_blur: object = 4, fill: str = "original",
               full_res: object = False, padding: object = 32, invert: object = False) -> "Inpaint":
-        if not _image_given(mask):
+        if not image_given(mask):
             raise ParamError("mask_missing")
         blur = as_int("mask_blur", mask_blur)
         in_range("mask_blur", blur, 0, MAX_MASK_BLUR)

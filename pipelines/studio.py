@@ -26,13 +26,15 @@ from .errors import DanqingError, ParamError
 from .formats import fewstep
 from .formats.cards import read_card
 from .formats import uploads
-from .formats.images import open_upload
+from .formats.images import image_size, open_upload
 from .formats.weights import file_hash
 from .formats.pnginfo import format_parameters, read_parameters
 from . import history as index
-from .jobs import Jobs, as_caller, turn_key
+from .jobs import Jobs, Ticket, Turns, as_caller, turn_key
 from .outputs import OutputWriter, user_folder
-from .requests import DEFAULT_SCHEDULE, INPAINT_FILL_NAMES, LATENT_UPSCALER, Caller, Control, ControlUnit, Img2Img, Inpaint, Outpaint, TRAIN_NAME, TrainLora, Txt2Img, Upscale
+from .requests import (DEFAULT_SCHEDULE, INPAINT_FILL_NAMES, LATENT_UPSCALER, MAX_UPSCALE_IMAGES, Caller, Control,
+                       ControlUnit, Img2Img, Inpaint, Outpaint, TRAIN_NAME, TrainLora, Txt2Img, Upscale, image_given,
+                       check_output)
 from .store import ModelStore
 from .tasks import annotators, captions, controlnet, edit, lora, train, txt2img, upscale
 from .tasks.denoise import Generated
@@ -110,6 +112,11 @@ class Studio:
         self.team_gallery = False
         # The engine replicas (pipelines/serve, --ray), or None: the tasks run here.
         self.remote = None
+        # 训练 LoRA: runs take turns between users (one trains at a time), each slice at most
+        # this many steps while another user's run waits; an operator's cap on one run's steps.
+        self.training_turns = Turns()
+        self.train_slice_steps = 100
+        self.max_train_steps = 0
         self.usage_log = index.UsageLog(outputs.root)
         self.jobs.on_finished = self.usage_log.record
         try:
@@ -206,6 +213,20 @@ class Studio:
         batch (pipelines.jobs.Batch) waits for its turn like any job."""
         return self.jobs.hold(batch)
 
+    def interrupt(self, user: str) -> int:
+        """A1111's /interrupt for ``user``: their batches, running and waiting jobs and training
+        runs (each within a step). Returns how many were stopped."""
+        return self.jobs.interrupt(user) + sum(self.jobs.stop(t.client) for t in self.training_turns.line()
+                                               if user and t.user == user)
+
+    def give_way(self, batch) -> bool:
+        """Between the jobs of a held batch (the A1111 API's n_iter): when someone else waits,
+        let them go first, then continue. Returns whether it gave way."""
+        return self.jobs.give_way(batch.caller, batch.kind)
+
+    def others_waiting(self) -> bool:
+        return self.jobs.turns.others_waiting()
+
     @contextmanager
     def on_model(self, ref: str, client: Caller | str = "local", kind: str = "txt2img"):
         """Several jobs of ``client`` on base model ``ref`` (an X/Y grid's model axis): the GPU
@@ -264,6 +285,11 @@ class Studio:
             "Masked content": INPAINT_FILL_NAMES[request.fill],
             **({"Mask mode": "Inpaint not masked"} if request.invert else {}),
         }
+        # Whole-picture inpainting is saved at the source's own size: counted before it starts.
+        if not request.full_res and image_given(request.edit.image):
+            width, height = image_size(request.edit.image)
+            saved = request.edit.base.num_images_per_prompt + (2 if request.edit.save_inputs else 0)
+            check_output(width, height, width * height * saved)
         return self._edit(edit.inpaint, request, request.edit, fields, client, on_step, on_preview, on_wait)
 
     def outpaint(self, request: Outpaint, client: Caller | str = "local", on_step=None,
@@ -424,8 +450,17 @@ class Studio:
         caller = as_caller(client)
         if not images:
             raise ParamError("upscale_no_image")
+        if len(images) > MAX_UPSCALE_IMAGES:
+            raise ParamError("upscale_too_many", count=len(images), limit=MAX_UPSCALE_IMAGES)
         if request.upscaler not in self.upscalers():
             raise ParamError("unknown_model_name", kind="upscalers", name=str(request.upscaler)[:80])
+        self._check_inputs(images, caller.user)
+        # What it will write, from the headers, before it waits for the GPU.
+        total = 0
+        for source in images:
+            width, height = image_size(source)
+            total += width * height * request.scale ** 2
+            check_output(width * request.scale, height * request.scale, total)
         self.outputs.check_quota(caller.user)
         paths, started = [], time.perf_counter()
         with self.jobs.run(caller, on_step, kind="upscale", on_wait=on_wait) as (cancel, hook):
@@ -452,14 +487,31 @@ class Studio:
             raise ParamError("train_bad_name", name=str(name)[:80])
         return self.outputs.user_root(user) / "training" / name.strip()
 
+    def _check_inputs(self, sources, user: str = "") -> None:
+        """Files named as a job's inputs: inside outputs/ only what ``user`` may read (the rule
+        of the file route; the edge checks first, this is the engine's own guard)."""
+        for source in sources:
+            if isinstance(source, (str, Path)) and not self.may_read(str(source), user):
+                raise ParamError("file_not_found")
+
     def prepare_training(self, name: str, files: list, user: str = "") -> dict:
         """Uploaded pictures, captions and zips gathered into the run's folder (its pictures
         replaced; a checkpoint there stays for 继续训练)."""
+        self._check_inputs(files or [], user)
         run_dir = self.training_dir(name, user)
         images = run_dir / "images"
         if images.exists():
             shutil.rmtree(images)
-        pictures, captions = uploads.gather(list(files or []), images)
+        # Training folders count in the user's quota: what an upload may write is what is left.
+        quota = self.outputs.quota_bytes
+        self.outputs.forget_usage(user)
+        left = quota - self.outputs.used_bytes(user) if quota > 0 else None
+        try:
+            pictures, captions = uploads.gather(list(files or []), images, budget=left)
+        finally:
+            self.outputs.forget_usage(user)
+            if run_dir.is_dir() and not any(run_dir.iterdir()):
+                run_dir.rmdir()  # a refused upload leaves no empty run behind
         return {"run_dir": str(run_dir), "images": pictures, "captions": captions}
 
     def captioners(self) -> list[str]:
@@ -481,12 +533,19 @@ class Studio:
             return False
 
     def train_lora(self, request: TrainLora, run_dir: Path, client: Caller | str = "local", on_step=None,
-                   on_sample=None, resume: bool = False) -> train.TrainResult:
+                   on_sample=None, resume: bool = False, on_wait=None) -> train.TrainResult:
         """Train a LoRA on the loaded model as one job of the GPU queue (停止 keeps the last
         checkpoint; ``resume`` continues from it). The result lands in the user's models folder:
-        models/lora/ (with logins models/lora/<user>/, so teammates' names never collide)."""
+        models/lora/ (with logins models/lora/<user>/, so teammates' names never collide).
+
+        Runs take turns between users like generation: one run trains at a time (the runs share
+        the one resident U-Net), the next is the waiting one of the user served longest ago, and
+        a run that has trained ``train_slice_steps`` while another user's run waits checkpoints
+        and lets it go first, then resumes exactly where it was. Between steps any waiting
+        generation job goes first. ``on_wait(place)``: the run's place among waiting runs."""
         caller = as_caller(client)
         lora_dir = self.trained_lora_dir(caller.user)
+        lora_dir.mkdir(parents=True, exist_ok=True)
 
         def give_way(now: bool = False) -> bool:
             """Between steps: are others waiting? (now=True: let them run first.)"""
@@ -495,9 +554,24 @@ class Studio:
                 return True
             return self.jobs.turns.others_waiting()
 
-        with self.jobs.run(caller, kind="train") as (cancel, _hook):
-            return train.train(self.store, request, Path(run_dir), lora_dir, cancel=cancel,
-                               on_step=on_step, on_sample=on_sample, resume=resume, give_way=give_way)
+        def pause(steps_this_time: int) -> bool:
+            return steps_this_time >= self.train_slice_steps and self.training_turns.others_waiting()
+
+        ticket = Ticket.of(caller, "train")
+        with self.jobs.armed(caller.client) as stopped:
+            while True:
+                self.training_turns.acquire(ticket.key, stopped, ticket, on_wait)
+                try:
+                    with self.jobs.run(caller, kind="train") as (cancel, _hook):
+                        result = train.train(self.store, request, Path(run_dir), lora_dir, cancel=cancel,
+                                             on_step=on_step, on_sample=on_sample, resume=resume, give_way=give_way,
+                                             pause=pause, max_steps=self.max_train_steps)
+                finally:
+                    self.training_turns.release()
+                if not result.paused:
+                    return result
+                resume = True  # the other user's run goes first; then this one continues exactly
+                ticket = Ticket.of(caller, "train")
 
     def trained_lora_dir(self, user: str = "") -> Path:
         """Where a user's trained LoRAs go (always the user's own models folder, never a cache)."""

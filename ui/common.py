@@ -75,6 +75,14 @@ def user_error(S, exc: BaseException) -> gr.Error:
     return gr.Error(error_text(S, "internal"))
 
 
+def plain(text) -> str:
+    """Text from a file or a person (a model card, a LoRA's trigger words, a prompt) shown in
+    Markdown as the text itself: never a tag, a link or formatting."""
+    text = str(text or "").replace("\n", " ")
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return "".join("\\" + c if c in "\\`*_{}[]()#+-.!|~" else c for c in text)
+
+
 def choices(items: list[str], none_label: str | None = None) -> list[tuple[str, str]]:
     """Dropdown (label, value) pairs; an optional leading "none" entry with value ""."""
     pairs = [(name, name) for name in items]

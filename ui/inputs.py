@@ -15,8 +15,13 @@ stub (``ui/inputs.pyi``) next to any module that subclasses a component; it is g
 from __future__ import annotations
 
 import math
+import threading
+import time
 
 import gradio as gr
+from fastapi import HTTPException
+from gradio.components.base import server
+from gradio.components.image_editor import EditorDataBlobs
 
 from pipelines.errors import ParamError
 from pipelines.formats.images import check_upload
@@ -103,17 +108,98 @@ class CheckedImage(gr.Image):
         return super().preprocess(payload)
 
 
+# The 局部重绘 canvas's pieces waiting for their event (Gradio's ImageEditor keeps them in one
+# dictionary for every session, and never forgets one that no event takes).
+MAX_EDITOR_LAYERS = 4  # our canvas has one paint layer; a few more for editor versions
+MAX_BLOB_BYTES = 25 * 2**20  # one piece (the page's own upload limit)
+MAX_BLOB_SETS = 64  # canvases waiting at once, over all sessions
+MAX_BLOB_SETS_PER_SESSION = 4  # per client address
+MAX_BLOB_TOTAL = 256 * 2**20
+BLOB_TTL = 600.0  # seconds a canvas waits for its event
+BLOB_KINDS = ("background", "layer", "composite")
+
+
 class CheckedImageEditor(gr.ImageEditor):
-    """The 局部重绘 canvas: its background, painted layers and composite checked alike."""
+    """The 局部重绘 canvas: its background, painted layers and composite checked alike, at most
+    ``MAX_EDITOR_LAYERS`` layers; and the route that receives a canvas's pieces from the page
+    (``accept_blobs``) bounded: layer index, id, bytes per piece, canvases per client and in
+    all, bytes in all, and a canvas no event took is forgotten after ``BLOB_TTL`` seconds.
+    (Gradio's own allocates ``index + 1`` list entries from a form field and keeps every piece
+    forever: six small requests could take gigabytes.)"""
 
     is_template = True
     error_strings = None
 
     def preprocess(self, payload):
-        for part in (getattr(payload, "background", None), *(getattr(payload, "layers", None) or ()),
-                     getattr(payload, "composite", None)):
+        layers = getattr(payload, "layers", None) or ()
+        if len(layers) > MAX_EDITOR_LAYERS:
+            raise _refusal(self, "too_many_layers", count=len(layers), limit=MAX_EDITOR_LAYERS)
+        for part in (getattr(payload, "background", None), *layers, getattr(payload, "composite", None)):
             _check_file(self, part)
-        return super().preprocess(payload)
+        try:
+            return super().preprocess(payload)
+        finally:
+            with _BLOBS_LOCK:
+                self._blob_meta().pop(getattr(payload, "id", None), None)
+
+    def _blob_meta(self) -> dict:
+        meta = self.__dict__.get("_blobs_meta")
+        if meta is None:
+            meta = self.__dict__["_blobs_meta"] = {}
+        return meta
+
+    @server
+    def accept_blobs(self, data, request: gr.Request = None):
+        """One piece of a canvas from the page, checked and kept within the bounds above."""
+        fields = getattr(data, "data", None) or {}
+        files = getattr(data, "files", None) or []
+        kind, blob_id, index = fields.get("type"), fields.get("id"), fields.get("index")
+        if kind not in BLOB_KINDS or not isinstance(blob_id, str) or not 0 < len(blob_id) <= 64 or not files:
+            raise HTTPException(status_code=400, detail="bad canvas piece")
+        if kind == "layer":
+            try:
+                index = int(index)
+            except (TypeError, ValueError):
+                raise HTTPException(status_code=400, detail="bad layer index") from None
+            if not 0 <= index < MAX_EDITOR_LAYERS:
+                raise HTTPException(status_code=400, detail="bad layer index")
+        piece = files[0][1]
+        if not isinstance(piece, (bytes, bytearray)) or len(piece) > MAX_BLOB_BYTES:
+            raise HTTPException(status_code=413, detail="canvas piece too large")
+        # Whose: the caller's address (the route hands over the HTTP request, not a session).
+        session = getattr(getattr(request, "client", None), "host", None) or ""
+        now = time.monotonic()
+        with _BLOBS_LOCK:
+            meta, storage = self._blob_meta(), self.blob_storage
+            for old in [k for k, (_, at, _) in meta.items() if now - at > BLOB_TTL or k not in storage]:
+                meta.pop(old, None)
+                storage.pop(old, None)
+            for stray in [k for k in storage if k not in meta]:  # kept by Gradio before us
+                storage.pop(stray, None)
+            current = storage.get(blob_id)
+            if current is None:
+                current = EditorDataBlobs(background=None, layers=[], composite=None)
+                mine = sorted((at, k) for k, (owner, at, _) in meta.items() if owner == session)
+                while len(mine) >= MAX_BLOB_SETS_PER_SESSION:  # this session's oldest canvas goes
+                    _, oldest = mine.pop(0)
+                    meta.pop(oldest, None)
+                    storage.pop(oldest, None)
+            if kind == "layer":
+                current.layers.extend([None] * (index + 1 - len(current.layers)))
+                current.layers[index] = bytes(piece)
+            else:
+                setattr(current, kind, bytes(piece))
+            size = len(current.background or b"") + len(current.composite or b"") + \
+                sum(len(layer or b"") for layer in current.layers)
+            storage[blob_id] = current
+            meta[blob_id] = (session, now, size)
+            while len(meta) > MAX_BLOB_SETS or sum(m[2] for m in meta.values()) > MAX_BLOB_TOTAL:
+                oldest = min(meta, key=lambda k: meta[k][1])
+                meta.pop(oldest, None)
+                storage.pop(oldest, None)
+
+
+_BLOBS_LOCK = threading.Lock()
 
 
 def _worded(cls, S, args, kwargs):

@@ -19,7 +19,7 @@ import time
 import gradio as gr
 
 from . import inputs, sending, tab_control, tab_download, tab_edit, tab_extensions, tab_tools, tab_train
-from .common import GPU, GPU_LIMIT, UIContext, UIOptions, caller_of, user_error, user_of
+from .common import GPU, GPU_LIMIT, UIContext, UIOptions, caller_of, plain, user_error, user_of
 from .panel import build_panel
 from .summary import summarize
 from strings import error_text, load
@@ -42,15 +42,15 @@ def model_card_view(S, studio, ref: str | None = None):
     """The card as one short block of Markdown, and its preview image (or None)."""
     card = studio.model_card(ref)
     parts = []
-    if card.get("title"):
-        parts.append(f"**{card['title']}**")
+    if card.get("title"):  # a card's words are shown as text, never as tags or links
+        parts.append(f"**{plain(card['title'])}**")
     if card.get("base_model"):
-        parts.append(S.card_base_model.format(base=card["base_model"]))
+        parts.append(S.card_base_model.format(base=plain(card["base_model"])))
     if card.get("trigger_words"):
-        parts.append(S.card_trigger_words.format(words=S.list_sep.join(card["trigger_words"])))
+        parts.append(S.card_trigger_words.format(words=S.list_sep.join(plain(w) for w in card["trigger_words"])))
     text = " · ".join(parts)
     if card.get("description"):
-        text = (text + "\n\n" if text else "") + card["description"]
+        text = (text + "\n\n" if text else "") + plain(card["description"])
     return text, studio.model_card_image(ref) if card.get("preview") else None
 
 

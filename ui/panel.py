@@ -32,7 +32,7 @@ from pipelines.formats.pnginfo import parse_parameters
 
 from . import inputs
 from .binding import endpoint, request_defaults, request_fields
-from .common import GPU, GPU_LIMIT, UIContext, caller_of, choices, client_id, user_error
+from .common import GPU, GPU_LIMIT, UIContext, caller_of, choices, client_id, plain, user_error
 
 LORA_SLOTS = 4
 # The Gradio API's defaults: the request's own, with "" for no upscaler and None for no LoRA list.
@@ -430,14 +430,16 @@ def _wire_lora_slots(panel: Panel):
         chosen = [[n, float(w)] for n, w in zip(names, weights) if n]
         catalogue = {item["name"]: item for item in studio.loras()}
         lines = []
-        for name, weight in chosen:
+        for name, weight in chosen:  # what files and cards say is shown as text (ui/common.plain)
             meta = catalogue.get(name, {})
             words = ", ".join(meta.get("trigger_words") or [])
-            lines.append(S.lora_line.format(name=name, weight=weight, words=words or S.none, base=meta.get("base_model") or S.unknown))
+            lines.append(S.lora_line.format(name=plain(name), weight=weight, words=plain(words) if words else S.none,
+                                            base=plain(meta.get("base_model")) if meta.get("base_model") else S.unknown))
             if meta.get("title"):  # the model card beside the file (A1111 .json, .civitai.info)
-                lines.append(S.lora_card_titled.format(title=meta["title"], description=meta.get("description") or ""))
+                lines.append(S.lora_card_titled.format(title=plain(meta["title"]),
+                                                       description=plain(meta.get("description"))))
             elif meta.get("description"):
-                lines.append(S.lora_card.format(description=meta["description"]))
+                lines.append(S.lora_card.format(description=plain(meta["description"])))
         previews = [(image, name) for name, _ in chosen if (image := studio.lora_preview(name)) is not None]
         active = S.list_sep.join(f"{name.rsplit('/', 1)[-1].rsplit('.', 1)[0]} ×{weight:g}" for name, weight in chosen)
         title = S.lora_title_active.format(loras=active) if chosen else S.lora_title

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+from .common import plain
+
 
 def _seconds(value) -> str:
     return f"{float(value):.1f}" if isinstance(value, (int, float)) else "?"
@@ -45,13 +47,13 @@ def summarize(S, info_text: str | None) -> tuple[str, str]:
         if isinstance(info.get("guidance_scale"), (int, float)) else "?", seconds=_seconds(info.get("seconds")))]
     if len(seeds) > 1:
         lines.append(S.summary_seeds.format(seeds=S.list_sep.join(f"`{s}`" for s in seeds)))
-    if info.get("model"):
-        model = S.summary_model.format(model=info["model"])
-        lines.append(model + S.summary_vae.format(vae=info["vae"]) if info.get("vae") else model)
+    if info.get("model"):  # names come from files: shown as text (ui/common.plain)
+        model = S.summary_model.format(model=plain(info["model"]))
+        lines.append(model + S.summary_vae.format(vae=plain(info["vae"])) if info.get("vae") else model)
     if info.get("loras"):
-        lines.append(S.summary_loras.format(loras=S.list_sep.join(f"{name} ×{weight:g}" for name, weight in info["loras"])))
+        lines.append(S.summary_loras.format(loras=S.list_sep.join(f"{plain(name)} ×{weight:g}" for name, weight in info["loras"])))
     if info.get("controlnet"):
-        units = S.list_sep.join(f"{u.get('model')} ×{u.get('weight', 1):g}" for u in info["controlnet"])
+        units = S.list_sep.join(f"{plain(u.get('model'))} ×{u.get('weight', 1):g}" for u in info["controlnet"])
         lines.append(S.summary_controlnets.format(units=units))
     if info.get("upscaler"):
         lines.append(S.summary_hires.format(upscaler=info["upscaler"], scale=info.get("upscale", "?"),

@@ -91,7 +91,11 @@ def build_tab(ctx: UIContext) -> None:
 
     def look_up(source: str, repo: str, request: gr.Request = None):
         """The repository's files and sizes (nothing is downloaded yet). A failure (offline, no
-        such repository) is said in the summary line; the other fields keep what they had."""
+        such repository) is said in the summary line; the other fields keep what they had. Only
+        who may download makes the server ask the hub."""
+        if refused(request):
+            return gr.update(), gr.update(), "⚠ " + error_text(S, "admin_only", {
+                "admins": S.list_sep.join(options.admins), "what": S.admin_what_download})
         try:
             rows = studio.download_plan(source, (repo or "").strip())
         except Exception as exc:

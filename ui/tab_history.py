@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from . import inputs
-from .common import UIContext, user_error, user_of
+from .common import UIContext, plain, user_error, user_of
 
 PAGE = 48
 
@@ -186,23 +186,18 @@ def _caption(S, entry) -> str:
 
 def _detail(S, entry, mine: bool) -> str:
     """The picked image's parameters, in Chinese."""
-    rows = [S.history_detail_prompt.format(prompt=_escape(entry.prompt) or "—")]
+    rows = [S.history_detail_prompt.format(prompt=plain(entry.prompt) or "—")]
     if entry.negative:
-        rows.append(S.history_detail_negative.format(negative=_escape(entry.negative)))
+        rows.append(S.history_detail_negative.format(negative=plain(entry.negative)))
     rows.append(S.history_detail_fields.format(
-        task=S.history_tasks.get(entry.task, entry.task), model=_escape(entry.model) or "—",
+        task=S.history_tasks.get(entry.task, entry.task), model=plain(entry.model) or "—",
         sampler=entry.sampler or "—", steps=entry.steps or "—", seed=entry.seed if entry.seed is not None else "—",
         size=f"{entry.width}×{entry.height}" if entry.width else "—", day=entry.day))
     if entry.loras:
-        rows.append(S.history_detail_loras.format(loras=_escape(entry.loras)))
+        rows.append(S.history_detail_loras.format(loras=plain(entry.loras)))
     if not mine:
-        rows.append(S.history_detail_owner.format(owner=_escape(entry.owner)) if entry.owner
+        rows.append(S.history_detail_owner.format(owner=plain(entry.owner)) if entry.owner
                     else S.history_detail_no_owner)
     elif entry.shared:
         rows.append(S.history_detail_shared)
     return "\n\n".join(rows)
-
-
-def _escape(text: str) -> str:
-    """Prompt text shown as text, never as Markdown or HTML."""
-    return "".join("\\" + c if c in "\\`*_{}[]()#+-.!|<>~" else c for c in text.replace("\n", " "))

@@ -155,18 +155,21 @@ def build_tab(ctx: UIContext) -> None:
             raise user_error(S, exc) from None
         losses: list[tuple[int, float]] = []
         shown: list[str] = []
-        state = {"step": 0, "total": req.steps, "started": time.monotonic()}
+        state = {"step": 0, "total": req.steps, "started": time.monotonic(), "waiting": None}
         outcome: dict = {}
 
         def on_step(step: int, total: int, loss: float) -> None:
             losses.append((step, loss))
-            state["step"], state["total"] = step, total
+            state["step"], state["total"], state["waiting"] = step, total, None
+
+        def on_wait(place: int) -> None:  # another user's run trains now; this one waits its turn
+            state["waiting"] = place
 
         def work() -> None:
             try:
                 outcome["result"] = studio.train_lora(req, run_dir, client=caller, on_step=on_step,
                                                       on_sample=lambda path, step: shown.append(str(path)),
-                                                      resume=resume_run)
+                                                      resume=resume_run, on_wait=on_wait)
             except BaseException as exc:  # noqa: BLE001 (re-raised in the event's thread)
                 outcome["error"] = exc
 
@@ -219,9 +222,11 @@ def build_tab(ctx: UIContext) -> None:
                   concurrency_id=GPU, concurrency_limit=GPU_LIMIT, show_progress_on=note)
     # Training is long: it runs outside the GPU concurrency group (its own job of the GPU
     # queue, giving way between steps), so a teammate's picture never waits behind it.
-    start.click(run_new, run_inputs, [status, curve, samples], api_name="train", concurrency_limit=1,
+    # Runs of different users take turns in the studio's training line (one trains at a time,
+    # a long run gives way to a waiting one every slice): no Gradio limit holds them back.
+    start.click(run_new, run_inputs, [status, curve, samples], api_name="train", concurrency_limit=None,
                 concurrency_id="train")
-    resume.click(run_resume, run_inputs, [status, curve, samples], api_name="train_resume", concurrency_limit=1,
+    resume.click(run_resume, run_inputs, [status, curve, samples], api_name="train_resume", concurrency_limit=None,
                  concurrency_id="train")
     def stop_run(request: gr.Request = None) -> None:
         studio.stop(caller_of(request).client)
@@ -259,6 +264,8 @@ def _curve(S, losses: list[tuple[int, float]]):
 
 def _status(S, state: dict, losses: list) -> str:
     step, total = state["step"], state["total"]
+    if state.get("waiting") is not None:
+        return S.train_waiting_turn.format(ahead=state["waiting"] + 1, step=step, total=total)
     if not step:
         return S.train_preparing
     elapsed = time.monotonic() - state["started"]

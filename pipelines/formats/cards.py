@@ -38,9 +38,18 @@ def _json(path: Path) -> dict:
 
 
 def _text(value: object) -> str:
+    """Plain text of a card's field: entities decoded first, then every tag removed (so an
+    escaped ``&lt;img src=…&gt;`` never becomes a tag), then the brackets left over dropped.
+    The UI still escapes what it shows (ui/common.plain)."""
     if not isinstance(value, str):
         return ""
-    text = html.unescape(_TAGS.sub(" ", value))
+    text = value
+    for _ in range(3):  # doubly escaped entities (&amp;lt;) decode in a second round
+        decoded = html.unescape(text)
+        if decoded == text:
+            break
+        text = decoded
+    text = _TAGS.sub(" ", text).replace("<", " ").replace(">", " ")
     return re.sub(r"\s+", " ", text).strip()[:MAX_TEXT]
 
 

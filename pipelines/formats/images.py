@@ -71,6 +71,24 @@ def open_upload(data) -> Image.Image:
         return upright if upright is not image else image.copy()
 
 
+def image_size(data) -> tuple[int, int]:
+    """An upload's (width, height) from its header alone (as it will be decoded: EXIF rotation
+    counted), with the same checks as ``open_upload``; for budgets counted before a job starts."""
+    if isinstance(data, Image.Image):
+        _check_pixels(*data.size)
+        return data.size
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(bytes(data))
+    elif isinstance(data, (str, Path)) and Path(data).is_file():
+        source = Path(data)
+    else:
+        raise ParamError("image_unreadable")
+    with _open_checked(source) as image:
+        width, height = image.size
+        turned = image.getexif().get(0x0112) in (5, 6, 7, 8)  # rotated a quarter turn
+        return (height, width) if turned else (width, height)
+
+
 def check_upload(path) -> None:
     """Refuse an image file from its header alone: not an image (``image_unreadable``) or over
     MAX_INPUT_PIXELS (``image_too_large``). For the UI's image inputs, which must be checked

@@ -3,7 +3,11 @@ gathered into a run's folder — and nothing written anywhere else.
 
 A zip is read member by member and refused whole when a member's name leaves the folder
 (``../``, an absolute path, a drive letter), is a link, is larger than an image may be, or
-expands far beyond its compressed size (a zip bomb), or when the whole would be too large.
+expands far beyond its compressed size (a zip bomb: every member over 64 KiB, and the whole
+archive), or when the whole would be too large — all from its directory, before a byte is
+written; while writing, no member is read past what it declared and the bytes written in all
+are counted against ``budget`` (the user's quota). A refused upload leaves nothing behind:
+the caller's folder is removed (``gather`` does it for its ``dest``).
 Pictures are checked like any upload (formats/images.open_upload: format, size, decompression
 bomb) before training sees them.
 """
@@ -21,9 +25,10 @@ from .images import open_upload
 
 IMAGE_ENDINGS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MAX_FILE_BYTES = 50 * 1024 * 1024
-MAX_ZIP_BYTES = 2 * 1024 * 1024 * 1024  # everything in one zip, uncompressed
+MAX_ZIP_BYTES = 512 * 1024 * 1024  # everything in one zip, uncompressed (200 pictures of 2.5 MB)
 MAX_MEMBERS = 2000
-MAX_RATIO = 200  # uncompressed / compressed, for members over 1 MiB
+MAX_RATIO = 100  # uncompressed / compressed, for members over RATIO_FROM and for the whole zip
+RATIO_FROM = 64 * 1024
 
 
 def _unsafe(name: str) -> bool:
@@ -48,7 +53,21 @@ def _target(dest: Path, name: str) -> Path:
     return candidate
 
 
-def _unzip(archive: Path, dest: Path) -> list[Path]:
+class Budget:
+    """Bytes an upload may still write (the user's quota left; None: no cap)."""
+
+    def __init__(self, left: int | None) -> None:
+        self.left = left
+
+    def spend(self, size: int, name: str) -> None:
+        if self.left is None:
+            return
+        if size > self.left:
+            raise ParamError("train_upload_over_quota", name=name[:120], megabytes=max(0, self.left) // 2**20)
+        self.left -= size
+
+
+def _unzip(archive: Path, dest: Path, budget: Budget) -> list[Path]:
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError):
@@ -68,11 +87,14 @@ def _unzip(archive: Path, dest: Path) -> list[Path]:
                 raise ParamError("train_zip_unsafe", name=archive.name, member=info.filename[:120])
             if info.file_size > MAX_FILE_BYTES and not _skipped(info.filename):
                 raise ParamError("train_file_too_large", name=info.filename[:120])
-            if info.file_size > 1 << 20 and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+            if info.file_size > RATIO_FROM and info.file_size > MAX_RATIO * max(info.compress_size, 1):
                 raise ParamError("train_zip_bomb", name=archive.name)
             total += info.file_size
         if total > MAX_ZIP_BYTES:
             raise ParamError("train_zip_too_large", name=archive.name)
+        if total > RATIO_FROM and total > MAX_RATIO * max(archive.stat().st_size, 1):
+            raise ParamError("train_zip_bomb", name=archive.name)
+        budget.spend(total, archive.name)
         # 2. Pictures and captions, flattened into dest; read no more than each says it holds.
         for info in infos:
             name = info.filename
@@ -95,20 +117,32 @@ def _unzip(archive: Path, dest: Path) -> list[Path]:
     return written
 
 
-def gather(sources: list, dest: Path) -> tuple[list[str], list[str]]:
+def gather(sources: list, dest: Path, budget: int | None = None) -> tuple[list[str], list[str]]:
     """Copy (or unzip) ``sources`` into ``dest``; returns the pictures and their captions (the
-    text of a same-name ``.txt``, else ""), sorted by name. Anything else is refused by name."""
+    text of a same-name ``.txt``, else ""), sorted by name. Anything else is refused by name.
+    ``budget``: bytes it may write in all (None: no cap). On any refusal ``dest`` is removed
+    with whatever was already written into it."""
     dest.mkdir(parents=True, exist_ok=True)
+    try:
+        return _gather(sources, dest, Budget(budget))
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+
+
+def _gather(sources: list, dest: Path, budget: Budget) -> tuple[list[str], list[str]]:
     try:
         files: list[Path] = []
         for source in sources:
             source = Path(source)
             lower = source.name.lower()
             if lower.endswith(".zip"):
-                files += _unzip(source, dest)
+                files += _unzip(source, dest, budget)
             elif lower.endswith((*IMAGE_ENDINGS, ".txt")):
-                if source.stat().st_size > MAX_FILE_BYTES:
+                size = source.stat().st_size
+                if size > MAX_FILE_BYTES:
                     raise ParamError("train_file_too_large", name=source.name)
+                budget.spend(size, source.name)
                 target = _target(dest, source.name)
                 shutil.copyfile(source, target)
                 files.append(target)

@@ -109,15 +109,24 @@ class RayEngine:
 
 def connect(address: str = "", num_cpus: int | None = None) -> None:
     """Start a local Ray cluster (or join ``address``) once per process. The replicas import
-    Danqing from this checkout (PYTHONPATH: the same path on every node)."""
+    Danqing from this checkout (PYTHONPATH: the same path on every node).
+
+    A local cluster is this machine's alone: its node address is loopback (what Ray's agents
+    and workers advertise and, where Ray lets them, bind), no dashboard, Ray's token
+    authentication left on (Ray 2.60 turns it on; a Ray that binds its core services to every
+    address still refuses callers without the token). Ray 2.60 offers no setting to bind GCS
+    and raylet to loopback only: the README says which ports to firewall."""
     import ray
 
     if ray.is_initialized():
         return
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        log.warning("RAY_AUTH_MODE=disabled: Ray's ports accept callers without a token (see the README)")
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])),
            "DANQING_CACHE": os.environ.get("DANQING_CACHE", "")}
-    ray.init(address=address or None, num_cpus=num_cpus if not address else None, include_dashboard=False,
-             runtime_env={"env_vars": {k: v for k, v in env.items() if v}}, log_to_driver=False)
+    local = {} if address else {"num_cpus": num_cpus, "_node_ip_address": "127.0.0.1"}
+    ray.init(address=address or None, include_dashboard=False,
+             runtime_env={"env_vars": {k: v for k, v in env.items() if v}}, log_to_driver=False, **local)
 
 
 def start(settings, options: RayOptions) -> RayEngine:

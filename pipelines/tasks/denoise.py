@@ -61,12 +61,22 @@ def check_cancel(cancel: threading.Event | None) -> None:
         raise JobCancelled()
 
 
-def decode_latents(pipe, latents: torch.Tensor):
+LARGE_DECODE = 1024 * 1024  # pixels of one image from which a batch is decoded one by one
+
+
+def decode_latents(pipe, latents: torch.Tensor, cancel: threading.Event | None = None):
     """Latents (as the pipeline returns them with ``output_type="latent"``) to PIL images.
 
     fp16 VAEs can overflow to NaN on some images; then the shared VAE is upcast to fp32 once
-    and the decode retried. A NaN after that is an error, never a silent black image.
+    and the decode retried. A NaN after that is an error, never a silent black image. Large
+    pictures of a batch are decoded one at a time, 停止 heard between them.
     """
+    if len(latents) > 1 and latents.shape[-1] * latents.shape[-2] * 64 >= LARGE_DECODE:
+        images = []
+        for one in latents.split(1):
+            check_cancel(cancel)
+            images += decode_latents(pipe, one)
+        return images
     vae = pipe.vae
     with torch.no_grad():
         image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
@@ -186,7 +196,7 @@ def generate(store, params: Txt2Img, **options) -> Generated:
     notices: dict = options.pop("notices", None) or {}
     pipe, latents = denoise(store, params, notices=notices, **options)
     # 3. Decode (fp32 fallback on NaN).
-    images = decode_latents(pipe, latents)
+    images = decode_latents(pipe, latents, options.get("cancel"))
     return Generated(images=images, seeds=params.seeds(), seconds=time.perf_counter() - started,
                      request=params, notices=notices)
 

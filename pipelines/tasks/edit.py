@@ -141,7 +141,7 @@ def _run(store, work: Pass, cls, components, kwargs, guide, cancel, on_step, on_
     notices: dict = {"unet_steps": work.steps}
     pipe, latents = denoise(store, work.request, cls, components, kwargs, cancel, on_step, on_preview,
                             steps=work.steps, notices=notices)
-    result = Generated(images=decode_latents(pipe, latents), seeds=work.asked.seeds(),
+    result = Generated(images=decode_latents(pipe, latents, cancel), seeds=work.asked.seeds(),
                        seconds=time.perf_counter() - started, request=work.asked, notices=notices)
     result.maps = guide.maps if guide else []
     return result

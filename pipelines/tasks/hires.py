@@ -8,18 +8,13 @@ import threading
 import time
 
 from ..errors import ParamError
-from ..requests import LATENT_UPSCALER, Txt2Img, Upscale
+from ..requests import LATENT_UPSCALER, Txt2Img, Upscale, draft_size as request_draft_size
 from . import upscale
 from .denoise import Generated
 
-DRAFT_SIDE = 256  # Rapid Diffusion's draft: the short side at 256, then x4 with ESRGAN
-
-
 def draft_size(width: int, height: int) -> dict:
-    """The draft's size: short side 256, the requested aspect ratio, multiples of 8."""
-    short = min(width, height)
-    w = max(8, round(width * DRAFT_SIDE / short / 8) * 8)
-    h = max(8, round(height * DRAFT_SIDE / short / 8) * 8)
+    """The draft's size (requests.draft_size) as request fields."""
+    w, h = request_draft_size(width, height)
     return {"width": w, "height": h}
 
 

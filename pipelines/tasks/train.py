@@ -63,6 +63,7 @@ class TrainResult:
     seconds: float = 0.0
     total_steps: int = 0  # the run's length (steps, or epochs × batches per epoch)
     buckets: list[tuple[tuple[int, int], int]] = field(default_factory=list)  # ((w, h), pictures)
+    paused: bool = False  # checkpointed to let another user's training take its turn (resumes exactly)
 
 
 def lora_path(lora_dir: Path, name: str, step: int | None = None) -> Path:
@@ -278,11 +279,15 @@ def _unpark(base, store, req: TrainLora) -> None:
 
 def train(store, req: TrainLora, run_dir: Path, lora_dir: Path, cancel=None, on_step: StepHook | None = None,
           on_sample: Callable[[Path, int], None] | None = None, resume: bool = False,
-          give_way: Callable[[], bool] | None = None) -> TrainResult:
+          give_way: Callable[[], bool] | None = None, pause: Callable[[int], bool] | None = None,
+          max_steps: int = 0) -> TrainResult:
     """Train ``req`` on the store's base. Runs inside a job (the GPU lock is held). ``cancel``
     (an Event) stops after the current step, saving a checkpoint; ``resume`` continues from the
     run folder's ``state.pt``. ``give_way()`` is asked between steps: when it says others wait,
-    the base is parked as generation expects it and ``give_way(True)`` lets them run."""
+    the base is parked as generation expects it and ``give_way(True)`` lets them run.
+    ``pause(steps_this_time)`` is asked too: True checkpoints and returns ``paused`` (another
+    user's training takes its turn; a resume continues exactly). ``max_steps``: the operator's
+    cap on one run's steps (0: none)."""
     from diffusers import DDPMScheduler
 
     started = time.perf_counter()
@@ -308,6 +313,8 @@ def train(store, req: TrainLora, run_dir: Path, lora_dir: Path, cancel=None, on_
                            * base.vae.config.scaling_factor)
     per_epoch = len(epoch_batches(shapes, req.repeats, req.batch_size, req.seed, 0))
     total = req.total_steps(per_epoch)
+    if max_steps and total > max_steps:
+        raise ParamError("train_over_cap", steps=total, limit=max_steps)
     log.info("LoRA %s: %d pictures in %s, %d steps (%d per epoch)", req.name, len(shapes),
              ", ".join(f"{w}x{h}:{n}" for (w, h), n in bucket_summary(shapes)), total, per_epoch)
     window = token_window(base)
@@ -364,6 +371,10 @@ def train(store, req: TrainLora, run_dir: Path, lora_dir: Path, cancel=None, on_
                 checkpoint(step)
                 result.stopped = True
                 break
+            if pause is not None and step > start and pause(step - start):
+                checkpoint(step)
+                result.paused = True
+                break
             epoch, position = divmod(step, per_epoch)
             if epoch not in batches:
                 batches = {epoch: epoch_batches(shapes, req.repeats, req.batch_size, req.seed, epoch)}
@@ -408,7 +419,7 @@ def train(store, req: TrainLora, run_dir: Path, lora_dir: Path, cancel=None, on_
                 if on_sample is not None:
                     on_sample(sample, done)
         # 4. The finished LoRA, in the Kohya layout, and its preview.
-        if not result.stopped:
+        if not result.stopped and not result.paused:
             checkpoint(total)
             _write_lora(final, to_kohya(_adapter_states(base, req.train_text_encoder), req.alpha),
                         metadata(store, req, total, total, shapes))
@@ -422,7 +433,7 @@ def train(store, req: TrainLora, run_dir: Path, lora_dir: Path, cancel=None, on_
         result.seconds = time.perf_counter() - started
         log.info("LoRA %s: %d/%d steps in %.1fs, loss %.4f → %.4f%s", req.name, result.steps_done, total,
                  result.seconds, losses[0] if losses else float("nan"), losses[-1] if losses else float("nan"),
-                 " (stopped)" if result.stopped else "")
+                 " (stopped)" if result.stopped else " (paused for another run)" if result.paused else "")
         return result
     finally:
         # 5. The base as it was: adapter gone, eval mode, the other LoRAs back as they were.
