@@ -193,3 +193,26 @@ def crowd_app(demo_models, demo_cache, tmp_path_factory):
     app.temp = work / "gradio-tmp"
     yield app
     app.stop()
+
+
+# Markers, applied here from what a test uses (pytest.ini declares them):
+#   app      — it launches the app (an ``*_app`` fixture) or another process (subprocess, LaunchedApp);
+#   browser  — it drives Chromium (the ``page`` fixture, tests/test_browser*.py);
+#   slow     — marked by hand on long in-process tests.
+# The inner loop while working: python -m pytest -q tests -m "not app and not browser"
+def pytest_collection_modifyitems(config, items):
+    import inspect
+
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if "page" in names or item.module.__name__.startswith("test_browser"):
+            item.add_marker(pytest.mark.browser)
+        launches = any(name.endswith("_app") for name in names)
+        if not launches:
+            try:
+                source = inspect.getsource(item.function)
+            except (OSError, TypeError):
+                source = ""
+            launches = "subprocess" in source or "LaunchedApp(" in source
+        if launches:
+            item.add_marker(pytest.mark.app)

@@ -386,15 +386,16 @@ def hashed_app(demo_models, demo_cache, tmp_path_factory):
 
 
 def test_one_request_never_writes_far_past_the_quota(hashed_app):
-    """With 1 MB each, one A1111 request of 10 batches of 4 pictures is stopped at the picture
-    that fills the quota: the bytes on disk stay within the quota and one picture."""
+    """With 1 MB each, one job of 8 pictures (one batch: the quota was checked only before a job)
+    is stopped at the picture that fills the quota: the bytes on disk stay within the quota and
+    one picture."""
     status, body = api(hashed_app, "POST", "/sdapi/v1/txt2img",
-                       {"prompt": "噪声", "steps": 1, "width": 256, "height": 256, "batch_size": 4, "n_iter": 10})
+                       {"prompt": "噪声", "steps": 1, "width": 384, "height": 384, "batch_size": 8})
     kept = folder_bytes(hashed_app.outputs / "users" / "bob")
     one = max(p.stat().st_size for p in (hashed_app.outputs / "users" / "bob").rglob("*.png"))
     assert status == 422 and body["code"] == "outputs_quota_full", (status, body)
     assert kept <= MIB + one, f"{kept} bytes kept"
-    assert len(list((hashed_app.outputs / "users" / "bob").rglob("*.png"))) < 40
+    assert len(list((hashed_app.outputs / "users" / "bob").rglob("*.png"))) < 8
 
 
 def test_verified_credentials_cost_no_scrypt_per_request(hashed_app):
