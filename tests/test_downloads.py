@@ -165,8 +165,9 @@ def test_bad_requests_are_refused_before_any_traffic(hub, folders):
 
 
 def test_the_download_api_of_a_launched_app(hub, tmp_path, demo_cache):
-    """POST /danqing/v1/downloads on a launched team app (HF_ENDPOINT set for it): admins only,
-    errors as Chinese JSON, the file lands in the app's own models folder."""
+    """The download routes on a launched team app (HF_ENDPOINT set for it): the administrators'
+    only (a guest's listing would make the server query the hub), errors as Chinese JSON, the
+    file lands in the app's own models folder."""
     from conftest import LaunchedApp
     from test_sdapi import call
 
@@ -178,7 +179,9 @@ def test_the_download_api_of_a_launched_app(hub, tmp_path, demo_cache):
                       env={"HF_ENDPOINT": hub.url})
     try:
         admin, guest = ("管理", "pw1"), ("访客", "pw2")
-        status, files = call(app, "/danqing/v1/downloads/files?source=huggingface&repo=someone/api-lora", auth=guest)
+        status, error = call(app, "/danqing/v1/downloads/files?source=huggingface&repo=someone/api-lora", auth=guest)
+        assert status == 403 and "管理员" in error["detail"]
+        status, files = call(app, "/danqing/v1/downloads/files?source=huggingface&repo=someone/api-lora", auth=admin)
         assert status == 200 and files[0]["size"] == 150_000
         body = {"source": "huggingface", "repo": "someone/api-lora", "kind": "lora", "file": "api.safetensors"}
         status, error = call(app, "/danqing/v1/downloads", body, auth=guest)
