@@ -49,6 +49,7 @@ def test_outputs_match_the_golden_set(golden_studio, tmp_path, name):
 
 
 @pytest.mark.slow
+@pytest.mark.app  # a child process
 @pytest.mark.parametrize("env", ROUNDING_ENVS, ids=lambda env: ",".join(f"{k}={v}" for k, v in env.items()))
 def test_the_golden_set_holds_under_other_float_rounding(demo_models, env):
     worst = check_elsewhere(demo_models, env)
