@@ -141,6 +141,8 @@ ZH = dict(
     refresh="🔄 刷新",
     model_switched="已切换到模型：{name}",
     tab_download="模型下载",
+    download_summary_label="文件",
+    download_jobs_label="下载任务",
     download_intro=(
         "按仓库名从 HuggingFace（`{hf}`）、它的国内镜像（`{mirror}`）或 ModelScope 魔搭（`{ms}`）下载模型，"
         "放进对应的 `models/` 文件夹。在国内连不上 HuggingFace 时选「HuggingFace 镜像」。先点「查看文件」看大小；"
@@ -232,6 +234,9 @@ ZH = dict(
     train_waiting_turn="排队训练：别人的训练正在进行，前面还有 {ahead} 个训练任务（本次已完成 {step}/{total} 步，轮到时从这里接着练）",
     train_stopped="已在第 {step}/{total} 步停止，检查点已保存：点「继续训练」从这里接着练。",
     train_stopped_waiting="已停止（还没轮到开始）。",
+    train_note_label="读取与描述",
+    train_status_label="训练状态",
+    train_hint_label="自动描述说明",
     train_pictures="图片",
     train_finished="训练完成：LoRA「{name}」（{steps} 步，用时 {minutes} 分钟）已保存到 `{path}`，在「创作」页的 LoRA 面板里就能选。",
     vae_label="外挂 VAE",
@@ -383,6 +388,8 @@ ZH = dict(
     hires_pass_label="高清修复：放大后再重绘一遍（文生图、线稿控制、深度控制）",
     hires_strength_label="修复重绘幅度",
     hires_steps_label="修复步数（0 = 与采样步数相同）",
+    guidance_rescale_label="CFG 重缩放",
+    guidance_rescale_info="0 = 关闭；v 预测类模型常用 0.7，减轻高 CFG 下的过曝和发灰",
     clip_skip_label="CLIP 跳过层",
     embeddings_title="嵌入（文本反演）",
     embeddings_usable="把名字写进提示词或负面提示词即可使用（如 EasyNegative 写进负面提示词）：",
@@ -567,6 +574,8 @@ EN = dict(
     refresh="🔄 Refresh",
     model_switched="Switched to model: {name}",
     tab_download="Downloads",
+    download_summary_label="Files",
+    download_jobs_label="Downloads",
     download_intro=(
         "Download a model by repository id from HuggingFace (`{hf}`), its mirror (`{mirror}`) or ModelScope (`{ms}`) "
         "into the right `models/` folder. \"List files\" shows sizes first; "
@@ -659,6 +668,9 @@ EN = dict(
     train_waiting_turn="Waiting for a turn: another user's training runs now, {ahead} run(s) ahead ({step}/{total} steps done; it continues from here when its turn comes)",
     train_stopped="Stopped at step {step}/{total}; checkpoint saved: \"Resume training\" continues from here.",
     train_stopped_waiting="Stopped (it had not started yet).",
+    train_note_label="Reading and captions",
+    train_status_label="Training status",
+    train_hint_label="About captioning",
     train_pictures="Pictures",
     train_finished="Finished: LoRA “{name}” ({steps} steps, {minutes} minutes) saved to `{path}`; pick it in the LoRA panel.",
     vae_label="External VAE",
@@ -810,6 +822,8 @@ EN = dict(
     hires_pass_label="Hires fix: upscale, then denoise again (text to image and the ControlNet modes)",
     hires_strength_label="Hires denoising strength",
     hires_steps_label="Hires steps (0 = same as sampling steps)",
+    guidance_rescale_label="CFG rescale",
+    guidance_rescale_info="0 = off; 0.7 is usual for v-prediction / zero terminal SNR models (less washed-out colour at high CFG)",
     clip_skip_label="Clip skip",
     embeddings_title="Embeddings (textual inversion)",
     embeddings_usable="Write a name in the prompt or negative prompt to use it (e.g. EasyNegative in the negative prompt):",

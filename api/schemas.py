@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from pipelines.requests import Txt2Img, declared_fields
+from strings import EN
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class Txt2ImgRequest(_Request):
+class _Txt2ImgFields(_Request):
     prompt: str = Field("", description="Prompt; `<lora:name:weight>` tags select LoRAs from models/lora.")
     negative_prompt: str = ""
     styles: list[str] = Field(default_factory=list, description="Prompt styles (see /sdapi/v1/prompt-styles); unknown names are skipped.")
@@ -44,6 +47,23 @@ class Txt2ImgRequest(_Request):
     hr_resize_x: int = Field(0, description="Target width instead of hr_scale (0: use hr_scale).")
     hr_resize_y: int = Field(0, description="Target height instead of hr_scale (0: use hr_scale).")
     denoising_strength: float | None = Field(None, description="Hires fix: strength of the second pass (default 0.7).")
+
+
+def _declared() -> dict:
+    """The fields Txt2Img declares itself (``requests.param`` with an A1111 name), as schema
+    fields: a new generation parameter reaches the A1111 API with no code of its own here."""
+    out = {}
+    for f in declared_fields(Txt2Img):
+        name = f.metadata["a1111"]
+        if name:
+            kind = int if f.type in (int, "int") else bool if f.type in (bool, "bool") else float
+            low, high = f.metadata["range"]
+            text = EN.get(f.metadata["info"]) or EN.get(f.metadata["label"], "")
+            out[name] = (kind, Field(f.default, description=f"{text} ({low} to {high})" if low is not None else text))
+    return out
+
+
+Txt2ImgRequest = create_model("Txt2ImgRequest", __base__=_Txt2ImgFields, __doc__=None, **_declared())
 
 
 class Img2ImgRequest(Txt2ImgRequest):

@@ -52,6 +52,7 @@ from pipelines.requests import (
     Inpaint,
     Txt2Img,
     Upscale,
+    declared_fields,
 )
 from strings import error_text, load
 
@@ -405,7 +406,10 @@ class SdApi:
             prompt=prompt, negative_prompt=negative, num_inference_steps=req.steps, guidance_scale=req.cfg_scale,
             width=req.width, height=req.height, seed=req.seed, num_images_per_prompt=req.batch_size, sampler=sampler,
             schedule_type=schedule_name(req.scheduler, sampler), eta=req.eta,
-            clip_skip=req.override_settings.get("CLIP_stop_at_last_layers", self.clip_skip), **more,
+            clip_skip=req.override_settings.get("CLIP_stop_at_last_layers", self.clip_skip),
+            # Fields Txt2Img declares itself arrive by their A1111 names (api/schemas.py).
+            **{f.name: getattr(req, f.metadata["a1111"]) for f in declared_fields(Txt2Img) if f.metadata["a1111"]},
+            **more,
         )
         request.check_outputs(repeats=req.n_iter)  # n_iter batches count in one request's budget
         return request, prompt, negative, sampler

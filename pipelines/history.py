@@ -28,7 +28,8 @@ from pathlib import Path
 from PIL import Image
 
 from .errors import ParamError
-from .formats.pnginfo import edit_mode, parse_parameters, read_parameters_of
+from .formats import infotext
+from .formats.pnginfo import parse_parameters, read_parameters_of
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ THUMBS_DIR = ".thumbs"
 DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 PAGE_MAX = 200
 TASKS = ("txt2img", "img2img", "inpaint", "outpaint", "controlnet", "upscale")
-_LORA = re.compile(r"<lora:([^:>]+)")
 
 COLUMNS = ("id", "path", "owner", "day", "created", "trashed", "shared", "task", "prompt", "negative", "seed",
            "model", "loras", "sampler", "steps", "cfg", "width", "height", "parameters")
@@ -87,7 +87,7 @@ def task_of(fields: dict) -> str:
         return "aux"
     if "Postprocess upscaler" in fields:
         return "upscale"
-    mode = edit_mode(fields)
+    mode = infotext.mode_of(fields)
     if mode == "txt2img" and any(k.startswith("ControlNet") for k in fields):
         return "controlnet"
     return mode
@@ -108,8 +108,7 @@ def describe(parameters: str) -> dict:
     size = fields.get("Size", "")
     if "x" in size:
         width, height = (_number(v) for v in size.split("x", 1))
-    loras = [n.split(":")[0].strip() for n in fields.get("Lora hashes", "").strip('"').split(",") if n.strip()]
-    loras += _LORA.findall(parsed["prompt"])
+    loras = infotext.lora_names(parameters or "")
     seed = _number(fields.get("Seed"))
     return {
         "task": task_of(fields), "prompt": parsed["prompt"], "negative": parsed["negative_prompt"],

@@ -16,7 +16,7 @@ import math
 import re
 import secrets
 import uuid
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
 from .errors import ParamError
@@ -235,6 +235,43 @@ def validate_loras(loras: object, from_prompt: list[tuple[str, float]] = ()) -> 
     return tuple(merged.items())
 
 
+def param(default: Any, *, infotext: str, a1111: str | None = None, low: float | None = None,
+          high: float | None = None, step: float | None = None, omit: Any = None, label: str = "",
+          info: str = "") -> Any:
+    """A request field that says everything about itself once: its A1111 infotext key (written
+    unless the value is ``omit``, read back by its type: formats/infotext.py), its A1111 API name,
+    its range (checked here, the UI's control built from it), its strings' keys (``label``,
+    ``info`` in strings.py). Such a field needs no code of its own anywhere but the task that
+    uses it."""
+    metadata = {"infotext": infotext, "a1111": a1111 or "", "range": (low, high), "step": step, "omit": omit,
+                "label": label, "info": info}
+    return field(default=default, metadata=metadata)
+
+
+def declared_fields(cls) -> list:
+    """The fields of ``cls`` made with ``param``, in order."""
+    return [f for f in fields(cls) if f.metadata.get("infotext")]
+
+
+def _declared_values(cls, raw: Mapping) -> dict:
+    """The ``param`` fields' values of ``raw``, each checked by its type and range."""
+    values = {}
+    for f in declared_fields(cls):
+        value = raw.get(f.name)
+        if value is None or value == "":
+            values[f.name] = f.default
+            continue
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        if kind == "bool":
+            values[f.name] = bool(value)
+            continue
+        number = as_int(f.name, value) if kind == "int" else as_float(f.name, value)
+        low, high = f.metadata["range"]
+        in_range(f.name, number, low if low is not None else -math.inf, high if high is not None else math.inf)
+        values[f.name] = number
+    return values
+
+
 def _raw(cls, mapping: Mapping | None, more: dict) -> dict:
     """The raw values of a ``from_fields`` call (a mapping and/or keywords); a name that is not
     a field of ``cls`` is a caller's mistake, not a user's."""
@@ -285,6 +322,12 @@ class Txt2Img:
     # None: the sampler's own default).
     schedule_type: str = DEFAULT_SCHEDULE
     eta: float | None = None
+    # Fields that say everything about themselves (``param``); new parameters go here, at the
+    # end (the Gradio API's positional order only grows at its end).
+    # CFG rescale (Lin et al., "Common Diffusion Noise Schedules…"): the guided prediction's
+    # spread pulled back toward the text-conditioned one's; 0.7 for v-prediction / zero-SNR models.
+    guidance_rescale: float = param(0.0, infotext="CFG Rescale", a1111="guidance_rescale", low=0.0, high=1.0,
+                                    step=0.05, omit=0.0, label="guidance_rescale_label", info="guidance_rescale_info")
 
     @classmethod
     def from_fields(cls, mapping: Mapping | None = None, /, **more: Any) -> "Txt2Img":
@@ -368,6 +411,7 @@ class Txt2Img:
             clip_skip=clip_skip,
             schedule_type=str(schedule),
             eta=eta,
+            **_declared_values(cls, raw),
         )
         request.check_outputs()
         return request

@@ -28,11 +28,12 @@ from .formats.cards import read_card
 from .formats import uploads
 from .formats.images import image_size, open_upload
 from .formats.weights import file_hash
-from .formats.pnginfo import format_parameters, read_parameters
+from .formats import infotext
+from .formats.pnginfo import read_parameters
 from . import history as index
 from .jobs import Jobs, Ticket, Turns, as_caller, turn_key
 from .outputs import OutputWriter, user_folder
-from .requests import (DEFAULT_SCHEDULE, INPAINT_FILL_NAMES, LATENT_UPSCALER, MAX_UPSCALE_IMAGES, Caller, Control,
+from .requests import (INPAINT_FILL_NAMES, MAX_UPSCALE_IMAGES, Caller, Control,
                        ControlUnit, Img2Img, Inpaint, Outpaint, TRAIN_NAME, TrainLora, Txt2Img, Upscale, image_given,
                        check_output)
 from .store import ModelStore
@@ -346,34 +347,11 @@ class Studio:
         model = self.current_model()
         facts = result.facts or {"model_hash": self.store.model_hash, "vae_ref": self.store.vae_ref,
                                  "vae_hash": self.store.vae_hash}
-        base_fields = {
-            "Steps": params.num_inference_steps,
-            "Sampler": params.sampler,
-            "CFG scale": params.guidance_scale,
-            "Size": f"{params.width}x{params.height}",
-            "Model": _model_field(model),
-            **({"Model hash": facts["model_hash"]} if facts["model_hash"] else {}),
-            **({"VAE hash": facts["vae_hash"]} if facts["vae_hash"] else {}),
-            **({"VAE": Path(facts["vae_ref"]).name} if facts["vae_ref"] else {}),
-            **({"DeepCache interval": params.deepcache} if params.deepcache else {}),
-            **(fields or {}),
-            "Version": f"Danqing {VERSION}",
-        }
-        if params.clip_skip > 1:
-            base_fields["Clip skip"] = params.clip_skip
-        if params.schedule_type != DEFAULT_SCHEDULE:  # A1111 1.9's field
-            base_fields["Schedule type"] = params.schedule_type
-        eta = step_eta(params.sampler, params.eta)
-        if eta is not None:  # what the sampler stepped with (TCD's gamma)
-            base_fields["Eta"] = f"{eta:g}"
         used = result.notices.get("embeddings") or {}
-        if used:  # A1111's "TI hashes": each embedding named in the prompts, by its file's hash
-            base_fields["TI hashes"] = ", ".join(
-                f"{name}: {file_hash(self.store.folders.resolve('embeddings', file))}" for name, file in used.items())
-        prompt = params.prompt
+        ti_hashes = ", ".join(f"{name}: {file_hash(self.store.folders.resolve('embeddings', file))}"
+                              for name, file in used.items())
+        lora_tags = []
         if params.loras:
-            # A1111 keeps the tags in the prompt text and lists short hashes: readers show
-            # them, and sending the text back to the form re-selects the same LoRAs.
             # Tags name the LoRA as A1111 and Civitai read it: the file's name without its ending
             # (with its folder only when two files share that name).
             rows = self.loras()
@@ -382,27 +360,22 @@ class Studio:
                 for key in (row["name"], Path(row["name"]).stem, row["name"].split("/", 1)[0]):
                     hashes.setdefault(key, row["hash"])
             listed = [row["name"] for row in rows]
-            tags = [(lora.tag_name(name, listed), hashes.get(name, ""), weight) for name, weight in params.loras]
-            prompt += " " + " ".join(f"<lora:{tag}:{weight:g}>" for tag, _, weight in tags)
-            base_fields["Lora hashes"] = ", ".join(f"{tag}: {digest}" for tag, digest, _ in tags)
-        if result.hires_pass is not None:  # A1111's hires fix fields (the size is the first pass's)
-            base_fields.update({
-                "Denoising strength": params.hires_strength,
-                "Hires upscale": f"{params.hires_scale:g}",
-                **({"Hires steps": params.hires_steps} if params.hires_steps else {}),
-                "Hires upscaler": "Latent" if result.hires_pass == LATENT_UPSCALER else result.hires_pass,
-            })
-        base_fields["Version"] = base_fields.pop("Version")  # last, as A1111 writes it
+            lora_tags = [(lora.tag_name(name, listed), hashes.get(name, ""), weight) for name, weight in params.loras]
+        prompt, base_fields = infotext.fields_of(
+            params, model=_model_field(model), model_hash=facts["model_hash"],
+            vae=Path(facts["vae_ref"]).name if facts["vae_ref"] else None, vae_hash=facts["vae_hash"],
+            mode_fields=fields, eta=step_eta(params.sampler, params.eta), ti_hashes=ti_hashes, lora_tags=lora_tags,
+            hires_pass=result.hires_pass, version=f"Danqing {VERSION}")
         hires = result.hires
         paths: list[Path] = []
-        infotext = ""
+        first_text = ""
         for i, (image, seed) in enumerate(zip(result.images, result.seeds)):
-            text = format_parameters(prompt, params.negative_prompt, {**base_fields, "Seed": seed})
-            infotext = infotext or text
+            text = infotext.write(prompt, params.negative_prompt, base_fields, seed)
+            first_text = first_text or text
             paths.append(self.outputs.save(image, text, seed, user=user))
             if hires is not None:
-                up_fields = {**base_fields, "Seed": seed, "Hires upscaler": hires.upscaler, "Hires upscale": hires.scale}
-                text = format_parameters(prompt, params.negative_prompt, up_fields)
+                text = infotext.write(prompt, params.negative_prompt, base_fields, seed,
+                                      **{"Hires upscaler": hires.upscaler, "Hires upscale": hires.scale})
                 paths.append(self.outputs.save(result.upscaled[i], text, seed, suffix=f"-x{hires.scale}", user=user))
         info = {
             **{k: v for k, v in asdict(params).items() if k not in _NOT_IN_INFO},
@@ -416,7 +389,7 @@ class Studio:
             "generation_seconds": round(result.seconds, 3),
             "notices": result.notices,
             "files": [p.name for p in paths],
-            "infotext": infotext,  # the first image's A1111 parameters text
+            "infotext": first_text,  # the first image's A1111 parameters text
             **extra,
         }
         if hires is not None:

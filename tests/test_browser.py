@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pages import CHROMIUM, PROGRESS_LINE, WHOLE, english_words, launch_chromium, playwright
+from pages import CHROMIUM, PROGRESS_LINE, english_words, launch_chromium, playwright
 
 pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)"),
               pytest.mark.browser]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from pipelines.errors import DanqingError, JobCancelled
+from pipelines.errors import JobCancelled
 from pipelines.requests import (
     DEFAULT_SAMPLER,
     LATENT_UPSCALER,
@@ -26,12 +26,12 @@ from pipelines.requests import (
     SAMPLER_NAMES,
     SCHEDULE_TYPES,
     DEFAULT_SCHEDULE,
-    parse_prompt_loras,
+    declared_fields,
 )
-from pipelines.formats.pnginfo import parse_parameters
+from pipelines.formats import infotext
 
-from . import inputs
-from .binding import endpoint, request_defaults, request_fields
+from . import endpoints, inputs
+from .binding import endpoint, request_defaults
 from .common import GPU, GPU_LIMIT, UIContext, caller_of, choices, client_id, plain, user_error
 
 LORA_SLOTS = 4
@@ -74,6 +74,7 @@ class Panel:
     fast: gr.Checkbox | None = None  # 极速: a few-step model with its published settings
     fast_note: gr.Markdown | None = None
     fast_saved: gr.JSON | None = None  # hidden: the settings 极速 replaced, put back when it goes off
+    declared: dict = None  # requests.param fields' controls, by field name
     gather_loras: object = None  # (*names, *weights) -> gathered() values (set by _wire_lora_slots)
     refresh_lora_choices: object = None  # () -> the slots' choices as on disk now
 
@@ -90,6 +91,7 @@ class Panel:
             "hires_upscaler": self.hires, "hires_scale": self.hires_scale, "deepcache": self.deepcache,
             "hires_pass": self.hires_pass, "hires_strength": self.hires_strength, "hires_steps": self.hires_steps,
             "clip_skip": self.clip_skip, "schedule_type": self.schedule, "eta": self.eta,
+            **(self.declared or {}),
         }
 
     def stop_job(self, request: gr.Request = None) -> None:
@@ -198,7 +200,7 @@ class Panel:
             yield from self.run_live(lambda **job: studio.txt2img(Txt2Img.from_fields(values), **job), request, progress)
 
         event, inputs = endpoint(
-            request_fields(Txt2Img), {**self.fields(), "draft": draft}, txt2img,
+            endpoints.names("txt2img"), {**self.fields(), "draft": draft}, txt2img,
             doc="Text to image. Returns the saved PNG files and a JSON info string (seed, all parameters).",
             defaults=API_DEFAULTS,  # no tqdm tracking: the job's own progress line (step, time) is shown
         )
@@ -233,60 +235,37 @@ class Panel:
         self.random_seed.click(lambda: -1, None, self.seed, queue=False, api_visibility="private")
         self.reuse_seed.click(last_seed, info, self.seed, queue=False, api_visibility="private")
 
-    def send_parameters(self, text: str):
-        """PNG info → the form: [tab, prompt, negative, steps, cfg, seed, width, height, sampler]."""
-        parsed = parse_parameters(text or "")
-        fields = parsed["fields"]
-        try:
-            w, h = (int(v) for v in fields.get("Size", "").split("x"))
-        except ValueError:
-            w = h = None
-
-        def number(value):
-            try:
-                return gr.update() if value in (None, "") else float(value)
-            except ValueError:
-                return gr.update()
-
-        sampler = fields.get("Sampler")
-        # <lora:name:weight> tags go back into the LoRA slots.
-        try:
-            prompt, tagged = parse_prompt_loras(parsed["prompt"])
-        except DanqingError:
-            prompt, tagged = parsed["prompt"], []
+    def send_parameters(self, text: str) -> dict:
+        """PNG info → the form: {component: value} for each field the text gives (read by
+        formats/infotext.py, matched to the panel's controls by field name), its
+        ``<lora:name:weight>`` tags in the LoRA slots. Fields it does not give stay as they are."""
+        read = infotext.read(text or "")
+        controls = self.fields()
+        values = {**read.values, "prompt": read.prompt, "negative_prompt": read.negative_prompt}
+        out = {}
+        for name, value in values.items():
+            control = controls.get(name)
+            if control is None or name == "loras":
+                continue
+            if name == "hires_upscaler" and value != LATENT_UPSCALER and value not in self.ctx.studio.upscalers():
+                continue  # an upscaler this server does not have: the box keeps its choice
+            if name == "hires_scale":
+                offered = hires_scale_choices(True)
+                value = gr.Radio(choices=offered, value=value if value in [v for _, v in offered] else 2)
+            out[control] = value
+        # <lora:name:weight> tags go back into the LoRA slots (the rest emptied).
         listed = _lora_names(self.ctx.studio.loras())
-        tagged = [(_listed_name(n, listed), w) for n, w in tagged]
+        tagged = [(_listed_name(n, listed), w) for n, w in read.loras]
         tagged = [(n, w) for n, w in tagged if n][:LORA_SLOTS]
-        names = [n for n, _ in tagged] + [""] * (LORA_SLOTS - len(tagged))
-        weights = [w for _, w in tagged] + [gr.update()] * (LORA_SLOTS - len(tagged))
-        return [
-            gr.Tabs(selected="create"), prompt, parsed["negative_prompt"],
-            number(fields.get("Steps")), number(fields.get("CFG scale")), number(fields.get("Seed")),
-            number(w), number(h), sampler if sampler in SAMPLER_NAMES else gr.update(),
-            *names, *weights, *self._hires_values(fields, number), number(fields.get("Clip skip", 1)),
-            fields.get("Schedule type") if fields.get("Schedule type") in SCHEDULE_TYPES else DEFAULT_SCHEDULE,
-            number(fields.get("Eta")) if "Eta" in fields else gr.update(),
-        ]
+        for i, box in enumerate(self.lora_names):
+            out[box] = tagged[i][0] if i < len(tagged) else ""
+            if i < len(tagged):
+                out[self.lora_weights[i]] = tagged[i][1]
+        return out
 
-    def _hires_values(self, fields: dict, number) -> list:
-        """[hires_pass, hires_strength, hires_steps, hires upscaler, hires_scale] of A1111's hires
-        fix fields (left as they are when the image had no hires fix)."""
-        if "Hires upscale" not in fields or "Denoising strength" not in fields:
-            return [False, gr.update(), gr.update(), gr.update(), gr.update()]
-        named = fields.get("Hires upscaler", "")
-        upscaler = LATENT_UPSCALER if named.lower().startswith("latent") else named
-        listed = upscaler == LATENT_UPSCALER or upscaler in self.ctx.studio.upscalers()
-        scale = number(fields.get("Hires upscale"))
-        offered = hires_scale_choices(True)
-        factor = gr.Radio(choices=offered, value=scale if scale in [v for _, v in offered] else 2)
-        return [True, number(fields.get("Denoising strength")), number(fields.get("Hires steps", 0)),
-                upscaler if listed else gr.update(), factor]
-
-
-def send_parameters_targets(panel: Panel) -> list:
-    return [panel.prompt, panel.negative, panel.steps, panel.cfg, panel.seed, panel.width, panel.height,
-            panel.sampler, *panel.lora_names, *panel.lora_weights, panel.hires_pass, panel.hires_strength,
-            panel.hires_steps, panel.hires, panel.hires_scale, panel.clip_skip, panel.schedule, panel.eta]
+    def send_targets(self) -> list:
+        """Every control ``send_parameters`` may set (an event's outputs)."""
+        return [*self.fields().values(), *self.lora_names, *self.lora_weights]
 
 
 def build_panel(ctx: UIContext, styles=None) -> Panel:
@@ -326,6 +305,15 @@ def build_panel(ctx: UIContext, styles=None) -> Panel:
     with gr.Row():
         batch = inputs.slider(S, 1, MAX_IMAGES, value=1, step=1, label=S.batch_label)
         clip_skip = inputs.slider(S, 1, MAX_CLIP_SKIP, value=1, step=1, label=S.clip_skip_label, info=S.clip_skip_info)
+    # Parameters that say everything about themselves (requests.param): a control each, built
+    # from the field (range, step, default, its strings), with no code of its own here.
+    declared = {}
+    for f in declared_fields(Txt2Img):
+        low, high = f.metadata["range"]
+        declared[f.name] = inputs.slider(S, low, high, value=f.default, step=f.metadata["step"],
+                                         label=getattr(S, f.metadata["label"]),
+                                         info=getattr(S, f.metadata["info"]) if f.metadata["info"] else None,
+                                         elem_id=f"param-{f.name}")
 
     # LoRA slots: several LoRAs, each with its own weight, applied to every mode.
     with gr.Accordion(S.lora_title, open=False) as lora_box:
@@ -338,7 +326,7 @@ def build_panel(ctx: UIContext, styles=None) -> Panel:
         lora_info = gr.Markdown()
         lora_previews = gr.Gallery(label=S.lora_previews, columns=4, height=140, object_fit="contain", interactive=False)
         refresh_loras = gr.Button(S.refresh, elem_id="refresh-loras")
-        loras = gr.JSON(value=[], visible=False)
+        loras = gr.JSON(value=[], visible=False, label="loras")  # a label: the API description stays put
 
     # Textual-inversion embeddings: listed when the accordion opens (reading them needs the
     # model's text encoder, which the page must not load just by opening).
@@ -375,7 +363,7 @@ def build_panel(ctx: UIContext, styles=None) -> Panel:
     panel = Panel(ctx, prompt, negative, sampler, steps, cfg, width, height, seed, batch, random_seed,
                   reuse_seed, lora_names, lora_weights, loras, lora_info, lora_previews, refresh_loras, hires, hires_scale,
                   deepcache, hires_pass, hires_strength, hires_steps, clip_skip, style=style, lora_box=lora_box,
-                  schedule=schedule, eta=eta, fast=fast, fast_note=fast_note, fast_saved=fast_saved)
+                  schedule=schedule, eta=eta, fast=fast, fast_note=fast_note, fast_saved=fast_saved, declared=declared)
     gather = _wire_lora_slots(panel)
     _wire_fast(panel, gather)
     return panel

@@ -14,20 +14,18 @@ from typing import Callable
 
 import gradio as gr
 
-from pipelines.formats.pnginfo import edit_mode, parse_parameters
-from pipelines.requests import INPAINT_FILL_NAMES
+from pipelines.formats import infotext
 
 from .common import user_of
-from .panel import Panel, send_parameters_targets
+from .panel import Panel
 from .tab_edit import Edit
 
-FILLS = {name: fill for fill, name in INPAINT_FILL_NAMES.items()}  # A1111's name → ours
 EDIT_MODES = ("img2img", "inpaint", "outpaint")
 
 
 def mode_of(fields: dict) -> str:
-    """The 创作 mode a picture's parameters came from."""
-    return edit_mode(fields)
+    """The 创作 mode a picture's A1111 fields came from."""
+    return infotext.mode_of(fields)
 
 
 @dataclass(frozen=True)
@@ -59,48 +57,42 @@ def gallery_picture(items, index) -> str | None:
 def wire(panel: Panel, edit: Edit, tabs, modes, sources: list[Source]) -> None:
     S, studio = panel.ctx.S, panel.ctx.studio
     comps = edit.components
-    strengths = [comps[m]["denoising_strength"] for m in EDIT_MODES]
-    form_targets = send_parameters_targets(panel)
-    targets = [tabs, *form_targets, modes, edit.image, edit.editor, edit.outpaint_image,
-               *strengths, comps["inpaint"]["mask_blur"], comps["inpaint"]["inpainting_fill"],
-               comps["inpaint"]["inpaint_full_res"]]
-    keep = gr.update()
+    pictures = {"img2img": edit.image, "inpaint": edit.editor, "outpaint": edit.outpaint_image}
+    # What an edit's settings are, by the edit endpoints' field names, in each mode's tab.
+    settings = {"denoising_strength": [comps[m]["denoising_strength"] for m in EDIT_MODES],
+                **{name: [comps["inpaint"][name]] for name in ("mask_blur", "inpainting_fill", "inpaint_full_res")}}
+    targets = list(dict.fromkeys([tabs, modes, *panel.send_targets(), *pictures.values(),
+                                  *(c for group in settings.values() for c in group)]))
     names = {"txt2img": S.tab_txt2img, "img2img": S.tab_img2img, "inpaint": S.tab_inpaint, "outpaint": S.tab_outpaint}
 
-    def send(picture, mode: str | None, request: gr.Request = None):
+    def send(picture, mode: str | None, request: gr.Request = None) -> dict:
+        """{component: value}: the form from the picture's parameters (by field name), the mode's
+        tab, its picture and its settings; {} (nothing changes) when there is nothing to send."""
         # 1. The picture and its parameters text (a path must be the user's own saved image).
         if picture is None:
             gr.Warning(S.send_nothing)
-            return [keep] * len(targets)
+            return {}
         if isinstance(picture, str):
             own = studio.own_output(picture, user_of(request))
             if own is None:
                 gr.Warning(S.send_not_ready)
-                return [keep] * len(targets)
+                return {}
             picture, text, label = str(own), studio.saved_parameters(own) or "", own.name
         else:
             text, label = studio.png_parameters(picture) or "", ""
-        fields = parse_parameters(text)["fields"]
-        mode = mode or mode_of(fields)
+        read = infotext.read(text)
+        mode = mode or read.mode
         # 2. The form, the mode's tab, its picture and its settings.
-        form = panel.send_parameters(text) if text else [gr.Tabs(selected="create")] + [keep] * len(form_targets)
-        images = [keep, keep, keep]
+        out = {**(panel.send_parameters(text) if text else {}), tabs: gr.Tabs(selected="create"),
+               modes: gr.Tabs(selected=mode)}
         if mode != "txt2img":
-            images[EDIT_MODES.index(mode)] = picture
-        try:
-            strength = float(fields["Denoising strength"]) if mode != "txt2img" else None
-        except (KeyError, ValueError):
-            strength = None
-        settings = [keep if strength is None else strength] * 3
-        try:
-            blur = int(fields["Mask blur"])
-        except (KeyError, ValueError):
-            blur = keep
-        fill = FILLS.get(fields.get("Masked content", ""), keep)
-        area = {"Only masked": True, "Whole picture": False}.get(fields.get("Inpaint area", ""), keep)
+            out[pictures[mode]] = picture
+            for name, value in read.edit.items():
+                for control in settings.get(name, ()):
+                    out[control] = value
         if label:
             gr.Info(S.sent_picture.format(mode=names[mode], name=label))
-        return [*form, gr.Tabs(selected=mode), *images, *settings, blur, fill, area]
+        return out
 
     def event_of(source: Source):
         """The click event of one source: one positional parameter per input (Gradio fills

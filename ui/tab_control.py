@@ -13,7 +13,7 @@ import gradio as gr
 
 from pipelines.requests import CONTROL_KINDS, Control, ControlUnit, Txt2Img
 
-from . import inputs
+from . import endpoints, inputs
 from .binding import endpoint, request_fields
 from .common import GPU, GPU_LIMIT, UIContext, caller_of, choices, user_error
 from .panel import API_DEFAULTS, Panel
@@ -100,18 +100,10 @@ def added_names(kind: str) -> tuple[str, ...]:
             f"{kind}_guidance_start", f"{kind}_guidance_end")
 
 
-# The two endpoints' parameters, in the order the Gradio API has always listed them.
-# The hires pass's fields come last (added after the endpoints were first published).
+# The two endpoints' parameters: their published order (ui/endpoints.py), then any added since.
 HIRES_PASS_FIELDS = ("hires_pass", "hires_strength", "hires_steps")
-LATE_FIELDS = ("clip_skip", "schedule_type", "eta")  # added later still: last, after the hires pass's
-BASE_FIELDS = request_fields(Txt2Img, exclude=("draft", *HIRES_PASS_FIELDS, *LATE_FIELDS))
-ENDPOINTS = {
-    "canny": ("image", *BASE_FIELDS, *OWN_NAMES, "low_threshold", "high_threshold", "resize_mode",
-              "add_depth", "depth_image", *added_names("depth"), "depth_estimator", *HIRES_PASS_FIELDS, *LATE_FIELDS),
-    "depth": ("image", *BASE_FIELDS, *OWN_NAMES, "depth_estimator", "resize_mode",
-              "add_canny", "canny_image", *added_names("canny"), "low_threshold", "high_threshold",
-              *HIRES_PASS_FIELDS, *LATE_FIELDS),
-}
+ENDPOINTS = {kind: endpoints.names(kind) for kind in ("canny", "depth")}
+TXT2IMG_FIELDS = request_fields(Txt2Img)
 DEFAULTS = {**API_DEFAULTS, "low_threshold": 100, "high_threshold": 200, "depth_estimator": "", "resize_mode": "crop",
             "add_depth": False, "add_canny": False, "depth_image": None, "canny_image": None,
             **dict(zip(OWN_NAMES, UNIT_DEFAULTS)), **dict(zip(added_names("canny"), UNIT_DEFAULTS)),
@@ -207,7 +199,7 @@ def wire(ctx: UIContext, panel: Panel, units: dict[str, Unit], gallery, info, pr
 
         def generate(values: dict, request: gr.Request = None, progress=None, kind=kind):
             def job(**kw):
-                base = Txt2Img.from_fields({k: values[k] for k in (*BASE_FIELDS, *HIRES_PASS_FIELDS, *LATE_FIELDS)})
+                base = Txt2Img.from_fields({k: values[k] for k in TXT2IMG_FIELDS if k in values})
                 return studio.control(Control.build(base, units_of(kind, values), values["resize_mode"]), **kw)
 
             yield from panel.run_live(job, request, progress)

@@ -78,12 +78,12 @@ def build_tab(ctx: UIContext) -> None:
             kind = inputs.dropdown(S, choices=[(S.download_kinds[k], k) for k in KIND_ORDER], value="checkpoints",
                                    label=S.download_kind_label, scale=2)
         sha = gr.Textbox(label=S.download_sha_label, placeholder=S.download_sha_placeholder)
-        summary = gr.Markdown(elem_id="download-summary", elem_classes=["clean-progress"])
+        summary = gr.Markdown(elem_id="download-summary", elem_classes=["clean-progress"], label=S.download_summary_label)
         with gr.Row():
             start = gr.Button(S.download_start, variant="primary", elem_id="download-start")
             running = inputs.dropdown(S, choices=[], value=None, label=S.download_running_label, scale=2)
             cancel = gr.Button(S.download_cancel, variant="stop")
-        jobs = gr.HTML(jobs_html(S, studio.download_rows()), elem_id="download-jobs")
+        jobs = gr.HTML(jobs_html(S, studio.download_rows()), elem_id="download-jobs", label=S.download_jobs_label)
         timer = gr.Timer(1.0, active=False)
 
     def refused(request) -> bool:

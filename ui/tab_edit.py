@@ -24,22 +24,16 @@ from pipelines.requests import (
     Txt2Img,
 )
 
-from . import inputs
+from . import endpoints, inputs
 from .binding import endpoint, request_fields
 from .common import GPU, GPU_LIMIT, UIContext
 from .panel import API_DEFAULTS, Panel
-from .tab_control import (ADDED_FIELDS, DEFAULTS as CONTROL_DEFAULTS, HIRES_PASS_FIELDS, LATE_FIELDS, Unit,
-                          added_components, added_units)
+from .tab_control import DEFAULTS as CONTROL_DEFAULTS, HIRES_PASS_FIELDS, Unit, added_components, added_units
 
-# The panel's fields an edit uses: no post-step, no draft, no hires pass (the edit is the pass).
-EDIT_BASE = request_fields(Txt2Img, exclude=("draft", "hires_upscaler", "hires_scale", *HIRES_PASS_FIELDS, *LATE_FIELDS))
-ENDPOINTS = {
-    "img2img": ("image", *EDIT_BASE, "denoising_strength", "resize_mode", "save_inputs", *ADDED_FIELDS, *LATE_FIELDS),
-    "inpaint": ("image", "mask", *EDIT_BASE, "denoising_strength", "mask_blur", "inpainting_fill", "inpaint_full_res",
-                "inpaint_full_res_padding", "inpainting_mask_invert", "save_inputs", *LATE_FIELDS),
-    "outpaint": ("image", *EDIT_BASE, "denoising_strength", "left", "right", "up", "down", "inpainting_fill",
-                 "save_inputs", *LATE_FIELDS),
-}
+# Each edit endpoint's parameters: their published order (ui/endpoints.py), then any added
+# since. The panel's fields an edit uses: no post-step, no draft, no hires pass (the edit is the pass).
+ENDPOINTS = {mode: endpoints.names(mode) for mode in ("img2img", "inpaint", "outpaint")}
+EDIT_FIELDS = request_fields(Txt2Img, exclude=("draft", "hires_upscaler", "hires_scale", *HIRES_PASS_FIELDS))
 DEFAULTS = {**API_DEFAULTS, **CONTROL_DEFAULTS, "denoising_strength": 0.75, "resize_mode": "crop", "save_inputs": False,
             "mask_blur": 4, "inpainting_fill": "original", "inpaint_full_res": False,
             "inpaint_full_res_padding": 32, "inpainting_mask_invert": False}
@@ -157,7 +151,7 @@ def _editor_parts(value) -> tuple[object, list]:
 
 def requests_of(mode: str, values: dict):
     """The request of one edit endpoint's values (built in the job, so refusals are worded)."""
-    base = Txt2Img.from_fields({k: values[k] for k in (*EDIT_BASE, *LATE_FIELDS)})
+    base = Txt2Img.from_fields({k: values[k] for k in EDIT_FIELDS if k in values})
     if mode == "img2img":
         return Img2Img.build(base, values["image"], values["denoising_strength"], values["resize_mode"],
                              added_units(values), values["save_inputs"])

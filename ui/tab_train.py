@@ -37,7 +37,7 @@ def build_tab(ctx: UIContext) -> None:
                                 elem_id="train-files")
                 read = gr.Button(S.train_read)
                 # What 读取图片 and 自动描述 did, said here (a toast would cover the table).
-                note = gr.Markdown(elem_id="train-note")
+                note = gr.Markdown(elem_id="train-note", label=S.train_note_label)
             with gr.Column(scale=4):
                 # The pictures themselves, whole, each under its file name; captions in the table.
                 thumbs = gr.Gallery(label=S.train_pictures, columns=6, fit_columns=False, object_fit="contain",
@@ -55,7 +55,7 @@ def build_tab(ctx: UIContext) -> None:
                     with gr.Column(scale=2, min_width=160):
                         overwrite = gr.Checkbox(False, label=S.train_caption_overwrite)
                         caption = gr.Button(S.train_caption_run, elem_id="train-caption")
-                caption_hint = gr.Markdown(S.train_captioner_none, visible=not captioners)
+                caption_hint = gr.Markdown(S.train_captioner_none, visible=not captioners, label=S.train_hint_label)
         preset = inputs.radio(S, [(S.train_presets[k], k) for k in TRAIN_PRESETS], value="standard",
                               label=S.train_preset_label, info=S.train_preset_info)
         with gr.Accordion(S.train_advanced, open=False):
@@ -86,7 +86,7 @@ def build_tab(ctx: UIContext) -> None:
             start = gr.Button(S.train_start, variant="primary", elem_id="train-start")
             resume = gr.Button(S.train_resume, elem_id="train-resume")
             stop = gr.Button(S.train_stop, variant="stop", elem_id="train-stop")
-        status = gr.Markdown(elem_id="train-status", elem_classes=["clean-progress"])
+        status = gr.Markdown(elem_id="train-status", elem_classes=["clean-progress"], label=S.train_status_label)
         with gr.Row():
             # Whole steps on the x-axis (no "0.5"), labels that do not run into each other.
             curve = gr.LinePlot(x=S.train_axis_step, y=S.train_axis_loss, label=S.train_curve, height=240,

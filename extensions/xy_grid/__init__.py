@@ -126,9 +126,9 @@ def setup(api) -> None:
             with gr.Column():
                 result = gr.Image(label=T["result"], type="filepath", format="png", interactive=False, elem_id="xy-result")
                 # What was made, in words (the API returns the grid's JSON as its second output).
-                info = gr.JSON(visible=False)
+                info = gr.JSON(visible=False, label=T["info"])
                 summary = gr.Markdown(elem_id="xy-summary")
-                models_hint = gr.Markdown(T["models_hint"].format(names=T["sep"].join(c["ref"] for c in studio.model_choices())))
+                gr.Markdown(T["models_hint"].format(names=T["sep"].join(c["ref"] for c in studio.model_choices())))
 
         def make_grid(prompt, negative, sampler, seed, steps, cfg, width, height, lora, lora_weight,
                       x_axis, x_values, y_axis, y_values, request: gr.Request = None, progress=gr.Progress()):

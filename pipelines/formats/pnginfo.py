@@ -106,18 +106,6 @@ def _pairs(line: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def edit_mode(fields: dict) -> str:
-    """The mode a picture's A1111 fields came from: outpaint, inpaint, img2img or txt2img (a
-    hires-fixed image is text to image)."""
-    if "Outpaint" in fields:
-        return "outpaint"
-    if "Mask blur" in fields or "Inpaint area" in fields:
-        return "inpaint"
-    if "Denoising strength" in fields and "Hires upscale" not in fields:
-        return "img2img"
-    return "txt2img"
-
-
 def parse_parameters(text: str) -> dict:
     """Parse A1111 ``parameters`` text into prompt, negative prompt and the fields (linear time;
     at most ``MAX_PARAMETERS_CHARS`` are read)."""

@@ -172,6 +172,8 @@ def denoise(
     eta = step_eta(params.sampler, params.eta)
     if eta is not None and "eta" in accepted:
         call_kwargs = {"eta": eta, **(call_kwargs or {})}
+    if params.guidance_rescale and "guidance_rescale" in accepted:  # CFG rescale (0: the plain CFG)
+        call_kwargs = {"guidance_rescale": params.guidance_rescale, **(call_kwargs or {})}
     # 2. Denoise to latents; the callback reports steps and honours stop.
     with deep_cache(pipe.unet, params.deepcache):
         latents = pipe(
