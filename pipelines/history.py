@@ -29,6 +29,7 @@ from PIL import Image
 
 from .errors import ParamError
 from .formats import infotext
+from .requests import HISTORY_TASKS
 from .formats.pnginfo import parse_parameters, read_parameters_of
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ SHARED_FILE = ".shared"
 THUMBS_DIR = ".thumbs"
 DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 PAGE_MAX = 200
-TASKS = ("txt2img", "img2img", "inpaint", "outpaint", "controlnet", "upscale")
+TASKS = HISTORY_TASKS
 
 COLUMNS = ("id", "path", "owner", "day", "created", "trashed", "shared", "task", "prompt", "negative", "seed",
            "model", "loras", "sampler", "steps", "cfg", "width", "height", "parameters")

@@ -50,6 +50,14 @@ class Caller:
 
 
 
+# The kinds a job is recorded as (the queue, 用量, the journal of open jobs), and the tasks 历史
+# tells apart: stable names, said once here (strings.py words each; the task functions are
+# registered under them in tasks/registry.py).
+JOB_KINDS: tuple[str, ...] = ("txt2img", "controlnet", "img2img", "inpaint", "outpaint", "upscale", "train",
+                              "caption", "depth", "extras")
+HISTORY_TASKS: tuple[str, ...] = ("txt2img", "img2img", "inpaint", "outpaint", "controlnet", "upscale")
+
+
 # A1111 sampler names, in the order the UI lists them. pipelines/schedulers.py maps each to a
 # diffusers scheduler; a test checks both lists agree.
 SAMPLER_NAMES: tuple[str, ...] = (

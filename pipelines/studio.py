@@ -37,7 +37,7 @@ from .requests import (INPAINT_FILL_NAMES, MAX_UPSCALE_IMAGES, Caller, Control,
                        ControlUnit, Img2Img, Inpaint, Outpaint, TRAIN_NAME, TrainLora, Txt2Img, Upscale, image_given,
                        check_output)
 from .store import ModelStore
-from .tasks import annotators, captions, controlnet, edit, lora, train, txt2img, upscale
+from .tasks import annotators, captions, controlnet, lora, registry, train, upscale
 from .tasks.denoise import Generated
 from .tasks.schedulers import step_eta
 from .tasks.prompts import token_window
@@ -133,10 +133,10 @@ class Studio:
         self.jobs.lock = NO_LOCK
         self.jobs.turns.set_capacity(engine.options.capacity)
 
-    def _generate(self, name: str, task, request, cancel, hook, on_preview) -> Generated:
-        """Run a generation task here or on a replica (``name``: its name in serve/replica.TASKS)."""
+    def _generate(self, name: str, request, cancel, hook, on_preview) -> Generated:
+        """Run the generation task ``name`` (tasks/registry.py) here or on a replica."""
         if self.remote is None:
-            return task(self.store, request, cancel=cancel, on_step=hook, on_preview=on_preview)
+            return registry.get(name)(self.store, request, cancel=cancel, on_step=hook, on_preview=on_preview)
         result, facts = self.remote.run(name, request, model=self.current_model(), vae=self.current_vae(),
                                         cancel=cancel, on_step=hook, on_preview=on_preview)
         result.facts = facts
@@ -255,7 +255,7 @@ class Studio:
         caller = as_caller(client)
         self.outputs.check_quota(caller.user)
         with self.jobs.run(caller, on_step, kind="txt2img", on_wait=on_wait) as (cancel, hook):
-            result = self._generate("txt2img", txt2img.run, request, cancel, hook, on_preview)
+            result = self._generate("txt2img", request, cancel, hook, on_preview)
             return self._save(result, {"draft": request.draft}, user=caller.user)
 
     def control(self, request: Control, client: Caller | str = "local", on_step=None,
@@ -264,8 +264,8 @@ class Studio:
         caller = as_caller(client)
         self.outputs.check_quota(caller.user)
         with self.jobs.run(caller, on_step, kind="controlnet", on_wait=on_wait) as (cancel, hook):
-            name, task = ("control_hires", edit.control_hires) if request.base.hires_pass else ("controlnet", controlnet.run)
-            result = self._generate(name, task, request, cancel, hook, on_preview)
+            name = "control_hires" if request.base.hires_pass else "controlnet"
+            result = self._generate(name, request, cancel, hook, on_preview)
             paths, info = self._save(result, {}, _unit_fields(request.units, request.resize_mode), user=caller.user)
             self._save_beside(paths, info, result, request.units, request.resize_mode, caller.user)
             return paths, info
@@ -274,7 +274,7 @@ class Studio:
     def img2img(self, request: Img2Img, client: Caller | str = "local", on_step=None,
                 on_preview=None, on_wait=None) -> tuple[list[Path], dict]:
         """图生图: the input denoised from ``request.strength`` (ControlNets optional)."""
-        return self._edit(edit.img2img, request, request, {}, client, on_step, on_preview, on_wait)
+        return self._edit("img2img", request, request, {}, client, on_step, on_preview, on_wait)
 
     def inpaint(self, request: Inpaint, client: Caller | str = "local", on_step=None,
                 on_preview=None, on_wait=None) -> tuple[list[Path], dict]:
@@ -291,7 +291,7 @@ class Studio:
             width, height = image_size(request.edit.image)
             saved = request.edit.base.num_images_per_prompt + (2 if request.edit.save_inputs else 0)
             check_output(width, height, width * height * saved)
-        return self._edit(edit.inpaint, request, request.edit, fields, client, on_step, on_preview, on_wait)
+        return self._edit("inpaint", request, request.edit, fields, client, on_step, on_preview, on_wait)
 
     def outpaint(self, request: Outpaint, client: Caller | str = "local", on_step=None,
                  on_preview=None, on_wait=None) -> tuple[list[Path], dict]:
@@ -301,18 +301,19 @@ class Studio:
             return {"Outpaint": f"left {left} right {right} up {up} down {down}",
                     "Masked content": INPAINT_FILL_NAMES[request.fill]}
 
-        return self._edit(edit.outpaint, request, request.edit, fields, client, on_step, on_preview, on_wait)
+        return self._edit("outpaint", request, request.edit, fields, client, on_step, on_preview, on_wait)
 
-    def _edit(self, task, request, edit_request: Img2Img, fields, client, on_step, on_preview, on_wait):
-        """Run an editing task in the job context and save it. ``fields``: the mode's A1111
-        parameter fields, or a function of the result giving them (when the task decides them)."""
+    def _edit(self, name: str, request, edit_request: Img2Img, fields, client, on_step, on_preview, on_wait):
+        """Run the editing task ``name`` (tasks/registry.py) in the job context and save it.
+        ``fields``: the mode's A1111 parameter fields, or a function of the result giving them
+        (when the task decides them)."""
         caller = as_caller(client)
         self.outputs.check_quota(caller.user)
-        with self.jobs.run(caller, on_step, kind=task.__name__, on_wait=on_wait) as (cancel, hook):
-            result = self._generate(task.__name__, task, request, cancel, hook, on_preview)
+        with self.jobs.run(caller, on_step, kind=registry.kind_of(name), on_wait=on_wait) as (cancel, hook):
+            result = self._generate(name, request, cancel, hook, on_preview)
             fields = {"Denoising strength": edit_request.strength, **(fields(result) if callable(fields) else fields),
                       **_unit_fields(edit_request.units, edit_request.resize_mode)}
-            extra = {"mode": task.__name__, "denoising_strength": edit_request.strength,
+            extra = {"mode": name, "denoising_strength": edit_request.strength,
                      "resize_mode": edit_request.resize_mode}
             paths, info = self._save(result, extra, fields, user=caller.user)
             self._save_beside(paths, info, result, edit_request.units, edit_request.resize_mode, caller.user,

@@ -110,3 +110,19 @@ def test_every_event_that_asks_for_the_request_gets_it(studio):
             f"{block_fn.name}: request is {kind.description}, Gradio never fills it"
         checked += 1
     assert checked >= 20
+
+
+def test_every_job_kind_and_history_task_is_worded():
+    """Task names are said once (requests.JOB_KINDS, HISTORY_TASKS; the task functions are
+    registered under them): each has its Chinese and English words, and every registered
+    generation task records its job as one of them."""
+    from pipelines.requests import HISTORY_TASKS, JOB_KINDS
+    from pipelines.tasks import registry
+    from strings import EN, ZH
+
+    for table in (ZH, EN):
+        assert set(JOB_KINDS) <= set(table["queue_kinds"]), set(JOB_KINDS) - set(table["queue_kinds"])
+        assert set(HISTORY_TASKS) <= set(table["history_tasks"]), set(HISTORY_TASKS) - set(table["history_tasks"])
+    registry.get("txt2img")  # the task modules register themselves
+    assert set(registry.TASKS) == {"txt2img", "controlnet", "control_hires", "img2img", "inpaint", "outpaint"}
+    assert {registry.kind_of(name) for name in registry.TASKS} <= set(JOB_KINDS)

@@ -17,21 +17,11 @@ import threading
 from ..errors import DanqingError, JobCancelled
 from ..store import ModelStore
 from ..store.settings import EngineSettings
-from ..tasks import controlnet, edit, txt2img
+from ..tasks import registry
 
 log = logging.getLogger(__name__)
 
 # The tasks a replica runs, by name: each ``task(store, request, cancel=, on_step=, on_preview=)``.
-TASKS = {
-    "txt2img": txt2img.run,
-    "controlnet": controlnet.run,
-    "control_hires": edit.control_hires,
-    "img2img": edit.img2img,
-    "inpaint": edit.inpaint,
-    "outpaint": edit.outpaint,
-}
-
-
 class EngineReplica:
     """The body of the Ray Serve deployment (remote.py wraps it with ``serve.deployment``)."""
 
@@ -71,7 +61,7 @@ class EngineReplica:
             try:
                 with self.store.lock:
                     self._prepare(job)
-                    result = TASKS[job["task"]](
+                    result = registry.get(job["task"])(
                         self.store, job["request"], cancel=cancel, on_step=lambda i, n: put(("step", i, n)),
                         on_preview=(lambda image, i, n: put(("preview", image, i, n))) if job.get("previews") else None)
                     put(("done", result, self._facts()))

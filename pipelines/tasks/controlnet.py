@@ -38,6 +38,7 @@ from ..requests import Control, ControlUnit
 from . import annotators
 from .denoise import Generated, StepHook, blank_canvas, check_cancel, generate, is_inpainting_model
 from .hires import hires_of, upscale_results
+from .registry import task
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,7 @@ def refit(guide: Guidance, width: int, height: int, resize_mode: str):
     return fitted[0] if len(fitted) == 1 else fitted
 
 
+@task("controlnet")
 def run(
     store,
     request: Control,

@@ -48,6 +48,7 @@ from .denoise import (
     offset_steps,
 )
 from .hires import hires_of
+from .registry import task
 
 
 # 1. Shared pieces ----------------------------------------------------------------------------
@@ -100,6 +101,7 @@ def _guidance(store, units, width: int, height: int, resize_mode: str, cancel):
 
 
 # 2. Image to image ------------------------------------------------------------------------
+@task("img2img")
 def img2img(store, request: Img2Img, cancel: threading.Event | None = None, on_step: StepHook | None = None,
             on_preview=None) -> Generated:
     """The input fitted to the request's size, denoised from ``strength`` (ControlNets optional)."""
@@ -148,6 +150,7 @@ def _run(store, work: Pass, cls, components, kwargs, guide, cancel, on_step, on_
 
 
 # 3. Inpainting ----------------------------------------------------------------------------
+@task("inpaint")
 def inpaint(store, request: Inpaint, cancel: threading.Event | None = None, on_step: StepHook | None = None,
             on_preview=None) -> Generated:
     """Repaint where the mask is white; every pixel beyond the blurred mask is the input's own."""
@@ -227,6 +230,7 @@ def _masked_latents(store, image: Image.Image, mask: Image.Image) -> torch.Tenso
 
 
 # 4. Outpainting ---------------------------------------------------------------------------
+@task("outpaint")
 def outpaint(store, request: Outpaint, cancel: threading.Event | None = None, on_step: StepHook | None = None,
              on_preview=None) -> Generated:
     """The canvas grown by the requested pixels, the new area inpainted to continue the picture.
@@ -341,6 +345,7 @@ def hires_fix(store, request: Txt2Img, up: Upscale | None, cancel: threading.Eve
     return result
 
 
+@task("control_hires")
 def control_hires(store, request: Control, cancel: threading.Event | None = None, on_step: StepHook | None = None,
                   on_preview=None) -> Generated:
     """ControlNet text to image with the 高清修复 pass (names checked before any image is decoded)."""

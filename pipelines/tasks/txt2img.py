@@ -12,8 +12,10 @@ from . import edit
 from .denoise import Generated, StepHook, blank_canvas, generate, is_inpainting_model
 from .hires import draft_size, hires_of, upscale_results
 from .preview import PreviewHook
+from .registry import task
 
 
+@task("txt2img")
 def run(
     store,
     request: Txt2Img,
