@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     if host not in LOCAL_HOSTS and not auth and not args.insecure_no_auth and not on_space:
         sys.exit(strings.cli_listen_needs_auth)
     from api.accounts import Accounts
+    from pipelines.team import Team
     from api.addresses import Addresses
 
     try:
@@ -82,9 +83,11 @@ def main(argv: list[str] | None = None) -> None:
     started = choose_model(EngineOptions(model=args.model, models_dir=args.models_dir, outputs_dir=args.outputs_dir,
                                          demo=args.demo, offline=args.offline, device=args.device, dtype=args.dtype,
                                          speed=speed, installs=installs, extra_paths=extra_paths))
-    shared_locked = accounts.shared_by_several()
+    # Who administers: one policy object for the studio, the UI, the APIs and the extensions.
+    team = Team(admins=accounts.admins, logins=bool(auth), several=accounts.shared_by_several(),
+                gallery=args.team_gallery)
     extensions = load_extensions(args.extensions_dir, lang=args.lang,
-                                 may_change_shared=accounts.is_admin if shared_locked else None)
+                                 may_change_shared=team.may_change_shared if team.several else None)
     # With --ray the engine runs as Ray Serve replicas; this process keeps the queue, logins,
     # history and files, and never loads a model (its store only lists and selects them).
     front_settings = dataclasses.replace(started.settings, device="cpu") if args.ray is not None else started.settings
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         studio.use_remote(remote.start(started.settings, remote.RayOptions(
             address=args.ray, replicas=max(1, args.replicas), min_replicas=args.min_replicas,
             max_replicas=args.max_replicas, threads=args.replica_threads, gpus=gpus)))
-    studio.admins, studio.team_gallery = accounts.admins, args.team_gallery
+    studio.team = team
     studio.max_train_steps, studio.train_slice_steps = max(0, args.max_train_steps), max(1, args.train_slice_steps)
 
     # 3. The UI. Results are served from outputs/ as they are (they never change once saved)
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     options = UIOptions(demo=started.settings.demo, missing_model=started.missing_model,
                         missing_folder=started.missing_folder, download_pending=started.download_pending,
                         default_size=256 if started.settings.demo else 512, lang=args.lang,
-                        admins=tuple(sorted(accounts.admins)), shared_locked=shared_locked, logins=bool(auth))
+                        team=team)
     gr.set_static_paths([str(started.settings.outputs_dir.resolve())])
     demo = build_ui(studio, options, extensions)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)

@@ -86,10 +86,6 @@ class Accounts:
         token = cookies.get(f"access-token-{cookie_id}") or cookies.get(f"access-token-unsecure-{cookie_id}")
         return tokens.get(token) if token else None
 
-    def is_admin(self, user: str | None) -> bool:
-        """Without accounts everyone is; with them, the --admins users."""
-        return not self.pairs or (user or "") in self.admins
-
     def shared_by_several(self) -> bool:
         return len(self.pairs) > 1
 

@@ -314,7 +314,6 @@ class SdApi:
         self.S = S
         self.accounts = accounts or Accounts()
         self.styles = styles
-        self.jobs = studio.jobs  # the studio's job context: batches, progress, stop switches
         # A1111's CLIP_stop_at_last_layers option: the clip skip of API requests that do not
         # override it (the UI has its own slider).
         self.clip_skip = 1
@@ -497,10 +496,10 @@ class SdApi:
         studio = self.studio
         address = (scope.get("client") or ("unknown", 0))[0]
         checkpoint = req.override_settings.get("sd_model_checkpoint")
-        if checkpoint and not req.override_settings_restore_afterwards and not self.accounts.is_admin(user):
-            raise ParamError("admin_only", admins=self.S.list_sep.join(sorted(self.accounts.admins)), what=self.S.admin_what_model)
-        job = self.jobs.open_batch(user, kind, req.n_iter, address=address)
-        on_disconnect(scope, lambda: self.jobs.interrupt_batch(job))
+        if checkpoint and not req.override_settings_restore_afterwards and not self.studio.team.is_admin(user):
+            raise ParamError("admin_only", admins=self.studio.team.admin_names(self.S.list_sep), what=self.S.admin_what_model)
+        job = self.studio.open_batch(user, kind, req.n_iter, address=address)
+        on_disconnect(scope, lambda: self.studio.interrupt_batch(job))
         generated, maps, infos = [], [], []
         try:
             # The GPU: the lock UI jobs take, held for the whole request, so nothing interleaves.
@@ -542,7 +541,7 @@ class SdApi:
                     if previous is not None and req.override_settings_restore_afterwards:
                         studio.switch_model(previous)
         finally:
-            self.jobs.close_batch(job)
+            self.studio.close_batch(job)
         return job, generated, maps, infos
 
     def _info(self, req, prompt, negative, sampler, generated, infos, job) -> dict:
@@ -573,13 +572,12 @@ class SdApi:
 
     # -- progress and interrupt ---------------------------------------------------------------
     def progress(self, user: str, skip_current_image: bool = False) -> dict:
-        snap = self.jobs.snapshot()
+        snap, job = self.studio.running_job()
         if snap is None or (self.accounts.required and snap["user"] != user):
             # Idle, or another user's job: with logins, its details are that user's alone.
             state = {"skipped": False, "interrupted": False, "job": "" if snap is None else "busy", "job_count": 0,
                      "job_timestamp": "", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
             return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
-        job = self.jobs.batch(snap["client"])
         step, total, rate = snap["step"], max(1, snap["total"]), snap["seconds_per_step"]
         job_count, job_no = (job.job_count, job.job_no) if job else (1, 0)
         progress = min(1.0, (job_no + step / total) / job_count)
@@ -613,12 +611,12 @@ class SdApi:
         data = image_bytes(req.image, missing="upscale_no_image")
         scale = int(req.upscaling_resize) if float(req.upscaling_resize).is_integer() else req.upscaling_resize
         request = Upscale.from_fields(upscaler=name, scale=scale)
-        job = self.jobs.open_batch(user, "extras", address=(scope.get("client") or ("unknown", 0))[0])
-        on_disconnect(scope, lambda: self.jobs.interrupt_batch(job))
+        job = self.studio.open_batch(user, "extras", address=(scope.get("client") or ("unknown", 0))[0])
+        on_disconnect(scope, lambda: self.studio.interrupt_batch(job))
         try:
             paths, info = self.studio.upscale_images([data], request, client=job.caller)
         finally:
-            self.jobs.close_batch(job)
+            self.studio.close_batch(job)
         with Image.open(paths[0]) as image:
             text = image.info.get("parameters", "")
         return {"html_info": text, "image": b64_file(paths[0])}
@@ -673,19 +671,19 @@ class SdApi:
 
     def set_options(self, req: OptionsRequest, user: str) -> None:
         if req.sd_model_checkpoint:
-            if not self.accounts.is_admin(user):
-                raise ParamError("admin_only", admins=self.S.list_sep.join(sorted(self.accounts.admins)), what=self.S.admin_what_model)
+            if not self.studio.team.is_admin(user):
+                raise ParamError("admin_only", admins=self.studio.team.admin_names(self.S.list_sep), what=self.S.admin_what_model)
             self.studio.switch_model(self.model_ref(req.sd_model_checkpoint))
         if req.CLIP_stop_at_last_layers is not None:
-            if not self.accounts.is_admin(user):
-                raise ParamError("admin_only", admins=self.S.list_sep.join(sorted(self.accounts.admins)), what=self.S.admin_what_clip_skip)
+            if not self.studio.team.is_admin(user):
+                raise ParamError("admin_only", admins=self.studio.team.admin_names(self.S.list_sep), what=self.S.admin_what_clip_skip)
             value = req.CLIP_stop_at_last_layers
             if not 1 <= value <= MAX_CLIP_SKIP:
                 raise ParamError("out_of_range", name="CLIP_stop_at_last_layers", value=value, low=1, high=MAX_CLIP_SKIP)
             self.clip_skip = value
         if req.sd_vae:
-            if not self.accounts.is_admin(user):
-                raise ParamError("admin_only", admins=self.S.list_sep.join(sorted(self.accounts.admins)), what=self.S.admin_what_vae)
+            if not self.studio.team.is_admin(user):
+                raise ParamError("admin_only", admins=self.studio.team.admin_names(self.S.list_sep), what=self.S.admin_what_vae)
             choice = {v: k for k, v in A1111_VAE_NAMES.items()}.get(req.sd_vae)
             self.studio.set_vae(choice or pick_name(req.sd_vae, self.studio.vae_choices()))
 
@@ -814,8 +812,8 @@ def build_router(studio, accounts: Accounts | None = None, lang: str | None = No
     def downloader(user: str) -> None:
         """Only who may download asks the hub (no one else makes the server query it) or sees
         the downloads (who fetched which repository)."""
-        if not accounts.is_admin(user):
-            raise ParamError("admin_only", admins=S.list_sep.join(sorted(accounts.admins)), what=S.admin_what_download)
+        if not studio.team.is_admin(user):
+            raise ParamError("admin_only", admins=studio.team.admin_names(S.list_sep), what=S.admin_what_download)
 
     @router.get(f"{d1}/files", tags=["danqing"], summary="A repository's files with sizes (nothing is downloaded; "
                 "admins when several accounts)")
@@ -835,7 +833,7 @@ def build_router(studio, accounts: Accounts | None = None, lang: str | None = No
 
     @router.post(d1 + "/{job_id}/cancel", tags=["danqing"], summary="Cancel a download (its part file is removed)")
     def cancel_download(job_id: str, user: str = Depends(login)) -> dict:
-        return studio.cancel_download(job_id, user, admin=accounts.is_admin(user))
+        return studio.cancel_download(job_id, user, admin=studio.team.is_admin(user))
 
     # Danqing's own: the GPU line (pipelines/jobs.py), each job's place and estimated wait.
     @router.get("/danqing/v1/queue", tags=["danqing"], summary="The GPU line: running and waiting jobs in the order they "

@@ -146,3 +146,34 @@ def test_without_ray_nothing_imports_ray():
             "ui.layout, api.sdapi; assert 'ray' not in sys.modules, 'ray imported'")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_ui_api_and_extensions_see_the_studio_only_through_its_protocols():
+    """Every ``studio.<name>`` that ui/, api/ and extensions/ use is declared by
+    pipelines/contracts.StudioApi (the studio's parts' Protocols); the Studio has every member
+    those declare; the UI's context is typed with it."""
+    import ast
+
+    from pipelines.contracts import StudioApi
+    from pipelines.studio import Studio
+    from ui.common import UIContext
+
+    declared = {name for name in dir(StudioApi) if not name.startswith("_")} | set(StudioApi.__annotations__)
+    used: dict[str, str] = {}
+    for folder in ("ui", "api", "extensions"):
+        for path in (ROOT / folder).rglob("*.py"):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.Attribute):
+                    continue
+                owner = node.value
+                is_studio = (isinstance(owner, ast.Name) and owner.id == "studio") or \
+                    (isinstance(owner, ast.Attribute) and owner.attr == "studio")
+                if is_studio:
+                    used.setdefault(node.attr, f"{path.relative_to(ROOT)}:{node.lineno}")
+    undeclared = {name: where for name, where in used.items() if name not in declared}
+    assert undeclared == {}, undeclared
+    missing = sorted(name for name in declared if not hasattr(Studio, name) and name not in StudioApi.__annotations__)
+    assert missing == []
+    assert "team" in Studio.__init__.__code__.co_names  # the attribute it declares, set up by the Studio
+    assert UIContext.__annotations__["studio"] in ("StudioApi", StudioApi)

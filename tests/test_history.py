@@ -5,6 +5,7 @@ from the PNGs when it is deleted, corrupt or stale."""
 import os
 import sqlite3
 import time
+from dataclasses import replace
 
 import pytest
 from PIL import Image
@@ -14,6 +15,7 @@ from pipelines.errors import DanqingError
 from pipelines.formats.pnginfo import format_parameters
 from pipelines.history import History
 from pipelines.outputs import OutputWriter
+from pipelines.team import Team
 
 
 def params(prompt, seed, model="danqing-demo-zh", sampler="Euler a", negative="模糊", **extra):
@@ -30,7 +32,7 @@ def save(outputs, prompt, seed, user="", **kw):
 def team(demo_models, tmp_path):
     """A studio whose outputs hold images of 小王, 小李 and the administrator 组长."""
     studio = make_studio(demo_models, tmp_path / "outputs")
-    studio.admins = frozenset({"组长"})
+    studio.team = Team(admins=frozenset({"组长"}), logins=True, several=True)
     out = studio.outputs
     made = {
         "panda": save(out, "竹林里的大熊猫，水墨画", 101, "小王"),
@@ -97,7 +99,7 @@ def test_each_user_sees_only_their_own_the_team_what_is_shared_the_admin_everyth
     assert not studio.may_read(str(studio.history_thumbnail(studio.history_entry(
         studio.history("小王", text="橘猫").entries[0].id, "小王"))), "小李")
     assert studio.may_read(str(made["other"]), "组长")  # an administrator reads everyone's
-    studio.team_gallery = True  # --team-gallery: every image is the team's
+    studio.team = replace(studio.team, gallery=True)  # --team-gallery: every image is the team's
     assert studio.history("小李", scope="team").total == 5 and studio.may_read(str(made["cat"]), "小李")
 
 

@@ -9,6 +9,7 @@ import time
 from pipelines.errors import DanqingError
 from pipelines.jobs import Jobs
 from pipelines.requests import Caller
+from pipelines.team import Team
 
 
 def test_one_users_ten_jobs_take_turns_with_a_teammates_one():
@@ -68,7 +69,7 @@ def test_waits_are_estimated_from_the_jobs_that_ran():
 def test_a_waiting_job_is_cancelled_by_its_owner_or_an_administrator_only(studio):
     """Through the studio: the line as each user sees it (others' jobs without who or what),
     cancelling by id."""
-    studio.admins = frozenset({"组长"})
+    studio.team = Team(admins=frozenset({"组长"}), logins=True, several=True)
     release = threading.Event()
     outcomes = {}
 
@@ -108,7 +109,7 @@ def test_a_waiting_job_is_cancelled_by_its_owner_or_an_administrator_only(studio
         release.set()
         for thread in threads:
             thread.join(10)
-        studio.admins = frozenset()
+        studio.team = Team()
     assert outcomes == {"blocker": "ran", "wang-1": "ran", "li-1": "cancelled", "wang-2": "cancelled"}
 
 

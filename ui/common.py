@@ -10,7 +10,9 @@ import gradio as gr
 
 from extensions import GPU_CONCURRENCY_ID as GPU  # noqa: F401  (the one queue of every model event; ui modules import it from here)
 from extensions import GPU_CONCURRENCY_LIMIT as GPU_LIMIT  # noqa: F401  (its limit: none, the studio's line orders jobs)
+from pipelines.contracts import StudioApi
 from pipelines.errors import DanqingError
+from pipelines.team import Team
 from pipelines.requests import Caller
 
 from strings import error_text
@@ -29,24 +31,15 @@ class UIOptions:
     download_pending: str | None = None  # a configured hub model that downloads on first use
     default_size: int = 512
     lang: str | None = None
-    # Who may change what everyone shares (styles, the base model): with several --auth users
-    # only these; otherwise everyone (admins empty and shared_locked False).
-    admins: tuple[str, ...] = ()
-    shared_locked: bool = False
-    logins: bool = False  # people log in (--auth / --users): who is shown, with 退出登录
-
-    def is_admin(self, user: str | None) -> bool:
-        """An administrator of a team server (everyone, without logins)."""
-        return not self.logins or (user or "") in self.admins
-
-    def may_change_shared(self, user: str | None) -> bool:
-        return not self.shared_locked or (user or "") in self.admins
+    # Who administers, who may change what everyone shares (styles, the base model), whether
+    # people log in: the app's one policy (pipelines/team.py).
+    team: Team = Team()
 
 
 @dataclass(frozen=True)
 class UIContext:
     S: SimpleNamespace  # the strings of the chosen language
-    studio: object  # pipelines.studio.Studio (duck-typed: the UI imports no torch)
+    studio: StudioApi  # pipelines.studio.Studio, seen through its Protocols (no torch imported)
     options: UIOptions
 
 

@@ -240,8 +240,8 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
         info.change(lambda text: summarize(S, text), info, [summary, infotext], queue=False, api_visibility="private")
 
         def switch_model(ref: str, request: gr.Request = None, progress=gr.Progress(track_tqdm=True)):
-            if not options.may_change_shared(user_of(request)):
-                raise gr.Error(error_text(S, "admin_only", {"admins": S.list_sep.join(options.admins),
+            if not options.team.may_change_shared(user_of(request)):
+                raise gr.Error(error_text(S, "admin_only", {"admins": options.team.admin_names(S.list_sep),
                                                              "what": S.admin_what_model}), print_exception=False)
             progress(0, desc=S.progress_loading)
             try:
@@ -259,8 +259,8 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
                     concurrency_limit=GPU_LIMIT).then(show_card, model, [card_row, card, card_preview], api_visibility="private")
 
         def switch_vae(choice: str, request: gr.Request = None):
-            if not options.may_change_shared(user_of(request)):
-                raise gr.Error(error_text(S, "admin_only", {"admins": S.list_sep.join(options.admins),
+            if not options.team.may_change_shared(user_of(request)):
+                raise gr.Error(error_text(S, "admin_only", {"admins": options.team.admin_names(S.list_sep),
                                                              "what": S.admin_what_vae}), print_exception=False)
             try:
                 info = studio.set_vae(choice)
@@ -325,9 +325,9 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
 
         def tell_who(request: gr.Request = None):
             user = user_of(request)
-            if not (options.logins and user):
+            if not (options.team.logins and user):
                 return gr.HTML(visible=False)
-            role = S.logged_in_admin if user in options.admins else ""
+            role = S.logged_in_admin if options.team.sees_everyone(user) else ""
             return gr.HTML(S.logged_in.format(user=html.escape(user), role=role), visible=True)
 
         demo.load(tell_who, None, who, queue=False, api_visibility="private")

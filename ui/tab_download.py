@@ -87,7 +87,7 @@ def build_tab(ctx: UIContext) -> None:
         timer = gr.Timer(1.0, active=False)
 
     def refused(request) -> bool:
-        return not options.may_change_shared(user_of(request))
+        return not options.team.may_change_shared(user_of(request))
 
     def look_up(source: str, repo: str, request: gr.Request = None):
         """The repository's files and sizes (nothing is downloaded yet). A failure (offline, no
@@ -95,7 +95,7 @@ def build_tab(ctx: UIContext) -> None:
         who may download makes the server ask the hub."""
         if refused(request):
             return gr.update(), gr.update(), "⚠ " + error_text(S, "admin_only", {
-                "admins": S.list_sep.join(options.admins), "what": S.admin_what_download})
+                "admins": options.team.admin_names(S.list_sep), "what": S.admin_what_download})
         try:
             rows = studio.download_plan(source, (repo or "").strip())
         except Exception as exc:
@@ -112,7 +112,8 @@ def build_tab(ctx: UIContext) -> None:
     def begin(source: str, repo: str, file: str, kind: str, sha256: str, request: gr.Request = None):
         # A refusal is a toast; the download list and fields stay as they were (no error marks).
         if refused(request):
-            gr.Warning(error_text(S, "admin_only", {"admins": S.list_sep.join(options.admins), "what": S.admin_what_download}))
+            gr.Warning(error_text(S, "admin_only", {"admins": options.team.admin_names(S.list_sep),
+                                                    "what": S.admin_what_download}))
             return refresh()
         try:
             row = studio.start_download(source, (repo or "").strip(), kind, file or None, (sha256 or "").strip() or None,

@@ -118,7 +118,7 @@ def build_tab(ctx: UIContext) -> HistoryTab:
     def opened(scope_value, request: gr.Request = None):
         """The views this user has, and the filters' choices from what is in the history."""
         user = user_of(request)
-        views = ["mine"] + (["team"] if user else []) + (["all"] if user in studio.admins else []) + ["trash"]
+        views = ["mine"] + (["team"] if user else []) + (["all"] if studio.team.sees_everyone(user) else []) + ["trash"]
         facets = studio.history_facets(user, scope_value if scope_value in views else "mine")
         any_ = [(S.history_any, "")]
         return (gr.update(choices=[(S.history_scopes[v], v) for v in views]),

@@ -116,7 +116,7 @@ def build_tabs(ctx: UIContext) -> Tools:
 
     def for_user(request: gr.Request = None):
         """用量 is shown to administrators only (everyone, without logins)."""
-        return gr.Accordion(visible=ctx.options.is_admin(user_of(request)))
+        return gr.Accordion(visible=ctx.options.team.is_admin(user_of(request)))
     return Tools(png_text=png_text, send=send, system=system, recent=saved.gallery, chosen=saved.chosen,
                  send_recent=saved.send, inspect_recent=saved.inspect, png=png,
                  recent_to_img2img=saved.to_img2img, recent_to_inpaint=saved.to_inpaint,

@@ -28,8 +28,7 @@ def task(name: str):
 
 
 def get(name: str) -> Callable:
-    from . import controlnet, edit, txt2img  # noqa: F401  (the modules register their tasks)
-
+    """The task registered as ``name`` (the package imports every task module: tasks/__init__.py)."""
     return TASKS[name]
 
 
