@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import contextmanager
 import logging
 import re
 import threading
@@ -139,21 +140,76 @@ def queued_jobs(blocks, address: str) -> int:
     return count
 
 
-class QueueGuardMiddleware:
-    def __init__(self, app, blocks, limit: int = DEFAULT_CLIENT_LIMIT, queue_size: int | None = None,
-                 lang: str | None = None, stop=None) -> None:
-        self.app, self.blocks, self.limit, self.queue_size = app, blocks, limit, queue_size
-        self.stop = stop  # studio.stop(client): pulls a direct call's stop switch when its caller leaves
-        self.S = load(lang)
-        self.direct: Counter[str] = Counter()  # jobs outside Gradio's queue, per address
+class Admission:
+    """The one count of accepted jobs, whatever route they came by, and the one ``admit``: a
+    client's jobs (waiting or running) against its cap, every accepted job but the running one
+    against the queue size. An accepted job is, at any moment, in exactly one of: a join let
+    through that Gradio has not answered yet (``joining``), Gradio's queue (read, never
+    changed: its waiting events, and the started GPU jobs waiting in the studio's line), a
+    direct call being served (``direct``). The middleware below only turns a refusal into 429/503."""
+
+    def __init__(self, blocks, limit: int = DEFAULT_CLIENT_LIMIT, queue_size: int | None = None) -> None:
+        self.blocks, self.limit, self.queue_size = blocks, limit, queue_size
+        self.direct: Counter[str] = Counter()  # direct calls being served, per address
         # Joins let through that Gradio has not put in its queue yet (until its answer starts):
         # several arriving within the same milliseconds each count the others.
         self.joining: Counter[str] = Counter()
+
+    def jobs_of(self, address: str) -> int:
+        return queued_jobs(self.blocks, address) + self.direct[address] + self.joining[address]
+
+    def waiting(self) -> int:
+        """Jobs waiting in all: every accepted one but the one running."""
+        accepted = (waiting_jobs(self.blocks) + started_gpu_jobs(self.blocks) + sum(self.direct.values())
+                    + sum(self.joining.values()))
+        return max(0, accepted - 1)
+
+    def admit(self, address: str) -> tuple[str, dict] | None:
+        """None when a new job of ``address`` may come in; else (refusal code, its fields)."""
+        if self.limit > 0:
+            count = self.jobs_of(address)
+            if count >= self.limit:
+                log.info("client %s has %d jobs queued: refusing another", address, count)
+                return "client_queue_full", {"count": count, "limit": self.limit}
+        if self.queue_size and self.waiting() >= self.queue_size:
+            return "queue_full", {"limit": self.queue_size}
+        return None
+
+    @contextmanager
+    def holding(self, address: str, route: str):
+        """Count an admitted job of ``address`` while it is ``route``: "joining" (until Gradio
+        answers its join) or "direct" (while the call is served)."""
+        counter = self.joining if route == "joining" else self.direct
+        counter[address] += 1
+        released = []
+
+        def release() -> None:
+            if not released:
+                released.append(True)
+                counter[address] -= 1
+                if counter[address] <= 0:
+                    del counter[address]
+
+        try:
+            yield release
+        finally:
+            release()
+
+
+class QueueGuardMiddleware:
+    def __init__(self, app, blocks, limit: int = DEFAULT_CLIENT_LIMIT, queue_size: int | None = None,
+                 lang: str | None = None, stop=None) -> None:
+        self.app, self.blocks = app, blocks
+        self.admission = Admission(blocks, limit, queue_size)
+        self.stop = stop  # studio.stop(client): pulls a direct call's stop switch when its caller leaves
+        self.S = load(lang)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
+        if DIRECT_PATHS.match(scope["path"]) or JOIN_PATHS.match(scope["path"]):
+            receive = await self._with_defaults(scope, receive)
         if DIRECT_PATHS.match(scope["path"]):
             receive, is_job = await self._is_gpu_job(scope, receive)
             if is_job:
@@ -164,52 +220,43 @@ class QueueGuardMiddleware:
         if not JOIN_PATHS.match(scope["path"]):
             await self.app(scope, receive, send)
             return
-        # 1. Per-client cap.
+        # 1. Admission: the client's cap and the queue size, counted over every route. For the
+        #    page (a request with Origin) "queue full" is a 429: Gradio's front end replaces a
+        #    503's text with its own English sentence, but shows a 429's detail.
         address = client_address(scope)
-        if await self._over_cap(send, address):
-            return
-        # 2. Queue full: counted here (every accepted job, whatever its route, but the running
-        #    one); should Gradio's own count answer 503, it is re-worded (the page can show it).
         browser = Headers(scope=scope).get("origin") is not None
-        if self.queue_size and self._waiting() >= self.queue_size:
-            await self._answer(send, 429 if browser else 503, "queue_full", {"limit": self.queue_size})
+        refused = self.admission.admit(address)
+        if refused is not None:
+            code, fields = refused
+            await self._answer(send, 429 if browser or code == "client_queue_full" else 503, code, fields)
             return
         held: dict = {}
-        self.joining[address] += 1
+        with self.admission.holding(address, "joining") as joined:
 
-        def joined() -> None:
-            if not held.get("joined"):
-                held["joined"] = True
-                self.joining[address] -= 1
-                if self.joining[address] <= 0:
-                    del self.joining[address]
-
-        async def watch(message) -> None:
-            if message["type"] == "http.response.start":
-                joined()  # Gradio has queued the job (or refused it): its own count has it now
-                if message["status"] == 503:
-                    held["start"] = message
+            async def watch(message) -> None:
+                if message["type"] == "http.response.start":
+                    joined()  # Gradio has queued the job (or refused it): its own count has it now
+                    if message["status"] == 503:
+                        held["start"] = message
+                        return
+                if "start" in held and message["type"] == "http.response.body":
+                    if message.get("more_body"):
+                        return  # drop Gradio's English body; ours follows once it ends
+                    await self._answer(send, 429 if browser else 503, "queue_full",
+                                       {"limit": self.admission.queue_size or "?"})
                     return
-            if "start" in held and message["type"] == "http.response.body":
-                if message.get("more_body"):
-                    return  # drop Gradio's English body; ours follows once it ends
-                await self._answer(send, 429 if browser else 503, "queue_full", {"limit": self.queue_size or "?"})
-                return
-            await send(message)
+                await send(message)
 
-        try:
             await self.app(scope, receive, watch)
-        finally:
-            joined()
 
     async def _direct(self, scope, receive, send) -> None:
-        """A job outside Gradio's queue: the same caps, counted while it runs, stopped when its
-        caller goes away."""
+        """A job outside Gradio's queue: the same admission, counted while it runs, stopped when
+        its caller goes away."""
         address = client_address(scope)
-        if await self._over_cap(send, address):
-            return
-        if self.queue_size and self._waiting() >= self.queue_size:
-            await self._answer(send, 503, "queue_full", {"limit": self.queue_size})
+        refused = self.admission.admit(address)
+        if refused is not None:
+            code, fields = refused
+            await self._answer(send, 429 if code == "client_queue_full" else 503, code, fields)
             return
         watch = _Watch(receive)
         state = scope.setdefault("state", {})
@@ -217,21 +264,53 @@ class QueueGuardMiddleware:
         if self.stop is not None:  # a UI event called directly: its job's stop switch is this call's
             call = state[CALL_KEY] = f"call-{uuid.uuid4().hex[:12]}"
             watch.register(lambda: self.stop(call))
-        self.direct[address] += 1
-        try:
-            await self.app(scope, watch.app_receive, send)
-        finally:
-            watch.close()
-            self.direct[address] -= 1
-            if self.direct[address] <= 0:
-                del self.direct[address]
+        with self.admission.holding(address, "direct"):
+            try:
+                await self.app(scope, watch.app_receive, send)
+            finally:
+                watch.close()
 
-    def _waiting(self) -> int:
-        """Jobs waiting in all, whatever route they came by: every accepted one (not yet started
-        by Gradio, started GPU jobs, direct calls) but the one running."""
-        accepted = (waiting_jobs(self.blocks) + started_gpu_jobs(self.blocks) + sum(self.direct.values())
-                    + sum(self.joining.values()))
-        return max(0, accepted - 1)
+    def _defaults(self) -> dict:
+        """fn id -> (its api_name, the API's default of each input, None where it has none)."""
+        if self.__dict__.get("_defaults_of") is None:
+            info = self.blocks.get_api_info().get("named_endpoints", {})
+            table = {}
+            for fn in self.blocks.fns.values():
+                endpoint = info.get(f"/{fn.api_name}") if fn.api_name else None
+                if endpoint is not None and len(endpoint["parameters"]) == len(fn.inputs):
+                    table[fn._id] = (fn.api_name, [(p["parameter_default"],) if p.get("parameter_has_default") else None
+                                                   for p in endpoint["parameters"]])
+            self._defaults_of = table
+        return self._defaults_of
+
+    async def _with_defaults(self, scope, receive):
+        """A positional call written for an endpoint's published order keeps working when
+        parameters are added at its end (ui/endpoints.py): its missing trailing values get the
+        API's defaults, as gradio_client fills them. Anything else passes as it came."""
+        body = await read_body(receive, UPLOAD_BYTES)
+        try:
+            payload = json.loads(body or b"null")
+        except ValueError:
+            return replay(body, receive)
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, list):
+            return replay(body, receive)
+        name = scope["path"].rstrip("/").rsplit("/", 1)[-1]
+        table = self._defaults()
+        if "fn_index" in payload:
+            entry = table.get(payload["fn_index"])
+        else:
+            entry = next((e for e in table.values() if e[0] == name), None)
+        if entry is None or len(data) >= len(entry[1]):
+            return replay(body, receive)
+        missing = entry[1][len(data):]
+        if any(default is None for default in missing):
+            return replay(body, receive)  # Gradio says what is missing
+        payload["data"] = data + [default[0] for default in missing]
+        padded = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        scope["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"] + \
+            [(b"content-length", str(len(padded)).encode())]
+        return replay(padded, receive)
 
     async def _is_gpu_job(self, scope, receive):
         """(receive, whether this direct call runs a GPU job). The A1111 job routes always do; a
@@ -253,17 +332,6 @@ class QueueGuardMiddleware:
             targets = [fn for fn in fns if fn.api_name == name]
         is_job = any(fn.concurrency_id == GPU_CONCURRENCY_ID for fn in targets)
         return replay(body, receive), is_job
-
-    async def _over_cap(self, send, address: str) -> bool:
-        """Answer 429 when ``address`` already has ``limit`` jobs, in Gradio's queue or outside it."""
-        if self.limit <= 0:
-            return False
-        count = queued_jobs(self.blocks, address) + self.direct[address] + self.joining[address]
-        if count < self.limit:
-            return False
-        log.info("client %s has %d jobs queued: refusing another", address, count)
-        await self._answer(send, 429, "client_queue_full", {"count": count, "limit": self.limit})
-        return True
 
     async def _answer(self, send, status: int, code: str, fields: dict) -> None:
         body = json.dumps({"detail": error_text(self.S, code, fields), "error": code}, ensure_ascii=False).encode()
