@@ -2,7 +2,7 @@
 
 Only the fields Danqing implements are declared; every model ignores unknown fields, as A1111
 does, so clients that send A1111's full request (``restore_faces``, ``subseed``, ...) work.
-Value ranges are checked later by the same validators the UI uses (pipelines/params.py), so the
+Value ranges are checked later by the same validators the UI uses (pipelines/requests.py), so the
 API and the UI refuse exactly the same requests with the same messages.
 """
 
