@@ -125,3 +125,14 @@ def log_in(page, url: str, user: str, password: str) -> None:
     page.get_by_role("button", name="登录").click()
     page.get_by_role("tab", name="创作").first.wait_for(timeout=60_000)
     page.wait_for_timeout(1000)  # Gradio applies its translations after the first paint
+
+
+def fill_and_generate(page, prompt: str, width: int = 64, height: int = 64, steps: int = 2) -> None:
+    """Type a prompt and a size in 创作 as a designer does, click 生成 and wait for the summary."""
+    page.get_by_label("提示词", exact=True).first.fill(prompt)
+    page.get_by_label("宽度").first.fill(str(width))
+    page.get_by_label("高度").first.fill(str(height))
+    page.get_by_label("采样步数").first.fill(str(steps))
+    page.get_by_label("采样步数").first.press("Tab")
+    page.click("#generate")
+    page.locator("#result-summary").get_by_text("种子").first.wait_for(timeout=90_000)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pages import CHROMIUM, PROGRESS_LINE, english_words, launch_chromium, playwright
+from pages import CHROMIUM, PROGRESS_LINE, english_words, fill_and_generate, launch_chromium, playwright
 
 pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)"),
               pytest.mark.browser]
@@ -177,14 +177,8 @@ def test_sending_acts_on_the_picture_on_screen(page, browser_app, tmp_path):
     page.wait_for_timeout(1000)
     page.click("#result-to-img2img")
     page.get_by_text("还没有可以发送的图片").first.wait_for(timeout=30_000)
-    page.get_by_label("提示词", exact=True).first.fill("山水画，远山，小船")
-    page.get_by_label("宽度").first.fill("128")
-    page.get_by_label("高度").first.fill("96")
-    page.get_by_label("采样步数").first.fill("3")
-    page.get_by_label("采样步数").first.press("Tab")
     # 1. 文生图, then its result to 图生图 at once.
-    page.click("#generate")
-    page.locator("#result-summary").get_by_text("种子").first.wait_for(timeout=90_000)
+    fill_and_generate(page, "山水画，远山，小船", width=128, height=96, steps=3)
     first = shown_pixels(page, "#gallery .grid-container img")
     page.click("#result-to-img2img")
     page.locator("#img2img-image img").first.wait_for(timeout=30_000)

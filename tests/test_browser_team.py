@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from pages import CHROMIUM, english_words, launch_chromium, log_in, playwright
+from pages import CHROMIUM, english_words, fill_and_generate, launch_chromium, log_in, playwright
 
 pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)"),
               pytest.mark.browser]
@@ -36,16 +36,6 @@ def team_app(demo_models, demo_cache, tmp_path_factory):
     app.old_picture = old
     yield app
     app.stop()
-
-
-def generate(page, prompt: str) -> None:
-    page.get_by_label("提示词", exact=True).first.fill(prompt)
-    page.get_by_label("宽度").first.fill("64")
-    page.get_by_label("高度").first.fill("64")
-    page.get_by_label("采样步数").first.fill("2")
-    page.get_by_label("采样步数").first.press("Tab")
-    page.click("#generate")
-    page.locator("#result-summary").get_by_text("种子").first.wait_for(timeout=90_000)
 
 
 def search(page, text: str, scope: str | None = None) -> str:
@@ -85,8 +75,8 @@ def test_two_logins_each_their_own_history_and_the_old_picture_is_the_administra
         assert "管理员" not in yi.locator("#logged-in").inner_text()
         assert yi.locator("#logged-in a", has_text="退出登录").count() == 1
         # 2. Each generates a picture of their own.
-        generate(jia, "甲画的橘猫")
-        generate(yi, "乙画的柴犬")
+        fill_and_generate(jia, "甲画的橘猫")
+        fill_and_generate(yi, "乙画的柴犬")
         assert english_words(yi) == set(), english_words(yi)
         # 3. 历史 → 我的: one's own picture only; the old one is nobody's own.
         for page in (jia, yi):
