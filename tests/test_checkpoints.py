@@ -130,12 +130,17 @@ def test_broken_and_foreign_files_get_clear_refusals(library, tmp_path):
         studio.switch_model("cut.safetensors")
     assert err.value.code == "checkpoint_file_corrupt"
     (ckpt / "cut.safetensors").unlink()
-    # What the keys say decides the family: SDXL and a stray VAE are named, not half-loaded.
+    # What the keys say decides the family: an SDXL file without its OpenCLIP-G (a refiner's
+    # half) and a stray VAE are named, not half-loaded; SD3 is named as unsupported.
     sdxl = {"conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(1),
-            "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}
+            "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1),
+            "first_stage_model.encoder.conv_in.weight": torch.zeros(1)}
     with pytest.raises(ModelError) as err:
         family_of(sdxl, "xl.safetensors")
-    assert err.value.code == "checkpoint_unsupported" and err.value.fields["family"] == "SDXL"
+    assert err.value.code == "checkpoint_incomplete" and err.value.fields["part"] == "CLIP"
+    with pytest.raises(ModelError) as err:
+        family_of({"model.diffusion_model.joint_blocks.0.x": torch.zeros(1)}, "sd3.safetensors")
+    assert err.value.code == "checkpoint_unsupported" and err.value.fields["family"] == "SD3"
     with pytest.raises(ModelError) as err:
         family_of({"encoder.down.0.block.0.conv1.weight": torch.zeros(1)}, "vae.safetensors")
     assert err.value.code == "checkpoint_not_base"

@@ -11,6 +11,8 @@ through exactly the code a real model goes through:
 - ``checkpoints/danqing-demo-inpainting``: a dedicated inpainting model (9-channel U-Net);
 - ``checkpoints/danqing-demo-single.safetensors``, ``vae/``, ``embeddings/``: an A1111 single
   file, an external VAE and textual-inversion embeddings (``library.py``);
+- ``checkpoints/danqing-demo-xl`` (+ ``-inpainting``, ``-single.safetensors``): a tiny SDXL as a
+  diffusers folder, a 9-channel SDXL inpainting folder and a Civitai-style single file (``sdxl.py``);
 - ``captioners/danqing-demo-blip-zh``: a BLIP captioner in Taiyi-BLIP's layout (``captioner.py``).
 
 Images from it are noise: the weights are random. The writers import the engine (to check
@@ -31,6 +33,7 @@ from .controlnet import save_demo_controlnets
 from .esrgan import save_demo_upscalers
 from .library import save_demo_embeddings, save_demo_single_file, save_demo_vae
 from .lora import save_demo_loras
+from .sdxl import save_demo_sdxl
 from .sd import DEMO_MODEL, DEMO_MODEL_INPAINT, DEMO_MODEL_SAFETENSORS, TOKEN_WINDOW, save_sd_pipeline
 
 __all__ = ["DEMO_MODEL", "DEMO_MODEL_INPAINT", "DEMO_MODEL_SAFETENSORS", "TOKEN_WINDOW", "ensure_demo_bundle"]
@@ -38,7 +41,7 @@ __all__ = ["DEMO_MODEL", "DEMO_MODEL_INPAINT", "DEMO_MODEL_SAFETENSORS", "TOKEN_
 log = logging.getLogger(__name__)
 
 # Bump when the bundle's content changes so old caches are rebuilt.
-BUNDLE_VERSION = "8"
+BUNDLE_VERSION = "9"
 
 
 def default_cache_dir() -> Path:
@@ -81,6 +84,7 @@ def build_bundle(root: Path) -> None:
     # A dedicated inpainting model (9-channel U-Net), as safetensors.
     save_sd_pipeline(ckpt / DEMO_MODEL_INPAINT, seed=2, safe_serialization=True, inpainting=True)
     save_demo_single_file(ckpt, ckpt / DEMO_MODEL_SAFETENSORS)
+    save_demo_sdxl(ckpt)
     save_demo_vae(folders.folder("vae"))
     save_demo_embeddings(folders.folder("embeddings"))
     (root / "README.txt").write_text(

@@ -36,6 +36,10 @@ def unet_to_ldm(unet) -> dict[str, torch.Tensor]:
             new = "time_embed.0." + parts[-1]
         elif key.startswith("time_embedding.linear_2."):
             new = "time_embed.2." + parts[-1]
+        elif key.startswith("add_embedding.linear_1."):  # SDXL's size and pooled-text embedding
+            new = "label_emb.0.0." + parts[-1]
+        elif key.startswith("add_embedding.linear_2."):
+            new = "label_emb.0.2." + parts[-1]
         elif key.startswith("conv_in."):
             new = "input_blocks.0.0." + parts[-1]
         elif key.startswith("conv_norm_out."):

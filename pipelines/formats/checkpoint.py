@@ -3,9 +3,9 @@
 
 1. Read: safetensors, or a pickle with ``weights_only=True`` (Lightning's ``state_dict``
    wrapper is unwrapped; a pickle holding anything but tensors is refused, never run).
-2. Family from the keys: SD 1.x (CLIP ViT-L text encoder under ``cond_stage_model.transformer``)
-   or SD 2.x (OpenCLIP under ``cond_stage_model.model``); SDXL, SD3 and Flux are named and
-   refused.
+2. Family from the keys: SD 1.x (CLIP ViT-L text encoder under ``cond_stage_model.transformer``),
+   SD 2.x (OpenCLIP under ``cond_stage_model.model``) or SDXL (both, under
+   ``conditioner.embedders.0/1``); SD3 and Flux are named and refused.
 3. Configs from the weights' shapes (channels, depths, which levels attend, the U-Net's input
    channels: 4, or 9 for inpainting; the text encoder's width, depth and vocabulary); what shapes
    cannot tell (attention heads, activation, scheduler) from ``configs/sd1.json`` /
@@ -49,13 +49,19 @@ UNET = "model.diffusion_model."
 VAE = "first_stage_model."
 CLIP = "cond_stage_model.transformer."
 OPEN_CLIP = "cond_stage_model.model."
+XL_CLIP = "conditioner.embedders.0.transformer."
+XL_OPEN_CLIP = "conditioner.embedders.1.model."
 CLIP_VOCAB = 49408
 
 
 @dataclass(frozen=True)
 class Family:
-    name: str  # "sd1" | "sd2"
+    name: str  # "sd1" | "sd2" | "sdxl"
     defaults: dict
+
+
+def family_of_name(name: str) -> Family:
+    return Family(name, json.loads((CONFIGS / f"{name}.json").read_text(encoding="utf-8")))
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -70,8 +76,6 @@ def family_of(state: dict, label: str) -> Family:
     def has(prefix: str) -> bool:
         return any(k.startswith(prefix) for k in keys)
 
-    if has("conditioner.embedders."):
-        raise ModelError("checkpoint_unsupported", name=label, family="SDXL")
     if has(UNET + "joint_blocks.") or has("text_encoders."):
         raise ModelError("checkpoint_unsupported", name=label, family="SD3")
     if has("double_blocks.") or has(UNET + "double_blocks."):
@@ -82,13 +86,18 @@ def family_of(state: dict, label: str) -> Family:
         raise ModelError("checkpoint_unsupported", name=label, family="?")
     if not has(VAE):
         raise ModelError("checkpoint_incomplete", name=label, part="VAE")
-    if has(OPEN_CLIP + "transformer."):
+    if has("conditioner.embedders."):
+        if not has(XL_CLIP) or not has(XL_OPEN_CLIP + "transformer."):
+            # a refiner (OpenCLIP-G only) or a file without its text encoders
+            raise ModelError("checkpoint_incomplete", name=label, part="CLIP")
+        name = "sdxl"
+    elif has(OPEN_CLIP + "transformer."):
         name = "sd2"
     elif has(CLIP):
         name = "sd1"
     else:
         raise ModelError("checkpoint_incomplete", name=label, part="CLIP")
-    return Family(name, json.loads((CONFIGS / f"{name}.json").read_text(encoding="utf-8")))
+    return family_of_name(name)
 
 
 def _indices(state: dict, prefix: str) -> list[int]:
@@ -134,14 +143,17 @@ def unet_config(state: dict, family: Family, sidecar: dict) -> dict:
     blocks = [i for i in _indices(state, UNET + "input_blocks.") if i > 0]
     downs = [i for i in blocks if UNET + f"input_blocks.{i}.0.op.weight" in state]
     layers = downs[0] - 1 if downs else len(blocks)
-    widths, attends, depth = [], [], 1
+    widths, attends, depths = [], [], []
     for level in range(len(downs) + 1):
         first = 1 + level * (layers + 1)
         widths.append(int(state[UNET + f"input_blocks.{first}.0.out_layers.3.weight"].shape[0]))
         attn = UNET + f"input_blocks.{first}.1."
         attends.append(attn + "proj_in.weight" in state)
-        if attends[-1]:
-            depth = len(_indices(state, attn + "transformer_blocks."))
+        depths.append(len(_indices(state, attn + "transformer_blocks.")) if attends[-1] else 0)
+    attending = [d for d in depths if d]
+    depth = attending[-1] if attending else 1
+    if len(set(attending)) > 1:  # SDXL: 1, 2 and 10 transformer blocks by level (none at the first)
+        depth = [d or 1 for d in depths]
     to_k = next(k for k in state if k.startswith(UNET) and k.endswith("attn2.to_k.weight"))
     proj_in = next(k for k in state if k.startswith(UNET) and k.endswith(".proj_in.weight"))
     defaults = family.defaults["unet"]
@@ -150,7 +162,14 @@ def unet_config(state: dict, family: Family, sidecar: dict) -> dict:
     else:
         per_head = sidecar.get("num_head_channels", defaults["head_channels"])
         heads = [max(1, w // per_head) for w in widths]
+    extra = {}
+    if UNET + "label_emb.0.0.weight" in state:  # SDXL: sizes and the pooled text embedding
+        inputs = int(state[UNET + "label_emb.0.0.weight"].shape[1])
+        pooled = int(state[XL_OPEN_CLIP + "text_projection"].shape[1]) if XL_OPEN_CLIP + "text_projection" in state else 1280
+        extra = {"addition_embed_type": "text_time", "addition_time_embed_dim": (inputs - pooled) // 6,
+                 "projection_class_embeddings_input_dim": inputs}
     return {
+        **extra,
         "sample_size": defaults["sample_size"],
         "in_channels": int(conv_in.shape[1]),
         "out_channels": int(state[UNET + "out.2.weight"].shape[0]),
@@ -186,9 +205,9 @@ def vae_config(state: dict, prefix: str, scaling_factor: float) -> dict:
     }
 
 
-def text_config(text_state: dict, family: Family) -> dict:
+def text_config(text_state: dict, family: Family, part: str = "text_encoder") -> dict:
     """A CLIPTextConfig for the (already diffusers-keyed) text encoder state."""
-    defaults = family.defaults["text_encoder"]
+    defaults = family.defaults[part]
     tokens = text_state["text_model.embeddings.token_embedding.weight"]
     hidden = int(tokens.shape[1])
     layers = len(_indices(text_state, "text_model.encoder.layers."))
@@ -202,7 +221,8 @@ def text_config(text_state: dict, family: Family) -> dict:
         "max_position_embeddings": int(text_state["text_model.embeddings.position_embedding.weight"].shape[0]),
         "hidden_act": defaults["hidden_act"],
         "layer_norm_eps": defaults["layer_norm_eps"],
-        "projection_dim": hidden,
+        "projection_dim": (int(text_state["text_projection.weight"].shape[0])
+                           if "text_projection.weight" in text_state else hidden),
     }
 
 
@@ -221,18 +241,24 @@ def _materialise(cls, config: dict, weights: dict, label: str, part: str, dtype:
 
 
 def _vocab_size(state: dict, family: Family, label: str) -> int:
-    key = (CLIP + "text_model.embeddings.token_embedding.weight" if family.name == "sd1"
-           else OPEN_CLIP + "token_embedding.weight")
+    key = {"sd1": CLIP + "text_model.embeddings.token_embedding.weight",
+           "sdxl": XL_CLIP + "text_model.embeddings.token_embedding.weight"}.get(family.name,
+                                                                                 OPEN_CLIP + "token_embedding.weight")
     if key not in state:
         raise ModelError("checkpoint_incomplete", name=label, part="CLIP")
     return int(state[key].shape[0])
 
 
-def _text_encoder(state: dict, family: Family, label: str, dtype: torch.dtype, tokenizer):
+def _text_encoder(state: dict, family: Family, label: str, dtype: torch.dtype, tokenizer, second: bool = False):
+    """The text encoder (``second``: SDXL's OpenCLIP-G, with its projection)."""
     from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    if family.name == "sd1":
+    cls, part = (CLIPTextModelWithProjection, "text_encoder_2") if second else (CLIPTextModel, "text_encoder")
+    if family.name == "sdxl" and second:
+        width = int(state[XL_OPEN_CLIP + "token_embedding.weight"].shape[1])
+        text_state = convert_open_clip_checkpoint(_Width(width), state, prefix=XL_OPEN_CLIP)
+    elif family.name in ("sd1", "sdxl"):
         text_state = convert_ldm_clip_checkpoint(state)
     else:
         width = int(state[OPEN_CLIP + "token_embedding.weight"].shape[1])
@@ -241,10 +267,11 @@ def _text_encoder(state: dict, family: Family, label: str, dtype: torch.dtype, t
             last = max(_indices(text_state, "text_model.encoder.layers."))
             text_state = {k: v for k, v in text_state.items() if not k.startswith(f"text_model.encoder.layers.{last}.")}
     text_state = {k: v for k, v in text_state.items()
-                  if k.startswith("text_model.") and not k.endswith("position_ids")}
+                  if (k.startswith("text_model.") or (second and k == "text_projection.weight"))
+                  and not k.endswith("position_ids")}
     # Which ids open and close a prompt comes from the tokenizer (CLIP's, or BERT's [CLS]/[SEP]).
     config = CLIPTextConfig(
-        **text_config(text_state, family),
+        **text_config(text_state, family, part),
         bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id,
         eos_token_id=tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -252,10 +279,10 @@ def _text_encoder(state: dict, family: Family, label: str, dtype: torch.dtype, t
     from accelerate import init_empty_weights
 
     with init_empty_weights():
-        wrapped = hasattr(CLIPTextModel(config), "text_model")
+        wrapped = hasattr(cls(config), "text_model")
     if not wrapped:  # transformers >= 5.6 flattened CLIPTextModel
         text_state = {k.removeprefix("text_model."): v for k, v in text_state.items()}
-    return _materialise(CLIPTextModel, config, text_state, label, "CLIP", dtype)
+    return _materialise(cls, config, text_state, label, "CLIP", dtype)
 
 
 class _Width:
@@ -348,9 +375,11 @@ def _clip_tokenizer(pad_token: str, max_length: int):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def clip_tokenizer(family: Family):
-    """CLIP's tokenizer as SD 1.x / 2.x use it (a copy: embeddings add tokens to it)."""
-    spec = family.defaults["tokenizer"]
+def clip_tokenizer(family: Family, second: bool = False):
+    """CLIP's tokenizer as the family uses it (a copy: embeddings add tokens to it); ``second``:
+    SDXL's second, OpenCLIP-G's, which pads with ``!`` (id 0) where the first pads with its end
+    token."""
+    spec = family.defaults["tokenizer_2" if second else "tokenizer"]
     return copy.deepcopy(_clip_tokenizer(spec["pad_token"], spec["model_max_length"]))
 
 
@@ -380,9 +409,15 @@ def load_single_file(path: Path, dtype: torch.dtype, device: torch.device,
     if tokenizer is None:
         raise ModelError("checkpoint_no_tokenizer", name=label, vocab=vocab)
 
-    # 3. VAE and text encoder
+    # 3. VAE and text encoder(s)
     vae = vae_from_state(state, label, dtype, family.defaults["vae"]["scaling_factor"]).to(device)
     text_encoder = _text_encoder(state, family, label, dtype, tokenizer).to(device)
+    extra = {}
+    if family.name == "sdxl":
+        tokenizer_2 = clip_tokenizer(family, second=True)
+        extra = {"tokenizer_2": tokenizer_2,
+                 "text_encoder_2": _text_encoder(state, family, label, dtype, tokenizer_2, second=True).to(device)}
+    v_keys = "v_pred" in state  # NoobAI-XL v-pred and kin: empty v_pred / ztsnr marker tensors
     del state
 
     # 4. Scheduler: the family's, with v-prediction from the .yaml or the probe (SD 2.x)
@@ -390,14 +425,22 @@ def load_single_file(path: Path, dtype: torch.dtype, device: torch.device,
     if sidecar.get("v_prediction") is not None:
         v = sidecar["v_prediction"]
     else:
-        v = family.name == "sd2" and predicts_v(unet)
+        v = v_keys or (family.name == "sd2" and predicts_v(unet))
     if v:
         scheduler_config["prediction_type"] = "v_prediction"
         scheduler_config["rescale_betas_zero_snr"] = False
+    if family.name == "sdxl" and v:  # A1111/Forge: v-pred SDXL runs with zero terminal SNR
+        scheduler_config["rescale_betas_zero_snr"] = True
+        scheduler_config["timestep_spacing"] = "trailing"  # so the last step reaches the zero-SNR end
     cls = getattr(diffusers, scheduler_config.pop("_class_name"))
     scheduler = cls.from_config(scheduler_config)
     log.info("%s: %s, %d input channels, %s", label, family.name, unet.config.in_channels,
              "v-prediction" if v else "epsilon")
+    if family.name == "sdxl":
+        from diffusers import StableDiffusionXLPipeline
+
+        return StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                         scheduler=scheduler, **extra)
     return StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,

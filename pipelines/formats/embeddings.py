@@ -3,8 +3,10 @@ each file, read without running any pickle code.
 
 Layouts: A1111 ``.pt`` (``string_to_param: {"*": tensor[n, width]}``), A1111 ``.safetensors``
 (``emb_params``), diffusers ``learned_embeds.bin``/``.safetensors`` (``{token: vector}``), and
-SDXL's ``clip_l`` + ``clip_g`` pairs (named as such: they belong to SDXL models). A file is
-usable when its width is the text encoder's; otherwise it is listed with the reason.
+SDXL's ``clip_l`` + ``clip_g`` pairs (on an SDXL base their vectors side by side, ``clip_l``
+first, as the two encoders' widths; on an SD 1.x base named as SDXL's). A file is usable when
+its width is the text encoder's (SDXL: both encoders' together); otherwise it is listed with the
+reason.
 """
 
 from __future__ import annotations
@@ -38,11 +40,16 @@ def _load(path: Path):
     return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
-def _vectors(data) -> tuple[torch.Tensor | None, str | None]:
+def _vectors(data, pair: bool = False) -> tuple[torch.Tensor | None, str | None]:
     if not isinstance(data, dict) or not data:
         return None, "layout"
     if "clip_l" in data and "clip_g" in data:
-        return None, "sdxl"
+        if not pair:
+            return None, "sdxl"
+        parts = [_vectors({"emb_params": data[k]})[0] for k in ("clip_l", "clip_g")]
+        if any(p is None for p in parts) or parts[0].shape[0] != parts[1].shape[0]:
+            return None, "layout"
+        return torch.cat(parts, dim=1), None
     if isinstance(data.get("string_to_param"), dict) and data["string_to_param"]:
         tensor = next(iter(data["string_to_param"].values()))
     elif "emb_params" in data:
@@ -59,8 +66,9 @@ def _vectors(data) -> tuple[torch.Tensor | None, str | None]:
     return tensor, None
 
 
-def read_embedding(path: Path, file: str, width: int) -> Embedding:
-    """The embedding in ``path``, checked against a text encoder ``width`` wide."""
+def read_embedding(path: Path, file: str, width: int, pair: bool = False) -> Embedding:
+    """The embedding in ``path``, checked against a text encoder ``width`` wide (``pair``: SDXL's
+    two encoders, ``width`` their widths together)."""
     name = Path(file).name
     name = name[: -len(path.suffix)] if path.suffix else name
     try:
@@ -72,7 +80,7 @@ def read_embedding(path: Path, file: str, width: int) -> Embedding:
     except Exception as exc:  # truncated, not a weight file
         log.warning("embedding %s unreadable: %s", file, exc)
         return Embedding(name, file, None, None, "unreadable")
-    vectors, problem = _vectors(data)
+    vectors, problem = _vectors(data, pair)
     if vectors is None:
         return Embedding(name, file, None, None, problem)
     if vectors.shape[1] != width:

@@ -8,6 +8,7 @@ first (so a failure keeps the old one active) and then frees the old one.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import threading
@@ -24,6 +25,7 @@ from ..formats.weights import file_hash
 from .adapters import AdapterTable
 from .cache import ResidentCache, module_bytes
 from .devices import DevicePlan, attention_backend, dtype_name, free_memory, plan_device
+from .families import SD1, ModelFamily, family_of_index, family_of_pipeline
 from .folders import ModelFolders
 from .settings import KNOWN_HUB_MODELS, EngineSettings
 from .quiet import quiet_known_noise
@@ -66,6 +68,7 @@ class ModelStore:
         self.lock = threading.RLock()
         self._base = None
         self._base_ref: str | None = None
+        self._family: ModelFamily = SD1  # the loaded base's family (store/families.py), set at load
         self._wanted_ref = settings.model
         self._load_seconds: float | None = None
         self.model_hash: str | None = None  # A1111's short hash of the loaded single file
@@ -118,6 +121,17 @@ class ModelStore:
         """The external VAE asked for: "auto", "none" or a name under models/vae."""
         return self._wanted_vae
 
+    @property
+    def family(self) -> ModelFamily:
+        """The base model's family (loading the base first when it is not yet loaded)."""
+        self.base()
+        return self._family
+
+    @property
+    def loaded_family(self) -> ModelFamily | None:
+        """The family of the loaded base, or None (never loads)."""
+        return self._family if self._base is not None else None
+
     def is_loaded(self) -> bool:
         return self._base is not None
 
@@ -159,6 +173,7 @@ class ModelStore:
         """Make a freshly loaded pipeline the base: its A1111 hash (a single file's short hash,
         cached by path, size and mtime), its own VAE kept, the chosen external VAE applied."""
         self._base, self._base_ref = pipe, choice.ref
+        self._family = family_of_pipeline(pipe)
         self._wanted_ref = choice.ref
         self.model_hash = file_hash(Path(choice.source)) if choice.kind == "file" else None
         self._own_vae, self.vae_ref, self.vae_hash = pipe.vae, None, None
@@ -180,31 +195,47 @@ class ModelStore:
                 return tokenizer
         return None
 
-    def _load(self, choice: ModelChoice):
-        from diffusers import StableDiffusionPipeline
+    def _folder_family(self, choice: ModelChoice) -> ModelFamily:
+        """A diffusers folder's (or hub model's) family, from its ``model_index.json``."""
+        import json
 
+        index = None
+        if choice.kind in ("folder", "path"):
+            index = Path(choice.source) / "model_index.json"
+        else:
+            try:
+                from huggingface_hub import hf_hub_download
+
+                index = Path(hf_hub_download(choice.source, "model_index.json",
+                                             local_files_only=not self.settings.allow_download))
+            except Exception:  # unknown here: the loader's own error says why
+                return SD1
+        try:
+            return family_of_index(json.loads(index.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            return SD1
+
+    def _load(self, choice: ModelChoice):
         started = time.perf_counter()
-        kwargs = dict(
-            dtype=self.plan.dtype,
-            safety_checker=None,
-            requires_safety_checker=False,
-        )
+        kwargs: dict = dict(dtype=self.plan.dtype)
+        if choice.kind != "file":
+            cls = self._folder_family(choice).pipeline_class("txt2img")
+            if "safety_checker" in inspect.signature(cls.__init__).parameters:
+                kwargs.update(safety_checker=None, requires_safety_checker=False)
         try:
             if choice.kind == "hub" and not choice.local:
                 if not self.settings.allow_download:
                     raise ModelError("model_missing_offline", name=choice.ref)
                 log.info("downloading %s (HF_ENDPOINT honoured)", choice.ref)
                 try:
-                    pipe = StableDiffusionPipeline.from_pretrained(choice.source, **kwargs)
+                    pipe = cls.from_pretrained(choice.source, **kwargs)
                 except OSError as exc:
                     log.warning("download of %s failed: %s", choice.ref, exc)
                     raise ModelError("model_download_failed", name=choice.ref) from exc
             elif choice.kind == "file":
                 pipe = load_single_file(Path(choice.source), self.plan.dtype, self.plan.device, self._tokenizer_for)
             else:
-                pipe = StableDiffusionPipeline.from_pretrained(
-                    choice.source, local_files_only=True, **kwargs
-                )
+                pipe = cls.from_pretrained(choice.source, local_files_only=True, **kwargs)
         except ModelError:
             raise
         except Exception as exc:  # any loader failure is a user-facing "cannot load" error
@@ -214,6 +245,10 @@ class ModelStore:
             raise ModelError(code, name=choice.ref) from exc
         if self.plan.device.type != "cpu":
             pipe.to(self.plan.device)
+        family = family_of_pipeline(pipe)
+        if (self.plan.dtype == torch.float16 and not family.vae_fp16_safe
+                and pipe.vae.config.get("force_upcast", True)):
+            pipe.vae.to(torch.float32)  # SDXL's own VAE overflows in fp16 (sdxl-vae-fp16-fix does not)
         apply_speed_options(pipe, self.settings)
         self._load_seconds = time.perf_counter() - started
         log.info("loaded %s in %.1fs on %s/%s", choice.ref, self._load_seconds, self.plan.device, dtype_name(self.plan.dtype))
@@ -286,7 +321,9 @@ class ModelStore:
     def embeddings(self) -> list[Embedding]:
         """Every file in models/embeddings, read against the loaded text encoder's width
         (cached per file, size and mtime; a new model re-checks the widths)."""
-        width = self.base().text_encoder.get_input_embeddings().weight.shape[1]
+        base, family = self.base(), self.family
+        width = sum(getattr(base, name).get_input_embeddings().weight.shape[1] for name in family.text_encoders)
+        pair = len(family.text_encoders) > 1
         rows, seen = [], set()
         for name in self.folders.list_files("embeddings"):
             try:
@@ -294,10 +331,10 @@ class ModelStore:
                 stat = path.stat()
             except (OSError, ParamError):
                 continue
-            key = (str(path), stat.st_size, stat.st_mtime_ns, width)
+            key = (str(path), stat.st_size, stat.st_mtime_ns, width, pair)
             row = self._embeddings.get(key)
             if row is None:
-                row = self._embeddings[key] = read_embedding(path, name, width)
+                row = self._embeddings[key] = read_embedding(path, name, width, pair)
             if row.name not in seen:  # the first file of a name wins, as in A1111
                 seen.add(row.name)
                 rows.append(row)
@@ -332,7 +369,7 @@ class ModelStore:
         rows = []
         if self._base is None:
             return rows + self.cache.rows()
-        for name in ("unet", "vae", "text_encoder"):
+        for name in ("unet", "vae", *self._family.text_encoders):
             module = getattr(self._base, name)
             rows.append(
                 {
@@ -349,6 +386,7 @@ class ModelStore:
         info = {
             "model": self.current_ref,
             "model_loaded": self._base is not None,
+            "family": self._family.name if self._base is not None else None,
             "vae": self.vae_ref,
             "device": str(self.plan.device),
             "dtype": dtype_name(self.plan.dtype),

@@ -181,7 +181,6 @@ def run(
     on_preview=None,
 ) -> Generated:
     """Text-to-image guided by one to three ControlNets, on the shared base modules."""
-    from diffusers import StableDiffusionControlNetInpaintPipeline, StableDiffusionControlNetPipeline
 
     base, units = request.base, request.units
     # 1. Names and the post-step first: nothing is decoded or loaded for a request that fails.
@@ -191,9 +190,9 @@ def run(
     guide = guidance(store, units, base.width, base.height, request.resize_mode, cancel)
     # 3. The shared denoise-and-decode loop, with the ControlNet pipeline class (an inpainting
     #    model paints a blank, fully masked canvas); the post-step.
-    cls, call_kwargs = StableDiffusionControlNetPipeline, {"image": guide.images, **guide.kwargs}
+    cls, call_kwargs = store.family.pipeline_class("controlnet"), {"image": guide.images, **guide.kwargs}
     if is_inpainting_model(store):
-        cls, call_kwargs = StableDiffusionControlNetInpaintPipeline, {
+        cls, call_kwargs = store.family.pipeline_class("controlnet_inpaint"), {
             **blank_canvas(base), "control_image": guide.images, **guide.kwargs}
     result = generate(
         store,

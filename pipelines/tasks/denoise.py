@@ -24,7 +24,7 @@ from .deepcache import deep_cache
 from .lora import apply_loras
 from .preview import PreviewHook, Previewer, preview_decoder
 from ..formats.prompt_weights import parse as parse_weights, plain_text
-from .prompts import long_prompt_embeds, used_embeddings
+from .prompts import encode_long, used_embeddings
 from .schedulers import make_scheduler, step_eta
 
 log = logging.getLogger(__name__)
@@ -112,16 +112,14 @@ class Generated:
 def build_pipeline(store, params: Txt2Img, cls=None, **components):
     """A task pipeline sharing the base modules, with this job's own scheduler.
 
-    ``cls`` defaults to StableDiffusionPipeline; ControlNet passes its pipeline class and the
+    ``cls`` defaults to the family's text-to-image class; ControlNet passes its pipeline class and the
     ``controlnet`` component. The job's LoRAs are switched on the shared base first (a no-op
     when they are the same as last time), so every task gets them.
     """
-    from diffusers import StableDiffusionPipeline
-
     base = store.base()
     apply_loras(store, params.loras)
     scheduler = make_scheduler(params.sampler, base.scheduler.config, params.schedule_type)
-    return store.pipeline(cls or StableDiffusionPipeline, scheduler=scheduler, **components)
+    return store.pipeline(cls or store.family.pipeline_class("txt2img"), scheduler=scheduler, **components)
 
 
 def prompt_arguments(pipe, prompt: str, negative_prompt: str, notices: dict, store=None,
@@ -132,17 +130,17 @@ def prompt_arguments(pipe, prompt: str, negative_prompt: str, notices: dict, sto
     usable = {e.name: e for e in store.embeddings() if e.vectors is not None} if store is not None else {}
     used = used_embeddings({name: None for name in usable}, prompt, negative_prompt)
     vectors = {name: usable[name].vectors for name in used}
-    long = long_prompt_embeds(pipe, prompt, negative_prompt, pipe.device, vectors, clip_skip,
-                              always=bool(used) or clip_skip > 1)
+    long = encode_long(pipe, prompt, negative_prompt, pipe.device, vectors, clip_skip,
+                       always=bool(used) or clip_skip > 1)
     if used:
         notices["embeddings"] = {name: usable[name].file for name in used}
     if long is None:  # no syntax in it: the text as typed, escapes resolved
         negative_text = plain_text(parse_weights(negative_prompt)) if negative_prompt else ""
         return {"prompt": plain_text(parse_weights(prompt)), "negative_prompt": negative_text or None}
-    positive, negative, chunks = long
+    embeds, chunks = long
     if chunks > 1:
         notices["prompt_chunks"] = chunks
-    return {"prompt_embeds": positive, "negative_prompt_embeds": negative}
+    return embeds
 
 
 def denoise(

@@ -105,7 +105,6 @@ def _guidance(store, units, width: int, height: int, resize_mode: str, cancel):
 def img2img(store, request: Img2Img, cancel: threading.Event | None = None, on_step: StepHook | None = None,
             on_preview=None) -> Generated:
     """The input fitted to the request's size, denoised from ``strength`` (ControlNets optional)."""
-    from diffusers import StableDiffusionControlNetImg2ImgPipeline, StableDiffusionImg2ImgPipeline
 
     base = request.base
     if request.units:
@@ -122,9 +121,9 @@ def img2img(store, request: Img2Img, cancel: threading.Event | None = None, on_s
     if work.steps == 0:
         return _unchanged(store, work.asked, [init], guide)
     # 2. Denoise from the input; the ControlNet variant when units guide it.
-    cls, components, kwargs = StableDiffusionImg2ImgPipeline, {}, {}
+    cls, components, kwargs = store.family.pipeline_class("img2img"), {}, {}
     if guide is not None:
-        cls, components = StableDiffusionControlNetImg2ImgPipeline, {"controlnet": guide.controlnet}
+        cls, components = store.family.pipeline_class("controlnet_img2img"), {"controlnet": guide.controlnet}
         kwargs = {"control_image": guide.images, **guide.kwargs}
     return _run(store, work, cls, components, {"image": init, "strength": work.strength, **kwargs}, guide,
                 cancel, on_step, on_preview)
@@ -186,7 +185,6 @@ def inpaint(store, request: Inpaint, cancel: threading.Event | None = None, on_s
 def _inpaint_at(store, work: Pass, image: Image.Image, mask: Image.Image, fill: str, units, resize_mode: str,
                 cancel, on_step, on_preview) -> Generated:
     """Inpaint ``image`` (already at the working size) where ``mask`` is at least half white."""
-    from diffusers import StableDiffusionControlNetInpaintPipeline, StableDiffusionInpaintPipeline
 
     width, height = image.size
     guide = _guidance(store, units, width, height, resize_mode, cancel)
@@ -198,9 +196,9 @@ def _inpaint_at(store, work: Pass, image: Image.Image, mask: Image.Image, fill: 
     if fill in ("latent_noise", "latent_nothing"):
         init = _latent_fill(store, start, mask, fill, work.request)
     # 2. Denoise; the ControlNet variant when units guide it.
-    cls, components, kwargs = StableDiffusionInpaintPipeline, {}, {}
+    cls, components, kwargs = store.family.pipeline_class("inpaint"), {}, {}
     if guide is not None:
-        cls, components = StableDiffusionControlNetInpaintPipeline, {"controlnet": guide.controlnet}
+        cls, components = store.family.pipeline_class("controlnet_inpaint"), {"controlnet": guide.controlnet}
         kwargs = {"control_image": guide.images, **guide.kwargs}
     call = {"image": init, "mask_image": mask, "strength": work.strength, **kwargs}
     if not isinstance(init, Image.Image):  # latents: the 9-channel U-Net still sees the image itself
@@ -280,13 +278,6 @@ def hires_fix(store, request: Txt2Img, up: Upscale | None, cancel: threading.Eve
     again at the larger size from ``hires_strength`` on the same seed. ``request`` is the first
     pass's (a draft's own size). ``control``: ControlNets guide both passes, their maps fitted
     to each pass's size."""
-    from diffusers import (
-        StableDiffusionControlNetImg2ImgPipeline,
-        StableDiffusionControlNetInpaintPipeline,
-        StableDiffusionControlNetPipeline,
-        StableDiffusionImg2ImgPipeline,
-        StableDiffusionInpaintPipeline,
-    )
 
     started = time.perf_counter()
     width, height = request.hires_size()
@@ -299,9 +290,9 @@ def hires_fix(store, request: Txt2Img, up: Upscale | None, cancel: threading.Eve
     notices: dict = {}
     blank = blank_canvas(request) if inpainting else {}
     if guide is None:
-        first = {"cls": StableDiffusionInpaintPipeline, "call_kwargs": blank} if inpainting else {}
+        first = {"cls": store.family.pipeline_class("inpaint"), "call_kwargs": blank} if inpainting else {}
     else:
-        cls = StableDiffusionControlNetInpaintPipeline if inpainting else StableDiffusionControlNetPipeline
+        cls = store.family.pipeline_class("controlnet_inpaint") if inpainting else store.family.pipeline_class("controlnet")
         images = {"control_image": guide.images} if inpainting else {"image": guide.images}
         first = {"cls": cls, "components": {"controlnet": guide.controlnet},
                  "call_kwargs": {**blank, **images, **guide.kwargs}}
@@ -328,9 +319,9 @@ def hires_fix(store, request: Txt2Img, up: Upscale | None, cancel: threading.Eve
             images += _inpaint_at(store, one, picture, white, "original", units, resize_mode, cancel, on_second,
                                   on_preview).images
     else:
-        cls, components, extra = StableDiffusionImg2ImgPipeline, {}, {}
+        cls, components, extra = store.family.pipeline_class("img2img"), {}, {}
         if guide is not None:
-            cls, components = StableDiffusionControlNetImg2ImgPipeline, {"controlnet": guide.controlnet}
+            cls, components = store.family.pipeline_class("controlnet_img2img"), {"controlnet": guide.controlnet}
             extra = {"control_image": controlnet.refit(guide, width, height, resize_mode), **guide.kwargs}
         pipe, refined = denoise(store, second.request, cls, components,
                                 {"image": init, "strength": second.strength, **extra}, cancel=cancel,

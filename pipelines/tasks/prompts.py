@@ -106,51 +106,80 @@ def _final_norm(text_encoder):
     return inner.final_layer_norm
 
 
-def _encode_chunks(pipe, chunks: list[list], window: int, device, clip_skip: int = 1) -> torch.Tensor:
-    tok = pipe.tokenizer
+def text_encoders(pipe) -> list[tuple]:
+    """(tokenizer, text encoder) pairs of the pipeline: one (SD 1.x/2.x) or two (SDXL)."""
+    pairs = [(pipe.tokenizer, pipe.text_encoder)]
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        pairs.append((pipe.tokenizer_2, pipe.text_encoder_2))
+    return pairs
+
+
+def _special_ids(tok) -> tuple[int, int, int, int]:
     start = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
     end = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else end
     placeholder = tok.unk_token_id if tok.unk_token_id is not None else pad
-    rows, spliced, weights = [], [], []
-    for r, chunk in enumerate(chunks):
-        ids, row_weights = [start], [1.0]
-        for item, weight in chunk:
-            if isinstance(item, torch.Tensor):
-                spliced.append((r, len(ids), item))
-                ids.append(placeholder)
-            else:
-                ids.append(item)
-            row_weights.append(weight)
-        ids.append(end)
-        rows.append(ids + [pad] * (window - len(ids)))
-        weights.append(row_weights + [1.0] * (window - len(row_weights)))
-    input_ids = torch.tensor(rows, device=device)
-    use_mask = getattr(pipe.text_encoder.config, "use_attention_mask", False)
-    mask = (input_ids != pad).long() if use_mask else None
+    return start, end, pad, placeholder
 
-    def splice(module, inputs, output):
-        output = output.clone()
-        for r, position, vector in spliced:
-            output[r, position] = vector.to(output.device, output.dtype)
-        return output
 
-    hook = pipe.text_encoder.get_input_embeddings().register_forward_hook(splice) if spliced else None
-    try:
-        with torch.no_grad():
-            out = pipe.text_encoder(input_ids, attention_mask=mask, output_hidden_states=clip_skip > 1)
-            if clip_skip > 1:
-                layers = len(out.hidden_states) - 1
-                hidden = _final_norm(pipe.text_encoder)(out.hidden_states[-min(clip_skip, layers)])
-            else:
-                hidden = out[0]
-    finally:
-        if hook is not None:
-            hook.remove()
+def _encode_chunks(pipe, chunks: list[list], window: int, device, clip_skip: int = 1):
+    """(hidden states (1, chunks × window, width), pooled embedding or None). With two encoders
+    (SDXL) each reads the same tokens with its own padding, from its penultimate layer (clip skip
+    N: N layers further up, as diffusers counts it), their states side by side; the pooled,
+    projected embedding is the last encoder's for the first chunk (A1111's choice)."""
+    pairs = text_encoders(pipe)
+    two = len(pairs) > 1
+    weights = [[1.0] + [weight for _, weight in chunk] for chunk in chunks]
+    weights = [row + [1.0] * (window - len(row)) for row in weights]
+    states, pooled, offset = [], None, 0
+    for tok, encoder in pairs:
+        start, end, pad, placeholder = _special_ids(tok)
+        width = encoder.get_input_embeddings().weight.shape[1]
+        rows, spliced = [], []
+        for r, chunk in enumerate(chunks):
+            ids = [start]
+            for item, _ in chunk:
+                if isinstance(item, torch.Tensor):
+                    spliced.append((r, len(ids), item[offset:offset + width]))
+                    ids.append(placeholder)
+                else:
+                    ids.append(item)
+            ids.append(end)
+            rows.append(ids + [pad] * (window - len(ids)))
+        offset += width
+        input_ids = torch.tensor(rows, device=device)
+        use_mask = getattr(encoder.config, "use_attention_mask", False)
+        mask = (input_ids != pad).long() if use_mask else None
+
+        def splice(module, inputs, output, spliced=spliced):
+            output = output.clone()
+            for r, position, vector in spliced:
+                output[r, position] = vector.to(output.device, output.dtype)
+            return output
+
+        hook = encoder.get_input_embeddings().register_forward_hook(splice) if spliced else None
+        try:
+            with torch.no_grad():
+                out = encoder(input_ids, attention_mask=mask, output_hidden_states=two or clip_skip > 1)
+                if two:
+                    layers = len(out.hidden_states) - 1
+                    hidden = out.hidden_states[-min(clip_skip + 1, layers)]
+                    pooled = out[0][:1]  # the last encoder's wins: SDXL's projected OpenCLIP-G
+                elif clip_skip > 1:
+                    layers = len(out.hidden_states) - 1
+                    hidden = _final_norm(encoder)(out.hidden_states[-min(clip_skip, layers)])
+                else:
+                    hidden = out[0]
+        finally:
+            if hook is not None:
+                hook.remove()
+        states.append(hidden)
+    hidden = torch.cat(states, dim=-1) if two else states[0]
     if any(w != 1.0 for row in weights for w in row):
         hidden = _emphasised(hidden, torch.tensor(weights, dtype=hidden.dtype, device=hidden.device))
     # (chunks, window, dim) -> (1, chunks * window, dim)
-    return hidden.reshape(1, -1, hidden.shape[-1]).to(pipe.unet.dtype)
+    dtype = pipe.unet.dtype
+    return hidden.reshape(1, -1, hidden.shape[-1]).to(dtype), (pooled.to(dtype) if pooled is not None else None)
 
 
 def _emphasised(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -162,11 +191,12 @@ def _emphasised(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (scaled * (before / after)).to(hidden.dtype)
 
 
-def long_prompt_embeds(pipe, prompt: str, negative: str, device, vectors: dict | None = None,
-                       clip_skip: int = 1, always: bool = False):
-    """Embeddings for a prompt over the window (or ``always``: embeddings named in it, clip
-    skip), or None when it fits, has no emphasis or BREAK and nothing else asks for them (use
-    the plain path). Prompts are read in A1111's emphasis syntax (formats/prompt_weights.py)."""
+def encode_long(pipe, prompt: str, negative: str, device, vectors: dict | None = None,
+                clip_skip: int = 1, always: bool = False) -> tuple[dict, int] | None:
+    """The pipeline call's embedding arguments for a prompt over the window (or ``always``:
+    embeddings named in it, clip skip) and the chunk count, or None when it fits, has no
+    emphasis or BREAK and nothing else asks for them (use the plain path). Prompts are read in
+    A1111's emphasis syntax (formats/prompt_weights.py). SDXL gets its pooled embeddings too."""
     window = token_window(pipe)
     size = window - 2
     pos_pieces, neg_pieces = parse_weights(prompt), parse_weights(negative)
@@ -178,5 +208,23 @@ def long_prompt_embeds(pipe, prompt: str, negative: str, device, vectors: dict |
     count = max(len(pos), len(neg))
     pos += [[]] * (count - len(pos))
     neg += [[]] * (count - len(neg))
-    return (_encode_chunks(pipe, pos, window, device, clip_skip),
-            _encode_chunks(pipe, neg, window, device, clip_skip), count)
+    positive, pooled = _encode_chunks(pipe, pos, window, device, clip_skip)
+    negative_embeds, negative_pooled = _encode_chunks(pipe, neg, window, device, clip_skip)
+    out = {"prompt_embeds": positive, "negative_prompt_embeds": negative_embeds}
+    if pooled is not None:
+        if not negative.strip() and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+            # SDXL's own rule (diffusers, A1111): an empty negative prompt is zeros
+            negative_embeds, negative_pooled = torch.zeros_like(negative_embeds), torch.zeros_like(negative_pooled)
+            out["negative_prompt_embeds"] = negative_embeds
+        out["pooled_prompt_embeds"], out["negative_pooled_prompt_embeds"] = pooled, negative_pooled
+    return out, count
+
+
+def long_prompt_embeds(pipe, prompt: str, negative: str, device, vectors: dict | None = None,
+                       clip_skip: int = 1, always: bool = False):
+    """``encode_long``'s positive and negative hidden states and chunk count, or None."""
+    found = encode_long(pipe, prompt, negative, device, vectors, clip_skip, always)
+    if found is None:
+        return None
+    out, count = found
+    return out["prompt_embeds"], out["negative_prompt_embeds"], count

@@ -23,13 +23,12 @@ def run(
     on_step: StepHook | None = None,
     on_preview: PreviewHook | None = None,
 ) -> Generated:
-    from diffusers import StableDiffusionInpaintPipeline
 
     hires = hires_of(store, request)
     if request.draft:
         request = replace(request, **draft_size(request.width, request.height))
     if request.hires_pass:  # 高清修复: upscale, then a second denoise (only the refined image is kept)
         return edit.hires_fix(store, request, hires, cancel=cancel, on_step=on_step, on_preview=on_preview)
-    blank = {"cls": StableDiffusionInpaintPipeline, "call_kwargs": blank_canvas(request)} if is_inpainting_model(store) else {}
+    blank = {"cls": store.family.pipeline_class("inpaint"), "call_kwargs": blank_canvas(request)} if is_inpainting_model(store) else {}
     result = generate(store, request, cancel=cancel, on_step=on_step, on_preview=on_preview, **blank)
     return upscale_results(store, result, hires, cancel)

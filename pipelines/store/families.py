@@ -1,0 +1,125 @@
+"""Model families: what differs between SD 1.x/2.x and SDXL, said in one place.
+
+The store learns its base model's family once, at load (``family_of_pipeline``); a task asks it
+for the pipeline class of what it does (``family.pipeline_class("img2img")``), prompt encoding
+asks how many text encoders there are and which hidden layer each gives, the preview asks for
+its latent→RGB map and tiny decoder, LoRA and embedding readers ask for their key layouts, the
+draft and 高清修复 passes for the sizes it was trained at, 训练 LoRA for its recipe.
+
+A new family is one ``ModelFamily`` added to ``FAMILIES`` (and its demo model): the checklist
+is in docs/ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Tasks a family names a pipeline class for.
+TASKS = ("txt2img", "img2img", "inpaint", "controlnet", "controlnet_img2img", "controlnet_inpaint")
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    name: str  # stable id: written into 历史, PNG info's notices and bench rows
+    label: str  # what the UI shows
+    classes: dict[str, str]  # task -> diffusers pipeline class name
+    default_size: int  # 文生图's default width and height
+    trained_sizes: tuple[tuple[int, int], ...]  # (width, height) buckets it was trained at
+    latent_rgb: tuple[tuple[float, float, float], ...]  # the approximate preview's map
+    tiny_decoder: str  # the name part of a tiny autoencoder folder for its latents (taesd, taesdxl)
+    text_encoders: tuple[str, ...]  # the pipeline's text encoder attributes, in order
+    lora_text_prefixes: dict[str, str]  # Kohya prefix -> text encoder attribute
+    embedding_keys: tuple[str, ...]  # a textual-inversion file's keys, one per text encoder
+    # Hidden layer of each text encoder its U-Net reads at clip skip 1 (-1: the last, through
+    # the final norm; -2: the penultimate, without it).
+    text_layer: int = -1
+    pooled: bool = False  # the U-Net also takes the last encoder's pooled, projected embedding
+    vae_fp16_safe: bool = True  # False: its VAE overflows in fp16, decode in fp32 unless fixed
+    fewstep: str = "sd15"  # its rows in formats/configs/fewstep.json
+    train_resolution: int = 512
+    train_text_encoder: bool = True  # 训练 LoRA trains the text encoder(s) by default
+    extra: dict = field(default_factory=dict)
+
+    def pipeline_class(self, task: str):
+        import diffusers
+
+        return getattr(diffusers, self.classes[task])
+
+    def draft_sizes(self) -> tuple[tuple[int, int], ...]:
+        return self.trained_sizes
+
+
+SD1 = ModelFamily(
+    name="sd1",
+    label="SD 1.x / 2.x",
+    classes={
+        "txt2img": "StableDiffusionPipeline",
+        "img2img": "StableDiffusionImg2ImgPipeline",
+        "inpaint": "StableDiffusionInpaintPipeline",
+        "controlnet": "StableDiffusionControlNetPipeline",
+        "controlnet_img2img": "StableDiffusionControlNetImg2ImgPipeline",
+        "controlnet_inpaint": "StableDiffusionControlNetInpaintPipeline",
+    },
+    default_size=512,
+    trained_sizes=((512, 512), (512, 768), (768, 512)),
+    # A1111's "Approx cheap" map for SD 1.x latents (sd_samplers_common.py).
+    latent_rgb=((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473)),
+    tiny_decoder="taesd",
+    text_encoders=("text_encoder",),
+    lora_text_prefixes={"lora_te_": "text_encoder"},
+    embedding_keys=("emb_params",),
+)
+
+
+SDXL = ModelFamily(
+    name="sdxl",
+    label="SDXL",
+    classes={
+        "txt2img": "StableDiffusionXLPipeline",
+        "img2img": "StableDiffusionXLImg2ImgPipeline",
+        "inpaint": "StableDiffusionXLInpaintPipeline",
+        "controlnet": "StableDiffusionXLControlNetPipeline",
+        "controlnet_img2img": "StableDiffusionXLControlNetImg2ImgPipeline",
+        "controlnet_inpaint": "StableDiffusionXLControlNetInpaintPipeline",
+    },
+    default_size=1024,
+    # Stability's SDXL buckets (the ones A1111/Fooocus offer), about one megapixel each.
+    trained_sizes=((1024, 1024), (1152, 896), (896, 1152), (1216, 832), (832, 1216), (1344, 768),
+                   (768, 1344), (1536, 640), (640, 1536)),
+    # ComfyUI/A1111's published SDXL latent→RGB factors.
+    latent_rgb=((0.3651, 0.4232, 0.4341), (-0.2533, -0.0042, 0.1068), (0.1076, 0.1111, -0.0362),
+                (-0.3165, -0.2492, -0.2188)),
+    tiny_decoder="taesdxl",
+    text_encoders=("text_encoder", "text_encoder_2"),
+    lora_text_prefixes={"lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2"},
+    embedding_keys=("clip_l", "clip_g"),
+    text_layer=-2,
+    pooled=True,
+    vae_fp16_safe=False,
+    fewstep="sdxl",
+    train_resolution=1024,
+    train_text_encoder=False,
+)
+
+
+FAMILIES = {f.name: f for f in (SD1, SDXL)}
+
+
+def family_of_pipeline(pipe) -> ModelFamily:
+    """The family of a loaded pipeline: by the text encoders it has (SDXL has two)."""
+    if getattr(pipe, "text_encoder_2", None) is not None or "XL" in type(pipe).__name__:
+        return SDXL
+    return SD1
+
+
+def family_of_index(model_index: dict) -> ModelFamily:
+    """The family of a diffusers folder from its ``model_index.json``."""
+    name = str(model_index.get("_class_name", ""))
+    if "text_encoder_2" in model_index or name.startswith("StableDiffusionXL"):
+        return SDXL
+    return SD1
+
+
+def family_of_unet_config(config) -> ModelFamily:
+    """From a U-Net's (or ControlNet's) config: SDXL's takes time ids and a pooled embedding."""
+    return SDXL if (config.get("addition_embed_type") == "text_time") else SD1
