@@ -95,10 +95,11 @@ MAX_REQUEST_PIXELS = 4 * 4096 * 4096
 DRAFT_SIDE = 256  # Rapid Diffusion's draft: the short side at 256, then x4 with ESRGAN
 
 
-def draft_size(width: int, height: int) -> tuple[int, int]:
-    """The draft's size: short side 256, the requested aspect ratio, multiples of 8."""
+def draft_size(width: int, height: int, side: int = DRAFT_SIDE) -> tuple[int, int]:
+    """The draft's size: short side 256 (the model family's draft side: SDXL's is 512), the
+    requested aspect ratio, multiples of 8."""
     short = min(width, height)
-    return (max(8, round(width * DRAFT_SIDE / short / 8) * 8), max(8, round(height * DRAFT_SIDE / short / 8) * 8))
+    return (max(8, round(width * side / short / 8) * 8), max(8, round(height * side / short / 8) * 8))
 
 
 def check_output(width: int, height: int, pixels: int) -> None:

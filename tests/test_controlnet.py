@@ -160,7 +160,7 @@ def test_sdxl_and_other_width_configs_are_refused():
     sdxl = {"block_out_channels": [32, 64], "layers_per_block": 1, "cross_attention_dim": 2048, "in_channels": 4, "addition_embed_type": "text_time"}
     with pytest.raises(ModelError) as info:
         check_fits("x", shape_from_config(sdxl), base)
-    assert info.value.code == "controlnet_sdxl"
+    assert info.value.code == "controlnet_family" and info.value.fields["net"] == "SDXL"
     wider = {"block_out_channels": [32, 64, 64], "layers_per_block": 1, "cross_attention_dim": 32, "in_channels": 4}
     with pytest.raises(ModelError) as info:
         check_fits("x", shape_from_config(wider), base)

@@ -229,8 +229,8 @@ def test_list_shows_trigger_words_hash_base_model_and_preview(lstudio, lora_mode
 @pytest.mark.parametrize(
     "name, code",
     [
-        ("bad-sdxl-kohya", "lora_wrong_architecture"),
-        ("bad-sdxl-shapes", "lora_wrong_architecture"),
+        ("bad-sdxl-kohya", "lora_family"),
+        ("bad-sdxl-shapes", "lora_family"),
         ("bad-nothing", "lora_no_match"),
         ("bad-not-lora", "lora_unsupported_format"),
         ("bad-half", "lora_unsupported_format"),

@@ -33,7 +33,7 @@ from .controlnet import save_demo_controlnets
 from .esrgan import save_demo_upscalers
 from .library import save_demo_embeddings, save_demo_single_file, save_demo_vae
 from .lora import save_demo_loras
-from .sdxl import save_demo_sdxl
+from .sdxl import save_demo_sdxl, save_demo_sdxl_loras
 from .sd import DEMO_MODEL, DEMO_MODEL_INPAINT, DEMO_MODEL_SAFETENSORS, TOKEN_WINDOW, save_sd_pipeline
 
 __all__ = ["DEMO_MODEL", "DEMO_MODEL_INPAINT", "DEMO_MODEL_SAFETENSORS", "TOKEN_WINDOW", "ensure_demo_bundle"]
@@ -93,4 +93,5 @@ def build_bundle(root: Path) -> None:
     save_demo_controlnets(root)
     save_demo_upscalers(folders.folder("upscalers"))
     save_demo_loras(root)
+    save_demo_sdxl_loras(root)
     save_demo_captioner(folders.folder("captioners") / DEMO_CAPTIONER)

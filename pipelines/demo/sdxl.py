@@ -140,3 +140,79 @@ def save_demo_sdxl(checkpoints: Path) -> None:
     pipe = save_sdxl(checkpoints / DEMO_SDXL, seed=20)
     save_sdxl(checkpoints / DEMO_SDXL_INPAINT, seed=21, in_channels=9)
     save_sdxl_single_file(pipe, checkpoints / DEMO_SDXL_SINGLE)
+
+
+# LoRAs for the tiny SDXL --------------------------------------------------------------------------
+DEMO_SDXL_LORAS = {
+    # Kohya's SDXL layout: LDM U-Net names, lora_te1_/lora_te2_, alpha, LoCon convolutions, ss_* metadata
+    "kohya": "danqing-demo-xl-kohya.safetensors",
+    # diffusers/peft: unet. / text_encoder. / text_encoder_2. with lora_A/lora_B
+    "peft": "danqing-demo-xl-peft.safetensors",
+    # An SDXL-Lightning-style 4-step LoRA over the whole U-Net, under ByteDance's file name
+    "lightning": "sdxl_lightning_4step_lora-tiny.safetensors",
+}
+
+
+def save_demo_sdxl_loras(root: Path) -> dict[str, Path]:
+    """Seeded tiny LoRAs for ``checkpoints/danqing-demo-xl``, built from its own module names."""
+    import json
+
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from .lora import FEWSTEP_TARGETS
+    from .single_file import unet_ldm_names
+
+    base = Path(root) / "checkpoints" / DEMO_SDXL
+    unet = UNet2DConditionModel.from_pretrained(base / "unet")
+    encoders = {"text_encoder": CLIPTextModel.from_pretrained(base / "text_encoder"),
+                "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(base / "text_encoder_2")}
+    ldm = {k.removesuffix(".weight"): v.removesuffix(".weight") for k, v in unet_ldm_names(unet).items()
+           if k.endswith(".weight")}
+    attention = [(n, m) for n, m in unet.named_modules() if ".attn" in n and isinstance(m, torch.nn.Linear)]
+    convs = [(n, m) for n, m in unet.named_modules() if n.endswith("resnets.0.conv1")]  # LoCon
+    text = {c: [(n if n.startswith("text_model.") else "text_model." + n, m) for n, m in e.named_modules()
+                if isinstance(m, torch.nn.Linear) and ".layers." in n] for c, e in encoders.items()}
+    folder = Path(root) / "lora"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {kind: folder / name for kind, name in DEMO_SDXL_LORAS.items()}
+
+    def pair(module, rank, g, scale=0.3):
+        if isinstance(module, torch.nn.Conv2d):
+            shapes = (rank, module.in_channels, *module.kernel_size), (module.out_channels, rank, 1, 1)
+        else:
+            shapes = (rank, module.in_features), (module.out_features, rank)
+        return [(torch.randn(s, generator=g) * scale).contiguous() for s in shapes]
+
+    # 1. Kohya SDXL
+    g = torch.Generator().manual_seed(606)
+    state = {}
+    rows = [("lora_unet_" + ldm[n].replace(".", "_"), m) for n, m in attention + convs]
+    rows += [("lora_te1_" + n.replace(".", "_"), m) for n, m in text["text_encoder"]]
+    rows += [("lora_te2_" + n.replace(".", "_"), m) for n, m in text["text_encoder_2"]]
+    for key, module in rows:
+        state[f"{key}.lora_down.weight"], state[f"{key}.lora_up.weight"] = pair(module, 4, g)
+        state[f"{key}.alpha"] = torch.tensor(2.0)
+    save_file(state, written["kohya"], metadata={
+        "ss_base_model_version": "sdxl_base_v1-0", "ss_sd_model_name": DEMO_SDXL, "ss_network_module": "networks.lora",
+        "ss_network_dim": "4", "ss_network_alpha": "2.0", "ss_output_name": "danqing-demo-xl-kohya",
+        "ss_tag_frequency": json.dumps({"10_gongbi": {"gongbi": 9, "peony": 4}})})
+    # 2. diffusers/peft SDXL
+    g = torch.Generator().manual_seed(707)
+    state = {}
+    for prefix, layers in (("unet", attention), *((c, [(n.removeprefix("text_model."), m) for n, m in text[c]])
+                                                   for c in ("text_encoder", "text_encoder_2"))):
+        for name, module in layers:
+            state[f"{prefix}.{name}.lora_A.weight"], state[f"{prefix}.{name}.lora_B.weight"] = pair(module, 4, g)
+    save_file(state, written["peft"], metadata={"format": "pt"})
+    # 3. A Lightning-style distillation LoRA: the whole U-Net, Kohya names, no text encoder
+    g = torch.Generator().manual_seed(808)
+    state = {}
+    for name, module in unet.named_modules():
+        if name.endswith(FEWSTEP_TARGETS) and isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            key = "lora_unet_" + ldm[name].replace(".", "_")
+            state[f"{key}.lora_down.weight"], state[f"{key}.lora_up.weight"] = pair(module, 4, g, 0.15)
+            state[f"{key}.alpha"] = torch.tensor(4.0)
+    save_file(state, written["lightning"], metadata={"format": "pt"})
+    return written

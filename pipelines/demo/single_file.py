@@ -27,10 +27,16 @@ def _rename(rest: str, pairs) -> str:
 
 
 def unet_to_ldm(unet) -> dict[str, torch.Tensor]:
+    names = unet_ldm_names(unet)
+    return {"model.diffusion_model." + names[key]: value for key, value in unet.state_dict().items()}
+
+
+def unet_ldm_names(unet) -> dict[str, str]:
+    """Each U-Net state-dict key's LDM name (without ``model.diffusion_model.``)."""
     layers = unet.config.layers_per_block
     attends_up = [t.startswith("CrossAttn") for t in unet.config.up_block_types]
     out = {}
-    for key, value in unet.state_dict().items():
+    for key in unet.state_dict():
         parts = key.split(".")
         if key.startswith("time_embedding.linear_1."):
             new = "time_embed.0." + parts[-1]
@@ -68,7 +74,7 @@ def unet_to_ldm(unet) -> dict[str, torch.Tensor]:
             new = "middle_block.1." + rest if kind == "attentions" else f"middle_block.{2 * index}." + _rename(rest, _RESNET)
         else:
             raise ValueError(f"no LDM name for U-Net key {key}")
-        out["model.diffusion_model." + new] = value
+        out[key] = new
     return out
 
 

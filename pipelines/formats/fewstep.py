@@ -39,17 +39,20 @@ NAME_FIELDS = ("modelspec.title", "modelspec.description", "ss_output_name", "ss
 RANK = ("config", "metadata", "card", "layout", "name")
 
 _HYPER = re.compile(r"hyper[-_ ]?sd", re.IGNORECASE)
+_LIGHTNING = re.compile(r"lightning", re.IGNORECASE)
+_DMD2 = re.compile(r"(?<![a-z])dmd2?(?![a-z])", re.IGNORECASE)
 _TCD = re.compile(r"(?<![a-z])tcd(?![a-z])|trajectory[-_ ]?consistency", re.IGNORECASE)
 _LCM = re.compile(r"(?<![a-z])lcm(?![a-z])|latent[-_ ]?consistency", re.IGNORECASE)
 _STEPS = re.compile(r"(\d{1,2})[-_ ]?steps?(?![a-z])", re.IGNORECASE)
 _CFG = re.compile(r"(?<![a-z])cfg(?![a-z])", re.IGNORECASE)
 
 # U-Net module names of the distillation layout, as they appear in any key format (diffusers
-# dots, Kohya underscores): the ResNets' time-embedding projections and convolutions.
-_TIME_EMB = re.compile(r"resnets[._]\d+[._]time_emb_proj")
-_RESNET_CONV = re.compile(r"resnets[._]\d+[._]conv[12]")
+# dots, Kohya underscores, and the LDM names of Kohya's SDXL files): the ResNets'
+# time-embedding projections and convolutions.
+_TIME_EMB = re.compile(r"resnets[._]\d+[._]time_emb_proj|_\d+_0_emb_layers_1")
+_RESNET_CONV = re.compile(r"resnets[._]\d+[._]conv[12]|_\d+_0_(in|out)_layers_[23]")
 _ATTENTION = re.compile(r"attn[12][._]to_[qkv]")
-_TEXT = re.compile(r"^(lora_te_|lora_te1_|text_encoder[._]|te[._])")
+_TEXT = re.compile(r"^(lora_te_|lora_te1_|lora_te2_|text_encoder[._]|text_encoder_2[._]|te[._])")
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,10 @@ def from_text(text: str, evidence: str, merged: bool = False) -> FewStep | None:
         if steps == 1:
             return make("hyper-1step", evidence)
         return make("hyper", evidence, steps if steps and 1 < steps <= 16 else None)
+    if _LIGHTNING.search(text):  # SDXL-Lightning: 2, 4 or 8 steps (1-step is x0-prediction: not offered)
+        return make("lightning", evidence, steps if steps in (2, 4, 8) else None)
+    if _DMD2.search(text):
+        return make("dmd2", evidence)
     if _TCD.search(text):
         return make("tcd", evidence)
     if _LCM.search(text):

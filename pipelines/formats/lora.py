@@ -1,7 +1,10 @@
-"""LoRA files: their metadata, and every key layout mapped onto an SD 1.x pipeline's modules.
+"""LoRA files: their metadata, and every key layout mapped onto the base pipeline's modules
+(SD 1.x/2.x: one text encoder; SDXL: two, as its family says: store/families.py).
 
 Formats: diffusers/peft (``lora_A``/``lora_B``), Kohya/A1111 (``lora_unet_...`` with alpha, conv
-layers), PAI's old attention-processor ``pytorch_lora_weights.bin``. Reading only: loading an
+layers, LyCORIS LoCon's ``lora_down``/``lora_up`` convolutions; SD 1.x ``lora_te_``, SDXL
+``lora_te1_``/``lora_te2_``), PAI's old attention-processor ``pytorch_lora_weights.bin``. A LoRA
+of the other family is named as such (``lora_family``), never half-loaded. Reading only: loading an
 adapter onto the shared base is tasks/lora.py; which adapters are loaded is the store's table.
 """
 
@@ -29,12 +32,33 @@ TRIGGER_WORDS = 10
 HEADER_LIMIT = 100 * 1024 * 1024  # a safetensors JSON header larger than this is not a LoRA
 
 
-# Components of an SD 1.x pipeline that take LoRA weights, as named in state-dict prefixes.
-COMPONENTS = ("unet", "text_encoder")
+# Components of a pipeline that take LoRA weights, as named in state-dict prefixes (SDXL's
+# second text encoder included: its family says whether the base has one).
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 
 
-# Prefixes of other architectures' components (SDXL, SD3, Flux, ...): refused, never skipped.
-FOREIGN_PREFIXES = ("text_encoder_2.", "text_encoder_3.", "transformer.", "lora_te1_", "lora_te2_", "lora_transformer_")
+# Prefixes of other architectures' components (SD3, Flux, ...): refused, never skipped.
+FOREIGN_PREFIXES = ("text_encoder_3.", "transformer.", "lora_transformer_")
+
+
+# Which family a LoRA is for, from its text-encoder prefixes, else its cross-attention width.
+_SDXL_PREFIXES = ("lora_te1_", "lora_te2_", "text_encoder_2.")
+_CONTEXT_WIDTHS = {768: "sd1", 1024: "sd1", 2048: "sdxl"}
+
+
+def lora_family(state: dict) -> str | None:
+    """"sdxl", "sd1" (SD 1.x/2.x) or None (cannot tell: a tiny or U-Net-only file of odd width)."""
+    if any(k.startswith(_SDXL_PREFIXES) for k in state):
+        return "sdxl"
+    if any(k.startswith("lora_te_") for k in state):
+        return "sd1"
+    for key, tensor in state.items():
+        if ("attn2_to_k" in key or "attn2.to_k" in key) and key.endswith(
+                (".lora_down.weight", ".lora_A.weight", ".lora.down.weight")) and tensor.ndim == 2:
+            found = _CONTEXT_WIDTHS.get(int(tensor.shape[1]))
+            if found:
+                return found
+    return None
 
 
 # PAI / diffusers-old attention processors: processor.to_q_lora.down -> the module it adapts.
@@ -42,6 +66,7 @@ ATTN_PROCESSOR = {
     "unet": {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"},
     "text_encoder": {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"},
 }
+ATTN_PROCESSOR["text_encoder_2"] = ATTN_PROCESSOR["text_encoder"]
 
 
 ATTN_LORA = re.compile(r"^(?:(?P<head>.*)\.)?(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<part>down|up)\.weight$")
@@ -126,9 +151,9 @@ class LoraLayers:
         for (component, path), (down, up) in self.layers.items():
             if component == "unet":
                 downs[f"unet.{path}.lora_A.weight"], ups[f"unet.{path}.lora_B.weight"] = down, up
-            else:
-                downs[f"text_encoder.{path}.lora_linear_layer.down.weight"] = down
-                ups[f"text_encoder.{path}.lora_linear_layer.up.weight"] = up
+            else:  # text_encoder, or SDXL's text_encoder_2
+                downs[f"{component}.{path}.lora_linear_layer.down.weight"] = down
+                ups[f"{component}.{path}.lora_linear_layer.up.weight"] = up
         return {**downs, **ups}
 
 
@@ -139,21 +164,26 @@ def map_state_dict(pipe, state: dict[str, torch.Tensor], label: str) -> LoraLaye
     ``lora_no_match`` (no key names a module of this model) or ``lora_wrong_architecture``
     (another model's components, modules or shapes).
     """
-    from diffusers import StableDiffusionPipeline
+    from ..store.families import FAMILIES, family_of_pipeline
 
+    family = family_of_pipeline(pipe)
+    components = ("unet", *family.text_encoders)
     # 1. Kohya/A1111 names go through diffusers' own converter (alphas come back separately).
     alphas: dict[str, float] = {}
     if any(k.startswith(FOREIGN_PREFIXES) for k in state):
         raise ModelError("lora_wrong_architecture", name=label, detail=_first(state, FOREIGN_PREFIXES))
+    made_for = lora_family(state)
+    if made_for is not None and made_for != family.name:  # an SD 1.x LoRA on SDXL, or the reverse
+        raise ModelError("lora_family", name=label, lora=FAMILIES[made_for].label, base=family.label)
     kohya_layers = 0
-    if state and all(k.startswith(("lora_unet_", "lora_te_")) for k in state):
+    if state and all(k.startswith(("lora_unet_", *family.lora_text_prefixes)) for k in state):
         # LyCORIS (hada_, lokr_), DoRA (dora_scale) and the like: refused, not half-read.
         odd = next((k for k in state if not k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha"))), None)
         if odd is not None:
             raise ModelError("lora_unsupported_format", name=label, detail=odd[:120])
         kohya_layers = sum(k.endswith(".lora_down.weight") for k in state)
         try:
-            state, network_alphas = StableDiffusionPipeline.lora_state_dict(dict(state), unet_config=pipe.unet.config)
+            state, network_alphas = family.pipeline_class("txt2img").lora_state_dict(dict(state), unet_config=pipe.unet.config)
         except (ValueError, KeyError, IndexError) as exc:
             log.warning("diffusers cannot convert the Kohya LoRA %s: %s", label, exc)
             raise ModelError("lora_unsupported_format", name=label, detail=str(exc)[:120]) from exc
@@ -181,7 +211,7 @@ def map_state_dict(pipe, state: dict[str, torch.Tensor], label: str) -> LoraLaye
     for (component, path), found in parts.items():
         if "down" not in found or "up" not in found:
             raise ModelError("lora_unsupported_format", name=label, detail=f"{component}.{path} lacks a matrix")
-        if component not in COMPONENTS:
+        if component not in components:
             raise ModelError("lora_wrong_architecture", name=label, detail=component)
         model = getattr(pipe, component)
         module_path = _module_path(model, path)
@@ -213,7 +243,7 @@ def _parse_key(key: str, alpha: bool = False) -> tuple[str, str, str] | None:
     """``unet.a.b.to_q.lora_A.weight`` -> ("unet", "a.b.to_q", "down"); None if unknown.
     With ``alpha``, ``key`` is a Kohya alpha's name without ``.alpha``: a module or a down key."""
     component = "unet"  # PAI / bare U-Net files carry no prefix
-    for prefix in (*COMPONENTS, "text_encoder_2", "text_encoder_3", "transformer"):
+    for prefix in (*COMPONENTS, "text_encoder_3", "transformer"):
         if key.startswith(prefix + "."):
             component, key = prefix, key[len(prefix) + 1 :]
             break
@@ -268,18 +298,21 @@ def _fit(module, down: torch.Tensor, up: torch.Tensor, label: str, where: str) -
 
 
 # Writing ------------------------------------------------------------------------------------------
-def to_kohya(adapters: dict[str, dict[str, torch.Tensor]], alpha: float) -> dict[str, torch.Tensor]:
+def to_kohya(adapters: dict[str, dict[str, torch.Tensor]], alpha: float, sdxl: bool = False) -> dict[str, torch.Tensor]:
     """peft adapter states ({"unet": ..., "text_encoder": ...}, keys ``<module>.lora_A.weight``)
     in the Kohya/A1111 layout: ``lora_unet_<module_with_underscores>.lora_down.weight``, ``.lora_up``
-    and ``.alpha`` — the file A1111, ComfyUI and Danqing's own loader read."""
-    prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+    and ``.alpha`` — the file A1111, ComfyUI and Danqing's own loader read. ``sdxl``: the text
+    encoders as ``lora_te1_``/``lora_te2_`` (the U-Net keeps diffusers' module names, which
+    Kohya's SDXL loader and ComfyUI read as well as the LDM ones)."""
+    prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te1_" if sdxl else "lora_te_",
+                "text_encoder_2": "lora_te2_"}
     out: dict[str, torch.Tensor] = {}
     for component, state in adapters.items():
         for key, value in state.items():
             module, _, part = key.rpartition(".lora_")
             if part not in ("A.weight", "B.weight"):
                 continue
-            if component == "text_encoder" and not module.startswith("text_model."):
+            if component != "unet" and not module.startswith("text_model."):
                 module = "text_model." + module  # transformers >= 5.6 dropped the wrapper; files keep it
             name = prefixes[component] + module.replace(".", "_")
             out[f"{name}.lora_{'down' if part == 'A.weight' else 'up'}.weight"] = value.detach().float().contiguous().cpu()

@@ -36,6 +36,8 @@ class ModelFamily:
     pooled: bool = False  # the U-Net also takes the last encoder's pooled, projected embedding
     vae_fp16_safe: bool = True  # False: its VAE overflows in fp16, decode in fp32 unless fixed
     fewstep: str = "sd15"  # its rows in formats/configs/fewstep.json
+    draft_side: int = 256  # the draft mode's short side, and its upscale to the final picture
+    draft_upscale: int = 4
     train_resolution: int = 512
     train_text_encoder: bool = True  # 训练 LoRA trains the text encoder(s) by default
     extra: dict = field(default_factory=dict)
@@ -44,9 +46,6 @@ class ModelFamily:
         import diffusers
 
         return getattr(diffusers, self.classes[task])
-
-    def draft_sizes(self) -> tuple[tuple[int, int], ...]:
-        return self.trained_sizes
 
 
 SD1 = ModelFamily(
@@ -97,6 +96,8 @@ SDXL = ModelFamily(
     pooled=True,
     vae_fp16_safe=False,
     fewstep="sdxl",
+    draft_side=512,
+    draft_upscale=2,
     train_resolution=1024,
     train_text_encoder=False,
 )

@@ -12,10 +12,15 @@ from ..requests import LATENT_UPSCALER, Txt2Img, Upscale, draft_size as request_
 from . import upscale
 from .denoise import Generated
 
-def draft_size(width: int, height: int) -> dict:
-    """The draft's size (requests.draft_size) as request fields."""
-    w, h = request_draft_size(width, height)
-    return {"width": w, "height": h}
+def draft_size(width: int, height: int, family=None) -> dict:
+    """The draft's size (requests.draft_size, at the family's draft side) and its upscale as
+    request fields: SD 1.x drafts at short side 256 and ×4, SDXL at 512 and ×2 (it falls apart
+    below 512), so both end at the same size."""
+    if family is None:
+        w, h = request_draft_size(width, height)
+        return {"width": w, "height": h}
+    w, h = request_draft_size(width, height, family.draft_side)
+    return {"width": w, "height": h, "hires_scale": family.draft_upscale}
 
 
 def hires_of(store, request: Txt2Img) -> Upscale | None:

@@ -269,7 +269,7 @@ def _verify(base, name: str, mapped: LoraLayers, label: str) -> None:
 
 def _remove(base, name: str) -> None:
     """Delete adapter ``name`` wherever it got to (unet, text encoder, or neither)."""
-    if not any(name in getattr(getattr(base, c), "peft_config", {}) for c in COMPONENTS):
+    if not any(name in getattr(getattr(base, c, None), "peft_config", {}) for c in COMPONENTS):
         return
     try:
         base.delete_adapters([name])

@@ -24,9 +24,9 @@ def run(
     on_preview: PreviewHook | None = None,
 ) -> Generated:
 
-    hires = hires_of(store, request)
     if request.draft:
-        request = replace(request, **draft_size(request.width, request.height))
+        request = replace(request, **draft_size(request.width, request.height, store.family))
+    hires = hires_of(store, request)
     if request.hires_pass:  # 高清修复: upscale, then a second denoise (only the refined image is kept)
         return edit.hires_fix(store, request, hires, cancel=cancel, on_step=on_step, on_preview=on_preview)
     blank = {"cls": store.family.pipeline_class("inpaint"), "call_kwargs": blank_canvas(request)} if is_inpainting_model(store) else {}
