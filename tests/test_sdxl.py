@@ -240,3 +240,51 @@ def test_lightning_lora_at_its_published_settings(xl):
                                         sampler="Euler", schedule_type="SGM Uniform", guidance_scale=0,
                                         num_inference_steps=4))
     assert np.asarray(result.images[0]).std() > 0
+
+
+# ControlNet ------------------------------------------------------------------------------------
+def _unit(tmp_path, model, kind="canny", weight=2.0, **more):
+    path = tmp_path / f"control-{kind}.png"
+    photo(64, 64).save(path)
+    return {"kind": kind, "image": str(path), "model": model, "weight": weight, **more}
+
+
+def test_sdxl_controlnet_and_union_guide_txt2img_and_img2img(xl, tmp_path):
+    from pipelines.demo.controlnet import DEMO_XL_CANNY, DEMO_XL_UNION
+    from pipelines.requests import Control
+
+    plain = rgb(xl.txt2img(base())[0][0])
+    canny, info = xl.control(Control.build(base(), [_unit(tmp_path, DEMO_XL_CANNY)]))
+    assert not np.array_equal(plain, rgb(canny[0])) and canny[1].name.endswith("-canny-map.png")
+    union_canny = rgb(xl.control(Control.build(base(), [_unit(tmp_path, DEMO_XL_UNION)]))[0][0])
+    union_depth = rgb(xl.control(Control.build(base(), [_unit(tmp_path, DEMO_XL_UNION, "depth", is_map=True)]))[0][0])
+    assert not np.array_equal(plain, union_canny)
+    assert not np.array_equal(union_canny, union_depth)  # the control type reaches the model
+    both = xl.control(Control.build(base(), [_unit(tmp_path, DEMO_XL_UNION),
+                                             _unit(tmp_path, DEMO_XL_UNION, "depth", is_map=True)]))
+    assert rgb(both[0][0]).shape == (64, 64, 3)
+    edited = rgb(xl.img2img(Img2Img.build(base(), photo(), 0.7, units=[_unit(tmp_path, DEMO_XL_UNION)]))[0][0])
+    assert edited.shape == (64, 64, 3)
+
+
+def test_controlnets_of_the_other_family_are_refused_in_chinese(xl, studio, tmp_path):
+    from pipelines.demo.controlnet import DEMO_CANNY, DEMO_XL_CANNY
+    from pipelines.requests import Control
+
+    with pytest.raises(ModelError) as err:
+        xl.control(Control.build(base(), [_unit(tmp_path, DEMO_CANNY)]))
+    assert err.value.code == "controlnet_family" and err.value.fields["base"] == "SDXL"
+    with pytest.raises(ModelError) as err:
+        studio.control(Control.build(base(), [_unit(tmp_path, DEMO_XL_CANNY)]))
+    assert err.value.code == "controlnet_family" and err.value.fields["net"] == "SDXL"
+
+
+def test_live_previews_use_sdxls_own_latent_colours(xl):
+    from pipelines.tasks.preview import preview_decoder
+
+    decode = preview_decoder(xl.store)
+    assert torch.allclose(decode.keywords["factors"], torch.tensor(SDXL.latent_rgb))
+    shown = []
+    txt2img.run(xl.store, base(num_inference_steps=3), on_preview=lambda image, step, total: shown.append(image))
+    # a preview every second at most: a 3-step tiny job may show none, never a broken one
+    assert all(image.size[0] > 0 for image in shown)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..store.folders import ModelFolders
 from .captioner import DEMO_CAPTIONER, save_demo_captioner
-from .controlnet import save_demo_controlnets
+from .controlnet import save_demo_controlnets, save_demo_sdxl_controlnets
 from .esrgan import save_demo_upscalers
 from .library import save_demo_embeddings, save_demo_single_file, save_demo_vae
 from .lora import save_demo_loras
@@ -91,6 +91,7 @@ def build_bundle(root: Path) -> None:
         "Danqing demo bundle: tiny random-weight models generated locally. Images are noise.\n"
     )
     save_demo_controlnets(root)
+    save_demo_sdxl_controlnets(root)
     save_demo_upscalers(folders.folder("upscalers"))
     save_demo_loras(root)
     save_demo_sdxl_loras(root)

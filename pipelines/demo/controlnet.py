@@ -181,3 +181,36 @@ def save_demo_controlnets(root: Path) -> None:
     _save_single_file(_demo_controlnet(unet, seed=12, cross_attention_dim=wrong_width), target / DEMO_WRONG)
     # 4. A depth estimator for the depth preprocessor.
     _save_demo_depth_estimator(folders.folder("annotators") / DEMO_DEPTH_ESTIMATOR, seed=13)
+
+
+# SDXL ---------------------------------------------------------------------------------------------
+DEMO_XL_CANNY = "demo-xl-canny"
+DEMO_XL_UNION = "demo-xl-union"
+
+
+def save_demo_sdxl_controlnets(root: Path) -> None:
+    """For the tiny SDXL (checkpoints/danqing-demo-xl): a Canny ControlNet and a union one
+    (xinsir's ControlNet++ layout: one model, a control type per image), as diffusers folders
+    with safetensors, the way xinsir and diffusers publish SDXL ControlNets."""
+    import torch
+    from diffusers import ControlNetUnionModel, UNet2DConditionModel
+
+    from .sdxl import DEMO_SDXL
+
+    folders = ModelFolders(root)
+    unet = UNet2DConditionModel.from_pretrained(folders.folder("checkpoints") / DEMO_SDXL / "unet")
+    target = folders.folder("controlnet")
+    _demo_controlnet(unet, seed=30).save_pretrained(target / DEMO_XL_CANNY)
+    import inspect
+
+    torch.manual_seed(31)
+    accepted = set(inspect.signature(ControlNetUnionModel.__init__).parameters)
+    config = {k: v for k, v in dict(unet.config).items() if k in accepted and k != "in_channels"}
+    width = unet.config.block_out_channels[0]  # the union's control-type transformer is as wide as level 0
+    union = ControlNetUnionModel(**config, conditioning_embedding_out_channels=DEMO_HINT_CHANNELS,
+                                 num_trans_channel=width, num_proj_channel=width, num_trans_head=4)
+    with torch.no_grad():
+        for conv in [*union.controlnet_down_blocks, union.controlnet_mid_block, union.controlnet_cond_embedding.conv_out]:
+            conv.weight.normal_(0.0, 0.05)
+            conv.bias.normal_(0.0, 0.05)
+    union.save_pretrained(target / DEMO_XL_UNION)

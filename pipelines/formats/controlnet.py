@@ -34,7 +34,7 @@ def is_controlnet_folder(folder: Path) -> bool:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    is_controlnet = isinstance(config, dict) and config.get("_class_name") == "ControlNetModel"
+    is_controlnet = isinstance(config, dict) and config.get("_class_name") in ("ControlNetModel", "ControlNetUnionModel")
     return is_controlnet and any((folder / name).is_file() for name in WEIGHT_FILES)
 
 

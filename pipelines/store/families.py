@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Tasks a family names a pipeline class for.
+# Tasks a family names a pipeline class for (the union ones only where it has union ControlNets).
 TASKS = ("txt2img", "img2img", "inpaint", "controlnet", "controlnet_img2img", "controlnet_inpaint")
 
 
@@ -45,6 +45,10 @@ class ModelFamily:
     def pipeline_class(self, task: str):
         import diffusers
 
+        if task not in self.classes:  # a union ControlNet on a family without one
+            from ..errors import ModelError
+
+            raise ModelError("controlnet_union_family", base=self.label)
         return getattr(diffusers, self.classes[task])
 
 
@@ -80,6 +84,10 @@ SDXL = ModelFamily(
         "controlnet": "StableDiffusionXLControlNetPipeline",
         "controlnet_img2img": "StableDiffusionXLControlNetImg2ImgPipeline",
         "controlnet_inpaint": "StableDiffusionXLControlNetInpaintPipeline",
+        # xinsir's ControlNet++ union models: one ControlNet, a control type per image
+        "controlnet_union": "StableDiffusionXLControlNetUnionPipeline",
+        "controlnet_union_img2img": "StableDiffusionXLControlNetUnionImg2ImgPipeline",
+        "controlnet_union_inpaint": "StableDiffusionXLControlNetUnionInpaintPipeline",
     },
     default_size=1024,
     # Stability's SDXL buckets (the ones A1111/Fooocus offer), about one megapixel each.

@@ -53,9 +53,33 @@ def list_controlnets(store) -> list[str]:
 
 
 def _load_folder(store, path: Path):
-    from diffusers import ControlNetModel
+    from diffusers import ControlNetModel, ControlNetUnionModel
 
-    return ControlNetModel.from_pretrained(path, dtype=store.plan.dtype, local_files_only=True)
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    cls = ControlNetUnionModel if config.get("_class_name") == "ControlNetUnionModel" else ControlNetModel
+    return cls.from_pretrained(path, dtype=store.plan.dtype, local_files_only=True)
+
+
+# The control type of each unit's kind for a union ControlNet (xinsir's ControlNet++ order:
+# 0 openpose, 1 depth, 2 hed/scribble, 3 canny/lineart/mlsd, 4 normal, 5 segment, 6 tile, 7 repaint).
+UNION_MODES = {"canny": 3, "depth": 1}
+
+
+def is_union(net) -> bool:
+    return type(net).__name__ == "ControlNetUnionModel"
+
+
+def pipeline_class(store, guide: "Guidance | None", task: str):
+    """The family's pipeline class for ``task`` ("controlnet", "controlnet_img2img",
+    "controlnet_inpaint"), its union variant when the guidance is a union ControlNet."""
+    if guide is not None and guide.union:
+        task = task.replace("controlnet", "controlnet_union", 1)
+    return store.family.pipeline_class(task)
+
+
+def image_argument(guide: "Guidance") -> str:
+    """What text-to-image ControlNet pipelines call the control image (union ones: control_image)."""
+    return "control_image" if guide.union else "image"
 
 
 def _load_single_file(store, path: Path, shapes: dict[str, tuple[int, ...]]):
@@ -133,6 +157,7 @@ class Guidance:
     images: object
     kwargs: dict
     maps: list
+    union: bool = False  # one union ControlNet, a control type per image
 
 
 def check_names(store, units) -> None:
@@ -153,7 +178,18 @@ def guidance(store, units, width: int, height: int, resize_mode: str, cancel=Non
     nets = [load_controlnet(store, unit.model) for unit in units]
     # 3. Each control map at the output size.
     fitted = [fit_to(to_rgb(image), width, height, resize_mode) for image in maps]
-    # 4. One ControlNet as itself, several through MultiControlNetModel (each its own weight).
+    # 4. A union ControlNet: one model, every unit's map with its control type.
+    if any(is_union(net) for net in nets):
+        if len({unit.model for unit in units}) > 1:
+            raise ParamError("controlnet_union_mix")
+        kwargs = {
+            "controlnet_conditioning_scale": [u.weight for u in units],
+            "control_guidance_start": [u.guidance_start for u in units],
+            "control_guidance_end": [u.guidance_end for u in units],
+            "control_mode": [UNION_MODES[u.kind] for u in units],
+        }
+        return Guidance(nets[0], fitted, kwargs, maps, union=True)
+    # 5. One ControlNet as itself, several through MultiControlNetModel (each its own weight).
     if len(nets) == 1:
         controlnet, images, scale = nets[0], fitted[0], units[0].weight
     else:
@@ -169,7 +205,7 @@ def guidance(store, units, width: int, height: int, resize_mode: str, cancel=Non
 def refit(guide: Guidance, width: int, height: int, resize_mode: str):
     """A guidance's maps fitted to another size (the hires pass's), in the same shape as ``images``."""
     fitted = [fit_to(to_rgb(image), width, height, resize_mode) for image in guide.maps]
-    return fitted[0] if len(fitted) == 1 else fitted
+    return fitted[0] if len(fitted) == 1 and not guide.union else fitted
 
 
 @task("controlnet")
@@ -190,9 +226,9 @@ def run(
     guide = guidance(store, units, base.width, base.height, request.resize_mode, cancel)
     # 3. The shared denoise-and-decode loop, with the ControlNet pipeline class (an inpainting
     #    model paints a blank, fully masked canvas); the post-step.
-    cls, call_kwargs = store.family.pipeline_class("controlnet"), {"image": guide.images, **guide.kwargs}
+    cls, call_kwargs = pipeline_class(store, guide, "controlnet"), {image_argument(guide): guide.images, **guide.kwargs}
     if is_inpainting_model(store):
-        cls, call_kwargs = store.family.pipeline_class("controlnet_inpaint"), {
+        cls, call_kwargs = pipeline_class(store, guide, "controlnet_inpaint"), {
             **blank_canvas(base), "control_image": guide.images, **guide.kwargs}
     result = generate(
         store,

@@ -123,7 +123,7 @@ def img2img(store, request: Img2Img, cancel: threading.Event | None = None, on_s
     # 2. Denoise from the input; the ControlNet variant when units guide it.
     cls, components, kwargs = store.family.pipeline_class("img2img"), {}, {}
     if guide is not None:
-        cls, components = store.family.pipeline_class("controlnet_img2img"), {"controlnet": guide.controlnet}
+        cls, components = controlnet.pipeline_class(store, guide, "controlnet_img2img"), {"controlnet": guide.controlnet}
         kwargs = {"control_image": guide.images, **guide.kwargs}
     return _run(store, work, cls, components, {"image": init, "strength": work.strength, **kwargs}, guide,
                 cancel, on_step, on_preview)
@@ -198,7 +198,7 @@ def _inpaint_at(store, work: Pass, image: Image.Image, mask: Image.Image, fill: 
     # 2. Denoise; the ControlNet variant when units guide it.
     cls, components, kwargs = store.family.pipeline_class("inpaint"), {}, {}
     if guide is not None:
-        cls, components = store.family.pipeline_class("controlnet_inpaint"), {"controlnet": guide.controlnet}
+        cls, components = controlnet.pipeline_class(store, guide, "controlnet_inpaint"), {"controlnet": guide.controlnet}
         kwargs = {"control_image": guide.images, **guide.kwargs}
     call = {"image": init, "mask_image": mask, "strength": work.strength, **kwargs}
     if not isinstance(init, Image.Image):  # latents: the 9-channel U-Net still sees the image itself
@@ -292,8 +292,8 @@ def hires_fix(store, request: Txt2Img, up: Upscale | None, cancel: threading.Eve
     if guide is None:
         first = {"cls": store.family.pipeline_class("inpaint"), "call_kwargs": blank} if inpainting else {}
     else:
-        cls = store.family.pipeline_class("controlnet_inpaint") if inpainting else store.family.pipeline_class("controlnet")
-        images = {"control_image": guide.images} if inpainting else {"image": guide.images}
+        cls = controlnet.pipeline_class(store, guide, "controlnet_inpaint" if inpainting else "controlnet")
+        images = {"control_image" if inpainting else controlnet.image_argument(guide): guide.images}
         first = {"cls": cls, "components": {"controlnet": guide.controlnet},
                  "call_kwargs": {**blank, **images, **guide.kwargs}}
     pipe, latents = denoise(store, request, cancel=cancel, on_step=offset_steps(on_step, 0, total),
@@ -321,7 +321,7 @@ def hires_fix(store, request: Txt2Img, up: Upscale | None, cancel: threading.Eve
     else:
         cls, components, extra = store.family.pipeline_class("img2img"), {}, {}
         if guide is not None:
-            cls, components = store.family.pipeline_class("controlnet_img2img"), {"controlnet": guide.controlnet}
+            cls, components = controlnet.pipeline_class(store, guide, "controlnet_img2img"), {"controlnet": guide.controlnet}
             extra = {"control_image": controlnet.refit(guide, width, height, resize_mode), **guide.kwargs}
         pipe, refined = denoise(store, second.request, cls, components,
                                 {"image": init, "strength": second.strength, **extra}, cancel=cancel,

@@ -6,12 +6,14 @@ wants to see early whether the composition is going where they meant, and stop i
 Two decoders, never the full VAE (decoding 512² with the SD VAE costs about 2.3 U-Net steps on
 a CPU — a preview every step would more than double the job; ``python -m bench.decoders``):
 
-- ``approx``: a fixed 4×3 linear map from SD 1.x latent channels to RGB (the "Approx cheap"
-  projection A1111 publishes in ``sd_samplers_common.py``; SD 1.x VAEs share the latent space,
-  so it holds for PAI-Diffusion and Taiyi too). Costs well under a millisecond; the picture is
+- ``approx``: a fixed 4×3 linear map from latent channels to RGB, the model family's own
+  (store/families.py: the "Approx cheap" projections A1111 publishes in
+  ``sd_samplers_common.py`` for SD 1.x and SDXL; SD 1.x VAEs share the latent space, so it
+  holds for PAI-Diffusion and Taiyi too). Costs well under a millisecond; the picture is
   blurry, 1/8 of the final size, colours roughly right.
 - ``taesd``: a tiny autoencoder's decoder (diffusers ``AutoencoderTiny``, e.g. madebyollin/taesd
-  downloaded as a diffusers folder into ``models/vae-approx/``), used when one is there. Sharp,
+  downloaded as a diffusers folder into ``models/vae-approx/``; madebyollin/taesdxl for SDXL,
+  picked by the ``xl`` in its name), used when one for the family is there. Sharp,
   full size, a fraction of the VAE's cost.
 
 Previews are rate-limited by wall time (``every_seconds``), so a fast GPU job does not spend
@@ -56,12 +58,13 @@ def _display_size(width: int, height: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def approx_decode(latents: torch.Tensor) -> Image.Image:
-    """First image of a (B, 4, h, w) latent batch, through the linear map, at 8× (capped)."""
+def approx_decode(latents: torch.Tensor, factors: torch.Tensor = SD1_LATENT_RGB) -> Image.Image:
+    """First image of a (B, 4, h, w) latent batch, through the linear map ``factors`` (the
+    family's), at 8× (capped)."""
     latent = latents[0].detach().float().cpu()
-    if latent.shape[0] != SD1_LATENT_RGB.shape[0]:
-        raise ValueError(f"the approximate preview knows 4-channel SD 1.x latents, not {latent.shape[0]}")
-    rgb = torch.einsum("chw,cr->rhw", latent, SD1_LATENT_RGB)
+    if latent.shape[0] != factors.shape[0]:
+        raise ValueError(f"the approximate preview knows {factors.shape[0]}-channel latents, not {latent.shape[0]}")
+    rgb = torch.einsum("chw,cr->rhw", latent, factors)
     image = _to_image(rgb)
     return image.resize(_display_size(image.width * 8, image.height * 8), Image.Resampling.BILINEAR)
 
@@ -121,9 +124,12 @@ def preview_decoder(store):
     method = store.settings.preview
     if method == "off":
         return None
+    family = store.family
+    approx = partial(approx_decode, factors=torch.tensor(family.latent_rgb))
     if method in ("auto", "taesd"):
         folders = store.folders
-        names = folders.list_diffusers_dirs("vae_approx", "config.json")
+        names = [n for n in folders.list_diffusers_dirs("vae_approx", "config.json")
+                 if ("xl" in n.lower()) == ("xl" in family.tiny_decoder)]  # taesd for SD 1.x, taesdxl for SDXL
         if names:
             folder = folders.resolve("vae_approx", names[0])
             try:
@@ -131,8 +137,9 @@ def preview_decoder(store):
                                        lambda: load_tiny_decoder(folder, store.plan.device, store.plan.dtype))
             except Exception:  # a broken folder must not break generation: previews fall back
                 log.exception("the tiny preview decoder %s failed to load; using the approximation", names[0])
-                return approx_decode
+                return approx
             return partial(tiny_decode, decoder)
         if method == "taesd":
-            log.warning("no tiny decoder in %s; previews use the linear approximation", folders.folder("vae_approx"))
-    return approx_decode
+            log.warning("no tiny decoder for %s in %s; previews use the linear approximation", family.label,
+                        folders.folder("vae_approx"))
+    return approx
