@@ -288,3 +288,44 @@ def test_live_previews_use_sdxls_own_latent_colours(xl):
     txt2img.run(xl.store, base(num_inference_steps=3), on_preview=lambda image, step, total: shown.append(image))
     # a preview every second at most: a 3-step tiny job may show none, never a broken one
     assert all(image.size[0] > 0 for image in shown)
+
+
+# Training --------------------------------------------------------------------------------------
+def test_an_sdxl_lora_trained_here_is_kohya_sdxl_and_loads_back(demo_models, tmp_path):
+    """U-Net only by default (cached embeddings of both encoders, pooled and size conditioning),
+    then with the text encoders; both files load through our loader and change the picture."""
+    import shutil
+
+    from pipelines.formats.lora import read_metadata
+    from pipelines.requests import TrainLora
+    from pipelines.tasks import train as training
+
+    models = tmp_path / "models"
+    for kind in ("checkpoints", "lora"):
+        shutil.copytree(demo_models / kind, models / kind)
+    own = make_studio(models, tmp_path / "out", model=DEMO_SDXL)
+    paths = []
+    for i in range(2):
+        picture = Image.new("RGB", (80, 64), (30, 60, 200))
+        picture.paste((220, 40, 40), (10 + 8 * i, 12, 42 + 8 * i, 44))
+        paths.append(str(tmp_path / f"p{i}.png"))
+        picture.save(paths[-1])
+    lora_dir = own.store.folders.folder("lora")
+    plain = rgb(own.txt2img(base())[0][0])
+    for name, te in (("xl-unet", False), ("xl-te", True)):
+        req = TrainLora.build(name, "redsq", paths, ["红色方块"] * 2, steps=4, rank=4, alpha=4, learning_rate=5e-3,
+                              resolution=64, seed=3, train_text_encoder=te, gradient_checkpointing=True, preview=False)
+        result = training.train(own.store, req, tmp_path / name, lora_dir)
+        assert result.steps_done == 4 and all(np.isfinite(result.losses))
+        meta = read_metadata(result.path)
+        assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
+        assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
+        from safetensors import safe_open
+
+        with safe_open(str(result.path), "pt") as f:
+            keys = list(f.keys())
+        assert any(k.startswith("lora_unet_") for k in keys)
+        assert any(k.startswith("lora_te2_") for k in keys) == te and not any(k.startswith("lora_te_") for k in keys)
+        assert not np.array_equal(plain, rgb(own.txt2img(base(loras=[[result.path.name, 1.0]]))[0][0]))
+    # the base is as it was: no adapter left, the same picture
+    assert np.array_equal(plain, rgb(own.txt2img(base())[0][0]))

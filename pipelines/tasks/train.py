@@ -4,8 +4,10 @@ training adds only the adapter, its optimizer state and the activations.
 
 1. Data: every picture put in its aspect-ratio bucket (Kohya's: about resolution² pixels, sides
    multiples of 64; or the square when buckets are off), scaled to cover it and centre-cropped,
-   encoded once by the VAE; captions (the trigger word first) encoded once when the text encoder is
-   frozen. PAI's BertTokenizer and CLIP's tokenizer both work (the model's own).
+   encoded once by the VAE; captions (the trigger word first) encoded once when the text encoders
+   are frozen. PAI's BertTokenizer and CLIP's tokenizer both work (the model's own). SDXL (its
+   family, store/families.py): both encoders' penultimate states side by side and the pooled
+   embedding, with the size conditioning of each picture's bucket, as its U-Net was trained.
 2. The adapter: ``peft`` LoRA on the attention and feed-forward projections (Kohya's default
    targets), initialised from the run's seed. Other LoRAs on the base are switched off while it
    trains and switched back afterwards.
@@ -135,15 +137,48 @@ def bucket_summary(shapes: list[tuple[int, int]]) -> list[tuple[tuple[int, int],
     return Counter(shapes).most_common()
 
 
-def _encode_text(base, ids: torch.Tensor) -> torch.Tensor:
-    return base.text_encoder(ids.to(base.text_encoder.device))[0]
+def _encoders(base) -> list[tuple[str, object, object]]:
+    """(name, tokenizer, text encoder) of the base: one, or SDXL's two."""
+    rows = [("text_encoder", base.tokenizer, base.text_encoder)]
+    if getattr(base, "text_encoder_2", None) is not None:
+        rows.append(("text_encoder_2", base.tokenizer_2, base.text_encoder_2))
+    return rows
+
+
+def _tokenize(base, captions: list[str]) -> list[torch.Tensor]:
+    """Each tokenizer's ids for the captions (SDXL's two pad differently)."""
+    window = token_window(base)
+    return [tok(captions, padding="max_length", max_length=window, truncation=True, return_tensors="pt").input_ids
+            for _, tok, _ in _encoders(base)]
+
+
+def _encode_text(base, ids: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(hidden states, pooled embedding or None), as the pipeline encodes prompts: the last
+    layer (SD 1.x) or both SDXL encoders' penultimate layers side by side and OpenCLIP-G's
+    projected pooled embedding (diffusers' encode_prompt)."""
+    encoders = _encoders(base)
+    if len(encoders) == 1:
+        encoder = encoders[0][2]
+        return encoder(ids[0].to(encoder.device))[0], None
+    states, pooled = [], None
+    for (_, _, encoder), tokens in zip(encoders, ids):
+        out = encoder(tokens.to(encoder.device), output_hidden_states=True)
+        states.append(out.hidden_states[-2])
+        pooled = out[0]
+    return torch.cat(states, dim=-1), pooled
+
+
+def _time_ids(shape: tuple[int, int], count: int) -> torch.Tensor:
+    """SDXL's size conditioning for a bucket (w, h): original = target = the bucket, no crop."""
+    w, h = shape
+    return torch.tensor([[h, w, 0, 0, h, w]] * count, dtype=torch.float32)
 
 
 def _add_adapters(base, req: TrainLora, dtype: torch.dtype) -> list[dict]:
     """The training adapter on the U-Net (and text encoder); returns the optimizer's groups."""
     from peft import LoraConfig
 
-    for module in (base.unet, base.text_encoder, base.vae):
+    for module in (base.unet, base.vae, *(e for _, _, e in _encoders(base))):
         module.requires_grad_(False)
     torch.manual_seed(req.seed)
     base.unet.add_adapter(LoraConfig(r=req.rank, lora_alpha=req.alpha, init_lora_weights="gaussian",
@@ -157,11 +192,12 @@ def _add_adapters(base, req: TrainLora, dtype: torch.dtype) -> list[dict]:
         from diffusers.utils.peft_utils import set_adapter_layers, set_weights_and_activate_adapters
         from peft import inject_adapter_in_model
 
-        inject_adapter_in_model(LoraConfig(r=req.rank, lora_alpha=req.alpha, init_lora_weights="gaussian",
-                                           target_modules=TEXT_TARGETS), base.text_encoder, adapter_name=ADAPTER)
-        set_weights_and_activate_adapters(base.text_encoder, [ADAPTER], [1.0])
-        set_adapter_layers(base.text_encoder, enabled=True)  # layers a disable_lora() left off
-        groups.append({"params": _adapter_params(base.text_encoder), "lr": req.text_encoder_lr})
+        for _, _, encoder in _encoders(base):
+            inject_adapter_in_model(LoraConfig(r=req.rank, lora_alpha=req.alpha, init_lora_weights="gaussian",
+                                               target_modules=TEXT_TARGETS), encoder, adapter_name=ADAPTER)
+            set_weights_and_activate_adapters(encoder, [ADAPTER], [1.0])
+            set_adapter_layers(encoder, enabled=True)  # layers a disable_lora() left off
+            groups.append({"params": _adapter_params(encoder), "lr": req.text_encoder_lr})
     for group in groups:
         for p in group["params"]:
             p.data = p.data.float()  # fp32 adapter weights, whatever the base's dtype
@@ -178,7 +214,8 @@ def _adapter_states(base, text: bool) -> dict[str, dict[str, torch.Tensor]]:
 
     states = {"unet": get_peft_model_state_dict(base.unet, adapter_name=ADAPTER)}
     if text:
-        states["text_encoder"] = get_peft_model_state_dict(base.text_encoder, adapter_name=ADAPTER)
+        for name, _, encoder in _encoders(base):
+            states[name] = get_peft_model_state_dict(encoder, adapter_name=ADAPTER)
     return {k: {n: t.detach().float().cpu().clone() for n, t in v.items()} for k, v in states.items()}
 
 
@@ -187,8 +224,9 @@ def _remove_adapters(base) -> None:
 
     if ADAPTER in (getattr(base.unet, "peft_config", None) or {}):
         base.unet.delete_adapters([ADAPTER])
-    if _adapter_params(base.text_encoder):
-        delete_adapter_layers(base.text_encoder, ADAPTER)
+    for _, _, encoder in _encoders(base):
+        if _adapter_params(encoder):
+            delete_adapter_layers(encoder, ADAPTER)
 
 
 def metadata(store, req: TrainLora, steps: int, total: int, shapes: list[tuple[int, int]]) -> dict[str, str]:
@@ -196,6 +234,7 @@ def metadata(store, req: TrainLora, steps: int, total: int, shapes: list[tuple[i
     tags: Counter = Counter()
     for caption in req.captions:
         tags.update(t.strip() for t in caption.split(",") if t.strip())
+    sdxl = store.family.name == "sdxl"
     buckets = {str(i): {"resolution": list(size), "count": n * req.repeats}
                for i, (size, n) in enumerate(sorted(Counter(shapes).items()))}
     return {
@@ -210,10 +249,11 @@ def metadata(store, req: TrainLora, steps: int, total: int, shapes: list[tuple[i
         "ss_unet_lr": f"{req.learning_rate:g}",
         "ss_text_encoder_lr": f"{req.text_encoder_lr:g}" if req.train_text_encoder else "0",
         "ss_seed": str(req.seed), "ss_min_snr_gamma": f"{req.min_snr_gamma:g}",
-        "ss_base_model_version": "sd_v1", "ss_sd_model_name": str(store.current_ref),
+        "ss_base_model_version": "sdxl_base_v1-0" if sdxl else "sd_v1", "ss_sd_model_name": str(store.current_ref),
         "ss_sd_model_hash": store.model_hash or "", "ss_new_sd_model_hash": store.model_hash or "",
         "ss_tag_frequency": json.dumps({"danqing": dict(tags.most_common())}, ensure_ascii=False),
-        "modelspec.architecture": "stable-diffusion-v1/lora", "modelspec.title": req.name,
+        "modelspec.architecture": "stable-diffusion-xl-v1-base/lora" if sdxl else "stable-diffusion-v1/lora",
+        "modelspec.title": req.name,
         "modelspec.trigger_phrase": req.trigger, "ss_training_comment": "trained with Danqing",
         "ss_training_finished_at": str(int(time.time())),
     }
@@ -249,12 +289,13 @@ def _render(base, prompt: str, seed: int, size: int, path: Path) -> Path:
 def _park(base, store, previous: tuple) -> None:
     """The base as generation jobs expect it: the training adapter off, the LoRAs that were in
     use back on, eval mode (a teammate's image is the same as on an idle server)."""
-    base.unet.eval()
-    base.text_encoder.eval()
-    if _adapter_params(base.text_encoder):
-        from diffusers.utils.peft_utils import set_adapter_layers
+    from diffusers.utils.peft_utils import set_adapter_layers
 
-        set_adapter_layers(base.text_encoder, enabled=False)
+    base.unet.eval()
+    for _, _, encoder in _encoders(base):
+        encoder.eval()
+        if _adapter_params(encoder):
+            set_adapter_layers(encoder, enabled=False)
     if previous or store.adapters.loaded:
         restore_active(store, previous)
     else:
@@ -271,9 +312,10 @@ def _unpark(base, store, req: TrainLora) -> None:
     if req.train_text_encoder:
         from diffusers.utils.peft_utils import set_adapter_layers, set_weights_and_activate_adapters
 
-        set_weights_and_activate_adapters(base.text_encoder, [ADAPTER], [1.0])
-        set_adapter_layers(base.text_encoder, enabled=True)
-        base.text_encoder.train()
+        for _, _, encoder in _encoders(base):
+            set_weights_and_activate_adapters(encoder, [ADAPTER], [1.0])
+            set_adapter_layers(encoder, enabled=True)
+            encoder.train()
     base.unet.train()
 
 
@@ -317,12 +359,12 @@ def train(store, req: TrainLora, run_dir: Path, lora_dir: Path, cancel=None, on_
         raise ParamError("train_over_cap", steps=total, limit=max_steps)
     log.info("LoRA %s: %d pictures in %s, %d steps (%d per epoch)", req.name, len(shapes),
              ", ".join(f"{w}x{h}:{n}" for (w, h), n in bucket_summary(shapes)), total, per_epoch)
-    window = token_window(base)
-    ids = base.tokenizer(list(req.captions), padding="max_length", max_length=window, truncation=True,
-                         return_tensors="pt").input_ids
+    ids = _tokenize(base, list(req.captions))
+    sdxl = store.family.pooled
     if not req.train_text_encoder:
         with torch.no_grad():
-            embeds = _encode_text(base, ids).float()
+            embeds, pooled = _encode_text(base, ids)
+            embeds, pooled = embeds.float(), (pooled.float() if pooled is not None else None)
     noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)
     prediction = noise_scheduler.config.prediction_type
     alphas = noise_scheduler.alphas_cumprod.to(device)
@@ -341,15 +383,17 @@ def train(store, req: TrainLora, run_dir: Path, lora_dir: Path, cancel=None, on_
             from peft.utils import set_peft_model_state_dict
 
             set_peft_model_state_dict(base.unet, saved["unet"], adapter_name=ADAPTER)
-            if req.train_text_encoder and "text_encoder" in saved:
-                set_peft_model_state_dict(base.text_encoder, saved["text_encoder"], adapter_name=ADAPTER)
+            for name, _, encoder in _encoders(base):
+                if req.train_text_encoder and name in saved:
+                    set_peft_model_state_dict(encoder, saved[name], adapter_name=ADAPTER)
             optimizer.load_state_dict(saved["optimizer"])
             start, losses = int(saved["step"]), [float(x) for x in saved["losses"]]
         if req.gradient_checkpointing:
             base.unet.enable_gradient_checkpointing()
         base.unet.train()
         if req.train_text_encoder:
-            base.text_encoder.train()
+            for _, _, encoder in _encoders(base):
+                encoder.train()
         autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else _null()
 
         def checkpoint(step: int) -> None:
@@ -386,8 +430,15 @@ def train(store, req: TrainLora, run_dir: Path, lora_dir: Path, cancel=None, on_
             noisy = noise_scheduler.add_noise(x0, noise, t)
             target = noise if prediction == "epsilon" else noise_scheduler.get_velocity(x0, noise, t)
             with autocast:
-                cond = embeds[index].to(device) if not req.train_text_encoder else _encode_text(base, ids[index])
-                pred = base.unet(noisy.to(dtype), t, encoder_hidden_states=cond.to(dtype)).sample
+                if req.train_text_encoder:
+                    cond, pooled_now = _encode_text(base, [tokens[index] for tokens in ids])
+                else:
+                    cond, pooled_now = embeds[index].to(device), (pooled[index].to(device) if sdxl else None)
+                extra = {}
+                if sdxl:  # the pooled embedding and the bucket's size, as SDXL's U-Net takes them
+                    extra = {"added_cond_kwargs": {"text_embeds": pooled_now.to(dtype),
+                                                   "time_ids": _time_ids(shapes[int(index[0])], len(index)).to(device, dtype)}}
+                pred = base.unet(noisy.to(dtype), t, encoder_hidden_states=cond.to(dtype), **extra).sample
             per_sample = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
             if req.min_snr_gamma > 0:
                 snr = alphas[t] / (1 - alphas[t])
@@ -409,7 +460,7 @@ def train(store, req: TrainLora, run_dir: Path, lora_dir: Path, cancel=None, on_
             if req.save_every and done % req.save_every == 0 and done < total:
                 checkpoint(done)
                 path = lora_path(lora_dir, req.name, done)
-                _write_lora(path, to_kohya(_adapter_states(base, req.train_text_encoder), req.alpha),
+                _write_lora(path, to_kohya(_adapter_states(base, req.train_text_encoder), req.alpha, sdxl),
                             metadata(store, req, done, total, shapes))
                 result.checkpoints.append(path)
             if req.sample_every and done % req.sample_every == 0 and done < total:
@@ -421,7 +472,7 @@ def train(store, req: TrainLora, run_dir: Path, lora_dir: Path, cancel=None, on_
         # 4. The finished LoRA, in the Kohya layout, and its preview.
         if not result.stopped and not result.paused:
             checkpoint(total)
-            _write_lora(final, to_kohya(_adapter_states(base, req.train_text_encoder), req.alpha),
+            _write_lora(final, to_kohya(_adapter_states(base, req.train_text_encoder), req.alpha, sdxl),
                         metadata(store, req, total, total, shapes))
             result.path = final
             if req.preview:
@@ -440,7 +491,8 @@ def train(store, req: TrainLora, run_dir: Path, lora_dir: Path, cancel=None, on_
         if req.gradient_checkpointing:
             base.unet.disable_gradient_checkpointing()
         base.unet.eval()
-        base.text_encoder.eval()
+        for _, _, encoder in _encoders(base):
+            encoder.eval()
         _remove_adapters(base)
         restore_active(store, previous)
 
