@@ -146,6 +146,11 @@ class LibraryApi(Protocol):
         base's name, "fewstep": the method and its published settings}; None when there is none."""
         ...
 
+    def family(self) -> dict:
+        """The loaded base model's family ({"name", "label", "default_size"}, or None before a
+        model is loaded) and every family's default size, by name (formats/families.py)."""
+        ...
+
     def model_card_image(self, ref: str | None = None) -> Image.Image | None:
         """The preview image beside a local model (read like an upload: size and format checked)."""
         ...

@@ -11,7 +11,7 @@ from conftest import make_studio
 from pipelines.demo.sdxl import DEMO_SDXL, DEMO_SDXL_INPAINT, DEMO_SDXL_SINGLE
 from pipelines.errors import ModelError
 from pipelines.requests import Img2Img, Inpaint, Outpaint, Txt2Img
-from pipelines.store.families import SD1, SDXL
+from pipelines.formats.families import SD1, SDXL
 from pipelines.tasks import txt2img
 
 from test_edit import box_mask, far_from, photo, rgb

@@ -28,10 +28,14 @@ __all__ = ["UIOptions", "build_ui", "page_css", "page_js"]
 
 
 def model_dropdown_choices(S, studio) -> list[tuple[str, str]]:
-    return [
-        ((S.model_local if c["local"] else S.model_remote).format(name=c["ref"]), c["ref"])
-        for c in studio.model_choices()
-    ]
+    """Each model's name, where it is, and its family when it is not SD 1.x (an SDXL model says so)."""
+    rows = []
+    for c in studio.model_choices():
+        label = (S.model_local if c["local"] else S.model_remote).format(name=c["ref"])
+        if c.get("family") == "sdxl":
+            label = S.model_family.format(label=label, family="SDXL")
+        rows.append((label, c["ref"]))
+    return rows
 
 
 def vae_dropdown_choices(S, studio) -> list[tuple[str, str]]:
@@ -255,8 +259,23 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
             text, image = model_card_view(S, studio, ref)
             return gr.Row(visible=bool(text)), text, gr.Image(image, visible=image is not None)
 
+        def fit_sizes(width: int, height: int):
+            """A size left at one family's default becomes the new model's (512² for SD 1.x,
+            1024² for SDXL; half that in the demo); a size the designer chose stays."""
+            family = studio.family()
+            if family["loaded"] is None:
+                return gr.skip(), gr.skip()
+            defaults = {name: options.default_size * size // 512 for name, size in family["default_sizes"].items()}
+            want = defaults[family["loaded"]["name"]]
+            if width != height or width not in defaults.values() or width == want:
+                return gr.skip(), gr.skip()
+            gr.Info(S.sizes_for_family.format(family=family["loaded"]["label"], width=want, height=want))
+            return want, want
+
         model.input(switch_model, model, tools.system, api_name="switch_model", concurrency_id=GPU,
-                    concurrency_limit=GPU_LIMIT).then(show_card, model, [card_row, card, card_preview], api_visibility="private")
+                    concurrency_limit=GPU_LIMIT).then(show_card, model, [card_row, card, card_preview], api_visibility="private"
+                    ).then(fit_sizes, [panel.width, panel.height], [panel.width, panel.height], queue=False,
+                           api_visibility="private")
 
         def switch_vae(choice: str, request: gr.Request = None):
             if not options.team.may_change_shared(user_of(request)):

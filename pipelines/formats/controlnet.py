@@ -106,7 +106,7 @@ def shape_from_file(shapes: dict[str, tuple[int, ...]]) -> NetShape | None:
 def check_fits(name: str, net: NetShape, base: NetShape) -> None:
     """Refuse a ControlNet whose residuals cannot be added to the base U-Net's."""
     if net.sdxl != base.sdxl:  # an SDXL ControlNet on SD 1.5, or an SD 1.x one on SDXL
-        from ..store.families import SD1, SDXL
+        from .families import SD1, SDXL
 
         raise ModelError("controlnet_family", name=name, net=(SDXL if net.sdxl else SD1).label,
                          base=(SDXL if base.sdxl else SD1).label)

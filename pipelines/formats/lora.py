@@ -1,5 +1,5 @@
 """LoRA files: their metadata, and every key layout mapped onto the base pipeline's modules
-(SD 1.x/2.x: one text encoder; SDXL: two, as its family says: store/families.py).
+(SD 1.x/2.x: one text encoder; SDXL: two, as its family says: formats/families.py).
 
 Formats: diffusers/peft (``lora_A``/``lora_B``), Kohya/A1111 (``lora_unet_...`` with alpha, conv
 layers, LyCORIS LoCon's ``lora_down``/``lora_up`` convolutions; SD 1.x ``lora_te_``, SDXL
@@ -79,6 +79,26 @@ DOWN_UP = (
     (".lora_linear_layer.down.weight", ".lora_linear_layer.up.weight"),
     (".lora_down.weight", ".lora_up.weight"),
 )
+
+
+def context_width(path: Path) -> int | None:
+    """The cross-attention width a LoRA file was made for (768/1024: SD 1.x/2.x, 2048: SDXL),
+    from the shape of a ``attn2 to_k`` down matrix in its header; None when it has none."""
+    if path.suffix.lower() != ".safetensors":
+        return None
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if length > HEADER_LIMIT:
+                return None
+            header = json.loads(f.read(length))
+    except (OSError, ValueError, struct.error):
+        return None
+    for key, entry in header.items():
+        if (("attn2_to_k" in key or "attn2.to_k" in key) and key.endswith((".lora_down.weight", ".lora_A.weight", ".lora.down.weight"))
+                and isinstance(entry, dict) and len(entry.get("shape", ())) == 2):
+            return int(entry["shape"][1])
+    return None
 
 
 def read_header(path: Path) -> tuple[dict[str, str], list[str]]:
@@ -164,7 +184,7 @@ def map_state_dict(pipe, state: dict[str, torch.Tensor], label: str) -> LoraLaye
     ``lora_no_match`` (no key names a module of this model) or ``lora_wrong_architecture``
     (another model's components, modules or shapes).
     """
-    from ..store.families import FAMILIES, family_of_pipeline
+    from .families import FAMILIES, family_of_pipeline
 
     family = family_of_pipeline(pipe)
     components = ("unet", *family.text_encoders)

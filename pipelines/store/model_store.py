@@ -25,7 +25,7 @@ from ..formats.weights import file_hash
 from .adapters import AdapterTable
 from .cache import ResidentCache, module_bytes
 from .devices import DevicePlan, attention_backend, dtype_name, free_memory, plan_device
-from .families import SD1, ModelFamily, family_of_index, family_of_pipeline
+from ..formats.families import SD1, ModelFamily, family_of_index, family_of_pipeline
 from .folders import ModelFolders
 from .settings import KNOWN_HUB_MODELS, EngineSettings
 from .quiet import quiet_known_noise
@@ -68,7 +68,7 @@ class ModelStore:
         self.lock = threading.RLock()
         self._base = None
         self._base_ref: str | None = None
-        self._family: ModelFamily = SD1  # the loaded base's family (store/families.py), set at load
+        self._family: ModelFamily = SD1  # the loaded base's family (formats/families.py), set at load
         self._wanted_ref = settings.model
         self._load_seconds: float | None = None
         self.model_hash: str | None = None  # A1111's short hash of the loaded single file

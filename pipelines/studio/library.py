@@ -15,6 +15,7 @@ from ..formats import fewstep
 from ..formats.cards import read_card
 from ..formats.images import open_upload
 from ..tasks import lora
+from ..formats.families import FAMILIES, family_of_source
 from ..tasks.prompts import token_window
 from .common import VERSION
 
@@ -37,15 +38,18 @@ class Library:
     # -- models ---------------------------------------------------------------------------
     def model_choices(self) -> list[dict]:
         loaded = self.store.current_ref if self.store.is_loaded() else None
-        return [
-            {"ref": c.ref, "local": c.local, "kind": c.kind,
-             "hash": self.store.model_hash if c.ref == loaded else None}
-            for c in self.store.model_choices()
-        ]
+        rows = []
+        for c in self.store.model_choices():
+            family = family_of_source(c.source) if c.kind != "hub" else None
+            rows.append({"ref": c.ref, "local": c.local, "kind": c.kind,
+                         "hash": self.store.model_hash if c.ref == loaded else None,
+                         "family": family.name if family else None})
+        return rows
 
     def embeddings(self) -> list[dict]:
         """Textual-inversion files, usable or not (with why), for the loaded model."""
-        width = self.store.base().text_encoder.get_input_embeddings().weight.shape[1]
+        base = self.store.base()
+        width = sum(getattr(base, name).get_input_embeddings().weight.shape[1] for name in self.store.family.text_encoders)
         return [{"name": e.name, "file": e.file, "vectors": 0 if e.vectors is None else int(e.vectors.shape[0]),
                  "width": e.width, "model_width": int(width), "problem": e.problem}
                 for e in self.store.embeddings()]
@@ -84,12 +88,22 @@ class Library:
         found = fewstep.recognise_base(model, unet_config, self.model_card(model))
         if found is not None:
             return {"lora": None, "model": model, "fewstep": found.as_dict()}
-        ranked = sorted((row for row in self.loras() if row.get("fewstep")),
+        width = (unet_config or {}).get("cross_attention_dim")
+        ranked = sorted((row for row in self.loras() if row.get("fewstep")
+                         and (width is None or row.get("context_width") in (None, width))),  # this family's
                         key=lambda row: (fewstep.RANK.index(row["fewstep"]["evidence"]),
                                          list(fewstep.METHODS).index(row["fewstep"]["method"]), row["name"]))
         if not ranked:
             return None
         return {"lora": ranked[0]["name"], "model": model, "fewstep": ranked[0]["fewstep"]}
+
+    def family(self) -> dict:
+        """The loaded base model's family ({"name", "label", "default_size"}, or None before a
+        model is loaded) and every family's default size, by name."""
+        loaded = self.store.loaded_family
+        return {"loaded": ({"name": loaded.name, "label": loaded.label, "default_size": loaded.default_size}
+                           if loaded else None),
+                "default_sizes": {f.name: f.default_size for f in FAMILIES.values()}}
 
     def model_card_image(self, ref: str | None = None) -> Image.Image | None:
         """The preview image beside a local model (read like an upload: size and format checked)."""

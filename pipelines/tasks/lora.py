@@ -43,7 +43,7 @@ from ..errors import ModelError, ParamError
 from ..formats.cards import read_card
 from ..formats.weights import short_hash
 from ..formats import fewstep
-from ..formats.lora import COMPONENTS, LoraLayers, base_model, map_state_dict, read_header, read_state_dict, trigger_words
+from ..formats.lora import COMPONENTS, LoraLayers, base_model, context_width, map_state_dict, read_header, read_state_dict, trigger_words
 from ..store.adapters import MAX_ADAPTERS, AdapterTable, adapter_bytes
 from ..store.folders import inside
 
@@ -88,6 +88,8 @@ def list_loras(store, with_hash: bool = True) -> list[dict]:
                 "preferred_weight": card.get("preferred_weight"),
                 # A few-step LoRA (LCM, TCD, Hyper-SD): its method and published settings.
                 "fewstep": (found.as_dict() if (found := fewstep.recognise_lora(name, metadata, keys, card)) else None),
+                # The U-Net context it was made for (768/1024 SD 1.x/2.x, 2048 SDXL; None: cannot tell).
+                "context_width": context_width(path),
             }
         )
     return rows

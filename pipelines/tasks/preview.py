@@ -7,7 +7,7 @@ Two decoders, never the full VAE (decoding 512² with the SD VAE costs about 2.3
 a CPU — a preview every step would more than double the job; ``python -m bench.decoders``):
 
 - ``approx``: a fixed 4×3 linear map from latent channels to RGB, the model family's own
-  (store/families.py: the "Approx cheap" projections A1111 publishes in
+  (formats/families.py: the "Approx cheap" projections A1111 publishes in
   ``sd_samplers_common.py`` for SD 1.x and SDXL; SD 1.x VAEs share the latent space, so it
   holds for PAI-Diffusion and Taiyi too). Costs well under a millisecond; the picture is
   blurry, 1/8 of the final size, colours roughly right.

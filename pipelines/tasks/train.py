@@ -6,7 +6,7 @@ training adds only the adapter, its optimizer state and the activations.
    multiples of 64; or the square when buckets are off), scaled to cover it and centre-cropped,
    encoded once by the VAE; captions (the trigger word first) encoded once when the text encoders
    are frozen. PAI's BertTokenizer and CLIP's tokenizer both work (the model's own). SDXL (its
-   family, store/families.py): both encoders' penultimate states side by side and the pooled
+   family, formats/families.py): both encoders' penultimate states side by side and the pooled
    embedding, with the size conditioning of each picture's bucket, as its U-Net was trained.
 2. The adapter: ``peft`` LoRA on the attention and feed-forward projections (Kohya's default
    targets), initialised from the run's seed. Other LoRAs on the base are switched off while it

@@ -6,8 +6,10 @@ asks how many text encoders there are and which hidden layer each gives, the pre
 its latent→RGB map and tiny decoder, LoRA and embedding readers ask for their key layouts, the
 draft and 高清修复 passes for the sizes it was trained at, 训练 LoRA for its recipe.
 
-A new family is one ``ModelFamily`` added to ``FAMILIES`` (and its demo model): the checklist
-is in docs/ARCHITECTURE.md.
+It lives with the formats because the file readers (single files, LoRAs, ControlNets,
+embeddings) ask it too, and imports flow formats → store → tasks. A new family is one
+``ModelFamily`` added to ``FAMILIES`` (and its demo model): the checklist is in
+docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
@@ -132,3 +134,25 @@ def family_of_index(model_index: dict) -> ModelFamily:
 def family_of_unet_config(config) -> ModelFamily:
     """From a U-Net's (or ControlNet's) config: SDXL's takes time ids and a pooled embedding."""
     return SDXL if (config.get("addition_embed_type") == "text_time") else SD1
+
+
+def family_of_source(path) -> ModelFamily | None:
+    """The family of a model on disk without loading it: a diffusers folder's
+    ``model_index.json``, a single ``.safetensors`` file's tensor names (its header only); None
+    when it cannot be told cheaply (a pickled ``.ckpt``, a hub model not yet downloaded)."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        if path.is_dir():
+            return family_of_index(json.loads((path / "model_index.json").read_text(encoding="utf-8")))
+        if path.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                keys = list(f.keys())
+            return SDXL if any(k.startswith("conditioner.embedders.") for k in keys) else SD1
+    except Exception:  # unreadable: the loader says why when it is picked
+        return None
+    return None
