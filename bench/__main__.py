@@ -4,12 +4,21 @@
     python -m bench --size 512 --steps 20   # the real thing (GPU: add --dtype fp16)
     python -m bench --size 256 --variants danqing,danqing-lcm-4,danqing-lcm-8,danqing-tcd-4,diffusers-lcm-4
                                             # 极速: 20 steps against few-step LoRAs
+    python -m bench --family sdxl --size 512 --steps 4 --repeats 3
+                                            # the SDXL row: full-size SDXL against StableDiffusionXLPipeline
+    python -m bench --family sdxl --size 1024 --steps 30 --dtype fp16
+                                            # the same on a GPU (1024², fp16)
 
 Builds the full-size SD 1.5 architecture with random weights (bench/sd15.py) in a temporary
 folder, loads it (1) with plain ``StableDiffusionPipeline.from_pretrained`` and (2) through
 Danqing's store and text-to-image path, and times them interleaved (A B A B ...), reporting
 medians: seconds per U-Net step, end-to-end seconds, peak memory, and the largest pixel
 difference between the outputs for the same seed.
+
+``--family sdxl``: the full-size SDXL architecture (bench/sdxl.py) instead, plain diffusers'
+``StableDiffusionXLPipeline`` against Danqing, both with SDXL's Euler. Two fp32 SDXLs do not fit
+24 GiB beside each other, so on a CPU each turn loads its variant and frees it after (loading
+is not timed; the turns still alternate A B A B).
 """
 
 from __future__ import annotations
@@ -205,6 +214,54 @@ def make_danqing(folder: Path, device: str, dtype: str, deepcache: int = 0, job:
     return run
 
 
+def make_baseline_xl(folder: Path, device: torch.device, dtype: torch.dtype):
+    """Plain diffusers' StableDiffusionXLPipeline, its own (Euler) scheduler, CFG 7.5."""
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder, torch_dtype=dtype).to(device)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run(seed: int, args) -> tuple[np.ndarray, StepClock]:
+        clock = StepClock(device)
+
+        def callback(p, i, t, kw):
+            clock.tick()
+            return kw
+
+        image = pipe(PROMPT, width=args.size, height=args.size, num_inference_steps=args.steps, guidance_scale=7.5,
+                     generator=torch.Generator("cpu").manual_seed(seed), callback_on_step_end=callback).images[0]
+        return np.asarray(image), clock
+
+    return run
+
+
+def make_danqing_xl(folder: Path, device: str, dtype: str):
+    """Danqing's store and 文生图 on the SDXL folder, Euler like the baseline."""
+    from pipelines.requests import Txt2Img
+    from pipelines.store import ModelStore
+    from pipelines.store.settings import EngineSettings
+    from pipelines.tasks import txt2img
+
+    store = ModelStore(EngineSettings(model=str(folder), models_dir=folder.parent / "models", device=device,
+                                      dtype=dtype))
+    store.base()
+
+    def run(seed: int, args) -> tuple[np.ndarray, StepClock]:
+        clock = StepClock(store.plan.device)
+        params = Txt2Img.from_fields(prompt=PROMPT, width=args.size, height=args.size, seed=seed,
+                                     num_inference_steps=args.steps, guidance_scale=7.5, sampler="Euler")
+        result = txt2img.run(store, params, on_step=lambda i, n: clock.tick())
+        return np.asarray(result.images[0]), clock
+
+    return run
+
+
+VARIANTS_XL = {
+    "diffusers": lambda f, a, d, t: make_baseline_xl(f, d, t),
+    "danqing": lambda f, a, d, t: make_danqing_xl(f, a.device, a.dtype),
+}
+
+
 VARIANTS = {
     "diffusers": lambda f, a, d, t: make_baseline(f, d, t, naive=False),
     "diffusers-naive-attn": lambda f, a, d, t: make_baseline(f, d, t, naive=True),
@@ -233,6 +290,7 @@ def main(argv=None) -> dict:
     p.add_argument("--variants", default="diffusers,danqing", help=f"comma list of {', '.join(VARIANTS)}")
     p.add_argument("--model-dir", default=None, help="reuse a folder built by an earlier run")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--family", default="sd15", choices=["sd15", "sdxl"], help="the architecture benchmarked")
     args = p.parse_args(argv)
     if args.quick:
         args.size, args.steps, args.repeats = 256, 4, 2
@@ -242,28 +300,44 @@ def main(argv=None) -> dict:
     plan = plan_device(args.device, args.dtype)
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
 
-    # 1. The model folder (full-size SD 1.5 architecture, random weights).
+    # 1. The model folder (full-size SD 1.5 or SDXL architecture, random weights).
     from bench.sd15 import build_sd15
+    from bench.sdxl import build_sdxl
 
     root = Path(args.model_dir or tempfile.mkdtemp(prefix="danqing-bench-"))
-    folder = build_sd15(root / "sd15-random")
+    xl = args.family == "sdxl"
+    folder = build_sdxl(root / "sdxl-random") if xl else build_sd15(root / "sd15-random")
+    table = VARIANTS_XL if xl else VARIANTS
+    reload = xl and plan.device.type == "cpu"  # two fp32 SDXLs do not fit beside each other
 
-    # 2. Load every variant once (loading is not what is timed), warm each up once.
-    runners = {n: VARIANTS[n](folder, args, plan.device, plan.dtype) for n in names}
-    for n in names:
-        runners[n](0, args)
+    # 2. Load every variant once (loading is not what is timed), warm each up once; or (reload)
+    #    load each for its turn.
+    runners = {}
+    if not reload:
+        runners = {n: table[n](folder, args, plan.device, plan.dtype) for n in names}
+        for n in names:
+            runners[n](0, args)
 
     # 3. Interleaved timing: A B C, B C A, C A B ... (rotating, so no variant always runs first).
     rows = {n: {"e2e": [], "step": [], "peak": []} for n in names}
     images = {}
     for r in range(args.repeats):
         for n in names[r % len(names):] + names[: r % len(names)]:
+            if reload:  # loading is not timed: load, then time the job alone
+                runner = table[n](folder, args, plan.device, plan.dtype)
+            else:
+                runner = runners[n]
             with PeakMemory(plan.device) as mem:
                 sync(plan.device)
                 started = time.perf_counter()
-                image, clock = runners[n](1234, args)
+                image, clock = runner(1234, args)
                 sync(plan.device)
                 elapsed = time.perf_counter() - started
+            if reload:
+                import gc
+
+                del runner
+                gc.collect()
             rows[n]["e2e"].append(elapsed)
             rows[n]["step"].append(clock.per_step())
             rows[n]["peak"].append(mem.peak)
@@ -276,6 +350,7 @@ def main(argv=None) -> dict:
         "machine": f"{platform.machine()} {os.cpu_count()} cpus" + (f", {torch.cuda.get_device_name()}" if plan.device.type == "cuda" else ""),
         "device": str(plan.device), "dtype": str(plan.dtype).replace("torch.", ""),
         "size": args.size, "steps": args.steps, "repeats": args.repeats, "torch": torch.__version__,
+        "family": args.family,
         "variants": {},
     }
     print(f"\n{args.size}x{args.size}, {args.steps} steps, CFG on, {plan.device}/{result['dtype']}, median of {args.repeats}")

@@ -373,3 +373,26 @@ def test_txt2img_hires_fix_with_a_controlnet_unit(api, photo_b64):
     })
     assert status == 200, body
     assert decode(body["images"][0]).size == (96, 96) and len(body["images"]) == 2  # the image and its map
+
+
+def test_an_sdxl_single_file_through_the_a1111_api(api):
+    """sd_model_checkpoint switches to an SDXL file; txt2img and img2img run on it; the PNG's
+    parameters name it with its hash as A1111 writes them (Civitai reads them)."""
+    models = {m["model_name"]: m for m in call(api, "/sdapi/v1/sd-models")[1]}
+    assert "danqing-demo-xl-single" in models and models["danqing-demo-xl-single"]["filename"].endswith(".safetensors")
+    try:
+        status, _ = call(api, "/sdapi/v1/options", {"sd_model_checkpoint": "danqing-demo-xl-single.safetensors"})
+        assert status == 200
+        status, body = call(api, "/sdapi/v1/txt2img", {"prompt": "(远山:1.2)，小船", **SMALL, "seed": 5})
+        assert status == 200
+        info = json.loads(body["info"])
+        assert info["sd_model_name"] == "danqing-demo-xl-single" and info["sd_model_hash"]
+        text = parse_parameters(decode(body["images"][0]).info["parameters"])
+        assert text["Model"] == "danqing-demo-xl-single" and text["Model hash"] == info["sd_model_hash"]
+        buffer = io.BytesIO()
+        decode(body["images"][0]).save(buffer, format="PNG")
+        status, body = call(api, "/sdapi/v1/img2img", {"prompt": "小船", "init_images": [base64.b64encode(buffer.getvalue()).decode()],
+                                                      "denoising_strength": 0.5, **SMALL})
+        assert status == 200 and decode(body["images"][0]).size == (64, 64)
+    finally:
+        call(api, "/sdapi/v1/options", {"sd_model_checkpoint": "danqing-demo-zh"})

@@ -1,0 +1,120 @@
+"""An SDXL model as a designer uses it (issue 31), in headless Chromium (zh-CN): pick the SDXL
+single file from the model list (it says SDXL), generate with a Kohya SDXL LoRA named in the
+prompt, send the result to 图生图 and 局部重绘 (a brush stroke), guide a picture with an SDXL
+ControlNet, then 极速 with the Lightning-style LoRA; every screen reads Chinese; a LoRA of the
+other family is a Chinese sentence on the page."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from pages import CHROMIUM, english_words, fill_and_generate, launch_chromium, playwright
+
+pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)"),
+              pytest.mark.browser]
+
+@pytest.fixture(scope="module")
+def sdxl_app(demo_models, demo_cache, tmp_path_factory):
+    from conftest import LaunchedApp
+
+    app = LaunchedApp(["--demo"], demo_cache, tmp_path_factory.mktemp("browser-xl") / "outputs")
+    yield app
+    app.stop()
+
+
+@pytest.fixture(scope="module")
+def page(sdxl_app):
+    with playwright.sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="zh-CN")
+        page.goto(sdxl_app.url, wait_until="networkidle")
+        yield page
+        browser.close()
+
+
+def shot(page, tmp_path, name: str) -> None:
+    """A full-page screenshot (DANQING_SHOTS=folder keeps them for a person to look at)."""
+    folder = Path(os.environ.get("DANQING_SHOTS") or tmp_path)
+    page.screenshot(path=str(folder / f"sdxl-{name}.png"), full_page=True)
+
+
+def test_an_sdxl_designers_walk(page, sdxl_app, tmp_path):
+    page.get_by_role("tab", name="创作").first.wait_for(timeout=60_000)
+    # 1. The model list says which model is SDXL; picking it switches and sets SDXL's size.
+    page.get_by_label("基础模型").first.click()
+    page.get_by_role("option", name="danqing-demo-xl-single.safetensors（本地） · SDXL").click()
+    page.get_by_text("已切换到模型").first.wait_for(timeout=90_000)
+    page.get_by_text("已按 SDXL 模型的常用尺寸改为").first.wait_for(timeout=30_000)
+    assert page.get_by_label("宽度").first.input_value() == "512"  # the demo's SDXL size (256 for SD 1.x)
+    assert english_words(page) == set(), english_words(page)
+    # 2. A Kohya SDXL LoRA named in the prompt, A1111's way.
+    fill_and_generate(page, "<lora:danqing-demo-xl-kohya:0.8> gongbi，牡丹，工笔画", width=128, height=128, steps=3)
+    page.wait_for_selector("#gallery img", timeout=30_000)
+    page.get_by_text("A1111 参数文本").first.click()
+    text = page.locator("#infotext textarea").first.input_value()
+    assert "Model: danqing-demo-xl-single" in text and "Lora hashes:" in text and "danqing-demo-xl-kohya" in text, text
+    shot(page, tmp_path, "1-txt2img-lora")
+    # 3. The result to 图生图, and 生成 there.
+    page.click("#result-to-img2img")
+    page.locator("#img2img-image img").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(500)
+    page.click("#generate-img2img")
+    page.locator("#result-summary").get_by_text("图生图：重绘幅度").first.wait_for(timeout=120_000)
+    shot(page, tmp_path, "2-img2img")
+    # 4. That result to 局部重绘: a brush stroke, 重绘.
+    page.get_by_role("tab", name="创作").first.click()
+    page.click("#result-to-inpaint")
+    page.locator("#inpaint-editor canvas").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(1500)
+    page.locator("#inpaint-editor button[aria-label='画笔']").click()
+    box = page.locator("#inpaint-editor canvas").first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.4)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.6, steps=8)
+    page.mouse.up()
+    page.click("#generate-inpaint")
+    page.locator("#result-summary").get_by_text("局部重绘：重绘幅度").first.wait_for(timeout=120_000)
+    shot(page, tmp_path, "3-inpaint")
+    assert english_words(page) == set(), english_words(page)
+    # 5. 线稿控制 with the SDXL Canny ControlNet.
+    lines = Image.new("RGB", (128, 128), "white")
+    ImageDraw.Draw(lines).ellipse((24, 24, 104, 104), outline="black", width=6)
+    path = tmp_path / "lines.png"
+    lines.save(path)
+    page.get_by_role("tab", name="线稿控制").first.click()
+    page.locator("#generate-canny").wait_for(timeout=30_000)
+    page.locator("#generate-canny").locator("xpath=ancestor::div[contains(@class,'tabitem')]").locator(
+        "input[type=file]").first.set_input_files(str(path))
+    model = page.get_by_label("ControlNet 模型").first
+    model.click()
+    page.get_by_role("option", name="demo-xl-canny").click()
+    page.wait_for_timeout(500)
+    page.click("#generate-canny")
+    page.locator("#result-summary").get_by_text("ControlNet：demo-xl-canny").first.wait_for(timeout=120_000)
+    shot(page, tmp_path, "4-controlnet")
+    assert english_words(page) == set(), english_words(page)
+    # 6. An SD 1.x LoRA on this SDXL model: a Chinese sentence, and the page keeps working.
+    page.get_by_role("tab", name="创作").first.click()
+    page.get_by_role("tab", name="文生图").first.click()
+    fill_and_generate_error = "<lora:danqing-demo-kohya:1> 山水"
+    page.get_by_label("提示词", exact=True).first.fill(fill_and_generate_error)
+    page.click("#generate")
+    page.get_by_text("是为 SD 1.x / 2.x 模型训练的，当前基础模型是 SDXL").first.wait_for(timeout=60_000)
+    shot(page, tmp_path, "5-wrong-family")
+    # 7. 极速: the Lightning-style LoRA at its published settings (Euler, SGM Uniform, 4 steps, CFG 0... 1).
+    page.get_by_label("提示词", exact=True).first.fill("牡丹，工笔画")
+    page.locator("#fast-mode input").check()
+    page.locator("#fast-note").get_by_text("极速已开启").wait_for(timeout=30_000)
+    note = page.locator("#fast-note").inner_text()
+    assert "SDXL-Lightning" in note and "4 步" in note, note
+    page.click("#generate")
+    page.locator("#result-summary").get_by_text("4 步").first.wait_for(timeout=120_000)
+    shot(page, tmp_path, "6-fast-lightning")
+    assert english_words(page) == set(), english_words(page)
+    page.locator("#fast-mode input").uncheck()
+    pictures = sorted(sdxl_app.outputs.glob("*/*.png"))
+    assert len(pictures) >= 5
+    assert np.asarray(Image.open(pictures[-1]).convert("RGB")).std() > 0
