@@ -249,7 +249,7 @@ ZH = dict(
     vae_own_now="模型自带的 VAE",
     tab_create="创作",
     draft_label="快速草图",
-    draft_info="先以 256 像素短边生成，再用 ESRGAN 放大 4 倍：几秒出图，适合快速试构图。",
+    draft_info="先以小尺寸生成（SD 1.x 短边 256，SDXL 短边 512），再用 ESRGAN 放大（4 倍 / 2 倍）：几秒出图，适合快速试构图。",
     lora_title="LoRA 模型（对所有生成模式生效）",
     lora_title_active="LoRA 模型 · 已启用：{loras}",
     none="无",
@@ -437,7 +437,7 @@ ZH = dict(
     eta_label="eta（TCD 的随机性 gamma）",
     eta_info="越大越平滑、细节越少；步数多时可调高",
     fast_label="⚡ 极速（少步数模型）",
-    fast_info="用 LCM / TCD / Hyper-SD 少步数模型，4–8 步出图：自动选用模型并设置采样器、步数和 CFG",
+    fast_info="用 LCM / TCD / Hyper-SD / SDXL-Lightning / DMD2 少步数模型，1–8 步出图：自动选用模型并设置采样器、步数和 CFG",
     fast_set=("**极速已开启**：{label}（{source}，{why}）。已设置：采样器 {sampler}、{steps} 步、CFG {cfg}{extra}。"
               "作者推荐：{steps_low}–{steps_high} 步，CFG {cfg_range}。可以再自己调整；关闭极速即恢复原来的设置。"),
     fast_picked=("「{file}」是少步数 LoRA：{label}（{why}）。已按作者推荐设置：采样器 {sampler}、{steps} 步、CFG {cfg}{extra}"
@@ -685,7 +685,7 @@ EN = dict(
     vae_own_now="the model's own VAE",
     tab_create="Create",
     draft_label="Fast draft",
-    draft_info="Generate with a 256-pixel short side, then upscale x4 with ESRGAN: quick composition drafts.",
+    draft_info="Generate small first (short side 256 for SD 1.x, 512 for SDXL), then upscale with ESRGAN (x4 / x2): quick composition drafts.",
     lora_title="LoRA (applies to every mode)",
     lora_title_active="LoRA · active: {loras}",
     none="None",
@@ -860,7 +860,7 @@ EN = dict(
     eta_label="eta (TCD's gamma)",
     eta_info="Higher: smoother, less detail; raise it with more steps",
     fast_label="⚡ Fast (few-step model)",
-    fast_info="Use an LCM / TCD / Hyper-SD few-step model, 4-8 steps: picks it and sets sampler, steps and CFG",
+    fast_info="Use an LCM / TCD / Hyper-SD / SDXL-Lightning / DMD2 few-step model, 1-8 steps: picks it and sets sampler, steps and CFG",
     fast_set=("**Fast mode on**: {label} ({source}, {why}). Set: sampler {sampler}, {steps} steps, CFG {cfg}{extra}. "
               "Its authors recommend {steps_low}-{steps_high} steps, CFG {cfg_range}. Change them if you like; "
               "turning Fast off restores your settings."),

@@ -42,6 +42,7 @@ ALLOWED_WORDS = {
     "sdpa", "torch", "torch.compile", "channels_last", "QKV", "VAE", "CLIP", "EasyNegative", "HuggingFace", "ModelScope", "SHA-256", "SD1",
     "U-Net", "rank", "alpha", "min-SNR", "MB", "GB", "PAI", "Gradio", "MCP", "BLIP", "Florence-2", "Qwen2-VL",
     "TCD", "Hyper-SD", "LCM-LoRA", "TCD-LoRA", "SGM", "Uniform", "GPU", "Transformer",
+    "SDXL", "SDXL-Lightning", "Lightning", "DMD2", "union",
     # a folder the designer is told to put files in: models/captioners/, a file's ending
     "models", "captioners", "lora", "safetensors",
 }
@@ -49,8 +50,9 @@ ALLOWED_WORDS = {
 # them (README, 使用 / Usage, lists what stays English); shown only while an event waits.
 GRADIO_LITERALS = {"queue", "processing"}
 # The demo bundle's file names (models, VAE, embeddings) are what the user put there, not UI text.
-MODEL_NAME = re.compile(r"^(danqing-demo-[a-z]+(-[a-z]+)*|demo-[a-z]+|sd15-only|p\d+|png|txt|lcm-lora-sdv1-5-tiny"
-                        r"|pytorch_lora_weights|Hyper-SD15-2steps-lora-tiny|RealESRGAN_x[24]plus-tiny|realesr-general-x4v3-tiny|xy)"
+MODEL_NAME = re.compile(r"^(danqing-demo-[a-z]+(-[a-z]+)*|demo-[a-z]+(-[a-z]+)*|sd15-only|p\d+|png|txt|lcm-lora-sdv1-5-tiny"
+                        r"|pytorch_lora_weights|Hyper-SD15-2steps-lora-tiny|RealESRGAN_x[24]plus-tiny|realesr-general-x4v3-tiny|xy"
+                        r"|sdxl_lightning_4step_lora-tiny)"
                         r"(\.(safetensors|pt|pth|bin|png|txt))?$")
 
 

@@ -223,7 +223,7 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
                             result_to_inpaint = gr.Button(S.send_to_inpaint, size="sm", elem_id="result-to-inpaint")
                             result_to_outpaint = gr.Button(S.send_to_outpaint, size="sm", elem_id="result-to-outpaint")
                         with gr.Accordion(S.infotext_label, open=False):
-                            infotext = gr.Textbox(show_label=False, lines=4, interactive=False, buttons=["copy"],
+                            infotext = gr.Textbox(label=S.infotext_label, show_label=False, lines=4, interactive=False, buttons=["copy"],
                                                   elem_id="infotext")
                         # The JSON the API returns; people read the summary above.
                         info = gr.Code(label=S.info_label, language="json", lines=8, interactive=False, visible=False)
@@ -274,7 +274,7 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
 
         model.input(switch_model, model, tools.system, api_name="switch_model", concurrency_id=GPU,
                     concurrency_limit=GPU_LIMIT).then(show_card, model, [card_row, card, card_preview], api_visibility="private"
-                    ).then(fit_sizes, [panel.width, panel.height], [panel.width, panel.height], queue=False,
+                    ).then(fit_sizes, [panel.width, panel.height], [panel.width, panel.height],
                            api_visibility="private")
 
         def switch_vae(choice: str, request: gr.Request = None):
