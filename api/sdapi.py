@@ -560,7 +560,9 @@ class SdApi:
             "width": first.get("width", req.width), "height": first.get("height", req.height),
             "sampler_name": sampler, "cfg_scale": req.cfg_scale, "steps": req.steps,
             "batch_size": req.batch_size, "n_iter": req.n_iter, "restore_faces": False,
-            "sd_model_name": first.get("model", self.studio.current_model()), "sd_model_hash": None,
+            # A1111's: the checkpoint's name without its ending, and its short hash (a single file's)
+            "sd_model_name": _stem(first.get("model", self.studio.current_model())),
+            "sd_model_hash": self.studio.model_hash(),
             "styles": req.styles, "index_of_first_image": 0, "infotexts": infotexts,
             "job_timestamp": job.timestamp, "clip_skip": first.get("clip_skip", 1), "version": f"Danqing {_version()}",
             "extra_generation_params": {k: first[k] for k in ("loras", "controlnet") if first.get(k)},

@@ -58,7 +58,9 @@ def plain(store):
 
 # 1. What is listed and how it loads -----------------------------------------------------------
 def test_lists_folders_files_and_depth_estimators(store):
-    assert cn.list_controlnets(store) == [DEMO_CANNY, DEMO_DEPTH, DEMO_WRONG]
+    from pipelines.demo.controlnet import DEMO_XL_CANNY, DEMO_XL_UNION
+
+    assert cn.list_controlnets(store) == [DEMO_CANNY, DEMO_DEPTH, DEMO_WRONG, DEMO_XL_CANNY, DEMO_XL_UNION]
     assert annotators.list_depth_estimators(store) == [DEMO_DEPTH_ESTIMATOR]
 
 

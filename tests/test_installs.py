@@ -82,7 +82,8 @@ def test_the_installs_models_are_listed_beside_danqings_own(studio):
     assert {"a1111-x2.pth", "comfy-x4.pth"} <= set(studio.upscalers())
     assert "a1111-canny" in studio.controlnets()
     # A1111's single-file checkpoint, VAE and embedding, listed and usable from where they are.
-    assert {"ref": "majicmix/a1111-single.safetensors", "local": True, "kind": "file", "hash": None} in studio.model_choices()
+    assert {"ref": "majicmix/a1111-single.safetensors", "local": True, "kind": "file", "hash": None,
+            "family": "sd1"} in studio.model_choices()
     assert "a1111-vae.safetensors" in studio.vae_choices()
     assert "EasyNegative" in {row["name"] for row in studio.embeddings()}
 

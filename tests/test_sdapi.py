@@ -387,7 +387,7 @@ def test_an_sdxl_single_file_through_the_a1111_api(api):
         assert status == 200
         info = json.loads(body["info"])
         assert info["sd_model_name"] == "danqing-demo-xl-single" and info["sd_model_hash"]
-        text = parse_parameters(decode(body["images"][0]).info["parameters"])
+        text = parse_parameters(decode(body["images"][0]).info["parameters"])["fields"]
         assert text["Model"] == "danqing-demo-xl-single" and text["Model hash"] == info["sd_model_hash"]
         buffer = io.BytesIO()
         decode(body["images"][0]).save(buffer, format="PNG")
