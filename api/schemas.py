@@ -59,7 +59,7 @@ def _declared() -> dict:
             kind = int if f.type in (int, "int") else bool if f.type in (bool, "bool") else float
             low, high = f.metadata["range"]
             text = EN.get(f.metadata["info"]) or EN.get(f.metadata["label"], "")
-            out[name] = (kind, Field(f.default, description=f"{text} ({low} to {high})" if low is not None else text))
+            out[name] = (kind, Field(f.default, description=f"{text} ({low} to {high})" if low is not None and kind is not bool else text))
     return out
 
 

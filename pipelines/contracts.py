@@ -117,6 +117,14 @@ class GenerationApi(Protocol):
 
     def upscalers(self) -> list[str]: ...
 
+    def translators(self) -> list[str]:
+        """Translation models in models/translators (tasks/translate.py)."""
+        ...
+
+    def edit_translation(self, prompt: str, english: str) -> None:
+        """Use ``english`` for the Chinese ``prompt`` from now on; empty: the translator's again."""
+        ...
+
 
 class LibraryApi(Protocol):
     """What can be used: base models (their cards, hashes, switching), VAEs, LoRAs, embeddings,

@@ -40,14 +40,14 @@ HF_ROUTES = ("huggingface", "hf_mirror")  # HuggingFace's API, at the hub itself
 # What "cannot reach" says, by source: each suggests the other two.
 OFFLINE_CODES = {"huggingface": "download_offline", "hf_mirror": "download_offline_mirror",
                  "modelscope": "download_offline_modelscope"}
-KINDS = ("checkpoints", "lora", "vae", "embeddings", "controlnet", "upscalers", "captioners")
+KINDS = ("checkpoints", "lora", "vae", "embeddings", "controlnet", "upscalers", "captioners", "translators")
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 CONNECT_TIMEOUT = 8.0  # seconds (also between two reads): offline fails at once instead of hanging
 CHUNK = 1 << 20
 RETRIES = 4  # resumes after a dropped connection before the download is left for later
 MAX_FILES = 200  # a whole repository, at most
 # Files of a diffusers repository worth having (no training states, no other frameworks' weights).
-REPO_ENDINGS = (".json", ".txt", ".safetensors", ".bin", ".model")
+REPO_ENDINGS = (".json", ".txt", ".safetensors", ".bin", ".model", ".spm")  # .spm: opus-mt tokenizers
 SKIP_IN_REPO = re.compile(r"(^|/)(\.|flax_|tf_|onnx|openvino)|\.(msgpack|h5|ckpt|onnx|pb)$")
 
 

@@ -238,7 +238,10 @@ class History:
             if parameters is None:
                 return
         row = describe(parameters)
-        haystack = "\n".join((row["prompt"], row["negative"], row["model"], row["loras"])).lower()
+        # The Chinese a translated prompt was typed in is searched too (formats/infotext: Original prompt).
+        original = parse_parameters(parameters or "")["fields"]
+        haystack = "\n".join((row["prompt"], row["negative"], row["model"], row["loras"],
+                              original.get("Original prompt", ""), original.get("Original negative prompt", ""))).lower()
         rel = path.relative_to(self.root).as_posix()
         if shared is None:
             shared = not trashed and f"{day}/{path.name}" in self._shared_names(owner)

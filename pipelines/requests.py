@@ -337,6 +337,9 @@ class Txt2Img:
     # spread pulled back toward the text-conditioned one's; 0.7 for v-prediction / zero-SNR models.
     guidance_rescale: float = param(0.0, infotext="CFG Rescale", a1111="guidance_rescale", low=0.0, high=1.0,
                                     step=0.05, omit=0.0, label="guidance_rescale_label", info="guidance_rescale_info")
+    # Chinese prompts on a model that reads only English go through a local translator (tasks/translate.py)
+    translate: bool = param(True, infotext="Danqing translate", a1111="danqing_translate", omit=True,
+                            label="translate_label", info="translate_info")
 
     @classmethod
     def from_fields(cls, mapping: Mapping | None = None, /, **more: Any) -> "Txt2Img":

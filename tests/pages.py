@@ -44,7 +44,7 @@ ALLOWED_WORDS = {
     "TCD", "Hyper-SD", "LCM-LoRA", "TCD-LoRA", "SGM", "Uniform", "GPU", "Transformer",
     "SDXL", "SDXL-Lightning", "Lightning", "DMD2", "union",
     # a folder the designer is told to put files in: models/captioners/, a file's ending
-    "models", "captioners", "lora", "safetensors",
+    "models", "captioners", "translators", "lora", "safetensors",
 }
 # Gradio's status-line literals ("queue: 1/1 |", "processing |"): its front end has no hook for
 # them (README, 使用 / Usage, lists what stays English); shown only while an event waits.

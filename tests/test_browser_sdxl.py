@@ -1,8 +1,9 @@
-"""An SDXL model as a designer uses it (issue 31), in headless Chromium (zh-CN): pick the SDXL
-single file from the model list (it says SDXL), generate with a Kohya SDXL LoRA named in the
-prompt, send the result to 图生图 and 局部重绘 (a brush stroke), guide a picture with an SDXL
-ControlNet, then 极速 with the Lightning-style LoRA; every screen reads Chinese; a LoRA of the
-other family is a Chinese sentence on the page."""
+"""An SDXL model as a designer uses it (issues 31 and 32), in headless Chromium (zh-CN): pick
+the SDXL single file from the model list (it says SDXL), generate with a Kohya SDXL LoRA named in
+the prompt, see the English the translator gave SDXL's encoders, edit it and generate again,
+send the result to 图生图 and 局部重绘 (a brush stroke), guide a picture with an SDXL ControlNet,
+then 极速 with the Lightning-style LoRA; every screen reads Chinese; a LoRA of the other family
+is a Chinese sentence on the page."""
 
 import os
 from pathlib import Path
@@ -57,6 +58,19 @@ def test_an_sdxl_designers_walk(page, sdxl_app, tmp_path):
     text = page.locator("#infotext textarea").first.input_value()
     assert "Model: danqing-demo-xl-single" in text and "Lora hashes:" in text and "danqing-demo-xl-kohya" in text, text
     shot(page, tmp_path, "1-txt2img-lora")
+    # 2b. SDXL reads only English: the demo translator's English is shown; edit it, use it, generate.
+    page.locator("#english-box").wait_for(timeout=30_000)
+    assert page.locator("#result-summary").get_by_text("英文提示词（由 danqing-demo-opus-mt-zh-en 翻译）").count() == 1
+    page.locator("#english-prompt textarea").fill("gongbi, a red peony, fine brush painting")
+    page.click("#english-use")
+    page.get_by_text("已记住").first.wait_for(timeout=30_000)
+    page.click("#generate")
+    page.wait_for_timeout(1000)
+    page.locator("#result-summary").get_by_text("a red peony").first.wait_for(timeout=120_000)
+    text = page.locator("#infotext textarea").first.input_value()
+    assert text.startswith("gongbi, a red peony, fine brush painting") and "Original prompt: " in text, text
+    shot(page, tmp_path, "1b-translation-edited")
+    assert english_words(page) == set(), english_words(page)
     # 3. The result to 图生图, and 生成 there.
     page.click("#result-to-img2img")
     page.locator("#img2img-image img").first.wait_for(timeout=30_000)

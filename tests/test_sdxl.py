@@ -301,7 +301,7 @@ def test_an_sdxl_lora_trained_here_is_kohya_sdxl_and_loads_back(demo_models, tmp
     from pipelines.tasks import train as training
 
     models = tmp_path / "models"
-    for kind in ("checkpoints", "lora"):
+    for kind in ("checkpoints", "lora", "translators"):
         shutil.copytree(demo_models / kind, models / kind)
     own = make_studio(models, tmp_path / "out", model=DEMO_SDXL)
     paths = []

@@ -222,6 +222,13 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
                             result_to_img2img = gr.Button(S.send_to_img2img, size="sm", elem_id="result-to-img2img")
                             result_to_inpaint = gr.Button(S.send_to_inpaint, size="sm", elem_id="result-to-inpaint")
                             result_to_outpaint = gr.Button(S.send_to_outpaint, size="sm", elem_id="result-to-outpaint")
+                        # The English an English-only model read (tasks/translate.py), editable: the
+                        # edit is kept for that Chinese prompt.
+                        with gr.Accordion(S.english_label, open=True, visible=False, elem_id="english-box") as english_box:
+                            english = gr.Textbox(label=S.english_label, show_label=False, lines=2, elem_id="english-prompt",
+                                                 info=S.english_info)
+                            english_use = gr.Button(S.english_use, size="sm", elem_id="english-use")
+                            english_for = gr.Textbox(visible=False)  # the Chinese prompt it belongs to
                         with gr.Accordion(S.infotext_label, open=False):
                             infotext = gr.Textbox(label=S.infotext_label, show_label=False, lines=4, interactive=False, buttons=["copy"],
                                                   elem_id="infotext")
@@ -242,6 +249,24 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
         panel.wire_seed_buttons(info)
         panel.wire_size_rounding()
         info.change(lambda text: summarize(S, text), info, [summary, infotext], queue=False, api_visibility="private")
+
+        def show_english(text: str):
+            """The translation a job used, shown for editing (hidden when there was none)."""
+            try:
+                found = (json.loads(text or "{}").get("notices") or {}).get("translation") or {}
+            except ValueError:
+                found = {}
+            if found.get("english_prompt") is None:
+                return gr.Accordion(visible=False), gr.skip(), gr.skip()
+            return gr.Accordion(visible=True), found["english_prompt"], found["prompt"]
+
+        info.change(show_english, info, [english_box, english, english_for], queue=False, api_visibility="private")
+
+        def use_english(chinese: str, text: str):
+            studio.edit_translation(chinese, text)
+            gr.Info(S.english_kept)
+
+        english_use.click(use_english, [english_for, english], None, api_visibility="private")
 
         def switch_model(ref: str, request: gr.Request = None, progress=gr.Progress(track_tqdm=True)):
             if not options.team.may_change_shared(user_of(request)):

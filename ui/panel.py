@@ -310,6 +310,11 @@ def build_panel(ctx: UIContext, styles=None) -> Panel:
     declared = {}
     for f in declared_fields(Txt2Img):
         low, high = f.metadata["range"]
+        if f.type in (bool, "bool"):  # a switch
+            declared[f.name] = gr.Checkbox(f.default, label=getattr(S, f.metadata["label"]),
+                                           info=getattr(S, f.metadata["info"]) if f.metadata["info"] else None,
+                                           elem_id=f"param-{f.name}")
+            continue
         declared[f.name] = inputs.slider(S, low, high, value=f.default, step=f.metadata["step"],
                                          label=getattr(S, f.metadata["label"]),
                                          info=getattr(S, f.metadata["info"]) if f.metadata["info"] else None,

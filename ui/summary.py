@@ -50,6 +50,12 @@ def summarize(S, info_text: str | None) -> tuple[str, str]:
     if info.get("model"):  # names come from files: shown as text (ui/common.plain)
         model = S.summary_model.format(model=plain(info["model"]))
         lines.append(model + S.summary_vae.format(vae=plain(info["vae"])) if info.get("vae") else model)
+    translation = (info.get("notices") or {}).get("translation") or {}
+    if translation.get("english_prompt") is not None:  # what the English-only encoder read
+        lines.append(S.summary_translated.format(translator=plain(translation.get("translator", "")),
+                                                 prompt=translation["english_prompt"].replace("`", "'").replace("\n", " ")))
+    elif translation.get("untranslated"):
+        lines.append(S.summary_untranslated)
     if info.get("loras"):
         lines.append(S.summary_loras.format(loras=S.list_sep.join(f"{plain(name)} ×{weight:g}" for name, weight in info["loras"])))
     if info.get("controlnet"):

@@ -42,6 +42,9 @@ class ModelFamily:
     draft_upscale: int = 4
     train_resolution: int = 512
     train_text_encoder: bool = True  # 训练 LoRA trains the text encoder(s) by default
+    # Its encoder reads Chinese (True/False), or None: the tokenizer says (SD 1.x: PAI and Taiyi
+    # ship Chinese BERT vocabularies, SD 1.5 CLIP's English one).
+    reads_chinese: bool | None = None
     extra: dict = field(default_factory=dict)
 
     def pipeline_class(self, task: str):
@@ -110,6 +113,7 @@ SDXL = ModelFamily(
     draft_upscale=2,
     train_resolution=1024,
     train_text_encoder=False,
+    reads_chinese=False,  # CLIP ViT-L and OpenCLIP-G: English byte-pair vocabularies
 )
 
 
@@ -121,6 +125,16 @@ def family_of_pipeline(pipe) -> ModelFamily:
     if getattr(pipe, "text_encoder_2", None) is not None or "XL" in type(pipe).__name__:
         return SDXL
     return SD1
+
+
+def reads_chinese(pipe) -> bool:
+    """Whether the loaded pipeline's text encoder reads Chinese: PAI-Diffusion's and Taiyi's
+    (SD 1.x with a Chinese BERT vocabulary) do; CLIP's byte-pair vocabulary (SD 1.5, SD 2.x and
+    every SDXL model) does not. Said by the encoder's tokenizer, never guessed from the prompt."""
+    family = family_of_pipeline(pipe)
+    if family.reads_chinese is not None:
+        return family.reads_chinese
+    return type(pipe.tokenizer).__name__.startswith("Bert")
 
 
 def family_of_index(model_index: dict) -> ModelFamily:

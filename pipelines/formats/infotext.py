@@ -155,6 +155,8 @@ def read(text: str) -> Read:
         if f.metadata["infotext"] in raw:
             kind = int if f.type in (int, "int") else float if f.type in (float, "float") else str
             value = _number(raw[f.metadata["infotext"]], kind) if kind is not str else raw[f.metadata["infotext"]]
+            if f.type in (bool, "bool"):
+                value = str(value).strip().lower() in ("true", "1", "yes")
             if value is not None:
                 values[f.name] = value
         elif raw and "omit" in f.metadata:

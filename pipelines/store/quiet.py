@@ -43,6 +43,9 @@ KNOWN_NOISE = {
 KNOWN_WARNINGS = (
     (UserWarning, r"Already found a `peft_config` attribute in the model"),
     (FutureWarning, r"The configuration file of this scheduler: DDIMScheduler"),
+    # MarianTokenizer (opus-mt translators) would normalise punctuation with sacremoses; prompts
+    # are phrases between commas, which it does not need.
+    (UserWarning, r"Recommended: pip install sacremoses"),
 )
 
 

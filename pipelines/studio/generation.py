@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from PIL import Image
@@ -33,7 +33,7 @@ from ..requests import (
     check_output,
     image_given,
 )
-from ..tasks import annotators, controlnet, lora, registry, upscale
+from ..tasks import annotators, controlnet, lora, registry, translate, upscale
 from ..tasks.denoise import Generated
 from ..tasks.schedulers import step_eta
 from .common import VERSION
@@ -66,12 +66,34 @@ def _model_field(ref: str) -> str:
 _NOT_IN_INFO = ("hires_upscaler", "hires_scale", "draft", "hires_pass", "hires_strength", "hires_steps")
 
 
+def _base_of(request) -> Txt2Img:
+    """The Txt2Img inside any generation request (its prompt, size, seed...)."""
+    if isinstance(request, Txt2Img):
+        return request
+    return request.base if hasattr(request, "base") else request.edit.base
+
+
+def _with_base(request, base: Txt2Img):
+    """``request`` with ``base`` in place of its Txt2Img."""
+    if isinstance(request, Txt2Img):
+        return base
+    if hasattr(request, "base"):
+        return replace(request, base=base)
+    return replace(request, edit=replace(request.edit, base=base))
+
+
 class Generation:
 
     def _generate(self, name: str, request, cancel, hook, on_preview) -> Generated:
-        """Run the generation task ``name`` (tasks/registry.py) here or on a replica."""
+        """Run the generation task ``name`` (tasks/registry.py) here or on a replica. Chinese
+        prompts for a model that reads only English are translated first (tasks/translate.py):
+        the task, the saved parameters and 历史 get the English, the Chinese is kept beside it."""
         if self.remote is None:
-            return registry.get(name)(self.store, request, cancel=cancel, on_step=hook, on_preview=on_preview)
+            request, notice = translate.translate_request(self.store, request, _base_of, _with_base)
+            result = registry.get(name)(self.store, request, cancel=cancel, on_step=hook, on_preview=on_preview)
+            if notice is not None:
+                result.notices["translation"] = notice
+            return result
         result, facts = self.remote.run(name, request, model=self.current_model(), vae=self.current_vae(),
                                         cancel=cancel, on_step=hook, on_preview=on_preview)
         result.facts = facts
@@ -199,6 +221,13 @@ class Generation:
             vae=Path(facts["vae_ref"]).name if facts["vae_ref"] else None, vae_hash=facts["vae_hash"],
             mode_fields=fields, eta=step_eta(params.sampler, params.eta), ti_hashes=ti_hashes, lora_tags=lora_tags,
             hires_pass=result.hires_pass, version=f"Danqing {VERSION}")
+        translation = result.notices.get("translation") or {}
+        if translation.get("english_prompt") is not None:  # the Chinese the designer typed, beside the English used
+            base_fields["Original prompt"] = translation["prompt"]
+            if translation.get("negative_prompt"):
+                base_fields["Original negative prompt"] = translation["negative_prompt"]
+            base_fields["Translator"] = translation["translator"]
+            base_fields[infotext.VERSION_KEY] = base_fields.pop(infotext.VERSION_KEY)  # last, as A1111 writes it
         hires = result.hires
         paths: list[Path] = []
         first_text = ""
@@ -233,6 +262,16 @@ class Generation:
                              "size": list(params.hires_size())}
         log.info("%dx%d %d steps seed %d: %.2fs", params.width, params.height, params.num_inference_steps, params.seed, info["seconds"])
         return paths, info
+
+    # -- Chinese prompts on English-only models ----------------------------------------------
+    def translators(self) -> list[str]:
+        """Translation models in models/translators (tasks/translate.py)."""
+        return translate.list_translators(self.store)
+
+    def edit_translation(self, prompt: str, english: str) -> None:
+        """Use ``english`` for the Chinese ``prompt`` from now on (the designer's edit of the
+        translation shown to them); empty: back to the translator's."""
+        translate.remember_edit(prompt, english)
 
     # -- ControlNet maps ----------------------------------------------------------------------
     def preview_control(self, unit: ControlUnit, client: Caller | str = "local") -> Image.Image:
