@@ -125,6 +125,15 @@ class GenerationApi(Protocol):
         """Use ``english`` for the Chinese ``prompt`` from now on; empty: the translator's again."""
         ...
 
+    def expand_prompt(self, prompt: str, seed: int, client: Caller | str = "local") -> str:
+        """提示词扩写 before a run: ``prompt`` with a local prompter's words after it (seeded),
+        as one job of the GPU queue."""
+        ...
+
+    def prompters(self) -> list[str]:
+        """Instruct models in models/prompters (tasks/expand.py)."""
+        ...
+
 
 class LibraryApi(Protocol):
     """What can be used: base models (their cards, hashes, switching), VAEs, LoRAs, embeddings,

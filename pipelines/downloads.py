@@ -40,7 +40,7 @@ HF_ROUTES = ("huggingface", "hf_mirror")  # HuggingFace's API, at the hub itself
 # What "cannot reach" says, by source: each suggests the other two.
 OFFLINE_CODES = {"huggingface": "download_offline", "hf_mirror": "download_offline_mirror",
                  "modelscope": "download_offline_modelscope"}
-KINDS = ("checkpoints", "lora", "vae", "embeddings", "controlnet", "upscalers", "captioners", "translators")
+KINDS = ("checkpoints", "lora", "vae", "embeddings", "controlnet", "upscalers", "captioners", "translators", "prompters")
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 CONNECT_TIMEOUT = 8.0  # seconds (also between two reads): offline fails at once instead of hanging
 CHUNK = 1 << 20

@@ -54,7 +54,7 @@ class Caller:
 # tells apart: stable names, said once here (strings.py words each; the task functions are
 # registered under them in tasks/registry.py).
 JOB_KINDS: tuple[str, ...] = ("txt2img", "controlnet", "img2img", "inpaint", "outpaint", "upscale", "train",
-                              "caption", "depth", "extras")
+                              "caption", "depth", "extras", "expand")
 HISTORY_TASKS: tuple[str, ...] = ("txt2img", "img2img", "inpaint", "outpaint", "controlnet", "upscale")
 
 
@@ -340,6 +340,10 @@ class Txt2Img:
     # Chinese prompts on a model that reads only English go through a local translator (tasks/translate.py)
     translate: bool = param(True, infotext="Danqing translate", a1111="danqing_translate", omit=True,
                             label="translate_label", info="translate_info")
+    # 提示词扩写 at run time (tasks/expand.py); the saved text says the prompter's name, which reads
+    # back as off: the saved prompt already holds the words it added
+    expand: bool = param(False, infotext="Prompt expansion", a1111="danqing_expand", omit=False,
+                         label="expand_label", info="expand_info")
 
     @classmethod
     def from_fields(cls, mapping: Mapping | None = None, /, **more: Any) -> "Txt2Img":

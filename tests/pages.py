@@ -44,7 +44,7 @@ ALLOWED_WORDS = {
     "TCD", "Hyper-SD", "LCM-LoRA", "TCD-LoRA", "SGM", "Uniform", "GPU", "Transformer",
     "SDXL", "SDXL-Lightning", "Lightning", "DMD2", "union",
     # a folder the designer is told to put files in: models/captioners/, a file's ending
-    "models", "captioners", "translators", "lora", "safetensors",
+    "models", "captioners", "translators", "prompters", "lora", "safetensors",
 }
 # Gradio's status-line literals ("queue: 1/1 |", "processing |"): its front end has no hook for
 # them (README, 使用 / Usage, lists what stays English); shown only while an event waits.
@@ -52,7 +52,7 @@ GRADIO_LITERALS = {"queue", "processing"}
 # The demo bundle's file names (models, VAE, embeddings) are what the user put there, not UI text.
 MODEL_NAME = re.compile(r"^(danqing-demo-[a-z]+(-[a-z]+)*|demo-[a-z]+(-[a-z]+)*|sd15-only|p\d+|png|txt|lcm-lora-sdv1-5-tiny"
                         r"|pytorch_lora_weights|Hyper-SD15-2steps-lora-tiny|RealESRGAN_x[24]plus-tiny|realesr-general-x4v3-tiny|xy"
-                        r"|sdxl_lightning_4step_lora-tiny)"
+                        r"|sdxl_lightning_4step_lora-tiny|danqing-demo-qwen-prompter|danqing-demo-opus-mt-zh-en)"
                         r"(\.(safetensors|pt|pth|bin|png|txt))?$")
 
 

@@ -129,6 +129,29 @@ def test_an_sdxl_designers_walk(page, sdxl_app, tmp_path):
     shot(page, tmp_path, "6-fast-lightning")
     assert english_words(page) == set(), english_words(page)
     page.locator("#fast-mode input").uncheck()
+    page.wait_for_timeout(500)
+    # 8. 提示词扩写: the button fills the prompt box (editable before 生成); the switch expands at run time.
+    page.get_by_label("提示词", exact=True).first.fill("雨后的西湖")
+    page.click("#expand-now")
+    page.wait_for_function("() => document.querySelector('#prompt textarea').value.length > '雨后的西湖'.length",
+                           timeout=60_000)
+    expanded = page.get_by_label("提示词", exact=True).first.input_value()
+    assert expanded.startswith("雨后的西湖"), expanded
+    shot(page, tmp_path, "7-expand-button")
+    page.get_by_label("提示词", exact=True).first.fill("雨后的西湖")
+    page.locator("#param-expand input").check()
+    page.click("#generate")
+    page.locator("#result-summary").get_by_text("提示词扩写（danqing-demo-qwen-prompter）补充了").first.wait_for(timeout=120_000)
+    text = page.locator("#infotext textarea").first.input_value()
+    assert "Prompt expansion: danqing-demo-qwen-prompter" in text, text
+    shot(page, tmp_path, "8-expand-on")
+    assert english_words(page) == set(), english_words(page)
+    page.locator("#param-expand input").uncheck()
+    page.click("#generate")
+    page.wait_for_timeout(1500)
+    page.locator("#result-summary").get_by_text("种子").first.wait_for(timeout=120_000)
+    assert page.locator("#result-summary").get_by_text("提示词扩写").count() == 0
+    shot(page, tmp_path, "9-expand-off")
     pictures = sorted(sdxl_app.outputs.glob("*/*.png"))
     assert len(pictures) >= 5
     assert np.asarray(Image.open(pictures[-1]).convert("RGB")).std() > 0

@@ -27,6 +27,7 @@ from pipelines.requests import (
     SCHEDULE_TYPES,
     DEFAULT_SCHEDULE,
     declared_fields,
+    resolve_seed,
 )
 from pipelines.formats import infotext
 
@@ -281,6 +282,7 @@ def build_panel(ctx: UIContext, styles=None) -> Panel:
             apply_style = gr.Button(S.style_apply, scale=1)
         apply_style.click(styles.apply_styles, [prompt, negative, style], [prompt, negative],
                           queue=False, api_visibility="private")
+    expand_button = gr.Button(S.expand_button, size="sm", elem_id="expand-now")
     fast = gr.Checkbox(False, label=S.fast_label, info=S.fast_info, elem_id="fast-mode")
     fast_note = gr.Markdown(elem_id="fast-note")
     # Hidden JSON, not gr.State: a State makes every page hold a heartbeat connection open.
@@ -371,6 +373,16 @@ def build_panel(ctx: UIContext, styles=None) -> Panel:
                   schedule=schedule, eta=eta, fast=fast, fast_note=fast_note, fast_saved=fast_saved, declared=declared)
     gather = _wire_lora_slots(panel)
     _wire_fast(panel, gather)
+
+    def expand_now(text: str, seed, request: gr.Request = None):
+        """✨ 扩写: the prompt box gets the expanded prompt (editable before 生成)."""
+        try:
+            return studio.expand_prompt(text or "", resolve_seed(seed), caller_of(request))
+        except Exception as exc:
+            raise user_error(S, exc) from None
+
+    expand_button.click(expand_now, [prompt, seed], prompt, api_visibility="private", concurrency_id=GPU,
+                        concurrency_limit=GPU_LIMIT)
     return panel
 
 

@@ -50,6 +50,10 @@ def summarize(S, info_text: str | None) -> tuple[str, str]:
     if info.get("model"):  # names come from files: shown as text (ui/common.plain)
         model = S.summary_model.format(model=plain(info["model"]))
         lines.append(model + S.summary_vae.format(vae=plain(info["vae"])) if info.get("vae") else model)
+    expansion = (info.get("notices") or {}).get("expansion") or {}
+    if expansion.get("words"):
+        lines.append(S.summary_expanded.format(prompter=plain(expansion.get("prompter", "")),
+                                               words=expansion["words"].replace("`", "'").replace("\n", " ")))
     translation = (info.get("notices") or {}).get("translation") or {}
     if translation.get("english_prompt") is not None:  # what the English-only encoder read
         lines.append(S.summary_translated.format(translator=plain(translation.get("translator", "")),

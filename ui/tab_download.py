@@ -12,7 +12,7 @@ from . import inputs
 from .common import UIContext, user_error, user_of
 from strings import error_text
 
-KIND_ORDER = ("checkpoints", "lora", "vae", "embeddings", "controlnet", "upscalers", "captioners", "translators")
+KIND_ORDER = ("checkpoints", "lora", "vae", "embeddings", "controlnet", "upscalers", "captioners", "translators", "prompters")
 
 
 def _size(S, value) -> str:

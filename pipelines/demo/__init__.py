@@ -15,7 +15,8 @@ through exactly the code a real model goes through:
   diffusers folder, a 9-channel SDXL inpainting folder and a Civitai-style single file (``sdxl.py``);
 - ``captioners/danqing-demo-blip-zh``: a BLIP captioner in Taiyi-BLIP's layout (``captioner.py``);
 - ``translators/danqing-demo-opus-mt-zh-en``: a MarianMT translator in opus-mt-zh-en's layout
-  (``translator.py``), for Chinese prompts on the English-only demo SDXL.
+  (``translator.py``), for Chinese prompts on the English-only demo SDXL;
+- ``prompters/danqing-demo-qwen-prompter``: a Qwen2-style instruct model for 提示词扩写 (``prompter.py``).
 
 Images from it are noise: the weights are random. The writers import the engine (to check
 what they wrote loads back); the engine never imports them.
@@ -32,6 +33,7 @@ from pathlib import Path
 from ..store.folders import ModelFolders
 from .captioner import DEMO_CAPTIONER, save_demo_captioner
 from .translator import DEMO_TRANSLATOR, save_demo_translator
+from .prompter import DEMO_PROMPTER, save_demo_prompter
 from .controlnet import save_demo_controlnets, save_demo_sdxl_controlnets
 from .esrgan import save_demo_upscalers
 from .library import save_demo_embeddings, save_demo_single_file, save_demo_vae
@@ -44,7 +46,7 @@ __all__ = ["DEMO_MODEL", "DEMO_MODEL_INPAINT", "DEMO_MODEL_SAFETENSORS", "TOKEN_
 log = logging.getLogger(__name__)
 
 # Bump when the bundle's content changes so old caches are rebuilt.
-BUNDLE_VERSION = "10"
+BUNDLE_VERSION = "11"
 
 
 def default_cache_dir() -> Path:
@@ -100,3 +102,4 @@ def build_bundle(root: Path) -> None:
     save_demo_sdxl_loras(root)
     save_demo_captioner(folders.folder("captioners") / DEMO_CAPTIONER)
     save_demo_translator(folders.folder("translators") / DEMO_TRANSLATOR)
+    save_demo_prompter(folders.folder("prompters") / DEMO_PROMPTER)

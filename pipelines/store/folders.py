@@ -25,7 +25,8 @@ MODEL_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "upscalers": ("upscalers", (".pth", ".safetensors")),
     "annotators": ("annotators", ()),
     "captioners": ("captioners", ()),  # transformers image-to-text folders (training captions)
-    "translators": ("translators", ()),  # transformers zh→en folders (opus-mt-zh-en, or a small instruct model)
+    "translators": ("translators", ()),
+    "prompters": ("prompters", ()),  # small transformers instruct models (提示词扩写)  # transformers zh→en folders (opus-mt-zh-en, or a small instruct model)
     "vae": ("vae", (".safetensors", ".pt", ".ckpt", ".bin")),  # single files; diffusers folders too
     "embeddings": ("embeddings", (".pt", ".safetensors", ".bin")),  # textual inversion
     "vae_approx": ("vae-approx", ()),  # tiny preview decoders (diffusers AutoencoderTiny folders)

@@ -33,7 +33,8 @@ from ..requests import (
     check_output,
     image_given,
 )
-from ..tasks import annotators, controlnet, lora, registry, translate, upscale
+from ..formats.families import reads_chinese
+from ..tasks import annotators, controlnet, expand, lora, registry, translate, upscale
 from ..tasks.denoise import Generated
 from ..tasks.schedulers import step_eta
 from .common import VERSION
@@ -89,10 +90,20 @@ class Generation:
         prompts for a model that reads only English are translated first (tasks/translate.py):
         the task, the saved parameters and 历史 get the English, the Chinese is kept beside it."""
         if self.remote is None:
+            expansion = None
+            base = _base_of(request)
+            if base.expand:  # 提示词扩写 first: in the language the model reads (tasks/expand.py)
+                language = "zh" if reads_chinese(self.store.base()) else "en"
+                prompt, prompter = expand.expand_prompt(self.store, base.prompt, base.seed, language)
+                expansion = {"prompter": prompter, "typed": base.prompt, "prompt": prompt,
+                             "words": prompt[len(base.prompt.rstrip(" ," + expand.COMMA_ZH)) + 1:].strip(" ,")}
+                request = _with_base(request, replace(base, prompt=prompt))
             request, notice = translate.translate_request(self.store, request, _base_of, _with_base)
             result = registry.get(name)(self.store, request, cancel=cancel, on_step=hook, on_preview=on_preview)
             if notice is not None:
                 result.notices["translation"] = notice
+            if expansion is not None:
+                result.notices["expansion"] = expansion
             return result
         result, facts = self.remote.run(name, request, model=self.current_model(), vae=self.current_vae(),
                                         cancel=cancel, on_step=hook, on_preview=on_preview)
@@ -221,6 +232,9 @@ class Generation:
             vae=Path(facts["vae_ref"]).name if facts["vae_ref"] else None, vae_hash=facts["vae_hash"],
             mode_fields=fields, eta=step_eta(params.sampler, params.eta), ti_hashes=ti_hashes, lora_tags=lora_tags,
             hires_pass=result.hires_pass, version=f"Danqing {VERSION}")
+        if result.notices.get("expansion"):  # the prompter's name: reads back as "off" (the prompt holds its words)
+            base_fields["Prompt expansion"] = result.notices["expansion"]["prompter"]
+            base_fields[infotext.VERSION_KEY] = base_fields.pop(infotext.VERSION_KEY)
         translation = result.notices.get("translation") or {}
         if translation.get("english_prompt") is not None:  # the Chinese the designer typed, beside the English used
             base_fields["Original prompt"] = translation["prompt"]
@@ -267,6 +281,17 @@ class Generation:
     def translators(self) -> list[str]:
         """Translation models in models/translators (tasks/translate.py)."""
         return translate.list_translators(self.store)
+
+    def expand_prompt(self, prompt: str, seed: int, client: Caller | str = "local") -> str:
+        """提示词扩写 before a run: ``prompt`` with a local prompter's words after it (seeded by
+        ``seed``; in the language the loaded model reads), as one job of the GPU queue."""
+        with self.jobs.run(as_caller(client), kind="expand"):
+            language = "zh" if reads_chinese(self.store.base()) else "en"
+            return expand.expand_prompt(self.store, prompt, int(seed), language)[0]
+
+    def prompters(self) -> list[str]:
+        """Instruct models in models/prompters (tasks/expand.py)."""
+        return expand.list_prompters(self.store)
 
     def edit_translation(self, prompt: str, english: str) -> None:
         """Use ``english`` for the Chinese ``prompt`` from now on (the designer's edit of the

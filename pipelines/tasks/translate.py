@@ -102,7 +102,8 @@ def _generate(tokenizer, model, phrases: list[str]) -> list[str]:
         answers = []
         for phrase in phrases:  # an instruct model: one chat turn per phrase
             messages = [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": phrase}]
-            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt").to(device)
+            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+            ids = (ids if isinstance(ids, torch.Tensor) else ids["input_ids"]).to(device)
             out = model.generate(ids, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
             answers.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip().splitlines()[0:1])
         return [a[0] if a else "" for a in answers]
