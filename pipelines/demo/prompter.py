@@ -44,5 +44,6 @@ def save_demo_prompter(folder: Path, seed: int = 61) -> Path:
     model = Qwen2ForCausalLM(config)
     model.generation_config.eos_token_id = config.eos_token_id
     model.generation_config.pad_token_id = config.pad_token_id
+    model.generation_config.max_new_tokens = 12  # a random model rambles: keep its words few
     model.save_pretrained(folder, safe_serialization=True)
     return folder

@@ -64,7 +64,7 @@ def _load(store, name: str):
 
 def _clean(text: str) -> str:
     """One line of comma-separated words: no quotes, no trailing full stop, no repeats."""
-    text = text.replace("\n", ", ").replace('"', "").strip(" ,.;" + STOP_ZH + COMMA_ZH)
+    text = text.replace("\n", ", ").replace('"', "").replace("\ufffd", "").strip(" ,.;" + STOP_ZH + COMMA_ZH)
     parts = [p.strip() for p in re.split(r"[," + COMMA_ZH + "]", text) if p.strip()]
     return ", ".join(dict.fromkeys(parts))
 
@@ -79,7 +79,8 @@ def expand_text(store, name: str, prompt: str, seed: int, language: str) -> str:
         ids = (ids["input_ids"] if not isinstance(ids, torch.Tensor) else ids).to(model.device)
         with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []), torch.no_grad():
             torch.manual_seed(seed)
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=MAX_NEW_TOKENS,
+            limit = min(MAX_NEW_TOKENS, model.generation_config.max_new_tokens or MAX_NEW_TOKENS)
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=limit,
                                  do_sample=True, temperature=0.7, top_p=0.9,
                                  pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
         words = _clean(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
