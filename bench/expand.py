@@ -15,20 +15,15 @@ from __future__ import annotations
 import gc
 import json
 import tempfile
-import threading
 import time
 from pathlib import Path
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
 
 
 def main() -> dict:
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
+    from bench.__main__ import PeakMemory
     from pipelines.demo.prompter import save_demo_prompter
     from pipelines.store import ModelStore
     from pipelines.store.settings import EngineSettings
@@ -53,28 +48,16 @@ def main() -> dict:
     del model
     gc.collect()
     store = ModelStore(EngineSettings(model="none", models_dir=root / "models", device="cpu", dtype="fp32"))
-    before = _rss()
-    peak = [before]
-    stop = threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.005)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     runs = []
-    for _ in range(2):
-        started = time.perf_counter()
-        words = expand.expand_text(store, folder.name, "雨后的西湖", seed=1, language="zh")
-        runs.append(round(time.perf_counter() - started, 2))
-    stop.set()
-    sampler.join()
+    with PeakMemory(torch.device("cpu")) as memory:
+        for _ in range(2):
+            started = time.perf_counter()
+            words = expand.expand_text(store, folder.name, "雨后的西湖", seed=1, language="zh")
+            runs.append(round(time.perf_counter() - started, 2))
     gc.collect()
-    after = _rss()
+    before, after = memory.start, memory._rss()
     result = {"parameters": parameters, "new_tokens": expand.MAX_NEW_TOKENS, "seconds_runs": runs,
-              "rss_before_mib": round(before / 2**20), "rss_peak_mib": round(peak[0] / 2**20),
+              "rss_before_mib": round(before / 2**20), "rss_peak_mib": round((before + memory.peak) / 2**20),
               "rss_after_mib": round(after / 2**20), "held_while_idle_mib": round((after - before) / 2**20),
               "words": words[:80]}
     print(json.dumps(result, ensure_ascii=False, indent=1))

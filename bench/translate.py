@@ -16,7 +16,6 @@ from __future__ import annotations
 import gc
 import json
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -24,15 +23,11 @@ PROMPT = "雨后的西湖，远山，小船，水墨画"
 NEGATIVE = "模糊，低质量"
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
-
-
 def main() -> dict:
     import torch
     from transformers import MarianConfig, MarianMTModel
 
+    from bench.__main__ import PeakMemory
     from pipelines.demo.translator import save_demo_translator
     from pipelines.store import ModelStore
     from pipelines.store.settings import EngineSettings
@@ -59,27 +54,15 @@ def main() -> dict:
     translate.MAX_NEW_TOKENS = 20
     store = ModelStore(EngineSettings(model="none", models_dir=root / "models", device="cpu", dtype="fp32"))
     rows = {}
-    before = _rss()
-    peak = [before]
-    stop = threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.005)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    for run in ("cold", "cached"):
-        started = time.perf_counter()
-        english = translate.translate_texts(store, folder.name, [PROMPT, NEGATIVE])
-        rows[run] = round(time.perf_counter() - started, 3)
-    stop.set()
-    sampler.join()
+    with PeakMemory(torch.device("cpu")) as memory:
+        for run in ("cold", "cached"):
+            started = time.perf_counter()
+            english = translate.translate_texts(store, folder.name, [PROMPT, NEGATIVE])
+            rows[run] = round(time.perf_counter() - started, 3)
     gc.collect()
-    after = _rss()
+    before, after = memory.start, memory._rss()
     result = {"parameters": parameters, "seconds_cold": rows["cold"], "seconds_cached": rows["cached"],
-              "rss_before_mib": round(before / 2**20), "rss_peak_mib": round(peak[0] / 2**20),
+              "rss_before_mib": round(before / 2**20), "rss_peak_mib": round((before + memory.peak) / 2**20),
               "rss_after_mib": round(after / 2**20), "held_while_idle_mib": round((after - before) / 2**20),
               "phrases": 6, "english": english}
     print(json.dumps(result, ensure_ascii=False, indent=1))

@@ -20,6 +20,17 @@ def launch_chromium(p):
     )
 
 
+def designer_page(url: str):
+    """A zh-CN page of the app at ``url`` in headless Chromium, for a module's walk (a generator:
+    use it as a fixture body with ``yield from``)."""
+    with playwright.sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="zh-CN")
+        page.goto(url, wait_until="networkidle")
+        yield page
+        browser.close()
+
+
 # A designer's walk (issue 14): every screen read for English words a Chinese user would meet.
 VISIBLE_TEXT = """() => {
   const parts = [];

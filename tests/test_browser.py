@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pages import CHROMIUM, PROGRESS_LINE, english_words, fill_and_generate, launch_chromium, playwright
+from pages import CHROMIUM, PROGRESS_LINE, designer_page, english_words, fill_and_generate
 
 pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)"),
               pytest.mark.browser]
@@ -41,12 +41,7 @@ def browser_app(demo_models, demo_cache, tmp_path_factory, hub):
 
 @pytest.fixture(scope="module")
 def page(browser_app):
-    with playwright.sync_playwright() as p:
-        browser = launch_chromium(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="zh-CN")
-        page.goto(browser_app.url, wait_until="networkidle")
-        yield page
-        browser.close()
+    yield from designer_page(browser_app.url)
 
 
 def test_chinese_labels_prompt_generate_and_see_an_image(page):

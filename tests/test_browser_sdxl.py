@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from pages import CHROMIUM, english_words, fill_and_generate, launch_chromium, playwright
+from pages import CHROMIUM, designer_page, english_words, fill_and_generate
 
 pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)"),
               pytest.mark.browser]
@@ -28,12 +28,7 @@ def sdxl_app(demo_models, demo_cache, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(sdxl_app):
-    with playwright.sync_playwright() as p:
-        browser = launch_chromium(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="zh-CN")
-        page.goto(sdxl_app.url, wait_until="networkidle")
-        yield page
-        browser.close()
+    yield from designer_page(sdxl_app.url)
 
 
 def shot(page, tmp_path, name: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import pickle
 from pathlib import Path
@@ -75,3 +76,12 @@ def short_hash(path: str, size: int, mtime_ns: int) -> str:
 def file_hash(path: Path) -> str:
     stat = path.stat()
     return short_hash(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def model_type(folder: Path) -> str | None:
+    """The ``model_type`` a transformers folder's ``config.json`` says (None: no readable config)."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config.get("model_type") if isinstance(config, dict) else None

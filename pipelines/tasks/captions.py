@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError, ParamError
+from ..formats.weights import model_type
 from ..formats.images import open_upload
 
 log = logging.getLogger(__name__)
@@ -36,14 +37,6 @@ BATCH = 4
 _CJK_GAP = re.compile(r"(?<=[\u2e80-\u9fff\uff00-\uffef\u3000-\u303f])\s+(?=[\u2e80-\u9fff\uff00-\uffef\u3000-\u303f])")
 
 
-def _model_type(folder: Path) -> str | None:
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return config.get("model_type") if isinstance(config, dict) else None
-
-
 def _captioner_types() -> set[str]:
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
@@ -54,13 +47,13 @@ def list_captioners(store) -> list[str]:
     """Folders under models/captioners holding a transformers image-to-text model."""
     kinds = _captioner_types()
     return [name for name in store.folders.list_diffusers_dirs("captioners", "config.json")
-            if _model_type(store.folders.resolve("captioners", name)) in kinds]
+            if model_type(store.folders.resolve("captioners", name)) in kinds]
 
 
 def _load(store, name: str, folder: Path):
     from transformers import AutoModelForImageTextToText, AutoProcessor, VisionEncoderDecoderModel
 
-    kind = _model_type(folder)
+    kind = model_type(folder)
     if kind not in _captioner_types():
         raise ModelError("captioner_load_failed", name=name)
     try:

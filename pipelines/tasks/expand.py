@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError, ParamError
+from ..formats.weights import model_type
 
 log = logging.getLogger(__name__)
 
@@ -31,20 +32,12 @@ _CONFIG = json.loads((Path(__file__).parents[1] / "formats" / "configs" / "expan
 INSTRUCTION: dict[str, str] = _CONFIG["instruction"]
 
 
-def _model_type(folder: Path) -> str | None:
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return config.get("model_type") if isinstance(config, dict) else None
-
-
 def list_prompters(store) -> list[str]:
     """Folders under models/prompters holding a transformers causal LM."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     return [name for name in store.folders.list_diffusers_dirs("prompters", "config.json")
-            if _model_type(store.folders.resolve("prompters", name)) in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES]
+            if model_type(store.folders.resolve("prompters", name)) in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES]
 
 
 def _load(store, name: str):

@@ -15,17 +15,16 @@ off: never a picture that silently ignored the prompt.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
 from ..errors import ModelError, ParamError
+from ..formats.weights import model_type
 from ..formats.families import reads_chinese
 from ..formats.prompt_translate import has_chinese, plan
 
@@ -53,14 +52,6 @@ def remember_edit(chinese: str, english: str) -> None:
                 _edits.popitem(last=False)
 
 
-def _model_type(folder: Path) -> str | None:
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return config.get("model_type") if isinstance(config, dict) else None
-
-
 def _kinds() -> tuple[set[str], set[str]]:
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
@@ -74,7 +65,7 @@ def list_translators(store) -> list[str]:
     """Folders under models/translators holding a transformers seq2seq or causal LM."""
     seq2seq, causal = _kinds()
     return [name for name in store.folders.list_diffusers_dirs("translators", "config.json")
-            if _model_type(store.folders.resolve("translators", name)) in seq2seq | causal]
+            if model_type(store.folders.resolve("translators", name)) in seq2seq | causal]
 
 
 def _load(store, name: str):
@@ -84,7 +75,7 @@ def _load(store, name: str):
     seq2seq, _ = _kinds()
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        loader = AutoModelForSeq2SeqLM if _model_type(folder) in seq2seq else AutoModelForCausalLM
+        loader = AutoModelForSeq2SeqLM if model_type(folder) in seq2seq else AutoModelForCausalLM
         model = loader.from_pretrained(folder, local_files_only=True, dtype=store.plan.dtype)
     except Exception as exc:  # a broken folder is a sentence, never a crash
         log.exception("loading translator %s failed", name)
