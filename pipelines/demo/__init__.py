@@ -13,6 +13,7 @@ through exactly the code a real model goes through:
   file, an external VAE and textual-inversion embeddings (``library.py``);
 - ``checkpoints/danqing-demo-xl`` (+ ``-inpainting``, ``-single.safetensors``): a tiny SDXL as a
   diffusers folder, a 9-channel SDXL inpainting folder and a Civitai-style single file (``sdxl.py``);
+- ``checkpoints/danqing-demo-kolors``: a tiny Kolors (可图) — ChatGLM3 encoder, SDXL U-Net (``kolors.py``);
 - ``captioners/danqing-demo-blip-zh``: a BLIP captioner in Taiyi-BLIP's layout (``captioner.py``);
 - ``translators/danqing-demo-opus-mt-zh-en``: a MarianMT translator in opus-mt-zh-en's layout
   (``translator.py``), for Chinese prompts on the English-only demo SDXL;
@@ -38,6 +39,7 @@ from .controlnet import save_demo_controlnets, save_demo_sdxl_controlnets
 from .esrgan import save_demo_upscalers
 from .library import save_demo_embeddings, save_demo_single_file, save_demo_vae
 from .lora import save_demo_loras
+from .kolors import save_demo_kolors
 from .sdxl import save_demo_sdxl, save_demo_sdxl_loras
 from .sd import DEMO_MODEL, DEMO_MODEL_INPAINT, DEMO_MODEL_SAFETENSORS, TOKEN_WINDOW, save_sd_pipeline
 
@@ -46,7 +48,7 @@ __all__ = ["DEMO_MODEL", "DEMO_MODEL_INPAINT", "DEMO_MODEL_SAFETENSORS", "TOKEN_
 log = logging.getLogger(__name__)
 
 # Bump when the bundle's content changes so old caches are rebuilt.
-BUNDLE_VERSION = "12"
+BUNDLE_VERSION = "13"
 
 
 def default_cache_dir() -> Path:
@@ -90,6 +92,7 @@ def build_bundle(root: Path) -> None:
     save_sd_pipeline(ckpt / DEMO_MODEL_INPAINT, seed=2, safe_serialization=True, inpainting=True)
     save_demo_single_file(ckpt, ckpt / DEMO_MODEL_SAFETENSORS)
     save_demo_sdxl(ckpt)
+    save_demo_kolors(ckpt)
     save_demo_vae(folders.folder("vae"))
     save_demo_embeddings(folders.folder("embeddings"))
     (root / "README.txt").write_text(

@@ -1,4 +1,4 @@
-"""Model families: what differs between SD 1.x/2.x and SDXL, said in one place.
+"""Model families: what differs between SD 1.x/2.x, SDXL and Kolors, said in one place.
 
 The store learns its base model's family once, at load (``family_of_pipeline``); a task asks it
 for the pipeline class of what it does (``family.pipeline_class("img2img")``), prompt encoding
@@ -50,10 +50,12 @@ class ModelFamily:
     def pipeline_class(self, task: str):
         import diffusers
 
-        if task not in self.classes:  # a union ControlNet on a family without one
+        if task not in self.classes:  # a mode this family has no pipeline for
             from ..errors import ModelError
 
-            raise ModelError("controlnet_union_family", base=self.label)
+            if task.startswith("controlnet_union") and "controlnet" in self.classes:
+                raise ModelError("controlnet_union_family", base=self.label)
+            raise ModelError(f"family_no_{TASK_WORDS.get(task, 'mode')}", family=self.label)
         return getattr(diffusers, self.classes[task])
 
 
@@ -117,11 +119,41 @@ SDXL = ModelFamily(
 )
 
 
-FAMILIES = {f.name: f for f in (SD1, SDXL)}
+KOLORS = ModelFamily(
+    name="kolors",
+    label="Kolors 可图",
+    # diffusers has text-to-image and image-to-image for Kolors; the other modes say so in Chinese.
+    classes={"txt2img": "KolorsPipeline", "img2img": "KolorsImg2ImgPipeline"},
+    default_size=1024,
+    trained_sizes=SDXL.trained_sizes,
+    latent_rgb=SDXL.latent_rgb,  # the SDXL VAE
+    tiny_decoder="taesdxl",
+    text_encoders=("text_encoder",),  # ChatGLM3-6B: reads Chinese
+    lora_text_prefixes={},  # Kolors LoRAs adapt the U-Net
+    embedding_keys=(),
+    text_layer=-2,
+    pooled=True,
+    vae_fp16_safe=False,
+    fewstep="sdxl",
+    draft_side=512,
+    draft_upscale=2,
+    train_resolution=1024,
+    train_text_encoder=False,
+    reads_chinese=True,
+    extra={"plain_prompts": True},  # ChatGLM reads the prompt as written: no emphasis, embeddings or clip skip
+)
+
+
+FAMILIES = {f.name: f for f in (SD1, SDXL, KOLORS)}
+TASK_WORDS = {"inpaint": "inpaint", "controlnet": "controlnet", "controlnet_img2img": "controlnet",
+              "controlnet_inpaint": "controlnet", "controlnet_union": "controlnet",
+              "controlnet_union_img2img": "controlnet", "controlnet_union_inpaint": "controlnet"}
 
 
 def family_of_pipeline(pipe) -> ModelFamily:
-    """The family of a loaded pipeline: by the text encoders it has (SDXL has two)."""
+    """The family of a loaded pipeline: Kolors by its class, SDXL by its two text encoders."""
+    if type(pipe).__name__.startswith("Kolors"):
+        return KOLORS
     if getattr(pipe, "text_encoder_2", None) is not None or "XL" in type(pipe).__name__:
         return SDXL
     return SD1
@@ -140,6 +172,8 @@ def reads_chinese(pipe) -> bool:
 def family_of_index(model_index: dict) -> ModelFamily:
     """The family of a diffusers folder from its ``model_index.json``."""
     name = str(model_index.get("_class_name", ""))
+    if name.startswith("Kolors"):
+        return KOLORS
     if "text_encoder_2" in model_index or name.startswith("StableDiffusionXL"):
         return SDXL
     return SD1

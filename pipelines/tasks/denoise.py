@@ -127,6 +127,10 @@ def prompt_arguments(pipe, prompt: str, negative_prompt: str, notices: dict, sto
     """Plain strings when the prompt fits the token window and names no embedding (and no clip
     skip is asked), our own encoding otherwise (tasks/prompts.py). ``notices`` gets the chunk
     count and the embeddings used, by name, with their files."""
+    if store is not None and store.family.extra.get("plain_prompts"):
+        # Kolors' ChatGLM reads the prompt as written: emphasis brackets are taken out, the words kept
+        negative_text = plain_text(parse_weights(negative_prompt)) if negative_prompt else ""
+        return {"prompt": plain_text(parse_weights(prompt)), "negative_prompt": negative_text or None}
     usable = {e.name: e for e in store.embeddings() if e.vectors is not None} if store is not None else {}
     used = used_embeddings({name: None for name in usable}, prompt, negative_prompt)
     vectors = {name: usable[name].vectors for name in used}

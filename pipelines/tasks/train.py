@@ -343,6 +343,8 @@ def train(store, req: TrainLora, run_dir: Path, lora_dir: Path, cancel=None, on_
         state_file.unlink(missing_ok=True)  # a new run starts from nothing
     base = store.base()
     device, dtype = store.plan.device, store.plan.dtype
+    if store.family.extra.get("plain_prompts"):  # Kolors: ChatGLM's encoding is not trained here yet
+        raise ParamError("train_family_unsupported", family=store.family.label)
 
     # 1. Data: each picture in its bucket's shape, encoded once by the VAE; (frozen encoder)
     #    text embeddings once.
