@@ -147,6 +147,23 @@ def test_an_sdxl_designers_walk(page, sdxl_app, tmp_path):
     page.locator("#result-summary").get_by_text("种子").first.wait_for(timeout=120_000)
     assert page.locator("#result-summary").get_by_text("提示词扩写").count() == 0
     shot(page, tmp_path, "9-expand-off")
+    # 9. Kolors (可图): picked from the list, it reads the Chinese itself (no translation line). The
+    #    SDXL LoRA goes out of its slot first (on Kolors it would be refused, as in step 6).
+    page.get_by_text("LoRA 模型").first.click()
+    page.get_by_label("LoRA 1").first.click()
+    page.get_by_role("option", name="无").first.click()
+    page.wait_for_timeout(500)
+    page.get_by_label("基础模型").first.click()
+    page.get_by_role("option", name="danqing-demo-kolors（本地） · Kolors 可图").click()
+    page.get_by_text("已切换到模型：danqing-demo-kolors").first.wait_for(timeout=90_000)
+    page.wait_for_timeout(1000)
+    fill_and_generate(page, "海报，标题“丹青”，雨后的西湖", width=128, height=128, steps=3)
+    page.locator("#result-summary").get_by_text("danqing-demo-kolors").first.wait_for(timeout=60_000)
+    assert page.locator("#result-summary").get_by_text("英文提示词").count() == 0
+    text = page.locator("#infotext textarea").first.input_value()
+    assert text.startswith("海报，标题“丹青”，雨后的西湖") and "Model: danqing-demo-kolors" in text, text
+    shot(page, tmp_path, "10-kolors")
+    assert english_words(page) == set(), english_words(page)
     pictures = sorted(sdxl_app.outputs.glob("*/*.png"))
     assert len(pictures) >= 5
     assert np.asarray(Image.open(pictures[-1]).convert("RGB")).std() > 0

@@ -28,12 +28,12 @@ __all__ = ["UIOptions", "build_ui", "page_css", "page_js"]
 
 
 def model_dropdown_choices(S, studio) -> list[tuple[str, str]]:
-    """Each model's name, where it is, and its family when it is not SD 1.x (an SDXL model says so)."""
+    """Each model's name, where it is, and its family when it is not SD 1.x (SDXL, Kolors say so)."""
     rows = []
     for c in studio.model_choices():
         label = (S.model_local if c["local"] else S.model_remote).format(name=c["ref"])
-        if c.get("family") == "sdxl":
-            label = S.model_family.format(label=label, family="SDXL")
+        if c.get("family") in S.family_names:
+            label = S.model_family.format(label=label, family=S.family_names[c["family"]])
         rows.append((label, c["ref"]))
     return rows
 
@@ -273,11 +273,14 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
                 raise gr.Error(error_text(S, "admin_only", {"admins": options.team.admin_names(S.list_sep),
                                                              "what": S.admin_what_model}), print_exception=False)
             progress(0, desc=S.progress_loading)
+            # The dropdown can report one pick twice: the second finds the model in place and says nothing.
+            already = ref == studio.current_model() and studio.family()["loaded"] is not None
             try:
                 studio.switch_model(ref)
             except Exception as exc:
                 raise user_error(S, exc) from None
-            gr.Info(S.model_switched.format(name=ref))
+            if not already:
+                gr.Info(S.model_switched.format(name=ref))
             return studio.system_info()
 
         def show_card(ref: str):
