@@ -149,3 +149,18 @@ def fill_and_generate(page, prompt: str, width: int = 64, height: int = 64, step
     page.get_by_label("采样步数").first.press("Tab")
     page.click("#generate")
     page.locator("#result-summary").get_by_text("种子").first.wait_for(timeout=90_000)
+
+
+def send_to_inpaint_and_paint(page, start: float = 0.45, end: float = 0.55) -> None:
+    """发送到局部重绘 from the result on screen, then one brush stroke across the canvas from
+    ``start`` to ``end`` (fractions of its width and height), as a designer paints a mask."""
+    page.get_by_role("tab", name="创作").first.click()
+    page.click("#result-to-inpaint")
+    page.locator("#inpaint-editor canvas").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(1500)
+    page.locator("#inpaint-editor button[aria-label='画笔']").click()
+    box = page.locator("#inpaint-editor canvas").first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * start, box["y"] + box["height"] * start)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * end, box["y"] + box["height"] * end, steps=8)
+    page.mouse.up()

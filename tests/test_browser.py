@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pages import CHROMIUM, PROGRESS_LINE, designer_page, english_words, fill_and_generate
+from pages import CHROMIUM, send_to_inpaint_and_paint, PROGRESS_LINE, designer_page, english_words, fill_and_generate
 
 pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)"),
               pytest.mark.browser]
@@ -192,16 +192,7 @@ def test_sending_acts_on_the_picture_on_screen(page, browser_app, tmp_path):
     assert english_words(page) == set()
     # 3. The same result to 局部重绘: a stroke, 重绘 with the input saved beside: the input the
     # server received is the picture that was on screen.
-    page.get_by_role("tab", name="创作").first.click()
-    page.click("#result-to-inpaint")
-    page.locator("#inpaint-editor canvas").first.wait_for(timeout=30_000)
-    page.wait_for_timeout(1500)
-    page.locator("#inpaint-editor button[aria-label='画笔']").click()
-    box = page.locator("#inpaint-editor canvas").first.bounding_box()
-    page.mouse.move(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.45)
-    page.mouse.down()
-    page.mouse.move(box["x"] + box["width"] * 0.55, box["y"] + box["height"] * 0.55, steps=8)
-    page.mouse.up()
+    send_to_inpaint_and_paint(page, 0.45, 0.55)
     page.locator("#save-inputs-inpaint input").check()
     page.click("#generate-inpaint")
     page.locator("#result-summary").get_by_text("局部重绘：重绘幅度").first.wait_for(timeout=90_000)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from pages import CHROMIUM, designer_page, english_words, fill_and_generate
+from pages import CHROMIUM, send_to_inpaint_and_paint, designer_page, english_words, fill_and_generate
 
 pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)"),
               pytest.mark.browser]
@@ -74,16 +74,7 @@ def test_an_sdxl_designers_walk(page, sdxl_app, tmp_path):
     page.locator("#result-summary").get_by_text("图生图：重绘幅度").first.wait_for(timeout=120_000)
     shot(page, tmp_path, "2-img2img")
     # 4. That result to 局部重绘: a brush stroke, 重绘.
-    page.get_by_role("tab", name="创作").first.click()
-    page.click("#result-to-inpaint")
-    page.locator("#inpaint-editor canvas").first.wait_for(timeout=30_000)
-    page.wait_for_timeout(1500)
-    page.locator("#inpaint-editor button[aria-label='画笔']").click()
-    box = page.locator("#inpaint-editor canvas").first.bounding_box()
-    page.mouse.move(box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.4)
-    page.mouse.down()
-    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.6, steps=8)
-    page.mouse.up()
+    send_to_inpaint_and_paint(page, 0.4, 0.6)
     page.click("#generate-inpaint")
     page.locator("#result-summary").get_by_text("局部重绘：重绘幅度").first.wait_for(timeout=120_000)
     shot(page, tmp_path, "3-inpaint")

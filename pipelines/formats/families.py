@@ -14,7 +14,7 @@ docs/ARCHITECTURE.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # Tasks a family names a pipeline class for (the union ones only where it has union ControlNets).
 TASKS = ("txt2img", "img2img", "inpaint", "controlnet", "controlnet_img2img", "controlnet_inpaint")
@@ -119,26 +119,16 @@ SDXL = ModelFamily(
 )
 
 
-KOLORS = ModelFamily(
+# Kolors is SDXL's U-Net, VAE, sizes and few-step rows with one Chinese-reading ChatGLM3 encoder.
+KOLORS = replace(
+    SDXL,
     name="kolors",
     label="Kolors 可图",
     # diffusers has text-to-image and image-to-image for Kolors; the other modes say so in Chinese.
     classes={"txt2img": "KolorsPipeline", "img2img": "KolorsImg2ImgPipeline"},
-    default_size=1024,
-    trained_sizes=SDXL.trained_sizes,
-    latent_rgb=SDXL.latent_rgb,  # the SDXL VAE
-    tiny_decoder="taesdxl",
-    text_encoders=("text_encoder",),  # ChatGLM3-6B: reads Chinese
+    text_encoders=("text_encoder",),  # ChatGLM3-6B
     lora_text_prefixes={},  # Kolors LoRAs adapt the U-Net
     embedding_keys=(),
-    text_layer=-2,
-    pooled=True,
-    vae_fp16_safe=False,
-    fewstep="sdxl",
-    draft_side=512,
-    draft_upscale=2,
-    train_resolution=1024,
-    train_text_encoder=False,
     reads_chinese=True,
     extra={"plain_prompts": True},  # ChatGLM reads the prompt as written: no emphasis, embeddings or clip skip
 )
