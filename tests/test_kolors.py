@@ -66,7 +66,7 @@ def test_the_modes_diffusers_lacks_for_kolors_are_chinese_sentences(kolors, tmp_
     with pytest.raises(DanqingError) as err:
         kolors.inpaint(Inpaint.build(Img2Img.build(base(), source, 0.9), box_mask(source.size, (30, 20, 62, 50)), 0))
     assert err.value.code == "family_no_inpaint"
-    assert "可图" in error_text(load("zh"), err.value.code, err.value.fields)
+    assert "Kolors 模型暂不支持局部重绘" in error_text(load("zh"), err.value.code, err.value.fields)
     from pipelines.requests import TrainLora
     from pipelines.tasks import train as training
 

@@ -123,7 +123,7 @@ SDXL = ModelFamily(
 KOLORS = replace(
     SDXL,
     name="kolors",
-    label="Kolors 可图",
+    label="Kolors",
     # diffusers has text-to-image and image-to-image for Kolors; the other modes say so in Chinese.
     classes={"txt2img": "KolorsPipeline", "img2img": "KolorsImg2ImgPipeline"},
     text_encoders=("text_encoder",),  # ChatGLM3-6B
