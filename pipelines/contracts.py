@@ -121,8 +121,9 @@ class GenerationApi(Protocol):
         """Translation models in models/translators (tasks/translate.py)."""
         ...
 
-    def edit_translation(self, prompt: str, english: str) -> None:
-        """Use ``english`` for the Chinese ``prompt`` from now on; empty: the translator's again."""
+    def edit_translation(self, prompt: str, english: str, client: Caller | str = "local") -> None:
+        """Use ``english`` for the Chinese ``prompt`` from now on, for ``client``'s user only;
+        empty: the translator's again."""
         ...
 
     def expand_prompt(self, prompt: str, seed: int, client: Caller | str = "local") -> str:

@@ -108,3 +108,18 @@ def test_a_model_that_reads_chinese_is_left_alone(studio):
     assert "translation" not in info["notices"]
     with Image.open(paths[0]) as image:
         assert parse_parameters(image.info["parameters"])["prompt"] == "雨后的西湖"
+
+
+def test_an_edited_translation_is_the_editors_own(xl):
+    from pipelines.requests import Caller
+
+    ming = Caller(client="c1", user="小明")
+    hong = Caller(client="c2", user="小红")
+    xl.edit_translation("江南水乡", "a water town, my own words", ming)
+    try:
+        mine = xl.txt2img(Txt2Img.from_fields(prompt="江南水乡", **SMALL), ming)[1]["notices"]["translation"]
+        theirs = xl.txt2img(Txt2Img.from_fields(prompt="江南水乡", **SMALL), hong)[1]["notices"]["translation"]
+    finally:
+        xl.edit_translation("江南水乡", "", ming)
+    assert mine["english_prompt"] == "a water town, my own words" and mine["edited"]
+    assert theirs["english_prompt"] != mine["english_prompt"] and not theirs["edited"]

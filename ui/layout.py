@@ -262,8 +262,8 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
 
         info.change(show_english, info, [english_box, english, english_for], queue=False, api_visibility="private")
 
-        def use_english(chinese: str, text: str):
-            studio.edit_translation(chinese, text)
+        def use_english(chinese: str, text: str, request: gr.Request = None):
+            studio.edit_translation(chinese, text, caller_of(request))
             gr.Info(S.english_kept)
 
         english_use.click(use_english, [english_for, english], None, api_visibility="private")

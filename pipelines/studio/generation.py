@@ -85,7 +85,7 @@ def _with_base(request, base: Txt2Img):
 
 class Generation:
 
-    def _generate(self, name: str, request, cancel, hook, on_preview) -> Generated:
+    def _generate(self, name: str, request, cancel, hook, on_preview, user: str = "") -> Generated:
         """Run the generation task ``name`` (tasks/registry.py) here or on a replica. Chinese
         prompts for a model that reads only English are translated first (tasks/translate.py):
         the task, the saved parameters and 历史 get the English, the Chinese is kept beside it."""
@@ -98,7 +98,7 @@ class Generation:
                 expansion = {"prompter": prompter, "typed": base.prompt, "prompt": prompt,
                              "words": prompt[len(base.prompt.rstrip(" ," + expand.COMMA_ZH)) + 1:].strip(" ,")}
                 request = _with_base(request, replace(base, prompt=prompt))
-            request, notice = translate.translate_request(self.store, request, _base_of, _with_base)
+            request, notice = translate.translate_request(self.store, request, _base_of, _with_base, user)
             result = registry.get(name)(self.store, request, cancel=cancel, on_step=hook, on_preview=on_preview)
             if notice is not None:
                 result.notices["translation"] = notice
@@ -120,7 +120,7 @@ class Generation:
         caller = as_caller(client)
         self.outputs.check_quota(caller.user)
         with self.jobs.run(caller, on_step, kind="txt2img", on_wait=on_wait) as (cancel, hook):
-            result = self._generate("txt2img", request, cancel, hook, on_preview)
+            result = self._generate("txt2img", request, cancel, hook, on_preview, caller.user)
             return self._save(result, {"draft": request.draft}, user=caller.user)
 
     def control(self, request: Control, client: Caller | str = "local", on_step=None,
@@ -130,7 +130,7 @@ class Generation:
         self.outputs.check_quota(caller.user)
         with self.jobs.run(caller, on_step, kind="controlnet", on_wait=on_wait) as (cancel, hook):
             name = "control_hires" if request.base.hires_pass else "controlnet"
-            result = self._generate(name, request, cancel, hook, on_preview)
+            result = self._generate(name, request, cancel, hook, on_preview, caller.user)
             paths, info = self._save(result, {}, _unit_fields(request.units, request.resize_mode), user=caller.user)
             self._save_beside(paths, info, result, request.units, request.resize_mode, caller.user)
             return paths, info
@@ -175,7 +175,7 @@ class Generation:
         caller = as_caller(client)
         self.outputs.check_quota(caller.user)
         with self.jobs.run(caller, on_step, kind=registry.kind_of(name), on_wait=on_wait) as (cancel, hook):
-            result = self._generate(name, request, cancel, hook, on_preview)
+            result = self._generate(name, request, cancel, hook, on_preview, caller.user)
             fields = {"Denoising strength": edit_request.strength, **(fields(result) if callable(fields) else fields),
                       **_unit_fields(edit_request.units, edit_request.resize_mode)}
             extra = {"mode": name, "denoising_strength": edit_request.strength,
@@ -293,10 +293,10 @@ class Generation:
         """Instruct models in models/prompters (tasks/expand.py)."""
         return expand.list_prompters(self.store)
 
-    def edit_translation(self, prompt: str, english: str) -> None:
-        """Use ``english`` for the Chinese ``prompt`` from now on (the designer's edit of the
-        translation shown to them); empty: back to the translator's."""
-        translate.remember_edit(prompt, english)
+    def edit_translation(self, prompt: str, english: str, client: Caller | str = "local") -> None:
+        """Use ``english`` for the Chinese ``prompt`` from now on, for this user only (the
+        designer's edit of the translation shown to them); empty: back to the translator's."""
+        translate.remember_edit(prompt, english, as_caller(client).user)
 
     # -- ControlNet maps ----------------------------------------------------------------------
     def preview_control(self, unit: ControlUnit, client: Caller | str = "local") -> Image.Image:

@@ -37,17 +37,18 @@ INSTRUCTION = ("Translate this image-generation prompt phrase from Chinese into 
                "Answer with the English only.")
 
 _cache: OrderedDict = OrderedDict()  # (translator folder, mtime, phrase) -> English
-_edits: OrderedDict = OrderedDict()  # a whole prompt as typed -> the English the designer wrote for it
+_edits: OrderedDict = OrderedDict()  # (user, a whole prompt as typed) -> the English they wrote for it
 _lock = threading.Lock()
 
 
-def remember_edit(chinese: str, english: str) -> None:
-    """The English a designer wrote for ``chinese`` (a whole prompt as typed): used instead of
-    the translator's for that prompt from now on; an empty ``english`` forgets it."""
+def remember_edit(chinese: str, english: str, user: str = "") -> None:
+    """The English ``user`` wrote for ``chinese`` (a whole prompt as typed): used instead of the
+    translator's for that prompt and that user (a teammate's edit is theirs) from now on; an
+    empty ``english`` forgets it."""
     with _lock:
-        _edits.pop(chinese, None)
+        _edits.pop((user, chinese), None)
         if english.strip():
-            _edits[chinese] = english.strip()
+            _edits[(user, chinese)] = english.strip()
             while len(_edits) > CACHE_SIZE:
                 _edits.popitem(last=False)
 
@@ -100,11 +101,11 @@ def _generate(tokenizer, model, phrases: list[str]) -> list[str]:
         return [a[0] if a else "" for a in answers]
 
 
-def translate_texts(store, name: str, texts: list[str]) -> list[str]:
+def translate_texts(store, name: str, texts: list[str], user: str = "") -> list[str]:
     """Each text with its Chinese phrases in English (the syntax kept), translated by ``name``;
     the model is loaded only when some phrase is not cached, and freed before returning."""
     with _lock:
-        edited = {t: _edits[t] for t in texts if t in _edits}
+        edited = {t: _edits[(user, t)] for t in texts if (user, t) in _edits}
     if all(t in edited or not has_chinese(t) for t in texts):
         return [edited.get(t, t) for t in texts]
     folder = store.folders.resolve("translators", name)
@@ -134,7 +135,7 @@ def translate_texts(store, name: str, texts: list[str]) -> list[str]:
     return [edited.get(t) or pl.assemble([found[p] for p in pl.phrases]) for t, pl in zip(texts, plans)]
 
 
-def translate_request(store, request, base_of, with_base):
+def translate_request(store, request, base_of, with_base, user: str = ""):
     """``request`` with its base's prompt and negative prompt in English when the loaded model
     does not read Chinese and they hold Chinese (and its ``translate`` switch is on): (request,
     notice or None). ``base_of(request)`` gives its Txt2Img, ``with_base(request, base)`` puts a
@@ -149,9 +150,9 @@ def translate_request(store, request, base_of, with_base):
     if not names:
         raise ParamError("translator_missing", family=store.family.label, suggestion=SUGGESTED,
                          folder=str(store.folders.folder("translators")))
-    prompt, negative = translate_texts(store, names[0], texts)
+    prompt, negative = translate_texts(store, names[0], texts, user)
     with _lock:
-        edited = base.prompt in _edits
+        edited = (user, base.prompt) in _edits
     notice = {"translator": names[0], "prompt": base.prompt, "negative_prompt": base.negative_prompt,
               "english_prompt": prompt, "english_negative_prompt": negative, "edited": edited}
     return with_base(request, replace(base, prompt=prompt, negative_prompt=negative)), notice
