@@ -85,6 +85,11 @@ class StepClock:
         self.device = device
         self.times: list[float] = []
 
+    def on_step_end(self, pipe, step, timestep, kwargs: dict) -> dict:
+        """A diffusers ``callback_on_step_end`` that ticks the clock."""
+        self.tick()
+        return kwargs
+
     def tick(self, *_args) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -165,16 +170,11 @@ def make_baseline(folder: Path, device: torch.device, dtype: torch.dtype, naive:
 
     def run(seed: int, args) -> tuple[np.ndarray, StepClock]:
         clock = StepClock(device)
-
-        def callback(p, i, t, kw):
-            clock.tick()
-            return kw
-
         settings = job or {"num_inference_steps": args.steps, "guidance_scale": 7.5}
         image = pipe(
             PROMPT, width=args.size, height=args.size, num_inference_steps=settings["num_inference_steps"],
             guidance_scale=settings["guidance_scale"], eta=settings.get("eta", 0.0),
-            generator=torch.Generator("cpu").manual_seed(seed), callback_on_step_end=callback,
+            generator=torch.Generator("cpu").manual_seed(seed), callback_on_step_end=clock.on_step_end,
         ).images[0]
         return np.asarray(image), clock
 
@@ -223,13 +223,8 @@ def make_baseline_xl(folder: Path, device: torch.device, dtype: torch.dtype):
 
     def run(seed: int, args) -> tuple[np.ndarray, StepClock]:
         clock = StepClock(device)
-
-        def callback(p, i, t, kw):
-            clock.tick()
-            return kw
-
         image = pipe(PROMPT, width=args.size, height=args.size, num_inference_steps=args.steps, guidance_scale=7.5,
-                     generator=torch.Generator("cpu").manual_seed(seed), callback_on_step_end=callback).images[0]
+                     generator=torch.Generator("cpu").manual_seed(seed), callback_on_step_end=clock.on_step_end).images[0]
         return np.asarray(image), clock
 
     return run
