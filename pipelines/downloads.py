@@ -48,6 +48,16 @@ RETRIES = 4  # resumes after a dropped connection before the download is left fo
 MAX_FILES = 200  # a whole repository, at most
 # Files of a diffusers repository worth having (no training states, no other frameworks' weights).
 REPO_ENDINGS = (".json", ".txt", ".safetensors", ".bin", ".model", ".spm")  # .spm: opus-mt tokenizers
+# 常用模型: what a Chinese designer fetches first, Chinese models first — (name, source, repo, kind);
+# the page's list fills the three fields from one pick (each still editable).
+SUGGESTIONS = (
+    ("pai_artist", "huggingface", "alibaba-pai/pai-diffusion-artist-large-zh", "checkpoints"),
+    ("taiyi", "huggingface", "IDEA-CCNL/Taiyi-Stable-Diffusion-1B-Chinese-v0.1", "checkpoints"),
+    ("kolors", "modelscope", "Kwai-Kolors/Kolors-diffusers", "checkpoints"),
+    ("zimage_turbo", "modelscope", "Tongyi-MAI/Z-Image-Turbo", "checkpoints"),
+    ("opus_mt", "hf_mirror", "Helsinki-NLP/opus-mt-zh-en", "translators"),
+    ("qwen_prompter", "modelscope", "Qwen/Qwen2.5-0.5B-Instruct", "prompters"),
+)
 SKIP_IN_REPO = re.compile(r"(^|/)(\.|flax_|tf_|onnx|openvino)|\.(msgpack|h5|ckpt|onnx|pb)$")
 
 

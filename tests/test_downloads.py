@@ -202,3 +202,16 @@ def test_the_download_api_of_a_launched_app(hub, tmp_path, demo_cache):
         assert status == 422 and error["code"] == "download_unknown"
     finally:
         app.stop()
+
+
+def test_every_suggested_model_names_a_source_a_valid_repository_and_a_folder_in_both_languages():
+    from pipelines import downloads
+    from strings import EN, ZH
+
+    assert [s[2] for s in downloads.SUGGESTIONS][:4] == [
+        "alibaba-pai/pai-diffusion-artist-large-zh", "IDEA-CCNL/Taiyi-Stable-Diffusion-1B-Chinese-v0.1",
+        "Kwai-Kolors/Kolors-diffusers", "Tongyi-MAI/Z-Image-Turbo"]  # Chinese models first
+    for name, source, repo, kind in downloads.SUGGESTIONS:
+        downloads._check(source, repo)
+        assert kind in downloads.KINDS
+        assert ZH["download_suggestions"][name] and EN["download_suggestions"][name]

@@ -8,9 +8,11 @@ import html
 
 import gradio as gr
 
+from pipelines.downloads import SUGGESTIONS
+from strings import error_text
+
 from . import inputs
 from .common import UIContext, user_error, user_of
-from strings import error_text
 
 KIND_ORDER = ("checkpoints", "lora", "vae", "embeddings", "controlnet", "upscalers", "captioners", "translators", "prompters")
 
@@ -65,6 +67,8 @@ def build_tab(ctx: UIContext) -> None:
         sources = studio.download_sources()
         gr.Markdown(S.download_intro.format(hf=sources["huggingface"], mirror=sources["hf_mirror"],
                                             ms=sources["modelscope"]))
+        suggest = inputs.dropdown(S, choices=[(S.download_suggestions[name], name) for name, *_ in SUGGESTIONS],
+                                  value=None, label=S.download_suggest_label, elem_id="download-suggest")
         with gr.Row():
             source = inputs.radio(S, [(S.download_source_hf, "huggingface"), (S.download_source_mirror, "hf_mirror"),
                                       (S.download_source_ms, "modelscope")],
@@ -139,6 +143,13 @@ def build_tab(ctx: UIContext) -> None:
             raise user_error(S, exc) from None
         return refresh()
 
+    def suggested(name: str):
+        for key, where, repo_id, folder in SUGGESTIONS:
+            if key == name:
+                return where, repo_id, folder
+        return gr.update(), gr.update(), gr.update()
+
+    suggest.input(suggested, suggest, [source, repo, kind], queue=False, api_visibility="private")
     look.click(look_up, [source, repo], [file, kind, summary], api_name="download_files", show_progress_on=summary)
     repo.submit(look_up, [source, repo], [file, kind, summary], api_visibility="private", show_progress_on=summary)
     file.input(lambda r, f: _guess_kind(f"{r}/{f}") if f else gr.update(), [repo, file], kind, queue=False,
