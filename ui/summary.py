@@ -81,6 +81,8 @@ def summarize(S, info_text: str | None) -> tuple[str, str]:
     notices = info.get("notices") or {}
     if notices.get("prompt_chunks"):
         lines.append(S.summary_prompt_chunks.format(chunks=notices["prompt_chunks"]))
+    if notices.get("sampler"):
+        lines.append(S.summary_flow_sampler.format(**notices["sampler"]))
     if notices.get("embeddings"):
         lines.append(S.summary_embeddings.format(names=S.list_sep.join(notices["embeddings"])))
     return "\n\n".join(lines), info.get("infotext", "")

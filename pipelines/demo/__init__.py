@@ -14,6 +14,8 @@ through exactly the code a real model goes through:
 - ``checkpoints/danqing-demo-xl`` (+ ``-inpainting``, ``-single.safetensors``): a tiny SDXL as a
   diffusers folder, a 9-channel SDXL inpainting folder and a Civitai-style single file (``sdxl.py``);
 - ``checkpoints/danqing-demo-kolors``: a tiny Kolors (可图) — ChatGLM3 encoder, SDXL U-Net (``kolors.py``);
+- ``checkpoints/danqing-demo-z-image-turbo``: a tiny Z-Image (造相) — Qwen3 encoder, diffusion
+  transformer, 16-channel autoencoder (``zimage.py``);
 - ``captioners/danqing-demo-blip-zh``: a BLIP captioner in Taiyi-BLIP's layout (``captioner.py``);
 - ``translators/danqing-demo-opus-mt-zh-en``: a MarianMT translator in opus-mt-zh-en's layout
   (``translator.py``), for Chinese prompts on the English-only demo SDXL;
@@ -40,6 +42,7 @@ from .esrgan import save_demo_upscalers
 from .library import save_demo_embeddings, save_demo_single_file, save_demo_vae
 from .lora import save_demo_loras
 from .kolors import save_demo_kolors
+from .zimage import save_demo_zimage
 from .sdxl import save_demo_sdxl, save_demo_sdxl_loras
 from .sd import DEMO_MODEL, DEMO_MODEL_INPAINT, DEMO_MODEL_SAFETENSORS, TOKEN_WINDOW, save_sd_pipeline
 
@@ -48,7 +51,7 @@ __all__ = ["DEMO_MODEL", "DEMO_MODEL_INPAINT", "DEMO_MODEL_SAFETENSORS", "TOKEN_
 log = logging.getLogger(__name__)
 
 # Bump when the bundle's content changes so old caches are rebuilt.
-BUNDLE_VERSION = "13"
+BUNDLE_VERSION = "14"
 
 
 def default_cache_dir() -> Path:
@@ -93,6 +96,7 @@ def build_bundle(root: Path) -> None:
     save_demo_single_file(ckpt, ckpt / DEMO_MODEL_SAFETENSORS)
     save_demo_sdxl(ckpt)
     save_demo_kolors(ckpt)
+    save_demo_zimage(ckpt)
     save_demo_vae(folders.folder("vae"))
     save_demo_embeddings(folders.folder("embeddings"))
     (root / "README.txt").write_text(

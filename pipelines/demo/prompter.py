@@ -18,10 +18,12 @@ CHAT_TEMPLATE = (
 )
 
 
-def save_demo_prompter(folder: Path, seed: int = 61) -> Path:
-    import torch
+def qwen_tokenizer(vocab_size: int = 600):
+    """A Qwen-style fast tokenizer trained here: byte-level BPE (any Chinese or English text
+    tokenizes, byte by byte where the vocabulary has no piece), Qwen's special tokens and chat
+    template. The demo prompter's and the demo Z-Image's Qwen3 encoder's."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import PreTrainedTokenizerFast
 
     phrases = json.loads(Path(__file__).with_name("phrases.json").read_text(encoding="utf-8"))
     corpus = phrases["zh"] + phrases["en"]
@@ -29,11 +31,19 @@ def save_demo_prompter(folder: Path, seed: int = 61) -> Path:
     tokenizer = Tokenizer(models.BPE(unk_token=None))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.train_from_iterator(corpus * 5, trainers.BpeTrainer(vocab_size=600, special_tokens=specials,
+    tokenizer.train_from_iterator(corpus * 5, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                                                    initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    bos_token=None)
     fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def save_demo_prompter(folder: Path, seed: int = 61) -> Path:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    fast = qwen_tokenizer()
     folder.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(folder)
     torch.manual_seed(seed)

@@ -1,5 +1,9 @@
 """Model families: what differs between SD 1.x/2.x, SDXL and Kolors, said in one place.
 
+A family names its denoiser (a U-Net, or Z-Image's diffusion transformer): every part that
+touches the denoiser (attention backend, speed options, 系统信息, DeepCache, inpainting-model
+checks) asks ``family.denoiser`` instead of assuming ``pipe.unet``.
+
 The store learns its base model's family once, at load (``family_of_pipeline``); a task asks it
 for the pipeline class of what it does (``family.pipeline_class("img2img")``), prompt encoding
 asks how many text encoders there are and which hidden layer each gives, the preview asks for
@@ -18,6 +22,10 @@ from dataclasses import dataclass, field, replace
 
 # Tasks a family names a pipeline class for (the union ones only where it has union ControlNets).
 TASKS = ("txt2img", "img2img", "inpaint", "controlnet", "controlnet_img2img", "controlnet_inpaint")
+
+# The samplers of a flow-matching family (its own scheduler class, built from its config); an
+# A1111 sampler name for noise-prediction schedulers is replaced by its first one.
+FLOW_SAMPLERS = ("Euler",)
 
 
 @dataclass(frozen=True)
@@ -45,7 +53,15 @@ class ModelFamily:
     # Its encoder reads Chinese (True/False), or None: the tokenizer says (SD 1.x: PAI and Taiyi
     # ship Chinese BERT vocabularies, SD 1.5 CLIP's English one).
     reads_chinese: bool | None = None
+    denoiser: str = "unet"  # the pipeline attribute of its denoiser: "unet" or "transformer"
+    latent_rgb_bias: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    flow: bool = False  # flow matching: its own Euler (FLOW_SAMPLERS), never the SD samplers
+    latent_channels: int = 4
     extra: dict = field(default_factory=dict)
+
+    def denoiser_of(self, pipe):
+        """The pipeline's denoiser module (``pipe.unet`` or ``pipe.transformer``)."""
+        return getattr(pipe, self.denoiser)
 
     def pipeline_class(self, task: str):
         import diffusers
@@ -134,16 +150,61 @@ KOLORS = replace(
 )
 
 
-FAMILIES = {f.name: f for f in (SD1, SDXL, KOLORS)}
+# Z-Image (造相, Tongyi-MAI): a 6B single-stream diffusion transformer, a Qwen3 encoder that reads
+# Chinese and English and writes Chinese text into the picture, the Flux 16-channel autoencoder
+# and flow matching. Turbo: 8 steps without CFG (formats/configs/fewstep.json); Base: CFG.
+ZIMAGE = ModelFamily(
+    name="zimage",
+    label="Z-Image",
+    classes={
+        "txt2img": "ZImagePipeline",
+        "img2img": "ZImageImg2ImgPipeline",
+        "inpaint": "ZImageInpaintPipeline",
+        # alibaba-pai's Z-Image ControlNet union: one model, the control type said by the map
+        "controlnet": "ZImageControlNetPipeline",
+        "controlnet_inpaint": "ZImageControlNetInpaintPipeline",
+    },
+    default_size=1024,
+    trained_sizes=((1024, 1024), (1152, 896), (896, 1152), (1216, 832), (832, 1216), (1344, 768),
+                   (768, 1344), (1280, 720), (720, 1280)),
+    # ComfyUI's latent→RGB factors for the Flux autoencoder's (scaled, shifted) latents.
+    latent_rgb=((-0.0346, 0.0244, 0.0681), (0.0034, 0.0210, 0.0687), (0.0275, -0.0668, -0.0433),
+                (-0.0174, 0.0160, 0.0617), (0.0859, 0.0721, 0.0329), (0.0004, 0.0383, 0.0115),
+                (0.0405, 0.0861, 0.0915), (-0.0236, -0.0185, -0.0259), (-0.0245, 0.0250, 0.1180),
+                (0.1008, 0.0755, -0.0421), (-0.0515, 0.0201, 0.0011), (0.0428, -0.0012, -0.0036),
+                (0.0817, 0.0765, 0.0749), (-0.1264, -0.0522, -0.1103), (-0.0280, -0.0881, -0.0499),
+                (-0.1262, -0.0982, -0.0778)),
+    latent_rgb_bias=(-0.0329, -0.0718, -0.0851),
+    tiny_decoder="taef1",
+    text_encoders=("text_encoder",),  # Qwen3-4B
+    lora_text_prefixes={},
+    embedding_keys=(),
+    fewstep="zimage",
+    draft_side=512,
+    draft_upscale=2,
+    train_resolution=1024,
+    train_text_encoder=False,
+    reads_chinese=True,
+    denoiser="transformer",
+    flow=True,
+    latent_channels=16,
+    extra={"plain_prompts": True},  # Qwen3 reads the prompt as written, quotes and all
+)
+
+
+FAMILIES = {f.name: f for f in (SD1, SDXL, KOLORS, ZIMAGE)}
 TASK_WORDS = {"inpaint": "inpaint", "controlnet": "controlnet", "controlnet_img2img": "controlnet",
               "controlnet_inpaint": "controlnet", "controlnet_union": "controlnet",
               "controlnet_union_img2img": "controlnet", "controlnet_union_inpaint": "controlnet"}
 
 
 def family_of_pipeline(pipe) -> ModelFamily:
-    """The family of a loaded pipeline: Kolors by its class, SDXL by its two text encoders."""
+    """The family of a loaded pipeline: Kolors and Z-Image by their class, SDXL by its two
+    text encoders."""
     if type(pipe).__name__.startswith("Kolors"):
         return KOLORS
+    if type(pipe).__name__.startswith("ZImage"):
+        return ZIMAGE
     if getattr(pipe, "text_encoder_2", None) is not None or "XL" in type(pipe).__name__:
         return SDXL
     return SD1
@@ -164,6 +225,8 @@ def family_of_index(model_index: dict) -> ModelFamily:
     name = str(model_index.get("_class_name", ""))
     if name.startswith("Kolors"):
         return KOLORS
+    if name.startswith("ZImage"):
+        return ZIMAGE
     if "text_encoder_2" in model_index or name.startswith("StableDiffusionXL"):
         return SDXL
     return SD1

@@ -16,7 +16,8 @@ How a file is recognised, surest first:
 3. Its file name, the same words as 1 (a renamed file is still found by 2).
 
 A base model is few-step when its U-Net takes a guidance embedding (``time_cond_proj_dim``:
-LCM-distilled U-Nets such as LCM_Dreamshaper) or its name/card says LCM, TCD or Hyper.
+LCM-distilled U-Nets such as LCM_Dreamshaper) or its name/card says LCM, TCD or Hyper — or
+Z-Image-Turbo (distilled to 8 steps without CFG).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ NAME_FIELDS = ("modelspec.title", "modelspec.description", "ss_output_name", "ss
 # How sure each kind of evidence is, surest first.
 RANK = ("config", "metadata", "card", "layout", "name")
 
+_ZIMAGE_TURBO = re.compile(r"z[-_ ]?image[-_ ]?turbo", re.IGNORECASE)
 _HYPER = re.compile(r"hyper[-_ ]?sd", re.IGNORECASE)
 _LIGHTNING = re.compile(r"lightning", re.IGNORECASE)
 _DMD2 = re.compile(r"(?<![a-z])dmd2?(?![a-z])", re.IGNORECASE)
@@ -118,6 +120,8 @@ def from_text(text: str, evidence: str, merged: bool = False) -> FewStep | None:
         return None
     steps_found = _STEPS.search(text)
     steps = int(steps_found.group(1)) if steps_found else None
+    if _ZIMAGE_TURBO.search(text):
+        return make("zimage-turbo", evidence)
     if _HYPER.search(text):
         if _CFG.search(text):
             return make("hyper-cfg", evidence, steps)

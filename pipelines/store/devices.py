@@ -48,7 +48,13 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def attention_backend(unet) -> str:
-    """A short name for the attention processors the U-Net runs (SDPA is FlashAttention-class)."""
+    """A short name for the attention processors the denoiser runs (SDPA is FlashAttention-class).
+    A transformer on diffusers' attention dispatcher (Z-Image) names its backend: none set is
+    PyTorch's native SDPA."""
+    if not hasattr(unet, "attn_processors"):
+        backends = {getattr(m.processor, "_attention_backend", None) for m in unet.modules() if hasattr(m, "processor")}
+        backends = {str(getattr(b, "value", b)) for b in backends if b is not None}
+        return ",".join(sorted(backends)) if backends and backends != {"native"} else "sdpa"
     names = {type(p).__name__ for p in unet.attn_processors.values()}
     if names <= {"AttnProcessor2_0"}:
         return "sdpa"

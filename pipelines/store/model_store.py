@@ -56,6 +56,17 @@ def _hub_cached(repo_id: str) -> bool:
         return False
 
 
+def _know_latents(pipe) -> None:
+    """Tell the pipeline's image processor its VAE's latent width: Z-Image's pipelines build
+    theirs with the 4-channel default, so 16-channel latents handed in as ``image`` (高清修复's
+    latent upscale) would be taken for a picture and resized."""
+    processor, vae = getattr(pipe, "image_processor", None), getattr(pipe, "vae", None)
+    if processor is None or vae is None or "vae_latent_channels" not in processor.config:
+        return
+    if processor.config.vae_latent_channels != vae.config.latent_channels:
+        processor.register_to_config(vae_latent_channels=vae.config.latent_channels)
+
+
 class ModelStore:
     """Owns the base pipeline and everything loaded next to it. Pass it explicitly."""
 
@@ -131,6 +142,10 @@ class ModelStore:
     def loaded_family(self) -> ModelFamily | None:
         """The family of the loaded base, or None (never loads)."""
         return self._family if self._base is not None else None
+
+    def denoiser(self):
+        """The base model's denoiser: its U-Net, or Z-Image's transformer (loads the base)."""
+        return self.family.denoiser_of(self.base())
 
     def is_loaded(self) -> bool:
         return self._base is not None
@@ -249,7 +264,7 @@ class ModelStore:
         if (self.plan.dtype == torch.float16 and not family.vae_fp16_safe
                 and pipe.vae.config.get("force_upcast", True)):
             pipe.vae.to(torch.float32)  # SDXL's own VAE overflows in fp16 (sdxl-vae-fp16-fix does not)
-        apply_speed_options(pipe, self.settings)
+        apply_speed_options(pipe, self.settings, family.denoiser_of(pipe))
         self._load_seconds = time.perf_counter() - started
         log.info("loaded %s in %.1fs on %s/%s", choice.ref, self._load_seconds, self.plan.device, dtype_name(self.plan.dtype))
         return pipe
@@ -354,6 +369,7 @@ class ModelStore:
         pipe = cls.from_pipe(base, dtype=self.plan.dtype, **components)
         if base.vae.dtype != vae_dtype:
             base.vae.to(vae_dtype)
+        _know_latents(pipe)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -369,7 +385,7 @@ class ModelStore:
         rows = []
         if self._base is None:
             return rows + self.cache.rows()
-        for name in ("unet", "vae", *self._family.text_encoders):
+        for name in (self._family.denoiser, "vae", *self._family.text_encoders):
             module = getattr(self._base, name)
             rows.append(
                 {
@@ -390,7 +406,8 @@ class ModelStore:
             "vae": self.vae_ref,
             "device": str(self.plan.device),
             "dtype": dtype_name(self.plan.dtype),
-            "attention": attention_backend(self._base.unet) if self._base is not None else "sdpa",
+            "attention": (attention_backend(self._family.denoiser_of(self._base))
+                          if self._base is not None else "sdpa"),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "demo": self.settings.demo,

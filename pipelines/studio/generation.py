@@ -33,7 +33,7 @@ from ..requests import (
     check_output,
     image_given,
 )
-from ..formats.families import reads_chinese
+from ..formats.families import FLOW_SAMPLERS, reads_chinese
 from ..tasks import annotators, controlnet, expand, lora, registry, translate, upscale
 from ..tasks.denoise import Generated
 from ..tasks.schedulers import step_eta
@@ -83,6 +83,16 @@ def _with_base(request, base: Txt2Img):
     return replace(request, edit=replace(request.edit, base=base))
 
 
+def _flow_sampler(family, request):
+    """A flow-matching model (Z-Image) samples with its own Euler: another sampler name is
+    replaced (and said in the notices, and written as "Euler" in the PNG's parameters)."""
+    base = _base_of(request)
+    if not family.flow or base.sampler in FLOW_SAMPLERS:
+        return request, None
+    used = replace(base, sampler=FLOW_SAMPLERS[0], schedule_type="Automatic")
+    return _with_base(request, used), {"asked": base.sampler, "used": FLOW_SAMPLERS[0], "family": family.label}
+
+
 class Generation:
 
     def _generate(self, name: str, request, cancel, hook, on_preview, user: str = "") -> Generated:
@@ -99,7 +109,10 @@ class Generation:
                              "words": prompt[len(base.prompt.rstrip(" ," + expand.COMMA_ZH)) + 1:].strip(" ,")}
                 request = _with_base(request, replace(base, prompt=prompt))
             request, notice = translate.translate_request(self.store, request, _base_of, _with_base, user)
+            request, sampler = _flow_sampler(self.store.family, request)
             result = registry.get(name)(self.store, request, cancel=cancel, on_step=hook, on_preview=on_preview)
+            if sampler is not None:
+                result.notices["sampler"] = sampler
             if notice is not None:
                 result.notices["translation"] = notice
             if expansion is not None:

@@ -82,7 +82,7 @@ class Library:
         model = self.current_model()
         unet_config = None
         try:  # a Ray front never loads the model: its name and card tell there
-            unet_config = dict(self.store.base().unet.config) if self.remote is None else None
+            unet_config = dict(self.store.denoiser().config) if self.remote is None else None
         except Exception:  # not loadable now: its name and card still tell
             pass
         found = fewstep.recognise_base(model, unet_config, self.model_card(model))

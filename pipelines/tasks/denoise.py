@@ -78,12 +78,14 @@ def decode_latents(pipe, latents: torch.Tensor, cancel: threading.Event | None =
             images += decode_latents(pipe, one)
         return images
     vae = pipe.vae
+    # The Flux autoencoder (Z-Image) also shifts its latents; SD's has no shift.
+    shift = vae.config.get("shift_factor") or 0.0
     with torch.no_grad():
-        image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift, return_dict=False)[0]
         if not torch.isfinite(image).all() and vae.dtype != torch.float32:
             log.warning("VAE produced NaN in %s; upcasting the VAE to fp32 and retrying", vae.dtype)
             vae.to(torch.float32)
-            image = vae.decode(latents.float() / vae.config.scaling_factor, return_dict=False)[0]
+            image = vae.decode(latents.float() / vae.config.scaling_factor + shift, return_dict=False)[0]
     if not torch.isfinite(image).all():
         raise DanqingError("nan_output")
     return pipe.image_processor.postprocess(image.float(), output_type="pil", do_denormalize=[True] * len(image))
@@ -118,7 +120,7 @@ def build_pipeline(store, params: Txt2Img, cls=None, **components):
     """
     base = store.base()
     apply_loras(store, params.loras)
-    scheduler = make_scheduler(params.sampler, base.scheduler.config, params.schedule_type)
+    scheduler = make_scheduler(params.sampler, base.scheduler.config, params.schedule_type, flow=store.family.flow)
     return store.pipeline(cls or store.family.pipeline_class("txt2img"), scheduler=scheduler, **components)
 
 
@@ -177,7 +179,8 @@ def denoise(
     if params.guidance_rescale and "guidance_rescale" in accepted:  # CFG rescale (0: the plain CFG)
         call_kwargs = {"guidance_rescale": params.guidance_rescale, **(call_kwargs or {})}
     # 2. Denoise to latents; the callback reports steps and honours stop.
-    with deep_cache(pipe.unet, params.deepcache):
+    # DeepCache reuses a U-Net's deep blocks; a transformer (Z-Image) has none to reuse.
+    with deep_cache(getattr(pipe, "unet", None), params.deepcache if hasattr(pipe, "unet") else 1):
         latents = pipe(
             **prompt_arguments(pipe, params.prompt, params.negative_prompt, notices, store, params.clip_skip),
             **size,
@@ -217,7 +220,7 @@ UNET_INPAINT_CHANNELS = 9
 
 
 def is_inpainting_model(store) -> bool:
-    return store.base().unet.config.in_channels == UNET_INPAINT_CHANNELS
+    return store.family.denoiser == "unet" and store.denoiser().config.in_channels == UNET_INPAINT_CHANNELS
 
 
 def blank_canvas(params: Txt2Img) -> dict:

@@ -58,13 +58,17 @@ def _display_size(width: int, height: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def approx_decode(latents: torch.Tensor, factors: torch.Tensor = SD1_LATENT_RGB) -> Image.Image:
-    """First image of a (B, 4, h, w) latent batch, through the linear map ``factors`` (the
-    family's), at 8× (capped)."""
+def approx_decode(latents: torch.Tensor, factors: torch.Tensor = SD1_LATENT_RGB,
+                  bias: torch.Tensor | None = None) -> Image.Image:
+    """First image of a (B, C, h, w) latent batch, through the linear map ``factors`` (the
+    family's: 4 channels for SD 1.x/SDXL, 16 for Z-Image's Flux autoencoder) plus ``bias``,
+    at 8× (capped)."""
     latent = latents[0].detach().float().cpu()
     if latent.shape[0] != factors.shape[0]:
         raise ValueError(f"the approximate preview knows {factors.shape[0]}-channel latents, not {latent.shape[0]}")
     rgb = torch.einsum("chw,cr->rhw", latent, factors)
+    if bias is not None:
+        rgb = rgb + bias.view(3, 1, 1)
     image = _to_image(rgb)
     return image.resize(_display_size(image.width * 8, image.height * 8), Image.Resampling.BILINEAR)
 
@@ -117,6 +121,13 @@ class Previewer:
         self.sink(image, step, total)
 
 
+def tiny_decoder_kind(name: str) -> str:
+    """Which latents a tiny decoder folder reads, by madebyollin's names: taef1 (the Flux
+    autoencoder's 16 channels: Z-Image), taesdxl (SDXL, Kolors), else taesd (SD 1.x)."""
+    name = name.lower()
+    return "f1" if "f1" in name else ("xl" if "xl" in name else "sd")
+
+
 def preview_decoder(store):
     """How live previews are decoded (``settings.preview``): a function of the latents, or
     None when previews are off. A tiny decoder from models/vae-approx is loaded once into the
@@ -125,11 +136,11 @@ def preview_decoder(store):
     if method == "off":
         return None
     family = store.family
-    approx = partial(approx_decode, factors=torch.tensor(family.latent_rgb))
+    approx = partial(approx_decode, factors=torch.tensor(family.latent_rgb), bias=torch.tensor(family.latent_rgb_bias))
     if method in ("auto", "taesd"):
         folders = store.folders
         names = [n for n in folders.list_diffusers_dirs("vae_approx", "config.json")
-                 if ("xl" in n.lower()) == ("xl" in family.tiny_decoder)]  # taesd for SD 1.x, taesdxl for SDXL
+                 if tiny_decoder_kind(n) == tiny_decoder_kind(family.tiny_decoder)]
         if names:
             folder = folders.resolve("vae_approx", names[0])
             try:

@@ -178,7 +178,7 @@ def _encode_chunks(pipe, chunks: list[list], window: int, device, clip_skip: int
     if any(w != 1.0 for row in weights for w in row):
         hidden = _emphasised(hidden, torch.tensor(weights, dtype=hidden.dtype, device=hidden.device))
     # (chunks, window, dim) -> (1, chunks * window, dim)
-    dtype = pipe.unet.dtype
+    dtype = (pipe.unet if hasattr(pipe, "unet") else pipe.text_encoder).dtype
     return hidden.reshape(1, -1, hidden.shape[-1]).to(dtype), (pooled.to(dtype) if pooled is not None else None)
 
 

@@ -40,10 +40,16 @@ SAMPLERS: dict[str, tuple[type, dict]] = {
 DEFAULT_ETA = {"TCD": 0.3}
 
 
-def make_scheduler(name: str, base_config, schedule_type: str = "Automatic"):
+def make_scheduler(name: str, base_config, schedule_type: str = "Automatic", flow: bool = False):
     """A fresh scheduler for one job: never mutate the shared base pipeline's scheduler.
     ``schedule_type``: "Karras" (Karras sigmas, where the sampler has them) or "SGM Uniform"
-    (timesteps spaced from the last one, diffusers' "trailing")."""
+    (timesteps spaced from the last one, diffusers' "trailing"). ``flow``: a flow-matching model
+    (Z-Image): its own Euler from its own config (shift, sigmas), whatever the name (the job's
+    sampler name was made "Euler" before: studio/generation.py says so in the notices)."""
+    if flow:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler.from_config(base_config)
     try:
         cls, overrides = SAMPLERS[name]
     except KeyError:

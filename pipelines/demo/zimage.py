@@ -1,0 +1,68 @@
+"""The demo Z-Image (造相): Tongyi-MAI/Z-Image-Turbo's diffusers layout at tiny widths — the
+single-stream DiT (``ZImageTransformer2DModel``: 2 layers, 1 refiner layer each side), a Qwen3
+text encoder (``Qwen3Model``) with a Qwen-style byte-level BPE tokenizer trained here (any
+Chinese prompt tokenizes), the 16-channel autoencoder with the Flux VAE's scaling and shift,
+and the flow-matching Euler scheduler with Z-Image's shift. Written as a diffusers folder and
+loaded back through the store, like a downloaded Z-Image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DEMO_ZIMAGE = "danqing-demo-z-image-turbo"
+TEXT_WIDTH = 32  # the Qwen3 encoder's hidden size: the transformer's caption width
+
+
+def tiny_flux_vae():
+    """A 16-channel AutoencoderKL at tiny widths with the Flux VAE's latent scale and shift."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 16, 16, 16), layers_per_block=1,
+        latent_channels=16, norm_num_groups=8, sample_size=256, scaling_factor=0.3611, shift_factor=0.1159,
+        use_quant_conv=False, use_post_quant_conv=False,
+    )
+
+
+def tiny_transformer(seed: int = 0, dim: int = 64, layers: int = 2, heads: int = 2):
+    """Z-Image's transformer, few and narrow layers (head width 32 = the rope axes 8+12+12)."""
+    import torch
+    from diffusers import ZImageTransformer2DModel
+
+    torch.manual_seed(seed)
+    model = ZImageTransformer2DModel(in_channels=16, dim=dim, n_layers=layers, n_refiner_layers=1, n_heads=heads,
+                                     n_kv_heads=heads, cap_feat_dim=TEXT_WIDTH, axes_dims=[8, 12, 12],
+                                     axes_lens=[256, 64, 64])
+    with torch.no_grad():  # the pad tokens start as torch.empty: a checkpoint fills them
+        model.x_pad_token.normal_(0, 0.02)
+        model.cap_pad_token.normal_(0, 0.02)
+    return model
+
+
+def build_zimage(seed: int = 70):
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
+    from transformers import Qwen3Config, Qwen3Model
+
+    from .prompter import qwen_tokenizer
+
+    tokenizer = qwen_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = Qwen3Model(Qwen3Config(vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH, intermediate_size=64,
+                                          num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                                          head_dim=8, max_position_embeddings=1024,
+                                          pad_token_id=tokenizer.pad_token_id))
+    transformer = tiny_transformer(seed + 1)
+    torch.manual_seed(seed + 2)
+    vae = tiny_flux_vae()
+    # Z-Image-Turbo's scheduler: flow matching, shift 3, no dynamic shifting.
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
+    return ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                          transformer=transformer)
+
+
+def save_demo_zimage(checkpoints: Path) -> Path:
+    folder = checkpoints / DEMO_ZIMAGE
+    build_zimage().save_pretrained(folder, safe_serialization=True)
+    return folder
