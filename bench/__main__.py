@@ -8,6 +8,8 @@
                                             # the SDXL row: full-size SDXL against StableDiffusionXLPipeline
     python -m bench --family sdxl --size 1024 --steps 30 --dtype fp16
                                             # the same on a GPU (1024², fp16)
+    python -m bench --family zimage --size 512 --steps 4 --repeats 3
+                                            # the Z-Image row: full width, 4 main blocks, against ZImagePipeline
 
 Builds the full-size SD 1.5 architecture with random weights (bench/sd15.py) in a temporary
 folder, loads it (1) with plain ``StableDiffusionPipeline.from_pretrained`` and (2) through
@@ -257,6 +259,51 @@ VARIANTS_XL = {
 }
 
 
+def make_baseline_zimage(folder: Path, device: torch.device, dtype: torch.dtype):
+    """Plain diffusers' ZImagePipeline, its own scheduler, Turbo's guidance 0 (no CFG)."""
+    from diffusers import ZImagePipeline
+
+    pipe = ZImagePipeline.from_pretrained(folder, torch_dtype=dtype).to(device)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run(seed: int, args) -> tuple[np.ndarray, StepClock]:
+        clock = StepClock(device)
+        image = pipe(PROMPT_ZIMAGE, width=args.size, height=args.size, num_inference_steps=args.steps, guidance_scale=0.0,
+                     generator=torch.Generator("cpu").manual_seed(seed), callback_on_step_end=clock.on_step_end).images[0]
+        return np.asarray(image), clock
+
+    return run
+
+
+def make_danqing_zimage(folder: Path, device: str, dtype: str):
+    """Danqing's store and 文生图 on the Z-Image folder, the same job."""
+    from pipelines.requests import Txt2Img
+    from pipelines.store import ModelStore
+    from pipelines.store.settings import EngineSettings
+    from pipelines.tasks import txt2img
+
+    store = ModelStore(EngineSettings(model=str(folder), models_dir=folder.parent / "models", device=device,
+                                      dtype=dtype))
+    store.base()
+
+    def run(seed: int, args) -> tuple[np.ndarray, StepClock]:
+        clock = StepClock(store.plan.device)
+        params = Txt2Img.from_fields(prompt=PROMPT_ZIMAGE, width=args.size, height=args.size, seed=seed,
+                                     num_inference_steps=args.steps, guidance_scale=0.0, sampler="Euler")
+        result = txt2img.run(store, params, on_step=lambda i, n: clock.tick())
+        return np.asarray(result.images[0]), clock
+
+    return run
+
+
+# A poster with a quoted Chinese title: what Z-Image is picked for.
+PROMPT_ZIMAGE = "海报，标题“丹青”，水墨山水，留白"
+VARIANTS_ZIMAGE = {
+    "diffusers": lambda f, a, d, t: make_baseline_zimage(f, d, t),
+    "danqing": lambda f, a, d, t: make_danqing_zimage(f, a.device, a.dtype),
+}
+
+
 VARIANTS = {
     "diffusers": lambda f, a, d, t: make_baseline(f, d, t, naive=False),
     "diffusers-naive-attn": lambda f, a, d, t: make_baseline(f, d, t, naive=True),
@@ -285,7 +332,9 @@ def main(argv=None) -> dict:
     p.add_argument("--variants", default="diffusers,danqing", help=f"comma list of {', '.join(VARIANTS)}")
     p.add_argument("--model-dir", default=None, help="reuse a folder built by an earlier run")
     p.add_argument("--json", default=None, help="write the results here")
-    p.add_argument("--family", default="sd15", choices=["sd15", "sdxl"], help="the architecture benchmarked")
+    p.add_argument("--family", default="sd15", choices=["sd15", "sdxl", "zimage"],
+                   help="the architecture benchmarked (zimage: full width, --zimage-layers main blocks)")
+    p.add_argument("--zimage-layers", type=int, default=4, help="Z-Image main blocks (the real one has 30)")
     args = p.parse_args(argv)
     if args.quick:
         args.size, args.steps, args.repeats = 256, 4, 2
@@ -301,9 +350,15 @@ def main(argv=None) -> dict:
 
     root = Path(args.model_dir or tempfile.mkdtemp(prefix="danqing-bench-"))
     xl = args.family == "sdxl"
-    folder = build_sdxl(root / "sdxl-random") if xl else build_sd15(root / "sd15-random")
-    table = VARIANTS_XL if xl else VARIANTS
-    reload = xl and plan.device.type == "cpu"  # two fp32 SDXLs do not fit beside each other
+    if args.family == "zimage":
+        from bench.zimage import build_zimage_full
+
+        folder = build_zimage_full(root / f"zimage-random-{args.zimage_layers}", layers=args.zimage_layers)
+        table = VARIANTS_ZIMAGE
+    else:
+        folder = build_sdxl(root / "sdxl-random") if xl else build_sd15(root / "sd15-random")
+        table = VARIANTS_XL if xl else VARIANTS
+    reload = args.family != "sd15" and plan.device.type == "cpu"  # two fp32 SDXLs do not fit beside each other
 
     # 2. Load every variant once (loading is not what is timed), warm each up once; or (reload)
     #    load each for its turn.
@@ -348,7 +403,7 @@ def main(argv=None) -> dict:
         "family": args.family,
         "variants": {},
     }
-    print(f"\n{args.size}x{args.size}, {args.steps} steps, CFG on, {plan.device}/{result['dtype']}, median of {args.repeats}")
+    print(f"\n{args.size}x{args.size}, {args.steps} steps, {'no CFG' if args.family == 'zimage' else 'CFG on'}, {plan.device}/{result['dtype']}, median of {args.repeats}")
     print(f"{'variant':26} {'s/step':>8} {'e2e s':>8} {'work MiB':>9} {'speedup':>8} {'max|diff|':>9} {'PSNR dB':>8}")
     for n in names:
         e2e = statistics.median(rows[n]["e2e"])

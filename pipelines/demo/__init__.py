@@ -15,7 +15,8 @@ through exactly the code a real model goes through:
   diffusers folder, a 9-channel SDXL inpainting folder and a Civitai-style single file (``sdxl.py``);
 - ``checkpoints/danqing-demo-kolors``: a tiny Kolors (可图) — ChatGLM3 encoder, SDXL U-Net (``kolors.py``);
 - ``checkpoints/danqing-demo-z-image-turbo``: a tiny Z-Image (造相) — Qwen3 encoder, diffusion
-  transformer, 16-channel autoencoder (``zimage.py``);
+  transformer, 16-channel autoencoder (``zimage.py``), and its ControlNet union as a folder and
+  as alibaba-pai's single file (``controlnet/demo-z-image-controlnet-union*``);
 - ``captioners/danqing-demo-blip-zh``: a BLIP captioner in Taiyi-BLIP's layout (``captioner.py``);
 - ``translators/danqing-demo-opus-mt-zh-en``: a MarianMT translator in opus-mt-zh-en's layout
   (``translator.py``), for Chinese prompts on the English-only demo SDXL;
@@ -96,7 +97,7 @@ def build_bundle(root: Path) -> None:
     save_demo_single_file(ckpt, ckpt / DEMO_MODEL_SAFETENSORS)
     save_demo_sdxl(ckpt)
     save_demo_kolors(ckpt)
-    save_demo_zimage(ckpt)
+    save_demo_zimage(ckpt, folders.folder("controlnet"))
     save_demo_vae(folders.folder("vae"))
     save_demo_embeddings(folders.folder("embeddings"))
     (root / "README.txt").write_text(

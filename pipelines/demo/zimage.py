@@ -10,6 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 DEMO_ZIMAGE = "danqing-demo-z-image-turbo"
+# alibaba-pai's Z-Image-Turbo-Fun-Controlnet-Union at tiny width: a diffusers folder, and the
+# same weights as the single .safetensors file alibaba-pai publishes.
+DEMO_ZIMAGE_CONTROLNET = "demo-z-image-controlnet-union"
+DEMO_ZIMAGE_CONTROLNET_FILE = "demo-z-image-controlnet-union.safetensors"
 TEXT_WIDTH = 32  # the Qwen3 encoder's hidden size: the transformer's caption width
 
 
@@ -62,7 +66,31 @@ def build_zimage(seed: int = 70):
                           transformer=transformer)
 
 
-def save_demo_zimage(checkpoints: Path) -> Path:
+def tiny_controlnet(seed: int = 80):
+    """A union ControlNet for the demo transformer in the 2.x layout: one control layer beside
+    its first block, one projected control refiner, 33 control channels (the map's latents, and
+    for 局部重绘 the mask and the masked picture's latents), zero-free random weights."""
+    import torch
+    from diffusers import ZImageControlNetModel
+
+    torch.manual_seed(seed)
+    net = ZImageControlNetModel(control_layers_places=[0], control_refiner_layers_places=[0], control_in_dim=33,
+                                add_control_noise_refiner="control_noise_refiner", dim=64, n_refiner_layers=1,
+                                n_heads=2, n_kv_heads=2)
+    with torch.no_grad():  # its output projections start at zero (as trained ones do not): wake them
+        for name, param in net.named_parameters():
+            if "after_proj" in name or "before_proj" in name:
+                param.normal_(0, 0.5)
+    return net
+
+
+def save_demo_zimage(checkpoints: Path, controlnets: Path | None = None) -> Path:
     folder = checkpoints / DEMO_ZIMAGE
     build_zimage().save_pretrained(folder, safe_serialization=True)
+    if controlnets is not None:
+        from safetensors.torch import save_file
+
+        net = tiny_controlnet()
+        net.save_pretrained(controlnets / DEMO_ZIMAGE_CONTROLNET, safe_serialization=True)
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(controlnets / DEMO_ZIMAGE_CONTROLNET_FILE))
     return folder

@@ -178,6 +178,9 @@ class ModelStore:
                 return self._base
             new = self._load(choice)
             old = self._base
+            if self._family.denoiser != "unet":
+                # Z-Image ControlNets share the old transformer's embedders: drop them with it
+                self.cache.drop("controlnet")
             self._adopt(new, choice)
             self.adapters = AdapterTable()  # the old base's adapters go with it
             del old

@@ -28,10 +28,12 @@ from ..errors import ModelError, ParamError
 from ..formats.controlnet import (
     check_fits,
     controlnet_config_from_unet,
+    ZIMAGE_CONTROLNET,
     header_shapes,
     is_controlnet_folder,
     shape_from_config,
     shape_from_file,
+    zimage_controlnet_config,
 )
 from ..formats.images import fit_to, load_image, to_rgb
 from ..requests import Control, ControlUnit
@@ -53,10 +55,11 @@ def list_controlnets(store) -> list[str]:
 
 
 def _load_folder(store, path: Path):
-    from diffusers import ControlNetModel, ControlNetUnionModel
+    import diffusers
 
     config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    cls = ControlNetUnionModel if config.get("_class_name") == "ControlNetUnionModel" else ControlNetModel
+    name = config.get("_class_name")
+    cls = getattr(diffusers, name if name in ("ControlNetUnionModel", ZIMAGE_CONTROLNET) else "ControlNetModel")
     return cls.from_pretrained(path, dtype=store.plan.dtype, local_files_only=True)
 
 
@@ -69,35 +72,47 @@ def is_union(net) -> bool:
     return type(net).__name__ == "ControlNetUnionModel"
 
 
+def is_zimage(net) -> bool:
+    """alibaba-pai's Z-Image ControlNet union: control layers beside the base transformer's
+    blocks, the control type read from the map itself (Canny, depth, pose, HED, ...)."""
+    return type(net).__name__ == ZIMAGE_CONTROLNET
+
+
 def pipeline_class(store, guide: "Guidance | None", task: str):
     """The family's pipeline class for ``task`` ("controlnet", "controlnet_img2img",
     "controlnet_inpaint"), its union variant when the guidance is a union ControlNet."""
     if guide is not None and guide.union:
         task = task.replace("controlnet", "controlnet_union", 1)
+    if (guide is not None and is_zimage(guide.controlnet) and task.endswith("inpaint")
+            and guide.controlnet.config.control_in_dim == store.denoiser().config.in_channels):
+        # Z-Image-Turbo-Fun-Controlnet-Union 1.0 reads the map only; 2.x also the mask and masked picture
+        raise ModelError("controlnet_inpaint_version", family=store.family.label)
     return store.family.pipeline_class(task)
 
 
 def image_argument(guide: "Guidance") -> str:
-    """What text-to-image ControlNet pipelines call the control image (union ones: control_image)."""
-    return "control_image" if guide.union else "image"
+    """What text-to-image ControlNet pipelines call the control image (union ones and Z-Image's:
+    control_image)."""
+    return "control_image" if guide.union or is_zimage(guide.controlnet) else "image"
 
 
 def _load_single_file(store, path: Path, shapes: dict[str, tuple[int, ...]]):
-    from diffusers import ControlNetModel
+    import diffusers
 
-    config = controlnet_config_from_unet(store.base().unet.config, shapes)
+    if store.family.denoiser == "transformer":  # Z-Image: its config from the base and the file
+        cls, config = diffusers.ZImageControlNetModel, zimage_controlnet_config(store.denoiser().config, shapes)
+    else:
+        cls, config = diffusers.ControlNetModel, controlnet_config_from_unet(store.denoiser().config, shapes)
     with tempfile.TemporaryDirectory(prefix="danqing-cn-") as folder:
         (Path(folder) / "config.json").write_text(json.dumps(config))
-        return ControlNetModel.from_single_file(
-            str(path), config=folder, local_files_only=True, torch_dtype=store.plan.dtype
-        )
+        return cls.from_single_file(str(path), config=folder, local_files_only=True, torch_dtype=store.plan.dtype)
 
 
 def load_controlnet(store, name: str):
     """The ControlNet ``name`` (from list_controlnets), loaded once on the store's device and
     dtype. Checked against the base U-Net first, on every call (the base may have changed)."""
     path = store.folders.resolve("controlnet", name)
-    base = shape_from_config(store.base().unet.config)
+    base = shape_from_config(store.denoiser().config)
     # 1. Read the shape without loading weights, and refuse what does not fit.
     if path.is_dir():
         if not is_controlnet_folder(path):
@@ -178,6 +193,8 @@ def guidance(store, units, width: int, height: int, resize_mode: str, cancel=Non
     nets = [load_controlnet(store, unit.model) for unit in units]
     # 3. Each control map at the output size.
     fitted = [fit_to(to_rgb(image), width, height, resize_mode) for image in maps]
+    if any(is_zimage(net) for net in nets):
+        return _zimage_guidance(store, units, nets, fitted, maps)
     # 4. A union ControlNet: one model, every unit's map with its control type.
     if any(is_union(net) for net in nets):
         if len({unit.model for unit in units}) > 1:
@@ -200,6 +217,20 @@ def guidance(store, units, width: int, height: int, resize_mode: str, cancel=Non
         "control_guidance_end": [u.guidance_end for u in units],
     }
     return Guidance(controlnet, images, kwargs, maps)
+
+
+def _zimage_guidance(store, units, nets, fitted, maps) -> Guidance:
+    """Z-Image's ControlNet pipelines take one ControlNet, for every step: one unit, its weight;
+    a start/end window or a second unit is refused in Chinese (never silently dropped). The
+    pipeline binds the net to the base transformer's embedders and refiners when it is built
+    (``from_pipe`` → ``ZImageControlNetModel.from_transformer``), so every job binds it to the
+    base of the moment; the store drops these nets when it switches away from the base."""
+    if len(units) > 1:
+        raise ParamError("controlnet_one_unit", family=store.family.label)
+    unit = units[0]
+    if unit.guidance_start > 0 or unit.guidance_end < 1:
+        raise ParamError("controlnet_no_window", family=store.family.label)
+    return Guidance(nets[0], fitted[0], {"controlnet_conditioning_scale": unit.weight}, maps)
 
 
 def refit(guide: Guidance, width: int, height: int, resize_mode: str):

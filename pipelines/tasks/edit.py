@@ -13,6 +13,7 @@ Denoising strength 0 runs no U-Net step: the image comes back through the VAE.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -60,12 +61,12 @@ def working_size(width: int, height: int, images: int) -> tuple[int, int]:
 
 
 def encode(pipe, images: list[Image.Image]) -> torch.Tensor:
-    """Images to the U-Net's (scaled) latents, deterministically (the latent mean)."""
+    """Images to the denoiser's (shifted, scaled) latents, deterministically (the latent mean)."""
     vae = pipe.vae
     pixels = pipe.image_processor.preprocess(images).to(device=vae.device, dtype=vae.dtype)
     with torch.no_grad():
         latents = vae.encode(pixels).latent_dist.mode()
-    return latents * vae.config.scaling_factor
+    return (latents - (vae.config.get("shift_factor") or 0.0)) * vae.config.scaling_factor
 
 
 def round_trip(store, images: list[Image.Image], count: int) -> list[Image.Image]:
@@ -203,7 +204,13 @@ def _inpaint_at(store, work: Pass, image: Image.Image, mask: Image.Image, fill: 
     call = {"image": init, "mask_image": mask, "strength": work.strength, **kwargs}
     if not isinstance(init, Image.Image):  # latents: the 9-channel U-Net still sees the image itself
         call["masked_image_latents"] = _masked_latents(store, start, mask)
-    return _run(store, work, cls, components, call, guide, cancel, on_step, on_preview)
+    full = "strength" not in inspect.signature(cls.__call__).parameters
+    if full:  # Z-Image's ControlNet inpainting always repaints the masked area from noise
+        call.pop("strength")
+    result = _run(store, work, cls, components, call, guide, cancel, on_step, on_preview)
+    if full and work.strength < 1:
+        result.notices["full_strength"] = store.family.label
+    return result
 
 
 def _latent_fill(store, image: Image.Image, mask: Image.Image, fill: str, params: Txt2Img) -> torch.Tensor:

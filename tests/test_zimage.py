@@ -1,0 +1,211 @@
+"""Z-Image (造相, issue 33) on the model-family seam, on the demo bundle's tiny Z-Image (Qwen3
+encoder, diffusion transformer, 16-channel autoencoder): the transformer is the shared denoiser,
+文生图 gives plain diffusers ZImagePipeline's pixels, a quoted Chinese title reaches the encoder
+as typed, 图生图 / 局部重绘 / 扩图 / 高清修复 / draft run, Turbo is recognised by 极速, previews
+read 16-channel latents, and switching to and from an SD model keeps one denoiser."""
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_studio
+from pipelines.demo.zimage import DEMO_ZIMAGE
+from pipelines.formats.families import SD1, ZIMAGE
+from pipelines.requests import Img2Img, Inpaint, Outpaint, Txt2Img
+from pipelines.tasks import txt2img
+
+from test_edit import box_mask, far_from, photo, rgb
+
+TITLE = "海报，标题“丹青”，水墨山水"
+BASE = dict(prompt=TITLE, width=64, height=64, num_inference_steps=3, seed=7, sampler="Euler", guidance_scale=0.0)
+
+
+def base(**more) -> Txt2Img:
+    return Txt2Img.from_fields({**BASE, **more})
+
+
+@pytest.fixture(scope="module")
+def zi(demo_models, tmp_path_factory):
+    return make_studio(demo_models, tmp_path_factory.mktemp("zimage-out"), model=DEMO_ZIMAGE)
+
+
+def encoder_inputs(store):
+    """Record the token ids the Qwen3 encoder reads, decoded back to text."""
+    seen = []
+    pipe = store.base()
+
+    def hook(module, args, kwargs):
+        ids = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]
+        seen.extend(pipe.tokenizer.batch_decode(ids, skip_special_tokens=True))
+
+    return seen, pipe.text_encoder.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def test_z_image_is_a_family_whose_denoiser_is_a_transformer(zi):
+    store = zi.store
+    assert store.family is ZIMAGE and type(store.base()).__name__ == "ZImagePipeline"
+    assert type(store.denoiser()).__name__ == "ZImageTransformer2DModel"
+    assert {c["ref"]: c["family"] for c in zi.model_choices()}[DEMO_ZIMAGE] == "zimage"
+    kinds = {row["kind"] for row in store.resident_models()}
+    assert {"transformer", "vae", "text_encoder"} <= kinds and "unet" not in kinds
+    info = zi.system_info()
+    assert info["family"] == "zimage" and info["attention"] == "sdpa"
+    for task in ("img2img", "inpaint", "controlnet", "controlnet_inpaint"):
+        assert store.family.pipeline_class(task).__name__.startswith("ZImage")
+
+
+@pytest.mark.parametrize("cfg", [0.0, 4.0])
+def test_txt2img_gives_plain_zimage_pixels(zi, cfg):
+    """Turbo's job (no CFG) and Base's (CFG with a negative prompt): the pixels of plain
+    diffusers' ZImagePipeline on the same folder, same seed."""
+    from diffusers import ZImagePipeline
+
+    ours = np.asarray(txt2img.run(zi.store, base(guidance_scale=cfg, negative_prompt="模糊")).images[0])
+    plain = ZImagePipeline.from_pretrained(zi.store.choice(DEMO_ZIMAGE).source)
+    ref = plain(TITLE, negative_prompt="模糊", width=64, height=64, num_inference_steps=3, guidance_scale=cfg,
+                generator=[torch.Generator("cpu").manual_seed(7)]).images[0]
+    assert np.abs(np.asarray(ref).astype(int) - ours.astype(int)).max() <= 1
+    other = np.asarray(txt2img.run(zi.store, base(guidance_scale=cfg, prompt="海报，标题“山水”，水墨山水")).images[0])
+    assert not np.array_equal(ours, other)  # the quoted words reach the picture
+
+
+def test_a_quoted_chinese_title_reaches_the_encoder_as_typed(zi):
+    """Quotes (full-width and ASCII) survive; emphasis syntax around them is read, not eaten;
+    no translation (Qwen3 reads Chinese)."""
+    seen, hook = encoder_inputs(zi.store)
+    try:
+        paths, info = zi.txt2img(base(prompt='海报，标题“丹青”，副标题"水墨"，(留白:1.2)'))
+    finally:
+        hook.remove()
+    assert any('标题“丹青”' in text and '副标题"水墨"' in text and "留白" in text for text in seen), seen
+    assert not any("(留白:1.2)" in text for text in seen)
+    assert "translation" not in info["notices"]
+    with Image.open(paths[0]) as image:
+        assert '标题“丹青”，副标题"水墨"' in image.info["parameters"]
+
+
+def test_its_own_euler_and_the_infotext_say_what_ran(zi):
+    paths, info = zi.txt2img(base(sampler="DPM++ 2M Karras"))
+    assert info["notices"]["sampler"] == {"asked": "DPM++ 2M Karras", "used": "Euler", "family": "Z-Image"}
+    with Image.open(paths[0]) as image:
+        text = image.info["parameters"]
+    assert "Sampler: Euler" in text and f"Model: {DEMO_ZIMAGE}" in text
+    assert "CFG scale: 0.0" in text
+
+
+def test_img2img_inpaint_and_outpaint(zi):
+    source, box, blur = photo(), (30, 20, 62, 50), 2
+    paths, info = zi.img2img(Img2Img.build(base(), source, 0.6))
+    assert rgb(paths[0]).shape == (64, 64, 3) and info["mode"] == "img2img"
+    out = rgb(zi.inpaint(Inpaint.build(Img2Img.build(base(), source, 0.9), box_mask(source.size, box), blur,
+                                       "original"))[0][0])
+    far = far_from(box, source.size, 3 * blur + 1)
+    assert np.array_equal(out[far], np.asarray(source).astype(int)[far])
+    inside = ~far_from(box, source.size, -4)
+    assert np.abs(out[inside] - np.asarray(source).astype(int)[inside]).mean() > 5
+    grown = rgb(zi.outpaint(Outpaint.build(Img2Img.build(base(), source, 1.0), left=16))[0][0])
+    assert grown.shape[:2] == (80, 112) and np.array_equal(grown[:, 16:], np.asarray(source).astype(int))
+
+
+def test_hires_pass_in_latent_space_and_draft(zi):
+    paths, info = zi.txt2img(base(hires_pass=True, hires_scale=1.5, hires_strength=0.5))
+    assert rgb(paths[0]).shape == (96, 96, 3)
+    paths, info = zi.txt2img(base(width=1024, height=1024, num_inference_steps=1, draft=True))
+    with Image.open(paths[0]) as image:
+        assert image.size == (512, 512)  # a one-megapixel family: short side 512, then x2
+
+
+def test_turbo_is_recognised_by_jisu(zi):
+    found = zi.fast_settings()
+    assert found["lora"] is None and found["fewstep"]["method"] == "zimage-turbo"
+    assert (found["fewstep"]["sampler"], found["fewstep"]["steps"], found["fewstep"]["cfg"]) == ("Euler", 8, 0.0)
+
+
+def test_live_previews_read_16_channel_latents(zi):
+    from pipelines.tasks.preview import preview_decoder
+
+    decode = preview_decoder(zi.store)
+    assert decode.keywords["factors"].shape == (16, 3)
+    image = decode(torch.zeros(1, 16, 8, 8))
+    # zero latents show the family's bias colour, not black: the bias is applied
+    assert image.size == (64, 64) and image.getpixel((3, 3)) != (127, 127, 127)
+    shown = []
+    txt2img.run(zi.store, base(num_inference_steps=3), on_preview=lambda image, step, total: shown.append(image))
+    assert all(image.size[0] > 0 for image in shown)
+
+
+def test_switching_between_sd_and_z_image_keeps_one_denoiser(demo_models, tmp_path):
+    own = make_studio(demo_models, tmp_path / "out")
+    first = rgb(own.txt2img(Txt2Img.from_fields(prompt="山水", width=64, height=64, num_inference_steps=2, seed=3))[0][0])
+    unet = weakref.ref(own.store.denoiser())
+    own.switch_model(DEMO_ZIMAGE)
+    gc.collect()
+    assert own.store.family is ZIMAGE and unet() is None  # the U-Net is freed
+    transformer = weakref.ref(own.store.denoiser())
+    own.txt2img(base())
+    own.switch_model("danqing-demo-zh")
+    gc.collect()
+    assert own.store.family is SD1 and transformer() is None
+    again = rgb(own.txt2img(Txt2Img.from_fields(prompt="山水", width=64, height=64, num_inference_steps=2, seed=3))[0][0])
+    assert np.array_equal(first, again)
+
+
+def _unit(tmp_path, model, weight=1.0, **more):
+    path = tmp_path / "control.png"
+    photo(64, 64).save(path)
+    return {"kind": "canny", "image": str(path), "model": model, "weight": weight, **more}
+
+
+def test_the_controlnet_union_guides_txt2img_and_inpainting_from_its_folder_or_single_file(zi, tmp_path):
+    from pipelines.demo.zimage import DEMO_ZIMAGE_CONTROLNET, DEMO_ZIMAGE_CONTROLNET_FILE
+    from pipelines.requests import Control
+
+    plain = rgb(zi.txt2img(base())[0][0])
+    folder, info = zi.control(Control.build(base(), [_unit(tmp_path, DEMO_ZIMAGE_CONTROLNET)]))
+    single = rgb(zi.control(Control.build(base(), [_unit(tmp_path, DEMO_ZIMAGE_CONTROLNET_FILE)]))[0][0])
+    assert not np.array_equal(plain, rgb(folder[0])) and folder[1].name.endswith("-canny-map.png")
+    assert np.array_equal(rgb(folder[0]), single)  # alibaba-pai's single file reads as its folder
+    source, box = photo(), (30, 20, 62, 50)
+    request = Inpaint.build(Img2Img.build(base(), source, 0.8, units=[_unit(tmp_path, DEMO_ZIMAGE_CONTROLNET)]),
+                            box_mask(source.size, box), 0)
+    paths, info = zi.inpaint(request)
+    far = far_from(box, source.size, 1)
+    assert np.array_equal(rgb(paths[0])[far], np.asarray(source).astype(int)[far])
+    assert info["notices"]["full_strength"] == "Z-Image"  # it repaints from noise: said, not hidden
+
+
+def test_what_z_image_controlnets_cannot_do_is_said_in_chinese(zi, studio, tmp_path):
+    from pipelines.demo.controlnet import DEMO_CANNY
+    from pipelines.demo.zimage import DEMO_ZIMAGE_CONTROLNET
+    from pipelines.errors import DanqingError
+    from pipelines.requests import Control
+    from strings import error_text, load
+
+    zh = load("zh")
+    cases = [
+        (zi, [_unit(tmp_path, DEMO_ZIMAGE_CONTROLNET), _unit(tmp_path, DEMO_ZIMAGE_CONTROLNET)], "controlnet_one_unit"),
+        (zi, [_unit(tmp_path, DEMO_ZIMAGE_CONTROLNET, guidance_end=0.5)], "controlnet_no_window"),
+        (zi, [_unit(tmp_path, DEMO_CANNY)], "controlnet_family"),  # an SD 1.x ControlNet on Z-Image
+        (studio, [_unit(tmp_path, DEMO_ZIMAGE_CONTROLNET)], "controlnet_family"),  # and the other way round
+    ]
+    for owner, units, code in cases:
+        with pytest.raises(DanqingError) as err:
+            owner.control(Control.build(Txt2Img.from_fields(prompt="山水", width=64, height=64, num_inference_steps=2),
+                                        units))
+        assert err.value.code == code
+        assert all(ord(ch) < 0x4E00 for ch in err.value.code) and any(
+            "\u4e00" <= ch <= "\u9fff" for ch in error_text(zh, err.value.code, err.value.fields))
+    with pytest.raises(DanqingError) as err:  # no ControlNet 图生图 pipeline for Z-Image in diffusers
+        zi.img2img(Img2Img.build(base(), photo(), 0.7, units=[_unit(tmp_path, DEMO_ZIMAGE_CONTROLNET)]))
+    assert err.value.code == "family_no_controlnet"
+
+
+def test_styles_keep_a_quoted_title():
+    from extensions import Style, apply_styles
+
+    prompt, negative = apply_styles(TITLE, "", [Style("海报", "{prompt}，国潮风格", "模糊"), Style("水墨", "留白")])
+    assert "标题“丹青”" in prompt and prompt.startswith("海报，标题“丹青”")
