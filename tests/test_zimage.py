@@ -209,3 +209,61 @@ def test_styles_keep_a_quoted_title():
 
     prompt, negative = apply_styles(TITLE, "", [Style("海报", "{prompt}，国潮风格", "模糊"), Style("水墨", "留白")])
     assert "标题“丹青”" in prompt and prompt.startswith("海报，标题“丹青”")
+
+
+# ComfyUI's split files and GGUF -----------------------------------------------------------------
+def test_comfyui_split_files_give_the_folders_pixels(demo_models, zi, tmp_path):
+    """The transformer, Qwen3 and VAE files from a ComfyUI install (``--comfyui-dir``) are
+    assembled without the hub and give the diffusers folder's pixels; 系统信息 names the three."""
+    import shutil
+
+    from pipelines.demo.zimage import DEMO_FLUX_VAE, DEMO_QWEN_SPLIT, DEMO_ZIMAGE_SPLIT
+    from pipelines.store import EngineSettings, ModelFolders, ModelStore
+    from pipelines.store.folders import install_folders
+
+    comfy = tmp_path / "ComfyUI"
+    for folder, name in (("diffusion_models", DEMO_ZIMAGE_SPLIT), ("text_encoders", DEMO_QWEN_SPLIT), ("vae", DEMO_FLUX_VAE)):
+        (comfy / "models" / folder).mkdir(parents=True)
+        shutil.copy(demo_models / folder / name, comfy / "models" / folder / name)
+    own = tmp_path / "models"
+    (own / "checkpoints").mkdir(parents=True)  # the tokenizer comes from an installed Z-Image folder
+    shutil.copytree(demo_models / "checkpoints" / DEMO_ZIMAGE, own / "checkpoints" / DEMO_ZIMAGE)
+    extra = install_folders("comfyui", comfy)
+    store = ModelStore(EngineSettings(model=DEMO_ZIMAGE_SPLIT, models_dir=own, extra_model_dirs=extra, demo=True),
+                       ModelFolders(own, extra))
+    assert store.choice(DEMO_ZIMAGE_SPLIT).kind == "split" and store.family is ZIMAGE
+    split = np.asarray(txt2img.run(store, base()).images[0])
+    folder = np.asarray(txt2img.run(zi.store, base()).images[0])
+    assert np.array_equal(split, folder)
+    assert store.system_info()["split_files"] == {"transformer": DEMO_ZIMAGE_SPLIT, "text_encoder": DEMO_QWEN_SPLIT,
+                                                  "vae": DEMO_FLUX_VAE}
+
+
+def test_a_split_transformer_without_its_text_encoder_is_a_chinese_error(demo_models, tmp_path):
+    import shutil
+
+    from pipelines.demo.zimage import DEMO_ZIMAGE_SPLIT
+    from pipelines.errors import ModelError
+    from pipelines.store import EngineSettings, ModelStore
+    from strings import error_text, load
+
+    (tmp_path / "diffusion_models").mkdir()
+    shutil.copy(demo_models / "diffusion_models" / DEMO_ZIMAGE_SPLIT, tmp_path / "diffusion_models")
+    store = ModelStore(EngineSettings(model=DEMO_ZIMAGE_SPLIT, models_dir=tmp_path, demo=True))
+    with pytest.raises(ModelError) as err:
+        store.base()
+    assert err.value.code == "zimage_text_encoder_missing"
+    assert "qwen_3_4b.safetensors" in error_text(load("zh"), err.value.code, err.value.fields)
+
+
+def test_a_gguf_transformer_runs_quantised_and_close_to_the_folder(demo_models, zi):
+    from pipelines.demo.zimage import DEMO_ZIMAGE_GGUF
+    from pipelines.store import EngineSettings, ModelStore
+    from pipelines.store.cache import module_bytes
+
+    store = ModelStore(EngineSettings(model=DEMO_ZIMAGE_GGUF, models_dir=demo_models, demo=True))
+    assert store.family is ZIMAGE
+    gguf = np.asarray(txt2img.run(store, base()).images[0]).astype(int)
+    folder = np.asarray(txt2img.run(zi.store, base()).images[0]).astype(int)
+    assert np.abs(gguf - folder).mean() < 8  # Q8_0: close, not equal
+    assert module_bytes(store.denoiser()) < module_bytes(zi.store.denoiser()) / 2

@@ -55,7 +55,7 @@ def build_zimage(seed: int = 70):
     torch.manual_seed(seed)
     text_encoder = Qwen3Model(Qwen3Config(vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH, intermediate_size=64,
                                           num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                                          head_dim=8, max_position_embeddings=1024,
+                                          head_dim=8, max_position_embeddings=40960, rope_theta=1000000.0,
                                           pad_token_id=tokenizer.pad_token_id))
     transformer = tiny_transformer(seed + 1)
     torch.manual_seed(seed + 2)
@@ -94,3 +94,76 @@ def save_demo_zimage(checkpoints: Path, controlnets: Path | None = None) -> Path
         net.save_pretrained(controlnets / DEMO_ZIMAGE_CONTROLNET, safe_serialization=True)
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(controlnets / DEMO_ZIMAGE_CONTROLNET_FILE))
     return folder
+
+
+# ComfyUI's split files of the demo Z-Image (the same weights as its folder).
+DEMO_ZIMAGE_SPLIT = "danqing-demo-z-image-turbo.safetensors"  # diffusion_models/
+DEMO_QWEN_SPLIT = "danqing-demo-qwen3.safetensors"  # text_encoders/
+DEMO_FLUX_VAE = "danqing-demo-ae.safetensors"  # vae/
+
+
+def transformer_to_original(transformer) -> dict:
+    """The transformer's weights under Z-Image's original names (what ComfyUI's
+    ``diffusion_models/`` files hold): the inverse of diffusers' single-file converter."""
+    import torch
+
+    renames = (("all_final_layer.2-1.", "final_layer."), ("all_x_embedder.2-1.", "x_embedder."),
+               (".attention.to_out.0.", ".attention.out."), (".attention.norm_k.", ".attention.k_norm."),
+               (".attention.norm_q.", ".attention.q_norm."))
+    state = transformer.state_dict()
+    out = {}
+    for key, value in state.items():
+        if ".attention.to_k." in key or ".attention.to_v." in key:
+            continue
+        if ".attention.to_q." in key:
+            stem = key.replace(".attention.to_q.", ".attention.")
+            parts = [state[key.replace(".to_q.", f".to_{x}.")] for x in "qkv"]
+            key, value = stem.replace(".attention.weight", ".attention.qkv.weight"), torch.cat(parts)
+        for old, new in renames:
+            key = key.replace(old, new)
+        out["model.diffusion_model." + key] = value.detach().contiguous().clone()
+    return out
+
+
+def save_demo_zimage_split(folder: Path, root: Path) -> None:
+    """The demo Z-Image folder as ComfyUI's three files, under ``root``'s models layout, and its
+    transformer as a Q8_0 GGUF beside them."""
+    from diffusers import ZImagePipeline
+    from safetensors.torch import save_file
+
+    from .single_file import vae_to_ldm
+
+    pipe = ZImagePipeline.from_pretrained(folder)
+    original = transformer_to_original(pipe.transformer)
+    save_file(original, str(root / "diffusion_models" / DEMO_ZIMAGE_SPLIT))
+    save_demo_zimage_gguf(original, root / "diffusion_models" / DEMO_ZIMAGE_GGUF)
+    text = {"model." + k: v.contiguous() for k, v in pipe.text_encoder.state_dict().items()}
+    save_file(text, str(root / "text_encoders" / DEMO_QWEN_SPLIT))
+    vae = {k.removeprefix("first_stage_model."): v for k, v in vae_to_ldm(pipe.vae).items()}
+    save_file(vae, str(root / "vae" / DEMO_FLUX_VAE))
+
+
+DEMO_ZIMAGE_GGUF = "danqing-demo-z-image-turbo-Q8_0.gguf"  # diffusion_models/, city96's layout
+
+
+def save_demo_zimage_gguf(original: dict, path: Path) -> Path:
+    """The transformer's original-layout weights as a GGUF file the way city96's Z-Image GGUFs
+    are made: linear weights whose rows fit Q8_0's 32-value blocks quantised to Q8_0, the rest
+    (norms, biases, pad tokens, odd widths) kept in F32."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), arch="lumina2")
+    for key, tensor in original.items():
+        name = key.removeprefix("model.diffusion_model.")
+        array = tensor.float().numpy()
+        if key.endswith(".weight") and array.ndim == 2 and array.shape[-1] % 32 == 0:
+            data = gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0)
+            writer.add_tensor(name, data, raw_shape=data.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            writer.add_tensor(name, np.ascontiguousarray(array, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -202,6 +202,9 @@ def vae_config(state: dict, prefix: str, scaling_factor: float) -> dict:
         "norm_num_groups": _groups(*widths),
         "scaling_factor": scaling_factor,
         "sample_size": 512,
+        # The Flux autoencoder (Z-Image's) has no 1×1 convolutions around its latents
+        "use_quant_conv": prefix + "quant_conv.weight" in state,
+        "use_post_quant_conv": prefix + "post_quant_conv.weight" in state,
     }
 
 

@@ -248,11 +248,12 @@ def family_of_source(path) -> ModelFamily | None:
     try:
         if path.is_dir():
             return family_of_index(json.loads((path / "model_index.json").read_text(encoding="utf-8")))
-        if path.suffix.lower() == ".safetensors":
-            from safetensors import safe_open
+        if path.suffix.lower() in (".safetensors", ".gguf"):
+            from .zimage_files import header_shapes, is_zimage_transformer
 
-            with safe_open(str(path), framework="pt") as f:
-                keys = list(f.keys())
+            keys = list(header_shapes(path))
+            if is_zimage_transformer(keys):  # ComfyUI's split Z-Image transformer
+                return ZIMAGE
             return SDXL if any(k.startswith("conditioner.embedders.") for k in keys) else SD1
     except Exception:  # unreadable: the loader says why when it is picked
         return None

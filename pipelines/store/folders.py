@@ -30,6 +30,9 @@ MODEL_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "vae": ("vae", (".safetensors", ".pt", ".ckpt", ".bin")),  # single files; diffusers folders too
     "embeddings": ("embeddings", (".pt", ".safetensors", ".bin")),  # textual inversion
     "vae_approx": ("vae-approx", ()),  # tiny preview decoders (diffusers AutoencoderTiny folders)
+    # ComfyUI's split files (formats/zimage_files.py): a transformer alone, a text encoder alone.
+    "diffusion_models": ("diffusion_models", (".safetensors", ".gguf")),
+    "text_encoders": ("text_encoders", (".safetensors",)),
 }
 
 
@@ -49,13 +52,17 @@ COMFYUI_LAYOUT: dict[str, tuple[str, ...]] = {
     "upscalers": ("models/upscale_models",),
     "vae": ("models/vae",),
     "embeddings": ("models/embeddings",),
+    "diffusion_models": ("models/diffusion_models", "models/unet"),
+    "text_encoders": ("models/text_encoders", "models/clip"),
 }
 LAYOUTS = {"a1111": A1111_LAYOUT, "comfyui": COMFYUI_LAYOUT}
 
 
 # ComfyUI's extra_model_paths.yaml keys -> Danqing's kinds (other keys are ComfyUI's own).
 EXTRA_PATHS_KEYS = {"checkpoints": "checkpoints", "vae": "vae", "loras": "lora", "lora": "lora",
-                    "embeddings": "embeddings", "controlnet": "controlnet", "upscale_models": "upscalers"}
+                    "embeddings": "embeddings", "controlnet": "controlnet", "upscale_models": "upscalers",
+                    "diffusion_models": "diffusion_models", "unet": "diffusion_models",
+                    "text_encoders": "text_encoders", "clip": "text_encoders"}
 
 
 def read_extra_model_paths(path: Path) -> tuple[tuple[str, Path], ...]:

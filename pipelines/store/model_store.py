@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError, ParamError
+from ..formats import zimage_files
 from ..formats.checkpoint import load_single_file, load_vae
 from ..formats.embeddings import Embedding, read_embedding
 from ..formats.weights import file_hash
@@ -83,6 +84,7 @@ class ModelStore:
         self._wanted_ref = settings.model
         self._load_seconds: float | None = None
         self.model_hash: str | None = None  # A1111's short hash of the loaded single file
+        self.split_files: dict | None = None  # a split Z-Image's three files (系统信息 names them)
         # The external VAE: what was asked ("auto", "none" or a name under models/vae) and what
         # is applied (a name, or None for the model's own, kept in _own_vae to switch back to).
         self._wanted_vae = settings.vae
@@ -107,6 +109,9 @@ class ModelStore:
             if name not in choices:
                 path = str(self.folders.resolve("checkpoints", name))
                 choices[name] = ModelChoice(name, path, True, "file")
+        for name in self.folders.list_files("diffusion_models"):
+            if name not in choices:  # ComfyUI's split Z-Image: the transformer file is the model
+                choices[name] = ModelChoice(name, str(self.folders.resolve("diffusion_models", name)), True, "split")
         if configured not in choices and (Path(configured) / "model_index.json").is_file():
             # A path given on the command line (never from the UI or API: those pick from this list).
             choices[configured] = ModelChoice(configured, configured, True, "path")
@@ -193,7 +198,9 @@ class ModelStore:
         self._base, self._base_ref = pipe, choice.ref
         self._family = family_of_pipeline(pipe)
         self._wanted_ref = choice.ref
-        self.model_hash = file_hash(Path(choice.source)) if choice.kind == "file" else None
+        self.model_hash = file_hash(Path(choice.source)) if choice.kind in ("file", "split") else None
+        if choice.kind != "split":
+            self.split_files = None
         self._own_vae, self.vae_ref, self.vae_hash = pipe.vae, None, None
         self._apply_vae(self._wanted_vae, quiet=True)
 
@@ -210,6 +217,30 @@ class ModelStore:
                 continue
             if len(tokenizer) == vocab_size:
                 log.info("tokenizer for a %d-token text encoder: %s's", vocab_size, name)
+                return tokenizer
+        return None
+
+    def _kind_paths(self, kind: str) -> list[Path]:
+        return [self.folders.resolve(kind, name) for name in self.folders.list_files(kind)]
+
+    def _qwen_tokenizer(self, rows: int):
+        """Qwen's tokenizer for a split Qwen3 text encoder with ``rows`` embedding rows: an
+        installed Z-Image folder's, else a Qwen instruct model's in models/prompters (Qwen2.5 and
+        Qwen3 share the vocabulary); None when there is none."""
+        from transformers import AutoTokenizer
+
+        folders = [self.folders.resolve("checkpoints", n) / "tokenizer"
+                   for n in self.folders.list_diffusers_dirs("checkpoints", "model_index.json")]
+        folders += [self.folders.resolve("prompters", n) for n in self.folders.list_diffusers_dirs("prompters", "config.json")]
+        for folder in folders:
+            if not (folder / "tokenizer_config.json").is_file():
+                continue
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            except Exception:  # an unreadable tokenizer: try the next
+                continue
+            if "<|im_start|>" in tokenizer.get_vocab() and rows - 1024 < len(tokenizer) <= rows:
+                log.info("Qwen tokenizer for the split text encoder: %s", folder)
                 return tokenizer
         return None
 
@@ -236,7 +267,7 @@ class ModelStore:
     def _load(self, choice: ModelChoice):
         started = time.perf_counter()
         kwargs: dict = dict(dtype=self.plan.dtype)
-        if choice.kind != "file":
+        if choice.kind not in ("file", "split"):
             cls = self._folder_family(choice).pipeline_class("txt2img")
             if "safety_checker" in inspect.signature(cls.__init__).parameters:
                 kwargs.update(safety_checker=None, requires_safety_checker=False)
@@ -252,6 +283,10 @@ class ModelStore:
                     raise ModelError("model_download_failed", name=choice.ref) from exc
             elif choice.kind == "file":
                 pipe = load_single_file(Path(choice.source), self.plan.dtype, self.plan.device, self._tokenizer_for)
+            elif choice.kind == "split":
+                pipe, self.split_files = zimage_files.assemble(
+                    Path(choice.source), self._kind_paths("text_encoders"), self._kind_paths("vae"), self.plan.dtype,
+                    self._qwen_tokenizer)
             else:
                 pipe = cls.from_pretrained(choice.source, local_files_only=True, **kwargs)
         except ModelError:
@@ -369,7 +404,13 @@ class ModelStore:
         # the store's dtype so the shared fp16 weights stay fp16, and keep a VAE that was
         # upcast after a NaN decode (tasks/denoise.decode_latents) in fp32.
         vae_dtype = base.vae.dtype
-        pipe = cls.from_pipe(base, dtype=self.plan.dtype, **components)
+        if getattr(self._family.denoiser_of(base), "is_quantized", False):
+            # A GGUF transformer cannot be cast (from_pipe casts every module): the same shared
+            # modules handed to the task pipeline's constructor as they are.
+            wanted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+            pipe = cls(**{**{k: v for k, v in base.components.items() if k in wanted}, **components})
+        else:
+            pipe = cls.from_pipe(base, dtype=self.plan.dtype, **components)
         if base.vae.dtype != vae_dtype:
             base.vae.to(vae_dtype)
         _know_latents(pipe)
@@ -406,6 +447,7 @@ class ModelStore:
             "model": self.current_ref,
             "model_loaded": self._base is not None,
             "family": self._family.name if self._base is not None else None,
+            "split_files": self.split_files if self._base is not None else None,
             "vae": self.vae_ref,
             "device": str(self.plan.device),
             "dtype": dtype_name(self.plan.dtype),
