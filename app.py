@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     from startup import EngineOptions, build_studio, choose_model
 
     speed = dict(attention=args.attention, channels_last=args.channels_last, fuse_qkv=args.fuse_qkv,
-                 vae_tiling=args.vae_tiling, compile=args.compile,
+                 vae_tiling=args.vae_tiling, compile=args.compile, memory_mode=args.memory_mode,
                  preview=args.preview, preview_every=args.preview_every, vae=args.vae)
     installs = tuple((kind, path) for kind, path in (("a1111", args.a1111_dir), ("comfyui", args.comfyui_dir)) if path)
     started = choose_model(EngineOptions(model=args.model, models_dir=args.models_dir, outputs_dir=args.outputs_dir,

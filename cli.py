@@ -37,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format for the U-Net and VAE")
     p.add_argument("--fuse-qkv", action="store_true", help="fuse the U-Net's Q/K/V projections into one matmul")
     p.add_argument("--vae-tiling", action="store_true", help="decode large images tile by tile (bounded memory)")
+    p.add_argument("--memory-mode", default="auto", choices=["auto", "resident", "park", "fp8"],
+                   help="GPU memory: auto (from the free memory) | resident | park (text encoders on the CPU between "
+                        "prompts) | fp8 (park + float8 denoiser weights)")
     p.add_argument("--compile", action="store_true", help="torch.compile the U-Net (slow first run; GPU only worth it)")
     p.add_argument("--preview", default="auto", choices=["auto", "approx", "taesd", "off"],
                    help="live step previews: a tiny decoder from models/vae-approx (taesd) or the linear approximation")

@@ -267,3 +267,64 @@ def test_a_gguf_transformer_runs_quantised_and_close_to_the_folder(demo_models, 
     folder = np.asarray(txt2img.run(zi.store, base()).images[0]).astype(int)
     assert np.abs(gguf - folder).mean() < 8  # Q8_0: close, not equal
     assert module_bytes(store.denoiser()) < module_bytes(zi.store.denoiser()) / 2
+
+
+# Memory modes --------------------------------------------------------------------------------------
+def test_memory_modes_are_chosen_from_the_free_memory_and_shown(zi):
+    from pipelines.store import memory
+    from strings import load
+    from ui.system_view import system_markdown
+
+    pipe, family = zi.store.base(), ZIMAGE
+    main, encoders = memory.parts_bytes(pipe, family)
+    cuda = torch.device("cuda")
+    assert memory.choose("auto", cuda, main + encoders + memory.HEADROOM, pipe, family) == ("resident", "fits")
+    assert memory.choose("auto", cuda, main + memory.HEADROOM, pipe, family) == ("park", "encoders_parked")
+    assert memory.choose("auto", cuda, main, pipe, family) == ("fp8", "denoiser_fp8")
+    assert memory.choose("auto", torch.device("cpu"), None, pipe, family) == ("resident", "not_gpu")
+    assert memory.choose("park", torch.device("cpu"), None, pipe, family) == ("park", "asked")
+    info = zi.system_info()
+    assert info["memory"] == {"mode": "resident", "why": "not_gpu", "gguf": False, "parked": []}
+    assert "显存模式 | 全部常驻" in system_markdown(load("zh"), info)
+
+
+def test_parked_and_fp8_modes_give_the_same_picture(demo_models, zi):
+    """park: the Qwen3 encoder leaves after each prompt (here the CPU is both places: the hooks
+    run, the picture is the resident one); fp8: the transformer blocks' matrices stored in
+    float8 (half of bf16, a quarter of fp32), the picture close."""
+    from pipelines.store import EngineSettings, ModelStore
+    from pipelines.store.cache import module_bytes
+
+    resident = np.asarray(txt2img.run(zi.store, base()).images[0]).astype(int)
+    parked = ModelStore(EngineSettings(model=DEMO_ZIMAGE, models_dir=demo_models, demo=True, memory_mode="park"))
+    assert np.array_equal(np.asarray(txt2img.run(parked, base()).images[0]).astype(int), resident)
+    assert parked.system_info()["memory"]["parked"] == ["text_encoder"]
+    fp8 = ModelStore(EngineSettings(model=DEMO_ZIMAGE, models_dir=demo_models, demo=True, memory_mode="fp8"))
+    out = np.asarray(txt2img.run(fp8, base()).images[0]).astype(int)
+    assert np.abs(out - resident).mean() < 12
+    blocks = [p for n, p in fp8.denoiser().named_parameters()
+              if n.startswith(("layers.", "noise_refiner.", "context_refiner.")) and p.dim() == 2]
+    assert blocks and all(p.dtype == torch.float8_e4m3fn for p in blocks)  # every block's matrices
+    assert module_bytes(fp8.denoiser()) < module_bytes(zi.store.denoiser())
+
+
+def test_an_svdquant_model_off_cuda_is_a_chinese_sentence(demo_models, tmp_path):
+    import json
+    import shutil
+
+    from pipelines.errors import ModelError
+    from pipelines.store import EngineSettings, ModelStore
+    from strings import error_text, load
+
+    folder = tmp_path / "checkpoints" / "svdq-int4_r32-z-image-turbo"
+    shutil.copytree(demo_models / "checkpoints" / DEMO_ZIMAGE, folder)
+    config = json.loads((folder / "transformer" / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "nunchaku_lite", "compute_dtype": "bfloat16",
+                                     "svdq_w4a4": {"precision": "int4", "group_size": 64, "rank": 32,
+                                                   "targets": ["layers.0.attention.to_q"]}}
+    (folder / "transformer" / "config.json").write_text(json.dumps(config))
+    store = ModelStore(EngineSettings(model=folder.name, models_dir=tmp_path, demo=True))
+    with pytest.raises(ModelError) as err:
+        store.base()
+    assert err.value.code == "svdquant_unavailable"
+    assert "NVIDIA" in error_text(load("zh"), err.value.code, err.value.fields)

@@ -29,6 +29,13 @@ def system_markdown(S, info: dict) -> str:
                                          for name, value in speed.items() if name != "attention") or "-"),
         (S.system_version, f"Danqing {info.get('version', '?')} · torch {info.get('torch', '?')}"),
     ]
+    memory = info.get("memory")
+    if isinstance(memory, dict):
+        rows.insert(3, (S.system_memory, f"{S.memory_modes.get(memory.get('mode'), memory.get('mode'))}"
+                                         f" · {S.memory_why.get(memory.get('why'), memory.get('why'))}"))
+    split = info.get("split_files")
+    if isinstance(split, dict):
+        rows.insert(1, (S.system_split, " + ".join(str(v) for v in split.values())))
     if "ray_replicas" in info:  # --ray: the engine runs on Ray Serve replicas, not in this process
         states = S.list_sep.join(S.system_replica_count.format(state=S.system_replica_states.get(r["state"], r["state"]),
                                                                n=r["count"]) for r in info["ray_replicas"]) or "-"

@@ -30,6 +30,7 @@ from ..formats.families import SD1, ModelFamily, family_of_index, family_of_pipe
 from .folders import ModelFolders
 from .settings import KNOWN_HUB_MODELS, EngineSettings
 from .quiet import quiet_known_noise
+from . import memory
 from .speed import apply_speed_options
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class ModelStore:
         self._load_seconds: float | None = None
         self.model_hash: str | None = None  # A1111's short hash of the loaded single file
         self.split_files: dict | None = None  # a split Z-Image's three files (系统信息 names them)
+        self.memory: dict | None = None  # how the base sits in GPU memory (store/memory.py)
         # The external VAE: what was asked ("auto", "none" or a name under models/vae) and what
         # is applied (a name, or None for the model's own, kept in _own_vae to switch back to).
         self._wanted_vae = settings.vae
@@ -197,6 +199,7 @@ class ModelStore:
         cached by path, size and mtime), its own VAE kept, the chosen external VAE applied."""
         self._base, self._base_ref = pipe, choice.ref
         self._family = family_of_pipeline(pipe)
+        self.memory = getattr(self, "_memory_pending", None)
         self._wanted_ref = choice.ref
         self.model_hash = file_hash(Path(choice.source)) if choice.kind in ("file", "split") else None
         if choice.kind != "split":
@@ -293,12 +296,19 @@ class ModelStore:
             raise
         except Exception as exc:  # any loader failure is a user-facing "cannot load" error
             log.exception("loading %s failed", choice.ref)
+            if choice.kind in ("folder", "path") and memory.svdquant_config(choice.source) is not None:
+                # Nunchaku's 4-bit SVDQuant: CUDA, a non-Hopper NVIDIA GPU and the kernels package
+                raise ModelError("svdquant_unavailable", name=choice.ref,
+                                 device=str(self.plan.device)) from exc
             text = str(exc).lower()
             code = "model_file_corrupt" if ("deserializ" in text or "header" in text or "corrupt" in text or "unexpected eof" in text) else "model_load_failed"
             raise ModelError(code, name=choice.ref) from exc
-        if self.plan.device.type != "cpu":
-            pipe.to(self.plan.device)
         family = family_of_pipeline(pipe)
+        free = torch.cuda.mem_get_info(self.plan.device)[0] if self.plan.device.type == "cuda" else None
+        mode, why = memory.choose(self.settings.memory_mode, self.plan.device, free, pipe, family)
+        memory.apply(mode, pipe, family, self.plan.device, self.plan.dtype)
+        self._memory_pending = memory.describe(pipe, family, mode, why)
+        log.info("memory mode %s (%s)", mode, why)
         if (self.plan.dtype == torch.float16 and not family.vae_fp16_safe
                 and pipe.vae.config.get("force_upcast", True)):
             pipe.vae.to(torch.float32)  # SDXL's own VAE overflows in fp16 (sdxl-vae-fp16-fix does not)
@@ -448,6 +458,7 @@ class ModelStore:
             "model_loaded": self._base is not None,
             "family": self._family.name if self._base is not None else None,
             "split_files": self.split_files if self._base is not None else None,
+            "memory": self.memory if self._base is not None else None,
             "vae": self.vae_ref,
             "device": str(self.plan.device),
             "dtype": dtype_name(self.plan.dtype),

@@ -44,5 +44,8 @@ class EngineSettings:
     # when there is one, else the linear approximation) | approx | taesd | off.
     preview: str = "auto"
     preview_every: float = 1.0  # seconds between two previews of one job, at least
+    # How the base sits in GPU memory (store/memory.py): auto (from the free memory) | resident |
+    # park (text encoders on the CPU between prompts) | fp8 (park + float8 denoiser weights).
+    memory_mode: str = "auto"
     # Byte budget of the models cached next to the base (ControlNets, upscalers, annotators).
     cache_budget_bytes: int = 4 * 1024**3
