@@ -396,3 +396,26 @@ def test_an_sdxl_single_file_through_the_a1111_api(api):
         assert status == 200 and decode(body["images"][0]).size == (64, 64)
     finally:
         call(api, "/sdapi/v1/options", {"sd_model_checkpoint": "danqing-demo-zh"})
+
+
+def test_z_image_through_the_a1111_api(api):
+    """sd_model_checkpoint switches to the demo Z-Image; txt2img with a quoted Chinese title and
+    img2img run on it; the PNG's parameters keep the title and say Euler (its own sampler)."""
+    models = {m["model_name"]: m for m in call(api, "/sdapi/v1/sd-models")[1]}
+    assert "danqing-demo-z-image-turbo" in models
+    try:
+        status, _ = call(api, "/sdapi/v1/options", {"sd_model_checkpoint": "danqing-demo-z-image-turbo"})
+        assert status == 200
+        status, body = call(api, "/sdapi/v1/txt2img", {"prompt": "海报，标题“丹青”", **SMALL, "seed": 5,
+                                                      "cfg_scale": 0, "sampler_name": "DPM++ 2M"})
+        assert status == 200, body
+        fields = parse_parameters(decode(body["images"][0]).info["parameters"])
+        assert fields["prompt"] == "海报，标题“丹青”" and fields["fields"]["Sampler"] == "Euler", fields
+        assert fields["fields"]["Model"] == "danqing-demo-z-image-turbo"
+        buffer = io.BytesIO()
+        decode(body["images"][0]).save(buffer, format="PNG")
+        status, body = call(api, "/sdapi/v1/img2img", {"prompt": "海报", "init_images": [base64.b64encode(buffer.getvalue()).decode()],
+                                                      "denoising_strength": 0.5, **SMALL})
+        assert status == 200 and decode(body["images"][0]).size == (64, 64)
+    finally:
+        call(api, "/sdapi/v1/options", {"sd_model_checkpoint": "danqing-demo-zh"})

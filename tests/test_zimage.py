@@ -328,3 +328,37 @@ def test_an_svdquant_model_off_cuda_is_a_chinese_sentence(demo_models, tmp_path)
         store.base()
     assert err.value.code == "svdquant_unavailable"
     assert "NVIDIA" in error_text(load("zh"), err.value.code, err.value.fields)
+
+
+# LoRAs -----------------------------------------------------------------------------------------------
+def test_a_z_image_lora_in_every_published_layout_means_the_same(zi):
+    """diffusers/PEFT, ComfyUI/ai-toolkit and Kohya/musubi (alpha folded in) files of one LoRA
+    give one picture, different from none; A1111's <lora:…> tag works; switching off restores."""
+    from pipelines.demo.zimage import DEMO_ZIMAGE_LORAS
+
+    plain = rgb(zi.txt2img(base())[0][0])
+    pictures = {layout: rgb(zi.txt2img(base(loras=[[name, 1.0]]))[0][0]) for layout, name in DEMO_ZIMAGE_LORAS.items()}
+    assert np.abs(pictures["peft"] - plain).mean() > 2
+    assert np.abs(pictures["peft"] - pictures["comfy"]).max() <= 1
+    assert np.abs(pictures["peft"] - pictures["kohya"]).max() <= 1
+    tagged, info = zi.txt2img(base(prompt=TITLE + " <lora:danqing-demo-zimage-lora:1>"))
+    assert np.abs(rgb(tagged[0]) - pictures["peft"]).max() <= 1
+    with Image.open(tagged[0]) as image:
+        assert "Lora hashes:" in image.info["parameters"] and "标题“丹青”" in image.info["parameters"]
+    assert np.array_equal(rgb(zi.txt2img(base())[0][0]), plain)
+    assert any(row["kind"] == "lora" for row in zi.store.resident_models()) or zi.store.adapters.rows()
+
+
+def test_loras_of_the_other_families_are_named_in_chinese(zi, studio):
+    from pipelines.demo.zimage import DEMO_ZIMAGE_LORAS
+    from pipelines.errors import ModelError
+    from strings import error_text, load
+
+    with pytest.raises(ModelError) as err:
+        zi.txt2img(base(loras=[["danqing-demo-kohya", 1.0]]))  # an SD 1.x LoRA on Z-Image
+    assert err.value.code == "lora_family" and err.value.fields["base"] == "Z-Image"
+    with pytest.raises(ModelError) as err:
+        studio.txt2img(Txt2Img.from_fields(prompt="山水", width=64, height=64, num_inference_steps=2,
+                                           loras=[[DEMO_ZIMAGE_LORAS["kohya"], 1.0]]))
+    assert err.value.code == "lora_family" and err.value.fields["lora"] == "Z-Image"
+    assert "Z-Image" in error_text(load("zh"), err.value.code, err.value.fields)

@@ -17,7 +17,8 @@ through exactly the code a real model goes through:
 - ``checkpoints/danqing-demo-z-image-turbo``: a tiny Z-Image (造相) — Qwen3 encoder, diffusion
   transformer, 16-channel autoencoder (``zimage.py``), and its ControlNet union as a folder and
   as alibaba-pai's single file (``controlnet/demo-z-image-controlnet-union*``), and the same
-  Z-Image as ComfyUI's split files (``diffusion_models/``, ``text_encoders/``, ``vae/``);
+  Z-Image as ComfyUI's split files (``diffusion_models/``, ``text_encoders/``, ``vae/``, and a
+  Q8_0 GGUF), and one Z-Image LoRA in the PEFT, ComfyUI and Kohya layouts (``lora/``);
 - ``captioners/danqing-demo-blip-zh``: a BLIP captioner in Taiyi-BLIP's layout (``captioner.py``);
 - ``translators/danqing-demo-opus-mt-zh-en``: a MarianMT translator in opus-mt-zh-en's layout
   (``translator.py``), for Chinese prompts on the English-only demo SDXL;
@@ -44,7 +45,7 @@ from .esrgan import save_demo_upscalers
 from .library import save_demo_embeddings, save_demo_single_file, save_demo_vae
 from .lora import save_demo_loras
 from .kolors import save_demo_kolors
-from .zimage import save_demo_zimage, save_demo_zimage_split
+from .zimage import save_demo_zimage, save_demo_zimage_loras, save_demo_zimage_split
 from .sdxl import save_demo_sdxl, save_demo_sdxl_loras
 from .sd import DEMO_MODEL, DEMO_MODEL_INPAINT, DEMO_MODEL_SAFETENSORS, TOKEN_WINDOW, save_sd_pipeline
 
@@ -99,6 +100,7 @@ def build_bundle(root: Path) -> None:
     save_demo_sdxl(ckpt)
     save_demo_kolors(ckpt)
     save_demo_zimage_split(save_demo_zimage(ckpt, folders.folder("controlnet")), root)
+    save_demo_zimage_loras(folders.folder("lora"))
     save_demo_vae(folders.folder("vae"))
     save_demo_embeddings(folders.folder("embeddings"))
     (root / "README.txt").write_text(

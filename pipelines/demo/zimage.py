@@ -167,3 +167,40 @@ def save_demo_zimage_gguf(original: dict, path: Path) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+# The same Z-Image LoRA in the three layouts people publish (models/lora).
+DEMO_ZIMAGE_LORAS = {
+    "peft": "danqing-demo-zimage-lora.safetensors",  # diffusers/PEFT: transformer.<module>.lora_A/B
+    "comfy": "danqing-demo-zimage-comfy.safetensors",  # ComfyUI/ai-toolkit: diffusion_model.<module>
+    "kohya": "danqing-demo-zimage-kohya.safetensors",  # Kohya/musubi-tuner: lora_unet_<module_>, alpha
+}
+ZIMAGE_LORA_TARGETS = ("attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.0",
+                       "feed_forward.w1", "feed_forward.w3")
+
+
+def save_demo_zimage_loras(folder: Path, seed: int = 90, rank: int = 4) -> None:
+    """Rank-4 matrices on both main blocks' attention and feed-forward layers of the demo
+    transformer; the Kohya file carries alpha = rank / 2 with its up matrices doubled, so all
+    three mean the same LoRA."""
+    import torch
+    from safetensors.torch import save_file
+
+    transformer = tiny_transformer()
+    torch.manual_seed(seed)
+    peft, comfy, kohya = {}, {}, {}
+    for block in range(2):
+        for target in ZIMAGE_LORA_TARGETS:
+            module = transformer.get_submodule(f"layers.{block}.{target}")
+            down = torch.randn(rank, module.in_features) * 0.3
+            up = torch.randn(module.out_features, rank) * 0.3
+            path = f"layers.{block}.{target}"
+            peft[f"transformer.{path}.lora_A.weight"], peft[f"transformer.{path}.lora_B.weight"] = down, up
+            comfy[f"diffusion_model.{path}.lora_A.weight"], comfy[f"diffusion_model.{path}.lora_B.weight"] = down, up
+            name = "lora_unet_" + path.replace(".", "_")
+            kohya[f"{name}.lora_down.weight"], kohya[f"{name}.lora_up.weight"] = down, up * 2
+            kohya[f"{name}.alpha"] = torch.tensor(rank / 2)
+    folder.mkdir(parents=True, exist_ok=True)
+    for layout, state in (("peft", peft), ("comfy", comfy), ("kohya", kohya)):
+        save_file({k: v.contiguous() for k, v in state.items()}, str(folder / DEMO_ZIMAGE_LORAS[layout]),
+                  metadata={"modelspec.architecture": "z-image-turbo/lora", "ss_base_model_version": "z_image_turbo"})

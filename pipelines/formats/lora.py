@@ -34,7 +34,8 @@ HEADER_LIMIT = 100 * 1024 * 1024  # a safetensors JSON header larger than this i
 
 # Components of a pipeline that take LoRA weights, as named in state-dict prefixes (SDXL's
 # second text encoder included: its family says whether the base has one).
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2")
+DENOISERS = ("unet", "transformer")
 
 
 # Prefixes of other architectures' components (SD3, Flux, ...): refused, never skipped.
@@ -44,10 +45,15 @@ FOREIGN_PREFIXES = ("text_encoder_3.", "transformer.", "lora_transformer_")
 # Which family a LoRA is for, from its text-encoder prefixes, else its cross-attention width.
 _SDXL_PREFIXES = ("lora_te1_", "lora_te2_", "text_encoder_2.")
 _CONTEXT_WIDTHS = {768: "sd1", 1024: "sd1", 2048: "sdxl"}
+# Z-Image's transformer blocks (any layout: dots or Kohya's underscores): a U-Net has none.
+_ZIMAGE_MODULE = re.compile(r"(^|[._])(layers|noise_refiner|context_refiner)[._]\d+[._](attention|feed_forward|adaLN_modulation)")
 
 
 def lora_family(state: dict) -> str | None:
-    """"sdxl", "sd1" (SD 1.x/2.x) or None (cannot tell: a tiny or U-Net-only file of odd width)."""
+    """"zimage", "sdxl", "sd1" (SD 1.x/2.x) or None (cannot tell: a tiny or U-Net-only file of
+    odd width)."""
+    if any(_ZIMAGE_MODULE.search(k) for k in state):
+        return "zimage"
     if any(k.startswith(_SDXL_PREFIXES) for k in state):
         return "sdxl"
     if any(k.startswith("lora_te_") for k in state):
@@ -169,8 +175,8 @@ class LoraLayers:
         diffusers looks at the first key to pick a converter."""
         downs, ups = {}, {}
         for (component, path), (down, up) in self.layers.items():
-            if component == "unet":
-                downs[f"unet.{path}.lora_A.weight"], ups[f"unet.{path}.lora_B.weight"] = down, up
+            if component in DENOISERS:
+                downs[f"{component}.{path}.lora_A.weight"], ups[f"{component}.{path}.lora_B.weight"] = down, up
             else:  # text_encoder, or SDXL's text_encoder_2
                 downs[f"{component}.{path}.lora_linear_layer.down.weight"] = down
                 ups[f"{component}.{path}.lora_linear_layer.up.weight"] = up
@@ -187,16 +193,18 @@ def map_state_dict(pipe, state: dict[str, torch.Tensor], label: str) -> LoraLaye
     from .families import FAMILIES, family_of_pipeline
 
     family = family_of_pipeline(pipe)
-    components = ("unet", *family.text_encoders)
+    components = (family.denoiser, *family.text_encoders)
     # 1. Kohya/A1111 names go through diffusers' own converter (alphas come back separately).
     alphas: dict[str, float] = {}
-    if any(k.startswith(FOREIGN_PREFIXES) for k in state):
-        raise ModelError("lora_wrong_architecture", name=label, detail=_first(state, FOREIGN_PREFIXES))
     made_for = lora_family(state)
-    if made_for is not None and made_for != family.name:  # an SD 1.x LoRA on SDXL, or the reverse
+    if made_for is not None and made_for != family.name:  # an SD 1.x LoRA on SDXL, a Z-Image one on SD, ...
         raise ModelError("lora_family", name=label, lora=FAMILIES[made_for].label, base=family.label)
+    if family.denoiser == "transformer":
+        state = _transformer_lora(family, state, label)
+    elif any(k.startswith(FOREIGN_PREFIXES) for k in state):
+        raise ModelError("lora_wrong_architecture", name=label, detail=_first(state, FOREIGN_PREFIXES))
     kohya_layers = 0
-    if state and all(k.startswith(("lora_unet_", *family.lora_text_prefixes)) for k in state):
+    if family.denoiser == "unet" and state and all(k.startswith(("lora_unet_", *family.lora_text_prefixes)) for k in state):
         # LyCORIS (hada_, lokr_), DoRA (dora_scale) and the like: refused, not half-read.
         odd = next((k for k in state if not k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha"))), None)
         if odd is not None:
@@ -253,6 +261,24 @@ def map_state_dict(pipe, state: dict[str, torch.Tensor], label: str) -> LoraLaye
         log.warning("LoRA %s names %d modules this model lacks, e.g. %s", label, len(missing), missing[0])
         raise ModelError("lora_wrong_architecture", name=label, detail=missing[0][:120])
     return mapped
+
+
+def _transformer_lora(family, state: dict, label: str) -> dict:
+    """A Z-Image LoRA in any layout people publish — diffusers/PEFT (``transformer.``),
+    ComfyUI/ai-toolkit (``diffusion_model.``), Kohya/musubi-tuner (``lora_unet_layers_0_…``
+    with ``.alpha``) — through diffusers' own Z-Image converter to ``transformer.<module>.lora_A``
+    keys, alphas folded in. LoKr/LoHa/DoRA are refused, not half-read."""
+    odd = next((k for k in state if "dora_scale" in k or ".lokr_" in k or ".hada_" in k), None)
+    if odd is not None:
+        raise ModelError("lora_unsupported_format", name=label, detail=odd[:120])
+    try:
+        converted = family.pipeline_class("txt2img").lora_state_dict(dict(state))
+    except (ValueError, KeyError, IndexError, RuntimeError) as exc:
+        log.warning("diffusers cannot convert the Z-Image LoRA %s: %s", label, exc)
+        raise ModelError("lora_unsupported_format", name=label, detail=str(exc)[:120]) from exc
+    if isinstance(converted, tuple):
+        converted = converted[0]
+    return dict(converted)
 
 
 def _first(state: dict, prefixes: tuple[str, ...]) -> str:

@@ -11,6 +11,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 # Adapters kept loaded on one base; the least recently used is deleted beyond this.
 MAX_ADAPTERS = 8
 
@@ -46,10 +48,14 @@ class AdapterTable:
 
 
 def adapter_bytes(base, name: str) -> int:
-    """Bytes of adapter ``name``'s matrices over the U-Net and the text encoder."""
+    """Bytes of adapter ``name``'s matrices over the denoiser (U-Net or transformer) and the text
+    encoders."""
     total = 0
-    for component in ("unet", "text_encoder"):
-        for module in getattr(base, component).modules():
+    for component in ("unet", "transformer", "text_encoder", "text_encoder_2"):
+        model = getattr(base, component, None)
+        if not isinstance(model, torch.nn.Module):
+            continue
+        for module in model.modules():
             for part in ("lora_A", "lora_B"):
                 layers = getattr(module, part, None)
                 if layers is not None and name in layers:

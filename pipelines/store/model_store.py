@@ -242,7 +242,7 @@ class ModelStore:
                 tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
             except Exception:  # an unreadable tokenizer: try the next
                 continue
-            if "<|im_start|>" in tokenizer.get_vocab() and rows - 1024 < len(tokenizer) <= rows:
+            if "<|im_start|>" in tokenizer.get_vocab() and len(tokenizer) <= rows:  # its ids fit the embedding
                 log.info("Qwen tokenizer for the split text encoder: %s", folder)
                 return tokenizer
         return None
