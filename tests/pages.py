@@ -53,7 +53,8 @@ ALLOWED_WORDS = {
     "sdpa", "torch", "torch.compile", "channels_last", "QKV", "VAE", "CLIP", "EasyNegative", "HuggingFace", "ModelScope", "SHA-256", "SD1",
     "U-Net", "rank", "alpha", "min-SNR", "MB", "GB", "PAI", "Gradio", "MCP", "BLIP", "Florence-2", "Qwen2-VL",
     "TCD", "Hyper-SD", "LCM-LoRA", "TCD-LoRA", "SGM", "Uniform", "GPU", "Transformer",
-    "SDXL", "SDXL-Lightning", "Lightning", "DMD2", "union", "Kolors",
+    "SDXL", "SDXL-Lightning", "Lightning", "DMD2", "union", "Kolors", "Z-Image", "Z-Image-Turbo",
+    "GGUF", "fp8", "bf16", "Qwen3",
     # a folder the designer is told to put files in: models/captioners/, a file's ending
     "models", "captioners", "translators", "prompters", "lora", "safetensors",
 }

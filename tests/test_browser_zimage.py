@@ -119,3 +119,12 @@ def test_a_z_image_designers_walk(page, zimage_app, tmp_path):
     page.get_by_text("显存模式").first.wait_for(timeout=30_000)
     shot(page, tmp_path, "6-system")
     assert english_words(page) == set(), english_words(page)
+    # 8. 模型下载: the 常用模型 list fills source, repository and folder for Z-Image-Turbo.
+    page.get_by_role("tab", name="模型下载").first.click()
+    page.get_by_label("常用模型（选一个即填好来源、仓库和类型）").first.click()
+    page.get_by_role("option", name="Z-Image-Turbo 造相（图中写汉字，ModelScope）").click()
+    page.wait_for_function("() => document.querySelector('#download-repo textarea, #download-repo input').value"
+                           " === 'Tongyi-MAI/Z-Image-Turbo'", timeout=30_000)
+    assert page.get_by_label("ModelScope 魔搭").first.is_checked()
+    shot(page, tmp_path, "7-download-suggestion")
+    assert english_words(page) == set(), english_words(page)

@@ -10,15 +10,14 @@ import weakref
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import make_studio
+from PIL import Image
+from test_edit import box_mask, far_from, photo, rgb
+
 from pipelines.demo.zimage import DEMO_ZIMAGE
 from pipelines.formats.families import SD1, ZIMAGE
 from pipelines.requests import Img2Img, Inpaint, Outpaint, Txt2Img
 from pipelines.tasks import txt2img
-
-from test_edit import box_mask, far_from, photo, rgb
 
 TITLE = "海报，标题“丹青”，水墨山水"
 BASE = dict(prompt=TITLE, width=64, height=64, num_inference_steps=3, seed=7, sampler="Euler", guidance_scale=0.0)
@@ -161,7 +160,10 @@ def _unit(tmp_path, model, weight=1.0, **more):
 
 
 def test_the_controlnet_union_guides_txt2img_and_inpainting_from_its_folder_or_single_file(zi, tmp_path):
-    from pipelines.demo.zimage import DEMO_ZIMAGE_CONTROLNET, DEMO_ZIMAGE_CONTROLNET_FILE
+    from pipelines.demo.zimage import (
+        DEMO_ZIMAGE_CONTROLNET,
+        DEMO_ZIMAGE_CONTROLNET_FILE,
+    )
     from pipelines.requests import Control
 
     plain = rgb(zi.txt2img(base())[0][0])

@@ -22,15 +22,15 @@ from ..errors import ModelError, ParamError
 from ..formats import zimage_files
 from ..formats.checkpoint import load_single_file, load_vae
 from ..formats.embeddings import Embedding, read_embedding
+from ..formats.families import SD1, ModelFamily, family_of_index, family_of_pipeline
 from ..formats.weights import file_hash
+from . import memory
 from .adapters import AdapterTable
 from .cache import ResidentCache, module_bytes
 from .devices import DevicePlan, attention_backend, dtype_name, free_memory, plan_device
-from ..formats.families import SD1, ModelFamily, family_of_index, family_of_pipeline
 from .folders import ModelFolders
-from .settings import KNOWN_HUB_MODELS, EngineSettings
 from .quiet import quiet_known_noise
-from . import memory
+from .settings import KNOWN_HUB_MODELS, EngineSettings
 from .speed import apply_speed_options
 
 log = logging.getLogger(__name__)
