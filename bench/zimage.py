@@ -36,9 +36,11 @@ def zimage_transformer(layers: int = 4, refiners: int = 1, seed: int = 0):
     return model
 
 
-def build_zimage_full(folder: Path, layers: int = 4, refiners: int = 1, text_layers: int = 2, seed: int = 0) -> Path:
+def build_zimage_full(folder: Path, layers: int = 4, refiners: int = 1, text_layers: int = 2, seed: int = 0,
+                      vocab: int = 151936) -> Path:
     """Write the pipeline to ``folder`` (skipped when it is already there), in bf16 (as the
-    hub ships it); loaded in whatever dtype the run asks for."""
+    hub ships it); loaded in whatever dtype the run asks for. ``vocab``: the embedding's rows
+    (the real 151,936 for timing; a test may keep only the tokenizer's)."""
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline
     from transformers import Qwen3Config, Qwen3Model
@@ -51,7 +53,7 @@ def build_zimage_full(folder: Path, layers: int = 4, refiners: int = 1, text_lay
     started = time.perf_counter()
     tokenizer = qwen_tokenizer()
     torch.manual_seed(seed)
-    text_encoder = Qwen3Model(Qwen3Config(vocab_size=151936, hidden_size=2560, intermediate_size=9728,
+    text_encoder = Qwen3Model(Qwen3Config(vocab_size=vocab, hidden_size=2560, intermediate_size=9728,
                                           num_hidden_layers=text_layers, num_attention_heads=32, num_key_value_heads=8,
                                           head_dim=128, max_position_embeddings=40960, rope_theta=1000000.0,
                                           pad_token_id=tokenizer.pad_token_id))

@@ -121,3 +121,53 @@ def test_two_logins_each_their_own_history_and_the_old_picture_is_the_administra
         yi.locator("#logged-in a", has_text="退出登录").click()
         yi.get_by_label("密码").wait_for(timeout=30_000)
         browser.close()
+
+
+def test_an_edited_translation_is_the_editors_own(team_app, tmp_path):
+    """Issue 32 with two logins: on the (English-only) demo SDXL, 甲 edits the English the
+    translator gave 「雨后的西湖」 and generates with it; 乙 typing the same Chinese still gets
+    the translator's English, and 甲's next picture keeps 甲's words."""
+    with playwright.sync_playwright() as p:
+        browser = launch_chromium(p)
+        pages = {}
+        for user, password in USERS.items():
+            context = browser.new_context(viewport={"width": 1300, "height": 900}, locale="zh-CN")
+            page = context.new_page()
+            log_in(page, team_app.url, user, password)
+            pages[user] = page
+        jia, yi = pages["甲"], pages["乙"]
+        try:
+            # 1. The administrator switches the shared model to the English-only SDXL.
+            jia.get_by_label("基础模型").first.click()
+            jia.get_by_role("option", name="danqing-demo-xl（本地） · SDXL").click()
+            jia.get_by_text("已切换到模型：danqing-demo-xl").first.wait_for(timeout=90_000)
+            # 2. 甲 generates, edits the English, uses it, generates again.
+            fill_and_generate(jia, "雨后的西湖", width=128, height=128)
+            jia.locator("#english-box").wait_for(timeout=30_000)
+            translated = jia.locator("#english-prompt textarea").input_value()
+            jia.locator("#english-prompt textarea").fill("west lake after the rain, misty willows")
+            jia.click("#english-use")
+            jia.get_by_text("已记住").first.wait_for(timeout=30_000)
+            jia.click("#generate")
+            jia.wait_for_timeout(1000)
+            jia.locator("#result-summary").get_by_text("misty willows").first.wait_for(timeout=120_000)
+            jia.screenshot(path=str(tmp_path / "3-jia-edited.png"), full_page=True)
+            # 3. 乙, same Chinese: the translator's English, not 甲's edit.
+            yi.reload(wait_until="networkidle")
+            yi.get_by_role("tab", name="创作").first.wait_for(timeout=60_000)
+            fill_and_generate(yi, "雨后的西湖", width=128, height=128)
+            yi.locator("#english-box").wait_for(timeout=30_000)
+            theirs = yi.locator("#english-prompt textarea").input_value()
+            assert theirs == translated and "misty willows" not in theirs, theirs
+            assert yi.locator("#result-summary").get_by_text("misty willows").count() == 0
+            yi.screenshot(path=str(tmp_path / "4-yi-translator.png"), full_page=True)
+            assert english_words(yi) == set(), english_words(yi)
+            # 4. 甲's next picture still uses 甲's words.
+            jia.click("#generate")
+            jia.wait_for_timeout(1000)
+            jia.locator("#result-summary").get_by_text("misty willows").first.wait_for(timeout=120_000)
+        finally:
+            jia.get_by_label("基础模型").first.click()
+            jia.get_by_role("option", name="danqing-demo-zh（本地）").click()
+            jia.get_by_text("已切换到模型：danqing-demo-zh").first.wait_for(timeout=90_000)
+            browser.close()

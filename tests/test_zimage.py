@@ -269,6 +269,7 @@ def test_a_gguf_transformer_runs_quantised_and_close_to_the_folder(demo_models, 
     folder = np.asarray(txt2img.run(zi.store, base()).images[0]).astype(int)
     assert np.abs(gguf - folder).mean() < 8  # Q8_0: close, not equal
     assert module_bytes(store.denoiser()) < module_bytes(zi.store.denoiser()) / 2
+    assert store.system_info()["memory"]["mode"] == "gguf"  # 系统信息 says it
 
 
 # Memory modes --------------------------------------------------------------------------------------
@@ -364,3 +365,21 @@ def test_loras_of_the_other_families_are_named_in_chinese(zi, studio):
                                            loras=[[DEMO_ZIMAGE_LORAS["kohya"], 1.0]]))
     assert err.value.code == "lora_family" and err.value.fields["lora"] == "Z-Image"
     assert "Z-Image" in error_text(load("zh"), err.value.code, err.value.fields)
+
+
+def test_what_z_image_does_not_do_here_is_said(zi, tmp_path):
+    """DeepCache (a U-Net trick) is skipped and said; 训练 LoRA on Z-Image is a Chinese sentence."""
+    from pipelines.errors import DanqingError
+    from pipelines.requests import TrainLora
+    from pipelines.tasks import train as training
+
+    paths, info = zi.txt2img(base(deepcache=2))
+    assert info["notices"]["deepcache_skipped"] == "Z-Image"
+    pictures = []
+    for i in range(2):
+        pictures.append(tmp_path / f"z{i}.png")
+        photo(seed=i).save(pictures[-1])
+    request = TrainLora.build("z", "x", [str(p) for p in pictures], None, steps=1, resolution=64)
+    with pytest.raises(DanqingError) as err:
+        training.train(zi.store, request, tmp_path / "lora" / "_run", tmp_path / "lora")
+    assert err.value.code == "train_family_unsupported"

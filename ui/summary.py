@@ -81,6 +81,8 @@ def summarize(S, info_text: str | None) -> tuple[str, str]:
     notices = info.get("notices") or {}
     if notices.get("prompt_chunks"):
         lines.append(S.summary_prompt_chunks.format(chunks=notices["prompt_chunks"]))
+    if notices.get("deepcache_skipped"):
+        lines.append(S.summary_deepcache_skipped.format(family=notices["deepcache_skipped"]))
     if notices.get("full_strength"):
         lines.append(S.summary_full_strength.format(family=notices["full_strength"]))
     if notices.get("sampler"):

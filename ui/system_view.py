@@ -31,8 +31,10 @@ def system_markdown(S, info: dict) -> str:
     ]
     memory = info.get("memory")
     if isinstance(memory, dict):
-        rows.insert(3, (S.system_memory, f"{S.memory_modes.get(memory.get('mode'), memory.get('mode'))}"
-                                         f" · {S.memory_why.get(memory.get('why'), memory.get('why'))}"))
+        mode = S.memory_modes.get(memory.get("mode"), memory.get("mode"))
+        if memory.get("mode") == "gguf" and memory.get("parked"):
+            mode += " + " + S.memory_modes["park"]
+        rows.insert(3, (S.system_memory, f"{mode} · {S.memory_why.get(memory.get('why'), memory.get('why'))}"))
     split = info.get("split_files")
     if isinstance(split, dict):
         rows.insert(1, (S.system_split, " + ".join(str(v) for v in split.values())))

@@ -70,7 +70,7 @@ def apply(mode: str, pipe, family, device: torch.device, dtype: torch.dtype) -> 
 def describe(pipe, family, mode: str, why: str) -> dict:
     """系统信息's line: the mode, why, and whether the denoiser is a GGUF one."""
     quantized = getattr(family.denoiser_of(pipe), "is_quantized", False)
-    return {"mode": "gguf" if quantized and mode == "resident" else mode, "why": why,
+    return {"mode": "gguf" if quantized else mode, "why": why,
             "gguf": bool(quantized), "parked": [n for n in family.text_encoders
                                                 if getattr(getattr(pipe, n), "_danqing_parked", False)]}
 

@@ -179,8 +179,11 @@ def denoise(
     if params.guidance_rescale and "guidance_rescale" in accepted:  # CFG rescale (0: the plain CFG)
         call_kwargs = {"guidance_rescale": params.guidance_rescale, **(call_kwargs or {})}
     # 2. Denoise to latents; the callback reports steps and honours stop.
-    # DeepCache reuses a U-Net's deep blocks; a transformer (Z-Image) has none to reuse.
-    with deep_cache(getattr(pipe, "unet", None), params.deepcache if hasattr(pipe, "unet") else 1):
+    # DeepCache reuses a U-Net's deep blocks; a transformer (Z-Image) has none to reuse: said.
+    unet = getattr(pipe, "unet", None)
+    if unet is None and params.deepcache > 1:
+        notices["deepcache_skipped"] = store.family.label
+    with deep_cache(unet, params.deepcache if unet is not None else 1):
         latents = pipe(
             **prompt_arguments(pipe, params.prompt, params.negative_prompt, notices, store, params.clip_skip),
             **size,
