@@ -320,6 +320,10 @@ class DownloadsApi(Protocol):
         """Where each source downloads from now (HF_ENDPOINT, MODELSCOPE_ENDPOINT honoured)."""
         ...
 
+    def download_suggestions(self) -> list[tuple[str, str, str, str]]:
+        """常用模型: (name, source, repository, folder kind), Chinese models first."""
+        ...
+
     def download_plan(self, source: str, repo: str) -> list[dict]:
         """The repository's files with sizes, before anything is fetched."""
         ...

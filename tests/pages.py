@@ -65,7 +65,7 @@ GRADIO_LITERALS = {"queue", "processing"}
 MODEL_NAME = re.compile(r"^(danqing-demo-[a-z]+(-[a-z]+)*|demo-[a-z]+(-[a-z]+)*|sd15-only|p\d+|png|txt|lcm-lora-sdv1-5-tiny"
                         r"|pytorch_lora_weights|Hyper-SD15-2steps-lora-tiny|RealESRGAN_x[24]plus-tiny|realesr-general-x4v3-tiny|xy"
                         r"|sdxl_lightning_4step_lora-tiny|danqing-demo-qwen-prompter|danqing-demo-opus-mt-zh-en)"
-                        r"(\.(safetensors|pt|pth|bin|png|txt))?$")
+                        r"(-Q8_0)?(\.(safetensors|pt|pth|bin|png|txt|gguf))?$")
 
 
 # The progress line is the bar's own label, drawn by CSS (ui/layout.CLEAN_PROGRESS).

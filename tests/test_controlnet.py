@@ -59,8 +59,10 @@ def plain(store):
 # 1. What is listed and how it loads -----------------------------------------------------------
 def test_lists_folders_files_and_depth_estimators(store):
     from pipelines.demo.controlnet import DEMO_XL_CANNY, DEMO_XL_UNION
+    from pipelines.demo.zimage import DEMO_ZIMAGE_CONTROLNET, DEMO_ZIMAGE_CONTROLNET_FILE
 
-    assert cn.list_controlnets(store) == [DEMO_CANNY, DEMO_DEPTH, DEMO_WRONG, DEMO_XL_CANNY, DEMO_XL_UNION]
+    assert cn.list_controlnets(store) == [DEMO_CANNY, DEMO_DEPTH, DEMO_WRONG, DEMO_XL_CANNY, DEMO_XL_UNION,
+                                          DEMO_ZIMAGE_CONTROLNET, DEMO_ZIMAGE_CONTROLNET_FILE]
     assert annotators.list_depth_estimators(store) == [DEMO_DEPTH_ESTIMATOR]
 
 

@@ -383,3 +383,13 @@ def test_what_z_image_does_not_do_here_is_said(zi, tmp_path):
     with pytest.raises(DanqingError) as err:
         training.train(zi.store, request, tmp_path / "lora" / "_run", tmp_path / "lora")
     assert err.value.code == "train_family_unsupported"
+
+
+def test_the_vae_list_offers_what_the_model_reads(zi, studio):
+    """The 16-channel ae.safetensors is offered to Z-Image, not to an SD model, and the reverse."""
+    from pipelines.demo.library import DEMO_VAE
+    from pipelines.demo.zimage import DEMO_FLUX_VAE
+
+    assert DEMO_FLUX_VAE in zi.vae_choices() and DEMO_VAE not in zi.vae_choices()
+    studio.store.base()
+    assert DEMO_VAE in studio.vae_choices() and DEMO_FLUX_VAE not in studio.vae_choices()

@@ -8,7 +8,6 @@ import html
 
 import gradio as gr
 
-from pipelines.downloads import SUGGESTIONS
 from strings import error_text
 
 from . import inputs
@@ -67,7 +66,8 @@ def build_tab(ctx: UIContext) -> None:
         sources = studio.download_sources()
         gr.Markdown(S.download_intro.format(hf=sources["huggingface"], mirror=sources["hf_mirror"],
                                             ms=sources["modelscope"]))
-        suggest = inputs.dropdown(S, choices=[(S.download_suggestions[name], name) for name, *_ in SUGGESTIONS],
+        suggestions = studio.download_suggestions()
+        suggest = inputs.dropdown(S, choices=[(S.download_suggestions[name], name) for name, *_ in suggestions],
                                   value=None, label=S.download_suggest_label, elem_id="download-suggest")
         with gr.Row():
             source = inputs.radio(S, [(S.download_source_hf, "huggingface"), (S.download_source_mirror, "hf_mirror"),
@@ -144,7 +144,7 @@ def build_tab(ctx: UIContext) -> None:
         return refresh()
 
     def suggested(name: str):
-        for key, where, repo_id, folder in SUGGESTIONS:
+        for key, where, repo_id, folder in suggestions:
             if key == name:
                 return where, repo_id, folder
         return gr.update(), gr.update(), gr.update()

@@ -58,6 +58,24 @@ def _hub_cached(repo_id: str) -> bool:
         return False
 
 
+def _vae_channels(path: Path) -> int | None:
+    """A VAE's latent channels from its config or safetensors header (None: cannot tell cheaply)."""
+    import json
+
+    try:
+        if path.is_dir():
+            return int(json.loads((path / "config.json").read_text(encoding="utf-8"))["latent_channels"])
+        if path.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                key = next((k for k in f.keys() if k.endswith("decoder.conv_in.weight")), None)
+                return int(f.get_slice(key).get_shape()[1]) if key else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return None
+
+
 def _know_latents(pipe) -> None:
     """Tell the pipeline's image processor its VAE's latent width: Z-Image's pipelines build
     theirs with the 4-channel default, so 16-channel latents handed in as ``image`` (高清修复's
@@ -319,9 +337,15 @@ class ModelStore:
 
     # 2b. The external VAE ------------------------------------------------------------------
     def vae_choices(self) -> list[str]:
-        """VAE files and diffusers folders in models/vae (and an install's VAE folders)."""
-        return [*self.folders.list_single_files("vae", "config.json"),
-                *self.folders.list_diffusers_dirs("vae", "config.json")]
+        """VAE files and diffusers folders in models/vae (and an install's VAE folders); with a
+        model loaded, those whose latents it reads (a 16-channel Flux/Z-Image ``ae.safetensors``
+        is not offered to an SD model, nor SD's VAEs to Z-Image)."""
+        names = [*self.folders.list_single_files("vae", "config.json"),
+                 *self.folders.list_diffusers_dirs("vae", "config.json")]
+        if self._base is None:
+            return names
+        want = self._family.latent_channels
+        return [n for n in names if _vae_channels(self.folders.resolve("vae", n)) in (None, want)]
 
     def auto_vae(self, ref: str | None = None) -> str | None:
         """A1111's automatic choice: a VAE in models/vae named like the checkpoint (``x.*`` or

@@ -5,7 +5,7 @@ sets up (store, outputs, jobs, ...); ui/ and api/ see it through pipelines/contr
 
 from __future__ import annotations
 
-from ..downloads import endpoint
+from ..downloads import SUGGESTIONS, endpoint
 
 
 class Downloading:
@@ -13,6 +13,10 @@ class Downloading:
     def download_sources(self) -> dict:
         """Where each source downloads from now (HF_ENDPOINT, MODELSCOPE_ENDPOINT honoured)."""
         return {source: endpoint(source) for source in ("huggingface", "hf_mirror", "modelscope")}
+
+    def download_suggestions(self) -> list[tuple[str, str, str, str]]:
+        """常用模型: (name, source, repository, folder kind), Chinese models first."""
+        return list(SUGGESTIONS)
 
     def download_plan(self, source: str, repo: str) -> list[dict]:
         """The repository's files with sizes, before anything is fetched."""
