@@ -393,3 +393,48 @@ def test_the_vae_list_offers_what_the_model_reads(zi, studio):
     assert DEMO_FLUX_VAE in zi.vae_choices() and DEMO_VAE not in zi.vae_choices()
     studio.store.base()
     assert DEMO_VAE in studio.vae_choices() and DEMO_FLUX_VAE not in studio.vae_choices()
+
+
+# X/Y, 历史, a tiny preview decoder -------------------------------------------------------------------
+def test_xy_grid_and_history_on_z_image(zi):
+    """An X/Y grid of quoted-title prompts (Prompt S/R) and seeds; 历史 finds the picture by
+    the Chinese title."""
+    from extensions import load_extensions
+
+    grid = load_extensions([]).get("xy_grid").module
+    base_fields = dict(prompt=TITLE, negative_prompt="", sampler="Euler", seed=-1, num_inference_steps=2,
+                       guidance_scale=0, width=64, height=64)
+    path, info = grid.run_grid(zi, base_fields, "prompt_sr", "丹青，山水", "seed", "1-2")
+    with Image.open(path) as image:
+        assert image.size == tuple(info["size"]) and image.size[0] >= 2 * 64
+    zi.txt2img(base(prompt="海报，标题“青绿山水”，留白"))
+    page = zi.history(text="青绿山水")
+    assert page.total >= 1 and "标题“青绿山水”" in page.entries[0].prompt
+
+
+def test_a_taef1_tiny_decoder_gives_z_image_previews(zi, tmp_path):
+    """A 16-channel AutoencoderTiny in models/vae-approx named like madebyollin's taef1 is picked
+    for Z-Image (never taesd's 4-channel one), cached, and previews arrive full size."""
+    from dataclasses import replace
+
+    from diffusers import AutoencoderTiny
+
+    from pipelines.store import ModelFolders, ModelStore
+    from pipelines.tasks.preview import preview_decoder
+
+    approx = tmp_path / "vae-approx"
+    tiny = dict(encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4,
+                num_encoder_blocks=(1,) * 4, num_decoder_blocks=(1,) * 4)
+    AutoencoderTiny(**tiny).save_pretrained(approx / "taesd-tiny")
+    AutoencoderTiny(latent_channels=16, **tiny).save_pretrained(approx / "taef1-tiny")
+
+    class Folders(ModelFolders):
+        def folder(self, kind):
+            return approx if kind == "vae_approx" else super().folder(kind)
+
+    live = ModelStore(replace(zi.store.settings, preview_every=0.0), Folders(zi.store.folders.root))
+    shown = []
+    txt2img.run(live, base(num_inference_steps=3), on_preview=lambda image, step, total: shown.append(image))
+    assert len(shown) == 2 and shown[0].size == (64, 64)
+    assert [row["name"] for row in live.resident_models() if row["kind"] == "preview_decoder"] == ["taef1-tiny"]
+    assert preview_decoder(live).func.__name__ == "tiny_decode"
