@@ -216,24 +216,27 @@ def make_danqing(folder: Path, device: str, dtype: str, deepcache: int = 0, job:
     return run
 
 
-def make_baseline_xl(folder: Path, device: torch.device, dtype: torch.dtype):
-    """Plain diffusers' StableDiffusionXLPipeline, its own (Euler) scheduler, CFG 7.5."""
-    from diffusers import StableDiffusionXLPipeline
+def make_baseline_family(folder: Path, device: torch.device, dtype: torch.dtype, cls: str, prompt: str,
+                         guidance: float):
+    """Plain diffusers' pipeline ``cls`` (StableDiffusionXLPipeline, ZImagePipeline) on the
+    folder, its own scheduler, the job's prompt and guidance."""
+    import diffusers
 
-    pipe = StableDiffusionXLPipeline.from_pretrained(folder, torch_dtype=dtype).to(device)
+    pipe = getattr(diffusers, cls).from_pretrained(folder, torch_dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
 
     def run(seed: int, args) -> tuple[np.ndarray, StepClock]:
         clock = StepClock(device)
-        image = pipe(PROMPT, width=args.size, height=args.size, num_inference_steps=args.steps, guidance_scale=7.5,
+        image = pipe(prompt, width=args.size, height=args.size, num_inference_steps=args.steps, guidance_scale=guidance,
                      generator=torch.Generator("cpu").manual_seed(seed), callback_on_step_end=clock.on_step_end).images[0]
         return np.asarray(image), clock
 
     return run
 
 
-def make_danqing_xl(folder: Path, device: str, dtype: str):
-    """Danqing's store and 文生图 on the SDXL folder, Euler like the baseline."""
+def make_danqing_family(folder: Path, device: str, dtype: str, prompt: str, guidance: float):
+    """Danqing's store and 文生图 on the folder, the same job (Euler: SDXL's own scheduler, and
+    the name Z-Image's flow-matching Euler goes by)."""
     from pipelines.requests import Txt2Img
     from pipelines.store import ModelStore
     from pipelines.store.settings import EngineSettings
@@ -245,51 +248,8 @@ def make_danqing_xl(folder: Path, device: str, dtype: str):
 
     def run(seed: int, args) -> tuple[np.ndarray, StepClock]:
         clock = StepClock(store.plan.device)
-        params = Txt2Img.from_fields(prompt=PROMPT, width=args.size, height=args.size, seed=seed,
-                                     num_inference_steps=args.steps, guidance_scale=7.5, sampler="Euler")
-        result = txt2img.run(store, params, on_step=lambda i, n: clock.tick())
-        return np.asarray(result.images[0]), clock
-
-    return run
-
-
-VARIANTS_XL = {
-    "diffusers": lambda f, a, d, t: make_baseline_xl(f, d, t),
-    "danqing": lambda f, a, d, t: make_danqing_xl(f, a.device, a.dtype),
-}
-
-
-def make_baseline_zimage(folder: Path, device: torch.device, dtype: torch.dtype):
-    """Plain diffusers' ZImagePipeline, its own scheduler, Turbo's guidance 0 (no CFG)."""
-    from diffusers import ZImagePipeline
-
-    pipe = ZImagePipeline.from_pretrained(folder, torch_dtype=dtype).to(device)
-    pipe.set_progress_bar_config(disable=True)
-
-    def run(seed: int, args) -> tuple[np.ndarray, StepClock]:
-        clock = StepClock(device)
-        image = pipe(PROMPT_ZIMAGE, width=args.size, height=args.size, num_inference_steps=args.steps, guidance_scale=0.0,
-                     generator=torch.Generator("cpu").manual_seed(seed), callback_on_step_end=clock.on_step_end).images[0]
-        return np.asarray(image), clock
-
-    return run
-
-
-def make_danqing_zimage(folder: Path, device: str, dtype: str):
-    """Danqing's store and 文生图 on the Z-Image folder, the same job."""
-    from pipelines.requests import Txt2Img
-    from pipelines.store import ModelStore
-    from pipelines.store.settings import EngineSettings
-    from pipelines.tasks import txt2img
-
-    store = ModelStore(EngineSettings(model=str(folder), models_dir=folder.parent / "models", device=device,
-                                      dtype=dtype))
-    store.base()
-
-    def run(seed: int, args) -> tuple[np.ndarray, StepClock]:
-        clock = StepClock(store.plan.device)
-        params = Txt2Img.from_fields(prompt=PROMPT_ZIMAGE, width=args.size, height=args.size, seed=seed,
-                                     num_inference_steps=args.steps, guidance_scale=0.0, sampler="Euler")
+        params = Txt2Img.from_fields(prompt=prompt, width=args.size, height=args.size, seed=seed,
+                                     num_inference_steps=args.steps, guidance_scale=guidance, sampler="Euler")
         result = txt2img.run(store, params, on_step=lambda i, n: clock.tick())
         return np.asarray(result.images[0]), clock
 
@@ -298,9 +258,14 @@ def make_danqing_zimage(folder: Path, device: str, dtype: str):
 
 # A poster with a quoted Chinese title: what Z-Image is picked for.
 PROMPT_ZIMAGE = "海报，标题“丹青”，水墨山水，留白"
+# SDXL: CFG 7.5; Z-Image-Turbo: guidance 0 (no CFG).
+VARIANTS_XL = {
+    "diffusers": lambda f, a, d, t: make_baseline_family(f, d, t, "StableDiffusionXLPipeline", PROMPT, 7.5),
+    "danqing": lambda f, a, d, t: make_danqing_family(f, a.device, a.dtype, PROMPT, 7.5),
+}
 VARIANTS_ZIMAGE = {
-    "diffusers": lambda f, a, d, t: make_baseline_zimage(f, d, t),
-    "danqing": lambda f, a, d, t: make_danqing_zimage(f, a.device, a.dtype),
+    "diffusers": lambda f, a, d, t: make_baseline_family(f, d, t, "ZImagePipeline", PROMPT_ZIMAGE, 0.0),
+    "danqing": lambda f, a, d, t: make_danqing_family(f, a.device, a.dtype, PROMPT_ZIMAGE, 0.0),
 }
 
 

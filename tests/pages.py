@@ -1,13 +1,17 @@
 """Helpers of the browser tests: Debian's Chromium driven by playwright (its own browser
 download cannot work offline), the English-word check of a designer's walk, the check that a
-picture is drawn whole, the progress line as the page shows it, logging in through the page."""
+picture is drawn whole, the progress line as the page shows it, logging in through the page,
+the pixels a picture on the page really shows, a ControlNet run from its tab."""
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 
+import numpy as np
 import pytest
+from PIL import Image
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
@@ -165,3 +169,24 @@ def send_to_inpaint_and_paint(page, start: float = 0.45, end: float = 0.55) -> N
     page.mouse.down()
     page.mouse.move(box["x"] + box["width"] * end, box["y"] + box["height"] * end, steps=8)
     page.mouse.up()
+
+
+def shown_pixels(page, selector: str) -> np.ndarray:
+    """The pixels of the picture an <img> on the page shows, fetched by the page itself."""
+    src = page.locator(selector).first.get_attribute("src")
+    data = page.evaluate("async (u) => Array.from(new Uint8Array(await (await fetch(u)).arrayBuffer()))", src)
+    return np.asarray(Image.open(io.BytesIO(bytes(data))).convert("RGB"))
+
+
+def control_with(page, image_path, model: str) -> None:
+    """线稿控制 as a designer does it: upload the picture, pick the ControlNet, 用线稿生成, and
+    wait until the summary names the ControlNet."""
+    page.get_by_role("tab", name="线稿控制").first.click()
+    page.locator("#generate-canny").wait_for(timeout=30_000)
+    page.locator("#generate-canny").locator("xpath=ancestor::div[contains(@class,'tabitem')]").locator(
+        "input[type=file]").first.set_input_files(str(image_path))
+    page.get_by_label("ControlNet 模型").first.click()
+    page.get_by_role("option", name=model, exact=True).click()
+    page.wait_for_timeout(500)
+    page.click("#generate-canny")
+    page.locator("#result-summary").get_by_text(f"ControlNet：{model}").first.wait_for(timeout=120_000)

@@ -2,7 +2,6 @@
 its executable_path — playwright's own browser download cannot work offline). Skips with the
 reason when no browser or no playwright is installed; .ci/run installs both."""
 
-import io
 import re
 import time
 
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pages import CHROMIUM, send_to_inpaint_and_paint, PROGRESS_LINE, designer_page, english_words, fill_and_generate
+from pages import CHROMIUM, send_to_inpaint_and_paint, PROGRESS_LINE, designer_page, english_words, fill_and_generate, shown_pixels
 
 pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)"),
               pytest.mark.browser]
@@ -154,13 +153,6 @@ def test_fast_mode_sets_a_few_step_lora_and_gives_the_settings_back(page, tmp_pa
     page.wait_for_timeout(500)
     assert page.get_by_label("采样步数").first.input_value() == "20"
     assert page.get_by_text("LoRA 模型 · 已启用").count() == 0
-
-
-def shown_pixels(page, selector: str) -> np.ndarray:
-    """The pixels of the picture an <img> on the page shows, fetched by the page itself."""
-    src = page.locator(selector).first.get_attribute("src")
-    data = page.evaluate("async (u) => Array.from(new Uint8Array(await (await fetch(u)).arrayBuffer()))", src)
-    return np.asarray(Image.open(io.BytesIO(bytes(data))).convert("RGB"))
 
 
 def test_sending_acts_on_the_picture_on_screen(page, browser_app, tmp_path):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from pages import CHROMIUM, send_to_inpaint_and_paint, designer_page, english_words, fill_and_generate
+from pages import CHROMIUM, control_with, designer_page, english_words, fill_and_generate, send_to_inpaint_and_paint
 
 pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)"),
               pytest.mark.browser]
@@ -84,16 +84,7 @@ def test_an_sdxl_designers_walk(page, sdxl_app, tmp_path):
     ImageDraw.Draw(lines).ellipse((24, 24, 104, 104), outline="black", width=6)
     path = tmp_path / "lines.png"
     lines.save(path)
-    page.get_by_role("tab", name="线稿控制").first.click()
-    page.locator("#generate-canny").wait_for(timeout=30_000)
-    page.locator("#generate-canny").locator("xpath=ancestor::div[contains(@class,'tabitem')]").locator(
-        "input[type=file]").first.set_input_files(str(path))
-    model = page.get_by_label("ControlNet 模型").first
-    model.click()
-    page.get_by_role("option", name="demo-xl-canny").click()
-    page.wait_for_timeout(500)
-    page.click("#generate-canny")
-    page.locator("#result-summary").get_by_text("ControlNet：demo-xl-canny").first.wait_for(timeout=120_000)
+    control_with(page, path, "demo-xl-canny")
     shot(page, tmp_path, "4-controlnet")
     assert english_words(page) == set(), english_words(page)
     # 6. An SD 1.x LoRA on this SDXL model: a Chinese sentence, and the page keeps working.

@@ -49,6 +49,16 @@ def search(page, text: str, scope: str | None = None) -> str:
     return page.locator("#history-page").inner_text()
 
 
+def logged_in_pages(browser, url: str):
+    """甲's and 乙's pages, each in its own browser context (its own cookies), logged in."""
+    pages = []
+    for user, password in USERS.items():
+        page = browser.new_context(viewport={"width": 1300, "height": 900}, locale="zh-CN").new_page()
+        log_in(page, url, user, password)
+        pages.append(page)
+    return pages
+
+
 def toasts(page) -> list[str]:
     return page.locator(".toast-body").all_inner_texts()
 
@@ -62,13 +72,7 @@ def test_two_logins_each_their_own_history_and_the_old_picture_is_the_administra
         login.get_by_text("丹青 Danqing").first.wait_for(timeout=30_000)
         login.screenshot(path=str(tmp_path / "0-login.png"))
         assert english_words(login) == set(), english_words(login)
-        pages = {}
-        for user, password in USERS.items():
-            context = browser.new_context(viewport={"width": 1300, "height": 900}, locale="zh-CN")
-            page = context.new_page()
-            log_in(page, team_app.url, user, password)
-            pages[user] = page
-        jia, yi = pages["甲"], pages["乙"]
+        jia, yi = logged_in_pages(browser, team_app.url)
         # 1. Who is logged in, and 退出登录.
         assert "已登录：甲（管理员）" in jia.locator("#logged-in").inner_text()
         assert "已登录：乙" in yi.locator("#logged-in").inner_text()
@@ -129,13 +133,7 @@ def test_an_edited_translation_is_the_editors_own(team_app, tmp_path):
     the translator's English, and 甲's next picture keeps 甲's words."""
     with playwright.sync_playwright() as p:
         browser = launch_chromium(p)
-        pages = {}
-        for user, password in USERS.items():
-            context = browser.new_context(viewport={"width": 1300, "height": 900}, locale="zh-CN")
-            page = context.new_page()
-            log_in(page, team_app.url, user, password)
-            pages[user] = page
-        jia, yi = pages["甲"], pages["乙"]
+        jia, yi = logged_in_pages(browser, team_app.url)
         try:
             # 1. The administrator switches the shared model to the English-only SDXL.
             jia.get_by_label("基础模型").first.click()

@@ -5,7 +5,6 @@ PNG's parameters and the picture on screen is the one saved — send it to 图�
 guide one with the Z-Image ControlNet union, read 系统信息 (the transformer, the memory mode);
 every screen reads Chinese."""
 
-import io
 import os
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from pages import CHROMIUM, designer_page, english_words, fill_and_generate, send_to_inpaint_and_paint
+from pages import CHROMIUM, control_with, designer_page, english_words, send_to_inpaint_and_paint, shown_pixels
 
 pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)"),
               pytest.mark.browser]
@@ -38,13 +37,6 @@ def page(zimage_app):
 def shot(page, tmp_path, name: str) -> None:
     folder = Path(os.environ.get("DANQING_SHOTS") or tmp_path)
     page.screenshot(path=str(folder / f"zimage-{name}.png"), full_page=True)
-
-
-def shown_pixels(page, selector: str) -> np.ndarray:
-    """The pixels of the picture an <img> on the page shows, fetched by the page itself."""
-    src = page.locator(selector).first.get_attribute("src")
-    data = page.evaluate("async (u) => Array.from(new Uint8Array(await (await fetch(u)).arrayBuffer()))", src)
-    return np.asarray(Image.open(io.BytesIO(bytes(data))).convert("RGB"))
 
 
 def test_a_z_image_designers_walk(page, zimage_app, tmp_path):
@@ -101,16 +93,7 @@ def test_a_z_image_designers_walk(page, zimage_app, tmp_path):
     ImageDraw.Draw(lines).rectangle((24, 40, 104, 88), outline="black", width=6)
     path = tmp_path / "lines.png"
     lines.save(path)
-    page.get_by_role("tab", name="线稿控制").first.click()
-    page.locator("#generate-canny").wait_for(timeout=30_000)
-    page.locator("#generate-canny").locator("xpath=ancestor::div[contains(@class,'tabitem')]").locator(
-        "input[type=file]").first.set_input_files(str(path))
-    model = page.get_by_label("ControlNet 模型").first
-    model.click()
-    page.get_by_role("option", name="demo-z-image-controlnet-union", exact=True).click()
-    page.wait_for_timeout(500)
-    page.click("#generate-canny")
-    page.locator("#result-summary").get_by_text("ControlNet：demo-z-image-controlnet-union").first.wait_for(timeout=120_000)
+    control_with(page, path, "demo-z-image-controlnet-union")
     shot(page, tmp_path, "5-controlnet")
     assert english_words(page) == set(), english_words(page)
     # 7. 系统信息: the transformer is the denoiser, and how it sits in memory.
