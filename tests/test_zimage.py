@@ -438,3 +438,27 @@ def test_a_taef1_tiny_decoder_gives_z_image_previews(zi, tmp_path):
     assert len(shown) == 2 and shown[0].size == (64, 64)
     assert [row["name"] for row in live.resident_models() if row["kind"] == "preview_decoder"] == ["taef1-tiny"]
     assert preview_decoder(live).func.__name__ == "tiny_decode"
+
+
+def test_a_switch_that_runs_out_of_gpu_memory_brings_the_previous_model_back(demo_models, tmp_path, monkeypatch):
+    """The previous model leaves the GPU before Z-Image takes it; if Z-Image still does not fit,
+    the error is 显存不足 and the previous model is loaded back, working."""
+    from pipelines.errors import ModelError
+    from pipelines.store import memory
+
+    own = make_studio(demo_models, tmp_path / "out")
+    first = rgb(own.txt2img(Txt2Img.from_fields(prompt="山水", width=64, height=64, num_inference_steps=2, seed=3))[0][0])
+    real = memory.apply
+
+    def apply(mode, pipe, family, device, dtype):
+        if family is ZIMAGE:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(mode, pipe, family, device, dtype)
+
+    monkeypatch.setattr(memory, "apply", apply)
+    with pytest.raises(ModelError) as err:
+        own.switch_model(DEMO_ZIMAGE)
+    assert err.value.code == "out_of_memory"
+    assert own.store.family is SD1 and own.current_model() == "danqing-demo-zh"
+    again = rgb(own.txt2img(Txt2Img.from_fields(prompt="山水", width=64, height=64, num_inference_steps=2, seed=3))[0][0])
+    assert np.array_equal(first, again)

@@ -27,7 +27,7 @@ from ..formats.weights import file_hash
 from . import memory
 from .adapters import AdapterTable
 from .cache import ResidentCache, module_bytes
-from .devices import DevicePlan, attention_backend, dtype_name, free_memory, plan_device
+from .devices import DevicePlan, attention_backend, dtype_name, free_memory, is_oom, plan_device
 from .folders import ModelFolders
 from .quiet import quiet_known_noise
 from .settings import KNOWN_HUB_MODELS, EngineSettings
@@ -185,7 +185,8 @@ class ModelStore:
         with self.lock:
             if self._base is None:
                 choice = self.choice(self._wanted_ref)
-                self._adopt(self._load(choice), choice)
+                pipe, split = self._load(choice)
+                self._adopt(pipe, choice, split, self._place(pipe))
             return self._base
 
     def select(self, ref: str) -> None:
@@ -196,32 +197,57 @@ class ModelStore:
             self._wanted_ref = ref
 
     def switch(self, ref: str):
-        """Make ``ref`` the base model. On failure the previous model stays active."""
+        """Make ``ref`` the base model. It is read into memory first (a failure there keeps the
+        previous model active), then the previous one leaves the GPU and the new one takes its
+        place — so an SDXL and a Z-Image never need the GPU at the same time. Should placing
+        the new one fail (out of GPU memory), the previous model is loaded back."""
         with self.lock:
             choice = self.choice(ref)
             if self._base is not None and ref == self._base_ref:
                 return self._base
-            new = self._load(choice)
-            old = self._base
-            if self._family.denoiser != "unet":
-                # Z-Image ControlNets share the old transformer's embedders: drop them with it
-                self.cache.drop("controlnet")
-            self._adopt(new, choice)
-            self.adapters = AdapterTable()  # the old base's adapters go with it
-            del old
-            free_memory(self.plan.device)
+            new, split = self._load(choice)
+            previous = self._base_ref if self._base is not None else None
+            self._release()
+            try:
+                placed = self._place(new)
+            except Exception as exc:
+                log.exception("placing %s on %s failed", ref, self.plan.device)
+                del new
+                free_memory(self.plan.device)
+                self._restore(previous)
+                raise ModelError("out_of_memory" if is_oom(exc) else "model_load_failed", name=ref) from exc
+            self._adopt(new, choice, split, placed)
             return new
 
-    def _adopt(self, pipe, choice: ModelChoice) -> None:
-        """Make a freshly loaded pipeline the base: its A1111 hash (a single file's short hash,
-        cached by path, size and mtime), its own VAE kept, the chosen external VAE applied."""
+    def _release(self) -> None:
+        """Let the current base go (and what only it used: its LoRA adapters, Z-Image
+        ControlNets bound to its transformer), and give its GPU memory back."""
+        if self._base is not None and self._family.denoiser != "unet":
+            self.cache.drop("controlnet")
+        self._base, self._own_vae = None, None
+        self.adapters = AdapterTable()
+        free_memory(self.plan.device)
+
+    def _restore(self, ref: str | None) -> None:
+        """Load ``ref`` back after a failed switch (logged when even that fails)."""
+        if ref is None:
+            return
+        try:
+            choice = self.choice(ref)
+            pipe, split = self._load(choice)
+            self._adopt(pipe, choice, split, self._place(pipe))
+        except Exception:  # the switch's own error is the one the user reads
+            log.exception("could not load %s back", ref)
+
+    def _adopt(self, pipe, choice: ModelChoice, split: dict | None = None, placed: dict | None = None) -> None:
+        """Make a freshly loaded and placed pipeline the base: its A1111 hash (a single file's
+        short hash, cached by path, size and mtime), a split model's three files, its memory
+        mode, its own VAE kept, the chosen external VAE applied."""
         self._base, self._base_ref = pipe, choice.ref
         self._family = family_of_pipeline(pipe)
-        self.memory = getattr(self, "_memory_pending", None)
+        self.memory, self.split_files = placed, split
         self._wanted_ref = choice.ref
         self.model_hash = file_hash(Path(choice.source)) if choice.kind in ("file", "split") else None
-        if choice.kind != "split":
-            self.split_files = None
         self._own_vae, self.vae_ref, self.vae_hash = pipe.vae, None, None
         self._apply_vae(self._wanted_vae, quiet=True)
 
@@ -286,7 +312,9 @@ class ModelStore:
             return SD1
 
     def _load(self, choice: ModelChoice):
+        """Read ``choice`` into memory (the CPU): (pipeline, a split model's files or None)."""
         started = time.perf_counter()
+        split = None
         kwargs: dict = dict(dtype=self.plan.dtype)
         if choice.kind not in ("file", "split"):
             cls = self._folder_family(choice).pipeline_class("txt2img")
@@ -305,7 +333,7 @@ class ModelStore:
             elif choice.kind == "file":
                 pipe = load_single_file(Path(choice.source), self.plan.dtype, self.plan.device, self._tokenizer_for)
             elif choice.kind == "split":
-                pipe, self.split_files = zimage_files.assemble(
+                pipe, split = zimage_files.assemble(
                     Path(choice.source), self._kind_paths("text_encoders"), self._kind_paths("vae"), self.plan.dtype,
                     self._qwen_tokenizer)
             else:
@@ -321,19 +349,26 @@ class ModelStore:
             text = str(exc).lower()
             code = "model_file_corrupt" if ("deserializ" in text or "header" in text or "corrupt" in text or "unexpected eof" in text) else "model_load_failed"
             raise ModelError(code, name=choice.ref) from exc
+        self._load_seconds = time.perf_counter() - started
+        log.info("read %s in %.1fs", choice.ref, self._load_seconds)
+        return pipe, split
+
+    def _place(self, pipe) -> dict:
+        """Put a loaded pipeline on the device in the memory mode its size and the free memory
+        call for (store/memory.py), then the VAE precision rule and the speed options. Returns
+        系统信息's memory line."""
+        started = time.perf_counter()
         family = family_of_pipeline(pipe)
         free = torch.cuda.mem_get_info(self.plan.device)[0] if self.plan.device.type == "cuda" else None
         mode, why = memory.choose(self.settings.memory_mode, self.plan.device, free, pipe, family)
         memory.apply(mode, pipe, family, self.plan.device, self.plan.dtype)
-        self._memory_pending = memory.describe(pipe, family, mode, why)
-        log.info("memory mode %s (%s)", mode, why)
         if (self.plan.dtype == torch.float16 and not family.vae_fp16_safe
                 and pipe.vae.config.get("force_upcast", True)):
             pipe.vae.to(torch.float32)  # SDXL's own VAE overflows in fp16 (sdxl-vae-fp16-fix does not)
         apply_speed_options(pipe, self.settings, family.denoiser_of(pipe))
-        self._load_seconds = time.perf_counter() - started
-        log.info("loaded %s in %.1fs on %s/%s", choice.ref, self._load_seconds, self.plan.device, dtype_name(self.plan.dtype))
-        return pipe
+        self._load_seconds = (self._load_seconds or 0.0) + time.perf_counter() - started
+        log.info("placed on %s/%s in memory mode %s (%s)", self.plan.device, dtype_name(self.plan.dtype), mode, why)
+        return memory.describe(pipe, family, mode, why)
 
     # 2b. The external VAE ------------------------------------------------------------------
     def vae_choices(self) -> list[str]:
