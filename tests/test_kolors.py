@@ -79,3 +79,20 @@ def test_the_modes_diffusers_lacks_for_kolors_are_chinese_sentences(kolors, tmp_
     with pytest.raises(DanqingError) as err:
         training.train(kolors.store, req, lora_dir / "_run", lora_dir)
     assert err.value.code == "train_family_unsupported"
+
+
+def test_a_kolors_lora_changes_the_picture_and_an_sdxl_one_is_named(kolors):
+    """A U-Net LoRA in the layout Kolors' training script writes loads on Kolors (its U-Net is
+    SDXL's, so a U-Net-only LoRA is not refused as SDXL's); switching it off restores the
+    picture; an SDXL LoRA that adapts CLIP text encoders is a Chinese sentence."""
+    from pipelines.demo.kolors import DEMO_KOLORS_LORA
+    from pipelines.demo.sdxl import DEMO_SDXL_LORAS
+    from pipelines.errors import ModelError
+
+    plain = rgb(kolors.txt2img(base())[0][0])
+    adapted = rgb(kolors.txt2img(base(loras=[[DEMO_KOLORS_LORA, 1.0]]))[0][0])
+    assert np.abs(adapted - plain).mean() > 2
+    assert np.array_equal(rgb(kolors.txt2img(base())[0][0]), plain)
+    with pytest.raises(ModelError) as err:
+        kolors.txt2img(base(loras=[[DEMO_SDXL_LORAS["kohya"], 1.0]]))
+    assert err.value.code == "lora_family" and err.value.fields["base"] == "Kolors"

@@ -13,7 +13,8 @@ through exactly the code a real model goes through:
   file, an external VAE and textual-inversion embeddings (``library.py``);
 - ``checkpoints/danqing-demo-xl`` (+ ``-inpainting``, ``-single.safetensors``): a tiny SDXL as a
   diffusers folder, a 9-channel SDXL inpainting folder and a Civitai-style single file (``sdxl.py``);
-- ``checkpoints/danqing-demo-kolors``: a tiny Kolors (可图) — ChatGLM3 encoder, SDXL U-Net (``kolors.py``);
+- ``checkpoints/danqing-demo-kolors``: a tiny Kolors (可图) — ChatGLM3 encoder, SDXL U-Net — and a
+  U-Net LoRA for it (``kolors.py``);
 - ``checkpoints/danqing-demo-z-image-turbo``: a tiny Z-Image (造相) — Qwen3 encoder, diffusion
   transformer, 16-channel autoencoder (``zimage.py``), and its ControlNet union as a folder and
   as alibaba-pai's single file (``controlnet/demo-z-image-controlnet-union*``), and the same
@@ -44,7 +45,7 @@ from .controlnet import save_demo_controlnets, save_demo_sdxl_controlnets
 from .esrgan import save_demo_upscalers
 from .library import save_demo_embeddings, save_demo_single_file, save_demo_vae
 from .lora import save_demo_loras
-from .kolors import save_demo_kolors
+from .kolors import save_demo_kolors, save_demo_kolors_lora
 from .zimage import save_demo_zimage, save_demo_zimage_loras, save_demo_zimage_split
 from .sdxl import save_demo_sdxl, save_demo_sdxl_loras
 from .sd import DEMO_MODEL, DEMO_MODEL_INPAINT, DEMO_MODEL_SAFETENSORS, TOKEN_WINDOW, save_sd_pipeline
@@ -54,7 +55,7 @@ __all__ = ["DEMO_MODEL", "DEMO_MODEL_INPAINT", "DEMO_MODEL_SAFETENSORS", "TOKEN_
 log = logging.getLogger(__name__)
 
 # Bump when the bundle's content changes so old caches are rebuilt.
-BUNDLE_VERSION = "14"
+BUNDLE_VERSION = "15"
 
 
 def default_cache_dir() -> Path:
@@ -99,6 +100,7 @@ def build_bundle(root: Path) -> None:
     save_demo_single_file(ckpt, ckpt / DEMO_MODEL_SAFETENSORS)
     save_demo_sdxl(ckpt)
     save_demo_kolors(ckpt)
+    save_demo_kolors_lora(root)
     save_demo_zimage_split(save_demo_zimage(ckpt, folders.folder("controlnet")), root)
     save_demo_zimage_loras(folders.folder("lora"))
     save_demo_vae(folders.folder("vae"))

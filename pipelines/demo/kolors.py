@@ -75,3 +75,27 @@ def save_demo_kolors(checkpoints: Path) -> Path:
     pipe.save_pretrained(folder, safe_serialization=True)
     shutil.rmtree(folder / "_tokenizer", ignore_errors=True)
     return folder
+
+
+DEMO_KOLORS_LORA = "danqing-demo-kolors-lora.safetensors"
+
+
+def save_demo_kolors_lora(root: Path, rank: int = 4, seed: int = 51) -> Path:
+    """A U-Net LoRA for the demo Kolors in the layout Kolors' own (diffusers) training script
+    writes: ``unet.<module>.lora_A/lora_B.weight`` on every attention projection; no text
+    encoder (Kolors LoRAs leave ChatGLM alone)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    unet = UNet2DConditionModel.from_pretrained(Path(root) / "checkpoints" / DEMO_KOLORS / "unet")
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, module in unet.named_modules():
+        if ".attn" in name and isinstance(module, torch.nn.Linear) and "transformer_blocks" in name:
+            state[f"unet.{name}.lora_A.weight"] = (torch.randn(rank, module.in_features, generator=g) * 0.3).contiguous()
+            state[f"unet.{name}.lora_B.weight"] = (torch.randn(module.out_features, rank, generator=g) * 0.3).contiguous()
+    folder = Path(root) / "lora"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(folder / DEMO_KOLORS_LORA), metadata={"ss_base_model_version": "kolors"})
+    return folder / DEMO_KOLORS_LORA

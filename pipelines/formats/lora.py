@@ -197,6 +197,8 @@ def map_state_dict(pipe, state: dict[str, torch.Tensor], label: str) -> LoraLaye
     # 1. Kohya/A1111 names go through diffusers' own converter (alphas come back separately).
     alphas: dict[str, float] = {}
     made_for = lora_family(state)
+    if made_for == "sdxl" and family.name == "kolors" and not any(k.startswith(_SDXL_PREFIXES) for k in state):
+        made_for = None  # Kolors' U-Net is SDXL's: a U-Net-only 2048-wide LoRA may be either's
     if made_for is not None and made_for != family.name:  # an SD 1.x LoRA on SDXL, a Z-Image one on SD, ...
         raise ModelError("lora_family", name=label, lora=FAMILIES[made_for].label, base=family.label)
     if family.denoiser == "transformer":
