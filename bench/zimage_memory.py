@@ -66,19 +66,12 @@ def _gguf_models(folder: Path) -> None:
     if (target / "diffusion_models" / "transformer-Q8_0.gguf").exists():
         return
     from diffusers import ZImagePipeline
-    from safetensors.torch import save_file
 
-    from pipelines.demo.single_file import vae_to_ldm
-    from pipelines.demo.zimage import save_demo_zimage_gguf, transformer_to_original
+    from pipelines.demo.zimage import write_split_files
 
     pipe = ZImagePipeline.from_pretrained(folder)
-    for kind in ("diffusion_models", "text_encoders", "vae", "checkpoints"):
-        (target / kind).mkdir(parents=True, exist_ok=True)
-    save_demo_zimage_gguf(transformer_to_original(pipe.transformer), target / "diffusion_models" / "transformer-Q8_0.gguf")
-    save_file({"model." + k: v.contiguous() for k, v in pipe.text_encoder.state_dict().items()},
-              str(target / "text_encoders" / "qwen3.safetensors"))
-    save_file({k.removeprefix("first_stage_model."): v for k, v in vae_to_ldm(pipe.vae).items()},
-              str(target / "vae" / "ae.safetensors"))
+    write_split_files(pipe, target, None, "transformer-Q8_0.gguf", "qwen3.safetensors", "ae.safetensors")
+    # The split files carry no tokenizer: a tokenizer-only folder where the store looks for Qwen's
     pipe.tokenizer.save_pretrained(target / "prompters" / "qwen-tokenizer")
     (target / "prompters" / "qwen-tokenizer" / "config.json").write_text("{}")
 

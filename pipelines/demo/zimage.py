@@ -125,22 +125,36 @@ def transformer_to_original(transformer) -> dict:
     return out
 
 
-def save_demo_zimage_split(folder: Path, root: Path) -> None:
-    """The demo Z-Image folder as ComfyUI's three files, under ``root``'s models layout, and its
-    transformer as a Q8_0 GGUF beside them."""
-    from diffusers import ZImagePipeline
+def write_split_files(pipe, root: Path, transformer: str | None, gguf: str | None, text_encoder: str,
+                      vae: str) -> None:
+    """A Z-Image pipeline as ComfyUI's split files under ``root``'s models layout: the
+    transformer in the original key layout (as ``transformer`` safetensors and/or a Q8_0
+    ``gguf``) in diffusion_models/, Qwen3 with ``model.`` keys in text_encoders/, the VAE with
+    LDM keys in vae/."""
     from safetensors.torch import save_file
 
     from .single_file import vae_to_ldm
 
-    pipe = ZImagePipeline.from_pretrained(folder)
+    for kind in ("diffusion_models", "text_encoders", "vae"):
+        (root / kind).mkdir(parents=True, exist_ok=True)
     original = transformer_to_original(pipe.transformer)
-    save_file(original, str(root / "diffusion_models" / DEMO_ZIMAGE_SPLIT))
-    save_demo_zimage_gguf(original, root / "diffusion_models" / DEMO_ZIMAGE_GGUF)
-    text = {"model." + k: v.contiguous() for k, v in pipe.text_encoder.state_dict().items()}
-    save_file(text, str(root / "text_encoders" / DEMO_QWEN_SPLIT))
-    vae = {k.removeprefix("first_stage_model."): v for k, v in vae_to_ldm(pipe.vae).items()}
-    save_file(vae, str(root / "vae" / DEMO_FLUX_VAE))
+    if transformer:
+        save_file(original, str(root / "diffusion_models" / transformer))
+    if gguf:
+        save_demo_zimage_gguf(original, root / "diffusion_models" / gguf)
+    save_file({"model." + k: v.contiguous() for k, v in pipe.text_encoder.state_dict().items()},
+              str(root / "text_encoders" / text_encoder))
+    save_file({k.removeprefix("first_stage_model."): v for k, v in vae_to_ldm(pipe.vae).items()},
+              str(root / "vae" / vae))
+
+
+def save_demo_zimage_split(folder: Path, root: Path) -> None:
+    """The demo Z-Image folder as ComfyUI's three files, under ``root``'s models layout, and its
+    transformer as a Q8_0 GGUF beside them."""
+    from diffusers import ZImagePipeline
+
+    write_split_files(ZImagePipeline.from_pretrained(folder), root, DEMO_ZIMAGE_SPLIT, DEMO_ZIMAGE_GGUF,
+                      DEMO_QWEN_SPLIT, DEMO_FLUX_VAE)
 
 
 DEMO_ZIMAGE_GGUF = "danqing-demo-z-image-turbo-Q8_0.gguf"  # diffusion_models/, city96's layout

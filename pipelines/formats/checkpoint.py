@@ -308,6 +308,24 @@ def vae_from_state(state: dict, label: str, dtype: torch.dtype, scaling_factor: 
     return _materialise(AutoencoderKL, config, weights, label, "VAE", dtype)
 
 
+def vae_latent_channels(path: Path) -> int | None:
+    """A VAE's latent channels from its folder's config or its safetensors header, without
+    loading it (4 for SD's and SDXL's, 16 for the Flux/Z-Image ``ae.safetensors``); None when
+    that cannot be told cheaply (a pickle)."""
+    try:
+        if path.is_dir():
+            return int(json.loads((path / "config.json").read_text(encoding="utf-8"))["latent_channels"])
+        if path.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                key = next((k for k in f.keys() if k.endswith("decoder.conv_in.weight")), None)
+                return int(f.get_slice(key).get_shape()[1]) if key else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return None
+
+
 def load_vae(path: Path, dtype: torch.dtype, scaling_factor: float):
     """An external VAE: a diffusers folder, or a single file (``.safetensors``, ``.pt``/``.ckpt``
     read with ``weights_only=True``) with LDM keys, bare or under ``first_stage_model.``.

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import ModelError, ParamError
 from ..formats import zimage_files
-from ..formats.checkpoint import load_single_file, load_vae
+from ..formats.checkpoint import load_single_file, load_vae, vae_latent_channels
 from ..formats.embeddings import Embedding, read_embedding
 from ..formats.families import SD1, ModelFamily, family_of_index, family_of_pipeline
 from ..formats.weights import file_hash
@@ -56,24 +56,6 @@ def _hub_cached(repo_id: str) -> bool:
         return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str)
     except Exception:  # a broken cache must not break the model list
         return False
-
-
-def _vae_channels(path: Path) -> int | None:
-    """A VAE's latent channels from its config or safetensors header (None: cannot tell cheaply)."""
-    import json
-
-    try:
-        if path.is_dir():
-            return int(json.loads((path / "config.json").read_text(encoding="utf-8"))["latent_channels"])
-        if path.suffix.lower() == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                key = next((k for k in f.keys() if k.endswith("decoder.conv_in.weight")), None)
-                return int(f.get_slice(key).get_shape()[1]) if key else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return None
 
 
 def _know_latents(pipe) -> None:
@@ -184,9 +166,7 @@ class ModelStore:
             return base
         with self.lock:
             if self._base is None:
-                choice = self.choice(self._wanted_ref)
-                pipe, split = self._load(choice)
-                self._adopt(pipe, choice, split, self._place(pipe))
+                self._bring(self.choice(self._wanted_ref))
             return self._base
 
     def select(self, ref: str) -> None:
@@ -228,14 +208,17 @@ class ModelStore:
         self.adapters = AdapterTable()
         free_memory(self.plan.device)
 
+    def _bring(self, choice: ModelChoice) -> None:
+        """Read, place and adopt ``choice`` as the base (no base held before)."""
+        pipe, split = self._load(choice)
+        self._adopt(pipe, choice, split, self._place(pipe))
+
     def _restore(self, ref: str | None) -> None:
         """Load ``ref`` back after a failed switch (logged when even that fails)."""
         if ref is None:
             return
         try:
-            choice = self.choice(ref)
-            pipe, split = self._load(choice)
-            self._adopt(pipe, choice, split, self._place(pipe))
+            self._bring(self.choice(ref))
         except Exception:  # the switch's own error is the one the user reads
             log.exception("could not load %s back", ref)
 
@@ -251,45 +234,39 @@ class ModelStore:
         self._own_vae, self.vae_ref, self.vae_hash = pipe.vae, None, None
         self._apply_vae(self._wanted_vae, quiet=True)
 
-    def _tokenizer_for(self, vocab_size: int):
-        """The tokenizer of an installed diffusers model with ``vocab_size`` tokens (a PAI
-        single file carries no tokenizer, but its BERT vocabulary is that of the PAI folder)."""
+    def _local_tokenizer(self, folders: list[Path], fits) -> object | None:
+        """The first tokenizer among ``folders`` that loads and ``fits(tokenizer)``; None."""
         from transformers import AutoTokenizer
 
-        for name in self.folders.list_diffusers_dirs("checkpoints", "model_index.json"):
-            folder = self.folders.resolve("checkpoints", name) / "tokenizer"
+        for folder in folders:
             try:
                 tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-            except Exception:  # no tokenizer there, or an unreadable one: try the next model
+            except Exception:  # no tokenizer there, or an unreadable one: try the next
                 continue
-            if len(tokenizer) == vocab_size:
-                log.info("tokenizer for a %d-token text encoder: %s's", vocab_size, name)
+            if fits(tokenizer):
+                log.info("tokenizer from %s", folder)
                 return tokenizer
         return None
 
-    def _kind_paths(self, kind: str) -> list[Path]:
-        return [self.folders.resolve(kind, name) for name in self.folders.list_files(kind)]
+    def _checkpoint_tokenizers(self) -> list[Path]:
+        return [self.folders.resolve("checkpoints", n) / "tokenizer"
+                for n in self.folders.list_diffusers_dirs("checkpoints", "model_index.json")]
+
+    def _tokenizer_for(self, vocab_size: int):
+        """The tokenizer of an installed diffusers model with ``vocab_size`` tokens (a PAI
+        single file carries no tokenizer, but its BERT vocabulary is that of the PAI folder)."""
+        return self._local_tokenizer(self._checkpoint_tokenizers(), lambda t: len(t) == vocab_size)
 
     def _qwen_tokenizer(self, rows: int):
         """Qwen's tokenizer for a split Qwen3 text encoder with ``rows`` embedding rows: an
         installed Z-Image folder's, else a Qwen instruct model's in models/prompters (Qwen2.5 and
         Qwen3 share the vocabulary); None when there is none."""
-        from transformers import AutoTokenizer
+        prompters = [self.folders.resolve("prompters", n) for n in self.folders.list_diffusers_dirs("prompters", "config.json")]
+        return self._local_tokenizer(self._checkpoint_tokenizers() + prompters,
+                                     lambda t: "<|im_start|>" in t.get_vocab() and len(t) <= rows)  # its ids fit
 
-        folders = [self.folders.resolve("checkpoints", n) / "tokenizer"
-                   for n in self.folders.list_diffusers_dirs("checkpoints", "model_index.json")]
-        folders += [self.folders.resolve("prompters", n) for n in self.folders.list_diffusers_dirs("prompters", "config.json")]
-        for folder in folders:
-            if not (folder / "tokenizer_config.json").is_file():
-                continue
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-            except Exception:  # an unreadable tokenizer: try the next
-                continue
-            if "<|im_start|>" in tokenizer.get_vocab() and len(tokenizer) <= rows:  # its ids fit the embedding
-                log.info("Qwen tokenizer for the split text encoder: %s", folder)
-                return tokenizer
-        return None
+    def _kind_paths(self, kind: str) -> list[Path]:
+        return [self.folders.resolve(kind, name) for name in self.folders.list_files(kind)]
 
     def _folder_family(self, choice: ModelChoice) -> ModelFamily:
         """A diffusers folder's (or hub model's) family, from its ``model_index.json``."""
@@ -380,7 +357,7 @@ class ModelStore:
         if self._base is None:
             return names
         want = self._family.latent_channels
-        return [n for n in names if _vae_channels(self.folders.resolve("vae", n)) in (None, want)]
+        return [n for n in names if vae_latent_channels(self.folders.resolve("vae", n)) in (None, want)]
 
     def auto_vae(self, ref: str | None = None) -> str | None:
         """A1111's automatic choice: a VAE in models/vae named like the checkpoint (``x.*`` or

@@ -103,8 +103,7 @@ class Generation:
             expansion = None
             base = _base_of(request)
             if base.expand:  # 提示词扩写 first: in the language the model reads (tasks/expand.py)
-                language = "zh" if reads_chinese(self.store.base()) else "en"
-                prompt, prompter = expand.expand_prompt(self.store, base.prompt, base.seed, language)
+                prompt, prompter = expand.expand_prompt(self.store, base.prompt, base.seed, self._prompt_language())
                 expansion = {"prompter": prompter, "typed": base.prompt, "prompt": prompt,
                              "words": prompt[len(base.prompt.rstrip(" ," + expand.COMMA_ZH)) + 1:].strip(" ,")}
                 request = _with_base(request, replace(base, prompt=prompt))
@@ -299,8 +298,11 @@ class Generation:
         """提示词扩写 before a run: ``prompt`` with a local prompter's words after it (seeded by
         ``seed``; in the language the loaded model reads), as one job of the GPU queue."""
         with self.jobs.run(as_caller(client), kind="expand"):
-            language = "zh" if reads_chinese(self.store.base()) else "en"
-            return expand.expand_prompt(self.store, prompt, int(seed), language)[0]
+            return expand.expand_prompt(self.store, prompt, int(seed), self._prompt_language())[0]
+
+    def _prompt_language(self) -> str:
+        """The language 提示词扩写 writes in: the one the loaded model's encoder reads."""
+        return "zh" if reads_chinese(self.store.base()) else "en"
 
     def prompters(self) -> list[str]:
         """Instruct models in models/prompters (tasks/expand.py)."""

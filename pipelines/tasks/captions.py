@@ -13,7 +13,6 @@ Chinese output from a WordPiece tokenizer ("一 只 猫") is joined back ("一�
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import re
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError, ParamError
+from ..store.devices import free_memory
 from ..formats.weights import model_type
 from ..formats.images import open_upload
 
@@ -122,7 +122,5 @@ def caption_images(store, name: str, paths: list[str], language: str = "en", can
                 on_progress(len(captions), len(paths))
     finally:
         del model
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_memory(store.plan.device)
     return captions

@@ -10,7 +10,6 @@ prompt and seed give the same expansion on any machine. Loaded for the job and f
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import re
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError, ParamError
+from ..store.devices import free_memory
 from ..formats.weights import model_type
 
 log = logging.getLogger(__name__)
@@ -79,9 +79,7 @@ def expand_text(store, name: str, prompt: str, seed: int, language: str) -> str:
         words = _clean(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
     finally:
         del model
-        gc.collect()
-        if store.plan.device.type == "cuda":
-            torch.cuda.empty_cache()
+        free_memory(store.plan.device)
     log.info("expanded a prompt with %s in %.2fs", name, time.perf_counter() - started)
     return words
 

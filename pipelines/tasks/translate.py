@@ -14,7 +14,6 @@ off: never a picture that silently ignored the prompt.
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
@@ -24,6 +23,7 @@ from dataclasses import replace
 import torch
 
 from ..errors import ModelError, ParamError
+from ..store.devices import free_memory
 from ..formats.weights import model_type
 from ..formats.families import reads_chinese
 from ..formats.prompt_translate import has_chinese, plan
@@ -121,9 +121,7 @@ def translate_texts(store, name: str, texts: list[str], user: str = "") -> list[
             english = _generate(tokenizer, model, missing)
         finally:
             del model
-            gc.collect()
-            if store.plan.device.type == "cuda":
-                torch.cuda.empty_cache()
+            free_memory(store.plan.device)
         with _lock:
             for phrase, text in zip(missing, english):
                 _cache[(stamp, phrase)] = text
