@@ -142,7 +142,8 @@ def test_fast_mode_sets_a_few_step_lora_and_gives_the_settings_back(page, tmp_pa
     note = page.locator("#fast-note").inner_text()
     assert "LCM-LoRA" in note and "按权重结构识别" in note and "4 步" in note
     assert page.get_by_label("采样步数").first.input_value() == "4"
-    assert page.get_by_text("LoRA 模型 · 已启用：pytorch_lora_weights ×1").count() >= 1
+    # The LoRA title is gathered just after the switch's own answer (a ``.then``): wait for it.
+    page.get_by_text("LoRA 模型 · 已启用：pytorch_lora_weights ×1").first.wait_for(timeout=30_000)
     page.get_by_label("提示词", exact=True).first.fill("竹林里的大熊猫，水墨画")
     page.click("#generate")
     page.locator("#result-summary").get_by_text("4 步").first.wait_for(timeout=90_000)
@@ -152,7 +153,7 @@ def test_fast_mode_sets_a_few_step_lora_and_gives_the_settings_back(page, tmp_pa
     page.locator("#fast-note").get_by_text("已关闭极速").wait_for(timeout=30_000)
     page.wait_for_timeout(500)
     assert page.get_by_label("采样步数").first.input_value() == "20"
-    assert page.get_by_text("LoRA 模型 · 已启用").count() == 0
+    page.get_by_text("LoRA 模型 · 已启用").first.wait_for(state="detached", timeout=30_000)
 
 
 def test_sending_acts_on_the_picture_on_screen(page, browser_app, tmp_path):
@@ -195,8 +196,7 @@ def test_sending_acts_on_the_picture_on_screen(page, browser_app, tmp_path):
     # 4. 扩图 and 文生图 with 高清修复 read in Chinese too.
     page.get_by_role("tab", name="扩图").first.click()
     page.locator("#hires-pass input").check()
-    page.wait_for_timeout(500)
-    assert page.get_by_label("修复重绘幅度").count() >= 1
+    page.get_by_label("修复重绘幅度").first.wait_for(timeout=30_000)
     assert page.locator("#hires-scale").get_by_text("×1.5").count() == 1  # its own factor, beside it
     assert english_words(page) == set()
     page.locator("#hires-pass input").uncheck()
@@ -218,13 +218,13 @@ def test_every_picture_is_drawn_whole(page, width, height):
     page.get_by_label("采样步数").first.press("Tab")
     page.click("#generate")
     page.locator("#result-summary").get_by_text(f"{width}×{height}").first.wait_for(timeout=90_000)
+    page.locator("#gallery .grid-container img").first.wait_for(state="attached", timeout=30_000)
     page.wait_for_timeout(800)
-    assert page.locator("#gallery .grid-container img").count() >= 1
     assert drawn_whole(page, "#gallery") == []
     if width == height:  # a batch: the picked one, large
         page.locator("#gallery .grid-container .thumbnail-item").nth(1).click()
+        page.locator("#gallery .preview img").first.wait_for(timeout=30_000)
         page.wait_for_timeout(800)
-        assert page.locator("#gallery .preview img").count() >= 1
         assert drawn_whole(page, "#gallery .preview .media-button") == []
         page.get_by_label("每次生成张数").first.fill("1")
     page.get_by_role("tab", name="历史").first.click()
