@@ -113,6 +113,7 @@ def test_two_logins_each_their_own_history_and_the_old_picture_is_the_administra
         for page in (jia, yi):
             page.get_by_role("tab", name="系统信息").first.click()
             page.wait_for_timeout(1200)
+        jia.get_by_text("用量（管理员）").first.wait_for(timeout=30_000)
         assert jia.get_by_text("用量（管理员）").count() == 1
         assert yi.get_by_text("用量（管理员）").count() == 0
         assert english_words(yi) == set(), english_words(yi)
