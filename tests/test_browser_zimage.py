@@ -41,11 +41,13 @@ def shot(page, tmp_path, name: str) -> None:
 
 def test_a_z_image_designers_walk(page, zimage_app, tmp_path):
     page.get_by_role("tab", name="创作").first.wait_for(timeout=60_000)
+    page.get_by_label("CLIP 跳过层").first.wait_for(timeout=30_000)  # SD 1.x's CLIP takes one
     # 1. The list says which model is Z-Image; picking it switches and sets its one-megapixel size.
     page.get_by_label("基础模型").first.click()
     page.get_by_role("option", name="danqing-demo-z-image-turbo（本地） · Z-Image 造相").click()
     page.get_by_text("已切换到模型：danqing-demo-z-image-turbo").first.wait_for(timeout=90_000)
     page.get_by_text("已按 Z-Image 模型的常用尺寸改为").first.wait_for(timeout=30_000)
+    page.get_by_label("CLIP 跳过层").first.wait_for(state="hidden", timeout=30_000)  # Qwen3 is not CLIP
     # 2. 极速 knows Turbo: its own 8 steps without CFG.
     page.locator("#fast-mode input").check()
     page.locator("#fast-note").get_by_text("极速已开启").wait_for(timeout=30_000)

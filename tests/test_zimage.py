@@ -96,6 +96,17 @@ def test_its_own_euler_and_the_infotext_say_what_ran(zi):
     assert "CFG scale: 0.0" in text
 
 
+def test_a_clip_skip_is_said_unused_and_left_out_of_the_png(zi):
+    """Qwen3 is not CLIP: clip skip 3 (from the API or a PNG's parameters) is not used — the same
+    picture as without it, said in the notices, not written as "Clip skip" in the PNG."""
+    plain_paths, _ = zi.txt2img(base())
+    paths, info = zi.txt2img(base(clip_skip=3))
+    assert info["notices"]["clip_skip"] == {"asked": 3, "family": "Z-Image"}
+    with Image.open(paths[0]) as image:
+        assert "Clip skip" not in image.info["parameters"]
+    assert np.array_equal(rgb(paths[0]), rgb(plain_paths[0]))
+
+
 def test_img2img_inpaint_and_outpaint(zi):
     source, box, blur = photo(), (30, 20, 62, 50), 2
     paths, info = zi.img2img(Img2Img.build(base(), source, 0.6))

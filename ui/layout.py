@@ -300,10 +300,20 @@ def build_ui(studio, options: UIOptions = UIOptions(), extensions=None) -> gr.Bl
             gr.Info(S.sizes_for_family.format(family=family["loaded"]["label"], width=want, height=want))
             return want, want
 
+        def clip_skip_shown():
+            """CLIP 跳过层 only for models whose encoders are CLIP (not Kolors' ChatGLM3 or
+            Z-Image's Qwen3); hidden, it goes back to 1."""
+            loaded = studio.family()["loaded"]
+            if loaded is None or loaded["clip_skip"]:
+                return gr.Slider(visible=True)
+            return gr.Slider(visible=False, value=1)
+
         model.input(switch_model, model, tools.system, api_name="switch_model", concurrency_id=GPU,
                     concurrency_limit=GPU_LIMIT).then(show_card, model, [card_row, card, card_preview], api_visibility="private"
                     ).then(fit_sizes, [panel.width, panel.height], [panel.width, panel.height],
-                           api_visibility="private")
+                           api_visibility="private"
+                    ).then(clip_skip_shown, None, panel.clip_skip, queue=False, api_visibility="private")
+        demo.load(clip_skip_shown, None, panel.clip_skip, queue=False, api_visibility="private")
 
         def switch_vae(choice: str, request: gr.Request = None):
             if not options.team.may_change_shared(user_of(request)):

@@ -87,6 +87,8 @@ def summarize(S, info_text: str | None) -> tuple[str, str]:
         lines.append(S.summary_full_strength.format(family=notices["full_strength"]))
     if notices.get("sampler"):
         lines.append(S.summary_flow_sampler.format(**notices["sampler"]))
+    if notices.get("clip_skip"):
+        lines.append(S.summary_clip_skip.format(**notices["clip_skip"]))
     if notices.get("embeddings"):
         lines.append(S.summary_embeddings.format(names=S.list_sep.join(notices["embeddings"])))
     return "\n\n".join(lines), info.get("infotext", "")

@@ -93,6 +93,15 @@ def _flow_sampler(family, request):
     return _with_base(request, used), {"asked": base.sampler, "used": FLOW_SAMPLERS[0], "family": family.label}
 
 
+def _clip_skip(family, request):
+    """Kolors' ChatGLM3 and Z-Image's Qwen3 are not CLIP: a clip skip asked of them (from the API,
+    or parameters sent from a PNG) is not used, said in the notices and left out of the PNG."""
+    base = _base_of(request)
+    if not family.extra.get("plain_prompts") or base.clip_skip <= 1:
+        return request, None
+    return _with_base(request, replace(base, clip_skip=1)), {"asked": base.clip_skip, "family": family.label}
+
+
 class Generation:
 
     def _generate(self, name: str, request, cancel, hook, on_preview, user: str = "") -> Generated:
@@ -109,9 +118,12 @@ class Generation:
                 request = _with_base(request, replace(base, prompt=prompt))
             request, notice = translate.translate_request(self.store, request, _base_of, _with_base, user)
             request, sampler = _flow_sampler(self.store.family, request)
+            request, clip_skip = _clip_skip(self.store.family, request)
             result = registry.get(name)(self.store, request, cancel=cancel, on_step=hook, on_preview=on_preview)
             if sampler is not None:
                 result.notices["sampler"] = sampler
+            if clip_skip is not None:
+                result.notices["clip_skip"] = clip_skip
             if notice is not None:
                 result.notices["translation"] = notice
             if expansion is not None:

@@ -98,11 +98,12 @@ class Library:
         return {"lora": ranked[0]["name"], "model": model, "fewstep": ranked[0]["fewstep"]}
 
     def family(self) -> dict:
-        """The loaded base model's family ({"name", "label", "default_size"}, or None before a
-        model is loaded) and every family's default size, by name."""
+        """The loaded base model's family ({"name", "label", "default_size", "clip_skip": whether
+        its encoders take a clip skip}, or None before a model is loaded) and every family's
+        default size, by name."""
         loaded = self.store.loaded_family
-        return {"loaded": ({"name": loaded.name, "label": loaded.label, "default_size": loaded.default_size}
-                           if loaded else None),
+        return {"loaded": ({"name": loaded.name, "label": loaded.label, "default_size": loaded.default_size,
+                            "clip_skip": not loaded.extra.get("plain_prompts")} if loaded else None),
                 "default_sizes": {f.name: f.default_size for f in FAMILIES.values()}}
 
     def model_card_image(self, ref: str | None = None) -> Image.Image | None:
