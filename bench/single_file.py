@@ -60,10 +60,10 @@ def main(argv=None) -> dict:
         save_single_file(source, single, torch.float16)
         del source
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-    cpu, dtype = torch.device("cpu"), torch.float32
+    dtype = torch.float32
 
     def danqing():
-        return load_single_file(single, dtype, cpu, lambda n: tokenizer if n == len(tokenizer) else None)
+        return load_single_file(single, dtype, lambda n: tokenizer if n == len(tokenizer) else None)
 
     def diffusers_single():
         return StableDiffusionPipeline.from_single_file(str(single), config=str(folder), local_files_only=True,

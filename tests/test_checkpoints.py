@@ -78,7 +78,7 @@ def test_weights_load_exactly_and_9_channel_files_stay_inpainting_models(demo_mo
     source = _pipe(demo_models / "checkpoints" / DEMO_MODEL_INPAINT)
     path = save_single_file(source, tmp_path / "inpaint.safetensors", torch.float32)
     tokenizer = source.tokenizer
-    loaded = load_single_file(path, torch.float32, torch.device("cpu"), lambda n: tokenizer if n == len(tokenizer) else None)
+    loaded = load_single_file(path, torch.float32, lambda n: tokenizer if n == len(tokenizer) else None)
     assert loaded.unet.config.in_channels == 9
     for part in ("unet", "vae", "text_encoder"):
         a, b = getattr(source, part).state_dict(), getattr(loaded, part).state_dict()
@@ -86,7 +86,7 @@ def test_weights_load_exactly_and_9_channel_files_stay_inpainting_models(demo_mo
         assert all(torch.equal(a[k], b[k]) for k in a), part
     # Without a tokenizer of the text encoder's vocabulary, a clear refusal.
     with pytest.raises(ModelError) as err:
-        load_single_file(path, torch.float32, torch.device("cpu"), lambda n: None)
+        load_single_file(path, torch.float32, lambda n: None)
     assert err.value.code == "checkpoint_no_tokenizer"
 
 
@@ -200,7 +200,7 @@ def _sd2_file(tmp_path, v_yaml: bool):
 
 def test_sd2_files_load_with_the_penultimate_text_layer_and_v_prediction(tmp_path):
     path, unet, text = _sd2_file(tmp_path, v_yaml=True)
-    pipe = load_single_file(path, torch.float32, torch.device("cpu"), lambda n: None)
+    pipe = load_single_file(path, torch.float32, lambda n: None)
     assert pipe.scheduler.config.prediction_type == "v_prediction"  # said by the .yaml beside it
     assert pipe.tokenizer.pad_token == "!" and pipe.text_encoder.config.hidden_act == "gelu"
     assert pipe.text_encoder.config.num_hidden_layers == 2  # SD 2 reads the penultimate layer
@@ -215,7 +215,7 @@ def test_sd2_files_load_with_the_penultimate_text_layer_and_v_prediction(tmp_pat
     assert image.shape == (1, 32, 32, 3)
     # Without a .yaml the file is probed (A1111's test at the last timestep): it runs and decides.
     path.with_suffix(".yaml").unlink()
-    probed = load_single_file(path, torch.float32, torch.device("cpu"), lambda n: None)
+    probed = load_single_file(path, torch.float32, lambda n: None)
     assert probed.scheduler.config.prediction_type in ("epsilon", "v_prediction")
 
 

@@ -173,7 +173,7 @@ def test_v_prediction_single_files_run_with_zero_terminal_snr(demo_models, tmp_p
 
     pipe = StableDiffusionXLPipeline.from_pretrained(demo_models / "checkpoints" / DEMO_SDXL)
     path = save_sdxl_single_file(pipe, tmp_path / "noob-vpred.safetensors", v_pred=True)
-    loaded = load_single_file(path, torch.float32, torch.device("cpu"), lambda vocab: None)
+    loaded = load_single_file(path, torch.float32, lambda vocab: None)
     config = loaded.scheduler.config
     assert config.prediction_type == "v_prediction" and config.rescale_betas_zero_snr
     assert config.timestep_spacing == "trailing"
@@ -189,7 +189,7 @@ def test_a_refiner_half_is_refused_in_chinese(tmp_path):
                "first_stage_model.encoder.conv_in.weight": torch.zeros(1),
                "conditioner.embedders.0.model.token_embedding.weight": torch.zeros(1)}, str(path))
     with pytest.raises(ModelError) as err:
-        load_single_file(path, torch.float32, torch.device("cpu"), lambda vocab: None)
+        load_single_file(path, torch.float32, lambda vocab: None)
     assert err.value.code == "checkpoint_incomplete"
 
 

@@ -405,10 +405,10 @@ def clip_tokenizer(family: Family, second: bool = False):
 
 
 # 4. The whole pipeline ------------------------------------------------------------------------
-def load_single_file(path: Path, dtype: torch.dtype, device: torch.device,
-                     tokenizer_for: Callable[[int], object | None]):
-    """A StableDiffusionPipeline from one checkpoint file. ``tokenizer_for(vocab_size)`` returns
-    an installed model's tokenizer with that vocabulary, or None."""
+def load_single_file(path: Path, dtype: torch.dtype, tokenizer_for: Callable[[int], object | None]):
+    """A StableDiffusionPipeline from one checkpoint file, in CPU memory (the store places it on
+    the GPU once the previous model has left). ``tokenizer_for(vocab_size)`` returns an
+    installed model's tokenizer with that vocabulary, or None."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
     import diffusers
@@ -421,7 +421,7 @@ def load_single_file(path: Path, dtype: torch.dtype, device: torch.device,
     # 1. U-Net (4 or 9 input channels, read from the weights)
     config = unet_config(state, family, sidecar)
     unet_state = convert_ldm_unet_checkpoint(state, config)
-    unet = _materialise(UNet2DConditionModel, config, unet_state, label, "U-Net", dtype).to(device)
+    unet = _materialise(UNet2DConditionModel, config, unet_state, label, "U-Net", dtype)
     del unet_state
 
     # 2. Tokenizer: CLIP's own vocabulary, or an installed model's of the same size
@@ -431,13 +431,13 @@ def load_single_file(path: Path, dtype: torch.dtype, device: torch.device,
         raise ModelError("checkpoint_no_tokenizer", name=label, vocab=vocab)
 
     # 3. VAE and text encoder(s)
-    vae = vae_from_state(state, label, dtype, family.defaults["vae"]["scaling_factor"]).to(device)
-    text_encoder = _text_encoder(state, family, label, dtype, tokenizer).to(device)
+    vae = vae_from_state(state, label, dtype, family.defaults["vae"]["scaling_factor"])
+    text_encoder = _text_encoder(state, family, label, dtype, tokenizer)
     extra = {}
     if family.name == "sdxl":
         tokenizer_2 = clip_tokenizer(family, second=True)
         extra = {"tokenizer_2": tokenizer_2,
-                 "text_encoder_2": _text_encoder(state, family, label, dtype, tokenizer_2, second=True).to(device)}
+                 "text_encoder_2": _text_encoder(state, family, label, dtype, tokenizer_2, second=True)}
     v_keys = "v_pred" in state  # NoobAI-XL v-pred and kin: empty v_pred / ztsnr marker tensors
     del state
 

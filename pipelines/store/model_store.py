@@ -308,7 +308,7 @@ class ModelStore:
                     log.warning("download of %s failed: %s", choice.ref, exc)
                     raise ModelError("model_download_failed", name=choice.ref) from exc
             elif choice.kind == "file":
-                pipe = load_single_file(Path(choice.source), self.plan.dtype, self.plan.device, self._tokenizer_for)
+                pipe = load_single_file(Path(choice.source), self.plan.dtype, self._tokenizer_for)
             elif choice.kind == "split":
                 pipe, split = zimage_files.assemble(
                     Path(choice.source), self._kind_paths("text_encoders"), self._kind_paths("vae"), self.plan.dtype,
