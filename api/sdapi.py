@@ -568,6 +568,9 @@ class SdApi:
             "extra_generation_params": {k: first[k] for k in ("loras", "controlnet") if first.get(k)},
             "interrupted": job.interrupted, "files": [f for info in infos for f in info["files"]],
             "seconds": round(sum(info["seconds"] for info in infos), 3),
+            # What Danqing changed and says in the UI's summary (a translation, a flow model's own
+            # sampler, an unused clip skip...), the first batch's
+            "notices": first.get("notices") or {},
             # With --ray: the replica (process id) of the first batch and how many tries it took.
             **({"engine": first["engine"]} if first.get("engine") else {}),
         }

@@ -141,6 +141,71 @@ def test_a_model_switch_reaches_every_replica(ray_app):
         call(ray_app, "/sdapi/v1/options", {"sd_model_checkpoint": "danqing-demo-zh"})
 
 
+def test_a_replica_prepares_the_request_as_the_studio_does(ray_app):
+    """The request is prepared where the model is (tasks/prepare.py): a Chinese prompt for the
+    English-only SDXL reaches its CLIP encoders in the demo translator's English (the PNG keeps
+    the Chinese), and Z-Image runs its own Euler and says so, as without Ray."""
+    from test_sdapi import call
+
+    try:
+        assert call(ray_app, "/sdapi/v1/options", {"sd_model_checkpoint": "danqing-demo-xl"})[0] == 200
+        status, body = post(ray_app, "/sdapi/v1/txt2img", {**JOB, "prompt": "雨后的西湖，远山"})
+        assert status == 200, body
+        text = info(body)["infotexts"][0]
+        assert "Original prompt: 雨后的西湖，远山" in text, text
+        assert not any("\u4e00" <= c <= "\u9fff" for c in text.split("\n")[0]), text  # the prompt line is English
+        assert call(ray_app, "/sdapi/v1/options", {"sd_model_checkpoint": "danqing-demo-z-image-turbo"})[0] == 200
+        status, body = post(ray_app, "/sdapi/v1/txt2img", {**JOB, "cfg_scale": 0, "sampler_name": "DPM++ 2M"})
+        assert status == 200, body
+        assert "Sampler: Euler" in info(body)["infotexts"][0], info(body)["infotexts"][0]
+        assert info(body)["notices"]["sampler"]["asked"] == "DPM++ 2M", info(body)
+    finally:
+        call(ray_app, "/sdapi/v1/options", {"sd_model_checkpoint": "danqing-demo-zh"})
+
+
+class InProcessHandle:
+    """Serve's streaming handle calls (``options(stream=True).run.remote(job)``, iterated) on one
+    EngineReplica in this process: the front's RayEngine and the replica's code, without Ray."""
+
+    def __init__(self, replica) -> None:
+        self.replica = replica
+
+    def options(self, **_):
+        return self
+
+    @property
+    def run(self):
+        return self
+
+    def remote(self, job):
+        import asyncio
+
+        events, loop = self.replica.run(job), asyncio.new_event_loop()
+        try:
+            while True:
+                try:
+                    yield loop.run_until_complete(events.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            loop.close()
+
+
+def test_the_expand_button_runs_where_the_model_is(studio, demo_models, tmp_path):
+    """Under --ray the front process holds no model: ✨ 扩写 is sent to a replica, which knows the
+    language its model reads; the words are those of the same prompter and seed without Ray, and
+    the front never loads the base model."""
+    from conftest import make_studio
+    from pipelines.serve.remote import RayEngine, RayOptions
+    from pipelines.serve.replica import EngineReplica
+
+    front = make_studio(demo_models, tmp_path / "outputs")
+    front.use_remote(RayEngine(InProcessHandle(EngineReplica(front.store.settings)), RayOptions()))
+    words = front.expand_prompt("竹林里的大熊猫", 7)
+    assert words == studio.expand_prompt("竹林里的大熊猫", 7) and words != "竹林里的大熊猫"
+    assert not front.store.is_loaded()
+
+
 # Last: the replica it kills is restarted by Ray, which takes a while.
 def test_a_replica_killed_mid_job_loses_no_job(ray_app):
     """Two long jobs, one on each replica; one replica's process is killed while they run:

@@ -123,3 +123,17 @@ def test_an_edited_translation_is_the_editors_own(xl):
         xl.edit_translation("江南水乡", "", ming)
     assert mine["english_prompt"] == "a water town, my own words" and mine["edited"]
     assert theirs["english_prompt"] != mine["english_prompt"] and not theirs["edited"]
+
+
+def test_edits_sent_with_a_job_are_used_where_it_runs(xl):
+    """A replica in another process gets the user's edits with the job (translate.edits_of):
+    prepared there, the English is the user's, not the translator's."""
+    from pipelines.tasks.prepare import prepare
+
+    translate.remember_edit("湖边的小屋", "a cabin by the lake, morning mist", "丙")
+    sent = translate.edits_of("丙")
+    assert sent == {"湖边的小屋": "a cabin by the lake, morning mist"} and translate.edits_of("丁") == {}
+    request, notices = prepare(xl.store, Txt2Img.from_fields(prompt="湖边的小屋", **SMALL), edits=sent)
+    assert request.prompt == "a cabin by the lake, morning mist" and notices["translation"]["edited"] is True
+    request, notices = prepare(xl.store, Txt2Img.from_fields(prompt="湖边的小屋", **SMALL), edits={})
+    assert request.prompt != "a cabin by the lake, morning mist" and notices["translation"]["edited"] is False

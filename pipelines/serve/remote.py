@@ -59,16 +59,18 @@ class RayEngine:
         self.options = options
 
     def run(self, task: str, request, *, model: str, vae: str, cancel: threading.Event, on_step=None,
-            on_preview=None):
-        """(Generated, facts) of ``task`` on a replica. ``facts``: the replica's model hash,
-        VAE and process id. Raises JobCancelled, the replica's DanqingError, or
-        ``replica_lost`` after the retry."""
+            on_preview=None, edits: dict[str, str] | None = None):
+        """(Generated, facts) of ``task`` on a replica, which prepares the request itself
+        (tasks/prepare.py) with ``edits``, the user's edited translations. ``facts``: the
+        replica's model hash, VAE and process id. Raises JobCancelled, the replica's
+        DanqingError, or ``replica_lost`` after the retry."""
         from ray.exceptions import RayError
         from ray.serve.exceptions import RayServeException
 
         lost = (RayError, RayServeException)  # the replica died, or none could take the job
 
-        job = {"task": task, "request": request, "model": model, "vae": vae, "previews": on_preview is not None}
+        job = {"task": task, "request": request, "model": model, "vae": vae, "previews": on_preview is not None,
+               "edits": dict(edits or {})}
         for attempt in range(self.RETRIES + 1):
             stream = self.handle.options(stream=True).run.remote(job)
             try:

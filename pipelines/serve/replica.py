@@ -17,7 +17,8 @@ import threading
 from ..errors import DanqingError, JobCancelled
 from ..store import ModelStore
 from ..store.settings import EngineSettings
-from ..tasks import registry
+from ..tasks import expand, registry
+from ..tasks.prepare import prepare, prompt_language
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class EngineReplica:
     def ping(self) -> int:
         return self.pid
 
-    def _prepare(self, job: dict) -> None:
+    def _follow_front(self, job: dict) -> None:
         """The front's model and VAE: a model switch reaches every replica with its next job."""
         if job.get("model") and job["model"] != self.store.current_ref:
             self.store.switch(job["model"])
@@ -49,7 +50,9 @@ class EngineReplica:
                 "vae_hash": self.store.vae_hash, "replica": self.pid}
 
     async def run(self, job: dict):
-        """Run ``job`` ({task, request, model, vae, previews}) and stream its events."""
+        """Run ``job`` ({task, request, model, vae, previews, edits}) and stream its events: the
+        request prepared here, where the model is (tasks/prepare.py). Task "expand" is the
+        ✨ 扩写 button's ({prompt, seed}): its answer is the expanded prompt."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
@@ -60,10 +63,17 @@ class EngineReplica:
         def work() -> None:
             try:
                 with self.store.lock:
-                    self._prepare(job)
+                    self._follow_front(job)
+                    if job["task"] == "expand":  # the ✨ 扩写 button: the prompt with the prompter's words
+                        words = job["request"]
+                        put(("done", expand.expand_prompt(self.store, words["prompt"], words["seed"],
+                                                          prompt_language(self.store))[0], self._facts()))
+                        return
+                    request, notices = prepare(self.store, job["request"], edits=job.get("edits") or {})
                     result = registry.get(job["task"])(
-                        self.store, job["request"], cancel=cancel, on_step=lambda i, n: put(("step", i, n)),
+                        self.store, request, cancel=cancel, on_step=lambda i, n: put(("step", i, n)),
                         on_preview=(lambda image, i, n: put(("preview", image, i, n))) if job.get("previews") else None)
+                    result.notices.update(notices)
                     put(("done", result, self._facts()))
             except JobCancelled:
                 put(("cancelled",))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 from PIL import Image
@@ -33,8 +33,8 @@ from ..requests import (
     check_output,
     image_given,
 )
-from ..formats.families import FLOW_SAMPLERS, reads_chinese
 from ..tasks import annotators, controlnet, expand, lora, registry, translate, upscale
+from ..tasks.prepare import prepare, prompt_language
 from ..tasks.denoise import Generated
 from ..tasks.schedulers import step_eta
 from .common import VERSION
@@ -67,69 +67,22 @@ def _model_field(ref: str) -> str:
 _NOT_IN_INFO = ("hires_upscaler", "hires_scale", "draft", "hires_pass", "hires_strength", "hires_steps")
 
 
-def _base_of(request) -> Txt2Img:
-    """The Txt2Img inside any generation request (its prompt, size, seed...)."""
-    if isinstance(request, Txt2Img):
-        return request
-    return request.base if hasattr(request, "base") else request.edit.base
-
-
-def _with_base(request, base: Txt2Img):
-    """``request`` with ``base`` in place of its Txt2Img."""
-    if isinstance(request, Txt2Img):
-        return base
-    if hasattr(request, "base"):
-        return replace(request, base=base)
-    return replace(request, edit=replace(request.edit, base=base))
-
-
-def _flow_sampler(family, request):
-    """A flow-matching model (Z-Image) samples with its own Euler: another sampler name is
-    replaced (and said in the notices, and written as "Euler" in the PNG's parameters)."""
-    base = _base_of(request)
-    if not family.flow or base.sampler in FLOW_SAMPLERS:
-        return request, None
-    used = replace(base, sampler=FLOW_SAMPLERS[0], schedule_type="Automatic")
-    return _with_base(request, used), {"asked": base.sampler, "used": FLOW_SAMPLERS[0], "family": family.label}
-
-
-def _clip_skip(family, request):
-    """Kolors' ChatGLM3 and Z-Image's Qwen3 are not CLIP: a clip skip asked of them (from the API,
-    or parameters sent from a PNG) is not used, said in the notices and left out of the PNG."""
-    base = _base_of(request)
-    if not family.extra.get("plain_prompts") or base.clip_skip <= 1:
-        return request, None
-    return _with_base(request, replace(base, clip_skip=1)), {"asked": base.clip_skip, "family": family.label}
-
-
 class Generation:
 
     def _generate(self, name: str, request, cancel, hook, on_preview, user: str = "") -> Generated:
-        """Run the generation task ``name`` (tasks/registry.py) here or on a replica. Chinese
-        prompts for a model that reads only English are translated first (tasks/translate.py):
-        the task, the saved parameters and 历史 get the English, the Chinese is kept beside it."""
+        """Run the generation task ``name`` (tasks/registry.py) here or on a replica, its request
+        prepared first where the model is (tasks/prepare.py: 提示词扩写, Chinese put into English
+        for an English-only encoder, a flow model's sampler, clip skip): the task, the saved
+        parameters and 历史 get the effective request, the notices say what changed."""
         if self.remote is None:
-            expansion = None
-            base = _base_of(request)
-            if base.expand:  # 提示词扩写 first: in the language the model reads (tasks/expand.py)
-                prompt, prompter = expand.expand_prompt(self.store, base.prompt, base.seed, self._prompt_language())
-                expansion = {"prompter": prompter, "typed": base.prompt, "prompt": prompt,
-                             "words": prompt[len(base.prompt.rstrip(" ," + expand.COMMA_ZH)) + 1:].strip(" ,")}
-                request = _with_base(request, replace(base, prompt=prompt))
-            request, notice = translate.translate_request(self.store, request, _base_of, _with_base, user)
-            request, sampler = _flow_sampler(self.store.family, request)
-            request, clip_skip = _clip_skip(self.store.family, request)
+            request, notices = prepare(self.store, request, user)
             result = registry.get(name)(self.store, request, cancel=cancel, on_step=hook, on_preview=on_preview)
-            if sampler is not None:
-                result.notices["sampler"] = sampler
-            if clip_skip is not None:
-                result.notices["clip_skip"] = clip_skip
-            if notice is not None:
-                result.notices["translation"] = notice
-            if expansion is not None:
-                result.notices["expansion"] = expansion
+            result.notices.update(notices)
             return result
+        # The replica prepares the request itself (it holds the model): this user's edited
+        # translations go with the job.
         result, facts = self.remote.run(name, request, model=self.current_model(), vae=self.current_vae(),
+                                        edits=translate.edits_of(user),
                                         cancel=cancel, on_step=hook, on_preview=on_preview)
         result.facts = facts
         return result
@@ -309,12 +262,11 @@ class Generation:
     def expand_prompt(self, prompt: str, seed: int, client: Caller | str = "local") -> str:
         """提示词扩写 before a run: ``prompt`` with a local prompter's words after it (seeded by
         ``seed``; in the language the loaded model reads), as one job of the GPU queue."""
-        with self.jobs.run(as_caller(client), kind="expand"):
-            return expand.expand_prompt(self.store, prompt, int(seed), self._prompt_language())[0]
-
-    def _prompt_language(self) -> str:
-        """The language 提示词扩写 writes in: the one the loaded model's encoder reads."""
-        return "zh" if reads_chinese(self.store.base()) else "en"
+        with self.jobs.run(as_caller(client), kind="expand") as (cancel, _hook):
+            if self.remote is not None:  # --ray: where the model is (and the GPU for the prompter)
+                return self.remote.run("expand", {"prompt": prompt, "seed": int(seed)}, model=self.current_model(),
+                                       vae=self.current_vae(), cancel=cancel)[0]
+            return expand.expand_prompt(self.store, prompt, int(seed), prompt_language(self.store))[0]
 
     def prompters(self) -> list[str]:
         """Instruct models in models/prompters (tasks/expand.py)."""

@@ -101,11 +101,21 @@ def _generate(tokenizer, model, phrases: list[str]) -> list[str]:
         return [a[0] if a else "" for a in answers]
 
 
-def translate_texts(store, name: str, texts: list[str], user: str = "") -> list[str]:
-    """Each text with its Chinese phrases in English (the syntax kept), translated by ``name``;
-    the model is loaded only when some phrase is not cached, and freed before returning."""
+def edits_of(user: str) -> dict[str, str]:
+    """The English ``user`` wrote for their Chinese prompts ({Chinese prompt: English}), sent
+    with a job to a replica in another process."""
     with _lock:
-        edited = {t: _edits[(user, t)] for t in texts if (user, t) in _edits}
+        return {chinese: english for (who, chinese), english in _edits.items() if who == user}
+
+
+def translate_texts(store, name: str, texts: list[str], user: str = "",
+                    edits: dict[str, str] | None = None) -> list[str]:
+    """Each text with its Chinese phrases in English (the syntax kept), translated by ``name``;
+    the model is loaded only when some phrase is not cached, and freed before returning.
+    ``edits``: the user's edits given with the job ({Chinese: English}) instead of those kept here."""
+    with _lock:
+        edited = ({t: edits[t] for t in texts if t in edits} if edits is not None
+                  else {t: _edits[(user, t)] for t in texts if (user, t) in _edits})
     if all(t in edited or not has_chinese(t) for t in texts):
         return [edited.get(t, t) for t in texts]
     folder = store.folders.resolve("translators", name)
@@ -133,11 +143,11 @@ def translate_texts(store, name: str, texts: list[str], user: str = "") -> list[
     return [edited.get(t) or pl.assemble([found[p] for p in pl.phrases]) for t, pl in zip(texts, plans)]
 
 
-def translate_request(store, request, base_of, with_base, user: str = ""):
+def translate_request(store, request, base_of, with_base, user: str = "", edits: dict[str, str] | None = None):
     """``request`` with its base's prompt and negative prompt in English when the loaded model
     does not read Chinese and they hold Chinese (and its ``translate`` switch is on): (request,
     notice or None). ``base_of(request)`` gives its Txt2Img, ``with_base(request, base)`` puts a
-    new one in its place."""
+    new one in its place; ``edits`` as in translate_texts."""
     base = base_of(request)
     texts = [base.prompt, base.negative_prompt]
     if not any(has_chinese(t) for t in texts) or reads_chinese(store.base()):
@@ -148,9 +158,9 @@ def translate_request(store, request, base_of, with_base, user: str = ""):
     if not names:
         raise ParamError("translator_missing", family=store.family.label, suggestion=SUGGESTED,
                          folder=str(store.folders.folder("translators")))
-    prompt, negative = translate_texts(store, names[0], texts, user)
+    prompt, negative = translate_texts(store, names[0], texts, user, edits)
     with _lock:
-        edited = (user, base.prompt) in _edits
+        edited = base.prompt in edits if edits is not None else (user, base.prompt) in _edits
     notice = {"translator": names[0], "prompt": base.prompt, "negative_prompt": base.negative_prompt,
               "english_prompt": prompt, "english_negative_prompt": negative, "edited": edited}
     return with_base(request, replace(base, prompt=prompt, negative_prompt=negative)), notice
