@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,6 +170,42 @@ def send_to_inpaint_and_paint(page, start: float = 0.45, end: float = 0.55) -> N
     page.mouse.down()
     page.mouse.move(box["x"] + box["width"] * end, box["y"] + box["height"] * end, steps=8)
     page.mouse.up()
+
+
+def load_training_pictures(page, name: str, trigger: str, files: list[str], last: str) -> None:
+    """训练 LoRA: the LoRA's name and trigger word typed, the pictures (and .txt captions)
+    uploaded, 读取图片, until the table lists ``last``."""
+    page.get_by_role("tab", name="训练 LoRA").first.click()
+    page.locator("#train-name textarea, #train-name input").first.fill(name)
+    page.locator("#train-trigger textarea, #train-trigger input").first.fill(trigger)
+    page.locator("#train-files input[type=file]").set_input_files(files)
+    page.wait_for_timeout(3000)  # the uploads finish
+    page.get_by_role("button", name="读取图片").click()
+    page.locator("#train-captions").get_by_text(last).wait_for(timeout=30_000)
+
+
+def train_until_done(page, knobs: dict[str, str], log: Path, shot: Path) -> None:
+    """高级's knobs typed (label → value), 开始训练, until 训练完成 (else the status, the toasts
+    and the app's log tail, with a screenshot at ``shot``)."""
+    page.get_by_text("高级").first.click()
+    for label, value in knobs.items():
+        box = page.get_by_label(label).first
+        for _ in range(5):  # a slider's box takes a typed value once it has rendered
+            box.fill(value)
+            box.press("Enter")
+            page.wait_for_timeout(300)
+            if box.input_value() == value:
+                break
+        assert box.input_value() == value, (label, box.input_value())
+    page.wait_for_load_state("networkidle")
+    page.locator("#train-start").click()
+    try:
+        page.locator("#train-status").get_by_text("训练完成").wait_for(timeout=240_000)
+    except Exception:
+        page.screenshot(path=str(shot), full_page=True)
+        toasts = page.locator(".toast-body").all_inner_texts()
+        raise AssertionError(f"status: {page.locator('#train-status').inner_text()!r}; toasts: {toasts}; "
+                             f"log tail: {log.read_text(errors='replace')[-1500:]}") from None
 
 
 def shown_pixels(page, selector: str) -> np.ndarray:

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from pages import CHROMIUM, control_with, designer_page, english_words, fill_and_generate, send_to_inpaint_and_paint
+from pages import (CHROMIUM, control_with, designer_page, english_words, fill_and_generate, load_training_pictures,
+                   send_to_inpaint_and_paint, train_until_done)
 
 pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)"),
               pytest.mark.browser]
@@ -129,6 +130,22 @@ def test_an_sdxl_designers_walk(page, sdxl_app, tmp_path):
     page.locator("#result-summary").get_by_text("种子").first.wait_for(timeout=120_000)
     assert page.locator("#result-summary").get_by_text("提示词扩写").count() == 0
     shot(page, tmp_path, "9-expand-off")
+    # 8b. 训练 LoRA on SDXL with Chinese captions: the translator puts them into English first, and
+    #     the finished run says so.
+    files = []
+    for i in range(2):
+        picture = Image.new("RGB", (120, 100), (30, 60, 200))
+        picture.paste((220, 40, 40), (20 + 10 * i, 20, 70 + 10 * i, 70))
+        picture.save(tmp_path / f"p{i}.png")
+        (tmp_path / f"p{i}.txt").write_text("红色方块，水墨", encoding="utf-8")
+        files += [str(tmp_path / f"p{i}.png"), str(tmp_path / f"p{i}.txt")]
+    load_training_pictures(page, "西湖练的", "redsq", files, "p1.png")
+    train_until_done(page, {"训练步数": "10", "分辨率": "256"}, sdxl_app.log, tmp_path / "train-failed.png")
+    status = page.locator("#train-status").inner_text()
+    assert "SDXL 只读英文" in status and "danqing-demo-opus-mt-zh-en" in status, status
+    shot(page, tmp_path, "9b-train-translated")
+    assert english_words(page) == set(), english_words(page)
+    page.get_by_role("tab", name="创作").first.click()
     # 9. Kolors (可图): picked from the list, it reads the Chinese itself (no translation line). The
     #    SDXL LoRA goes out of its slot first (on Kolors it would be refused, as in step 6).
     page.get_by_text("LoRA 模型").first.click()

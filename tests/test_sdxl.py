@@ -2,6 +2,8 @@
 single files as Civitai ships them, the pooled and size conditioning, SDXL's LoRA and embedding
 layouts, and the same pixels as plain diffusers' StableDiffusionXLPipeline for the same job."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,8 @@ from PIL import Image
 
 from conftest import make_studio
 from pipelines.demo.sdxl import DEMO_SDXL, DEMO_SDXL_INPAINT, DEMO_SDXL_SINGLE
-from pipelines.errors import ModelError
+from pipelines.demo.translator import DEMO_TRANSLATOR
+from pipelines.errors import ModelError, ParamError
 from pipelines.requests import Img2Img, Inpaint, Outpaint, Txt2Img
 from pipelines.formats.families import SD1, SDXL
 from pipelines.tasks import txt2img
@@ -319,6 +322,10 @@ def test_an_sdxl_lora_trained_here_is_kohya_sdxl_and_loads_back(demo_models, tmp
         assert result.steps_done == 4 and all(np.isfinite(result.losses))
         meta = read_metadata(result.path)
         assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
+        # CLIP learns from English: the Chinese captions went through the demo translator
+        assert result.translator == DEMO_TRANSLATOR
+        tags = json.loads(meta["ss_tag_frequency"])["danqing"]
+        assert "redsq" in tags and not any("\u4e00" <= c <= "\u9fff" for tag in tags for c in tag), tags
         assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
         from safetensors import safe_open
 
@@ -329,3 +336,9 @@ def test_an_sdxl_lora_trained_here_is_kohya_sdxl_and_loads_back(demo_models, tmp
         assert not np.array_equal(plain, rgb(own.txt2img(base(loras=[[result.path.name, 1.0]]))[0][0]))
     # the base is as it was: no adapter left, the same picture
     assert np.array_equal(plain, rgb(own.txt2img(base())[0][0]))
+    # Without a translator, Chinese captions on SDXL are a Chinese sentence; nothing is trained.
+    shutil.rmtree(models / "translators")
+    req = TrainLora.build("xl-none", "redsq", paths, ["红色方块"] * 2, steps=4, rank=4, resolution=64, preview=False)
+    with pytest.raises(ParamError) as err:
+        training.train(own.store, req, tmp_path / "xl-none", lora_dir)
+    assert err.value.code == "train_translator_missing" and not (lora_dir / "xl-none.safetensors").exists()

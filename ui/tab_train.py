@@ -194,6 +194,9 @@ def build_tab(ctx: UIContext) -> None:
         else:
             text = S.train_finished.format(name=studio.trained_lora_name(result.path), path=_shown_path(result.path),
                                            steps=result.steps_done, minutes=f"{result.seconds / 60:.1f}")
+            if result.translator:
+                text += "\n\n" + S.train_captions_translated.format(family=studio.family()["loaded"]["label"],
+                                                                    translator=result.translator)
             if len(result.buckets) > 1:
                 text += "\n\n" + S.train_buckets_used.format(
                     groups=S.list_sep.join(S.train_bucket_group.format(w=w, h=h, n=n) for (w, h), n in result.buckets))

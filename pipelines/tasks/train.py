@@ -42,6 +42,7 @@ from ..formats.lora import to_kohya
 from ..requests import TrainLora
 from .lora import restore_active
 from .prompts import token_window
+from .translate import translate_captions
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class TrainResult:
     total_steps: int = 0  # the run's length (steps, or epochs × batches per epoch)
     buckets: list[tuple[tuple[int, int], int]] = field(default_factory=list)  # ((w, h), pictures)
     paused: bool = False  # checkpointed to let another user's training take its turn (resumes exactly)
+    translator: str | None = None  # the translator that put Chinese captions into English (translate.py)
 
 
 def lora_path(lora_dir: Path, name: str, step: int | None = None) -> Path:
@@ -345,6 +347,7 @@ def train(store, req: TrainLora, run_dir: Path, lora_dir: Path, cancel=None, on_
     device, dtype = store.plan.device, store.plan.dtype
     if store.family.extra.get("plain_prompts"):  # Kolors: ChatGLM's encoding is not trained here yet
         raise ParamError("train_family_unsupported", family=store.family.label)
+    req, translator = translate_captions(store, req)  # Chinese captions for an English-only encoder
 
     # 1. Data: each picture in its bucket's shape, encoded once by the VAE; (frozen encoder)
     #    text embeddings once.
@@ -405,7 +408,8 @@ def train(store, req: TrainLora, run_dir: Path, lora_dir: Path, cancel=None, on_
             torch.save(payload, tmp)
             os.replace(tmp, state_file)
 
-        result = TrainResult(None, start, losses, stopped=False, total_steps=total, buckets=bucket_summary(shapes))
+        result = TrainResult(None, start, losses, stopped=False, total_steps=total, buckets=bucket_summary(shapes),
+                             translator=translator)
         batches: dict[int, list[list[int]]] = {}
         # 3. Steps: step n takes batch n of its epoch; its noise and timesteps come from (seed, n).
         for step in range(start, total):

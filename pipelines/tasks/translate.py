@@ -143,6 +143,23 @@ def translate_texts(store, name: str, texts: list[str], user: str = "",
     return [edited.get(t) or pl.assemble([found[p] for p in pl.phrases]) for t, pl in zip(texts, plans)]
 
 
+def translate_captions(store, req):
+    """A LoRA trained on a model that reads only English learns from English: its Chinese
+    captions (and the sample prompt) put into English phrase by phrase — the same English a
+    prompt with those words gets later, so a Chinese trigger word typed then means what was
+    trained. (the request with English captions, the translator's name or None)."""
+    sample = req.sample_prompt or req.trigger or req.captions[0]
+    texts = [*req.captions, sample]
+    if not any(has_chinese(t) for t in texts) or reads_chinese(store.base()):
+        return req, None
+    names = list_translators(store)
+    if not names:
+        raise ParamError("train_translator_missing", family=store.family.label, suggestion=SUGGESTED,
+                         folder=str(store.folders.folder("translators")))
+    english = translate_texts(store, names[0], texts)
+    return replace(req, captions=tuple(english[:-1]), sample_prompt=english[-1]), names[0]
+
+
 def translate_request(store, request, base_of, with_base, user: str = "", edits: dict[str, str] | None = None):
     """``request`` with its base's prompt and negative prompt in English when the loaded model
     does not read Chinese and they hold Chinese (and its ``translate`` switch is on): (request,
