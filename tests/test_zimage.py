@@ -346,8 +346,8 @@ def test_an_svdquant_model_off_cuda_is_a_chinese_sentence(demo_models, tmp_path)
 
 # LoRAs -----------------------------------------------------------------------------------------------
 def test_a_z_image_lora_in_every_published_layout_means_the_same(zi):
-    """diffusers/PEFT, ComfyUI/ai-toolkit and Kohya/musubi (alpha folded in) files of one LoRA
-    give one picture, different from none; A1111's <lora:…> tag works; switching off restores."""
+    """diffusers/PEFT, ComfyUI/ai-toolkit, Kohya/musubi (alpha folded in) and musubi's original
+    layout (fused attention qkv) files of one LoRA give one picture, different from none; A1111's <lora:…> tag works; switching off restores."""
     from pipelines.demo.zimage import DEMO_ZIMAGE_LORAS
 
     plain = rgb(zi.txt2img(base())[0][0])
@@ -355,6 +355,7 @@ def test_a_z_image_lora_in_every_published_layout_means_the_same(zi):
     assert np.abs(pictures["peft"] - plain).mean() > 2
     assert np.abs(pictures["peft"] - pictures["comfy"]).max() <= 1
     assert np.abs(pictures["peft"] - pictures["kohya"]).max() <= 1
+    assert np.abs(pictures["peft"] - pictures["fused"]).max() <= 1  # the original layout's fused qkv, split
     tagged, info = zi.txt2img(base(prompt=TITLE + " <lora:danqing-demo-zimage-lora:1>"))
     assert np.abs(rgb(tagged[0]) - pictures["peft"]).max() <= 1
     with Image.open(tagged[0]) as image:

@@ -188,6 +188,8 @@ DEMO_ZIMAGE_LORAS = {
     "peft": "danqing-demo-zimage-lora.safetensors",  # diffusers/PEFT: transformer.<module>.lora_A/B
     "comfy": "danqing-demo-zimage-comfy.safetensors",  # ComfyUI/ai-toolkit: diffusion_model.<module>
     "kohya": "danqing-demo-zimage-kohya.safetensors",  # Kohya/musubi-tuner: lora_unet_<module_>, alpha
+    # musubi-tuner on the original layout: the fused attention_qkv (q, k, v rows stacked), attention_out
+    "fused": "danqing-demo-zimage-fused-qkv.safetensors",
 }
 ZIMAGE_LORA_TARGETS = ("attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.0",
                        "feed_forward.w1", "feed_forward.w3")
@@ -195,18 +197,22 @@ ZIMAGE_LORA_TARGETS = ("attention.to_q", "attention.to_k", "attention.to_v", "at
 
 def save_demo_zimage_loras(folder: Path, seed: int = 90, rank: int = 4) -> None:
     """Rank-4 matrices on both main blocks' attention and feed-forward layers of the demo
-    transformer; the Kohya file carries alpha = rank / 2 with its up matrices doubled, so all
-    three mean the same LoRA."""
+    transformer (q, k and v share their down matrix, as a LoRA on the fused qkv does); the
+    Kohya files carry alpha = rank / 2 with their up matrices doubled, so all four mean the
+    same LoRA."""
     import torch
     from safetensors.torch import save_file
 
     transformer = tiny_transformer()
     torch.manual_seed(seed)
-    peft, comfy, kohya = {}, {}, {}
+    peft, comfy, kohya, fused = {}, {}, {}, {}
+    original = {"attention.to_out.0": "attention.out"}  # the original layout's names
     for block in range(2):
+        shared = torch.randn(rank, transformer.get_submodule(f"layers.{block}.attention.to_q").in_features) * 0.3
+        ups = {}
         for target in ZIMAGE_LORA_TARGETS:
             module = transformer.get_submodule(f"layers.{block}.{target}")
-            down = torch.randn(rank, module.in_features) * 0.3
+            down = shared if target[-4:] in ("to_q", "to_k", "to_v") else torch.randn(rank, module.in_features) * 0.3
             up = torch.randn(module.out_features, rank) * 0.3
             path = f"layers.{block}.{target}"
             peft[f"transformer.{path}.lora_A.weight"], peft[f"transformer.{path}.lora_B.weight"] = down, up
@@ -214,7 +220,17 @@ def save_demo_zimage_loras(folder: Path, seed: int = 90, rank: int = 4) -> None:
             name = "lora_unet_" + path.replace(".", "_")
             kohya[f"{name}.lora_down.weight"], kohya[f"{name}.lora_up.weight"] = down, up * 2
             kohya[f"{name}.alpha"] = torch.tensor(rank / 2)
+            if target[-4:] in ("to_q", "to_k", "to_v"):
+                ups[target[-1]] = up
+                continue
+            name = "lora_unet_" + f"layers.{block}.{original.get(target, target)}".replace(".", "_")
+            fused[f"{name}.lora_down.weight"], fused[f"{name}.lora_up.weight"] = down, up * 2
+            fused[f"{name}.alpha"] = torch.tensor(rank / 2)
+        name = f"lora_unet_layers_{block}_attention_qkv"
+        fused[f"{name}.lora_down.weight"] = shared
+        fused[f"{name}.lora_up.weight"] = torch.cat([ups["q"], ups["k"], ups["v"]]) * 2
+        fused[f"{name}.alpha"] = torch.tensor(rank / 2)
     folder.mkdir(parents=True, exist_ok=True)
-    for layout, state in (("peft", peft), ("comfy", comfy), ("kohya", kohya)):
-        save_file({k: v.contiguous() for k, v in state.items()}, str(folder / DEMO_ZIMAGE_LORAS[layout]),
+    for layout, state in (("peft", peft), ("comfy", comfy), ("kohya", kohya), ("fused", fused)):
+        save_file({k: v.clone().contiguous() for k, v in state.items()}, str(folder / DEMO_ZIMAGE_LORAS[layout]),
                   metadata={"modelspec.architecture": "z-image-turbo/lora", "ss_base_model_version": "z_image_turbo"})

@@ -265,16 +265,40 @@ def map_state_dict(pipe, state: dict[str, torch.Tensor], label: str) -> LoraLaye
     return mapped
 
 
+_FUSED_QKV = re.compile(r"^(?P<head>.*attention[._])qkv(?P<tail>\.(?:lora_down|lora_up|lora_A|lora_B)\.weight|\.alpha)$")
+
+
+def _split_fused_qkv(state: dict, label: str) -> dict:
+    """LoRAs trained on Z-Image's original layout (musubi-tuner, some ComfyUI files) adapt the
+    fused ``attention.qkv``: one down matrix, and an up matrix with the q, k and v rows stacked.
+    Three LoRAs on ``to_q``, ``to_k``, ``to_v`` sharing that down matrix (and alpha) are exactly
+    the same update."""
+    out = {}
+    for key, value in state.items():
+        match = _FUSED_QKV.match(key)
+        if match is None:
+            out[key] = value
+            continue
+        up = ".lora_up." in match["tail"] or ".lora_B." in match["tail"]
+        if up and (value.ndim != 2 or value.shape[0] % 3):
+            raise ModelError("lora_wrong_architecture", name=label, detail=key[:120])
+        parts = value.chunk(3, dim=0) if up else (value,) * 3
+        for proj, part in zip("qkv", parts):
+            out[f"{match['head']}to_{proj}{match['tail']}"] = part.contiguous()
+    return out
+
+
 def _transformer_lora(family, state: dict, label: str) -> dict:
     """A Z-Image LoRA in any layout people publish — diffusers/PEFT (``transformer.``),
     ComfyUI/ai-toolkit (``diffusion_model.``), Kohya/musubi-tuner (``lora_unet_layers_0_…``
-    with ``.alpha``) — through diffusers' own Z-Image converter to ``transformer.<module>.lora_A``
-    keys, alphas folded in. LoKr/LoHa/DoRA are refused, not half-read."""
+    with ``.alpha``), on the diffusers modules or the original fused ``attention.qkv`` — through
+    diffusers' own Z-Image converter to ``transformer.<module>.lora_A`` keys, alphas folded in.
+    LoKr/LoHa/DoRA are refused, not half-read."""
     odd = next((k for k in state if "dora_scale" in k or ".lokr_" in k or ".hada_" in k), None)
     if odd is not None:
         raise ModelError("lora_unsupported_format", name=label, detail=odd[:120])
     try:
-        converted = family.pipeline_class("txt2img").lora_state_dict(dict(state))
+        converted = family.pipeline_class("txt2img").lora_state_dict(_split_fused_qkv(state, label))
     except (ValueError, KeyError, IndexError, RuntimeError) as exc:
         log.warning("diffusers cannot convert the Z-Image LoRA %s: %s", label, exc)
         raise ModelError("lora_unsupported_format", name=label, detail=str(exc)[:120]) from exc
