@@ -283,6 +283,32 @@ def test_a_gguf_transformer_runs_quantised_and_close_to_the_folder(demo_models, 
     assert store.system_info()["memory"]["mode"] == "gguf"  # 系统信息 says it
 
 
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q5_1"])
+def test_smaller_gguf_types_run_through_the_same_dequantisers(demo_models, zi, tmp_path, qtype):
+    """4- and 5-bit GGUFs (Q4_0, Q5_1, written by the gguf package as city96's are) load from
+    diffusion_models/ and generate: fewer bytes than Q8_0, a picture nearer the folder's than
+    another seed's is."""
+    import shutil
+
+    from pipelines.demo.zimage import DEMO_ZIMAGE_GGUF, save_demo_zimage_gguf, transformer_to_original
+    from pipelines.store import EngineSettings, ModelStore
+    from pipelines.store.cache import module_bytes
+
+    for kind in ("text_encoders", "vae", "checkpoints"):
+        shutil.copytree(demo_models / kind, tmp_path / kind)
+    name = f"z-image-demo-{qtype}.gguf"
+    (tmp_path / "diffusion_models").mkdir()
+    save_demo_zimage_gguf(transformer_to_original(zi.store.denoiser()), tmp_path / "diffusion_models" / name, qtype)
+    store = ModelStore(EngineSettings(model=name, models_dir=tmp_path, demo=True))
+    small = np.asarray(txt2img.run(store, base()).images[0]).astype(int)
+    assert store.system_info()["memory"]["mode"] == "gguf"
+    q8 = ModelStore(EngineSettings(model=DEMO_ZIMAGE_GGUF, models_dir=demo_models, demo=True))
+    assert module_bytes(store.denoiser()) < module_bytes(q8.denoiser())
+    folder = np.asarray(txt2img.run(zi.store, base()).images[0]).astype(int)
+    other = np.asarray(txt2img.run(zi.store, base(seed=8)).images[0]).astype(int)
+    assert np.abs(small - folder).mean() < np.abs(other - folder).mean()
+
+
 # Memory modes --------------------------------------------------------------------------------------
 def test_memory_modes_are_chosen_from_the_free_memory_and_shown(zi):
     from pipelines.store import memory

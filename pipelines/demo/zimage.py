@@ -160,20 +160,22 @@ def save_demo_zimage_split(folder: Path, root: Path) -> None:
 DEMO_ZIMAGE_GGUF = "danqing-demo-z-image-turbo-Q8_0.gguf"  # diffusion_models/, city96's layout
 
 
-def save_demo_zimage_gguf(original: dict, path: Path) -> Path:
+def save_demo_zimage_gguf(original: dict, path: Path, qtype: str = "Q8_0") -> Path:
     """The transformer's original-layout weights as a GGUF file the way city96's Z-Image GGUFs
-    are made: linear weights whose rows fit Q8_0's 32-value blocks quantised to Q8_0, the rest
-    (norms, biases, pad tokens, odd widths) kept in F32."""
+    are made: linear weights whose rows fit the type's blocks (32 values for Q8_0, Q4_0, Q5_1...)
+    quantised to ``qtype``, the rest (norms, biases, pad tokens, odd widths) kept in F32."""
     import gguf
     import numpy as np
 
+    kind = gguf.GGMLQuantizationType[qtype]
+    block = gguf.GGML_QUANT_SIZES[kind][0]
     writer = gguf.GGUFWriter(str(path), arch="lumina2")
     for key, tensor in original.items():
         name = key.removeprefix("model.diffusion_model.")
         array = tensor.float().numpy()
-        if key.endswith(".weight") and array.ndim == 2 and array.shape[-1] % 32 == 0:
-            data = gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0)
-            writer.add_tensor(name, data, raw_shape=data.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        if key.endswith(".weight") and array.ndim == 2 and array.shape[-1] % block == 0:
+            data = gguf.quants.quantize(array, kind)
+            writer.add_tensor(name, data, raw_shape=data.shape, raw_dtype=kind)
         else:
             writer.add_tensor(name, np.ascontiguousarray(array, dtype=np.float32))
     writer.write_header_to_file()
