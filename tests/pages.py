@@ -215,15 +215,20 @@ def shown_pixels(page, selector: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(bytes(data))).convert("RGB"))
 
 
-def control_with(page, image_path, model: str) -> None:
-    """线稿控制 as a designer does it: upload the picture, pick the ControlNet, 用线稿生成, and
-    wait until the summary names the ControlNet."""
+def control_with(page, image_path, model: str, end: str | None = None) -> None:
+    """线稿控制 as a designer does it: upload the picture, pick the ControlNet (and its 结束介入
+    when ``end`` is given), 用线稿生成, and wait until the summary names the ControlNet."""
     page.get_by_role("tab", name="线稿控制").first.click()
     page.locator("#generate-canny").wait_for(timeout=30_000)
-    page.locator("#generate-canny").locator("xpath=ancestor::div[contains(@class,'tabitem')]").locator(
-        "input[type=file]").first.set_input_files(str(image_path))
+    tab = page.locator("#generate-canny").locator("xpath=ancestor::div[contains(@class,'tabitem')]")
+    tab.locator("input[type=file]").first.set_input_files(str(image_path))
     page.get_by_label("ControlNet 模型").first.click()
     page.get_by_role("option", name=model, exact=True).click()
     page.wait_for_timeout(500)
+    if end is not None:
+        box = tab.get_by_label("结束介入（步数比例）").first
+        box.fill(end)
+        box.press("Enter")
+        page.wait_for_timeout(300)
     page.click("#generate-canny")
     page.locator("#result-summary").get_by_text(f"ControlNet：{model}").first.wait_for(timeout=120_000)

@@ -95,7 +95,9 @@ def test_a_z_image_designers_walk(page, zimage_app, tmp_path):
     ImageDraw.Draw(lines).rectangle((24, 40, 104, 88), outline="black", width=6)
     path = tmp_path / "lines.png"
     lines.save(path)
-    control_with(page, path, "demo-z-image-controlnet-union")
+    control_with(page, path, "demo-z-image-controlnet-union", end="0.8")  # guided on the first 80% of steps
+    text = page.locator("#infotext textarea").first.input_value()
+    assert "Model: demo-z-image-controlnet-union" in text and "Guidance End: 0.8" in text, text
     shot(page, tmp_path, "5-controlnet")
     assert english_words(page) == set(), english_words(page)
     # 7. 系统信息: the transformer is the denoiser, and how it sits in memory.

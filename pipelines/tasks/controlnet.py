@@ -182,8 +182,10 @@ def check_names(store, units) -> None:
             raise ParamError("unknown_model_name", kind="controlnet", name=str(unit.model)[:80])
 
 
-def guidance(store, units, width: int, height: int, resize_mode: str, cancel=None) -> Guidance:
-    """Maps, ControlNets and their weights for ``units`` at width × height (names already checked)."""
+def guidance(store, units, width: int, height: int, resize_mode: str, cancel=None,
+             steps: int | None = None) -> Guidance:
+    """Maps, ControlNets and their weights for ``units`` at width × height (names already
+    checked). ``steps``: the length of the run they guide (a Z-Image ControlNet's window)."""
     from diffusers import MultiControlNetModel
 
     # 1. Each control map, one image at a time.
@@ -194,7 +196,7 @@ def guidance(store, units, width: int, height: int, resize_mode: str, cancel=Non
     # 3. Each control map at the output size.
     fitted = [fit_to(to_rgb(image), width, height, resize_mode) for image in maps]
     if any(is_zimage(net) for net in nets):
-        return _zimage_guidance(store, units, nets, fitted, maps)
+        return _zimage_guidance(store, units, nets, fitted, maps, steps)
     # 4. A union ControlNet: one model, every unit's map with its control type.
     if any(is_union(net) for net in nets):
         if len({unit.model for unit in units}) > 1:
@@ -219,18 +221,53 @@ def guidance(store, units, width: int, height: int, resize_mode: str, cancel=Non
     return Guidance(controlnet, images, kwargs, maps)
 
 
-def _zimage_guidance(store, units, nets, fitted, maps) -> Guidance:
-    """Z-Image's ControlNet pipelines take one ControlNet, for every step: one unit, its weight;
-    a start/end window or a second unit is refused in Chinese (never silently dropped). The
-    pipeline binds the net to the base transformer's embedders and refiners when it is built
-    (``from_pipe`` → ``ZImageControlNetModel.from_transformer``), so every job binds it to the
-    base of the moment; the store drops these nets when it switches away from the base."""
+def _zimage_guidance(store, units, nets, fitted, maps, steps: int | None) -> Guidance:
+    """Z-Image's ControlNet pipelines take one ControlNet: one unit, its weight (a second unit
+    is refused in Chinese, never silently dropped), its start/end window kept by a step gate
+    (``_step_gate``). The pipeline binds the net to the base transformer's embedders and
+    refiners when it is built (``from_pipe`` → ``ZImageControlNetModel.from_transformer``), so
+    every job binds it to the base of the moment; the store drops these nets when it switches
+    away from the base."""
     if len(units) > 1:
         raise ParamError("controlnet_one_unit", family=store.family.label)
     unit = units[0]
-    if unit.guidance_start > 0 or unit.guidance_end < 1:
+    windowed = unit.guidance_start > 0 or unit.guidance_end < 1
+    if windowed and not steps:  # a caller that cannot say the run's length
         raise ParamError("controlnet_no_window", family=store.family.label)
+    _step_gate(nets[0], (unit.guidance_start, unit.guidance_end, steps) if windowed else None)
     return Guidance(nets[0], fitted[0], {"controlnet_conditioning_scale": unit.weight}, maps)
+
+
+def _step_gate(net, window: tuple[float, float, int] | None) -> None:
+    """Keep a Z-Image ControlNet to the steps of its window (A1111's 引导开始/结束, by diffusers'
+    rule for the other ControlNet pipelines: step k of n counts when k/n >= start and
+    (k+1)/n <= end), which diffusers' Z-Image ControlNet pipelines lack: the net's forward is
+    wrapped once, and each job sets its window (None: every step). Outside the window the net
+    does not run and adds nothing. The pipeline calls it once a step (both CFG halves in one
+    call) with the progress (1000 - t) / 1000, which grows through a run: a smaller one starts
+    the next run (the next picture of a batch)."""
+    state = net.__dict__.get("_danqing_gate")
+    if state is None:
+        state = {"window": None, "calls": 0, "last": None}
+        plain = net.forward
+
+        def gated(x, t, *args, **kwargs):
+            window = state["window"]
+            if window is None:
+                return plain(x, t, *args, **kwargs)
+            now = float(t.flatten()[0])
+            if state["last"] is not None and now < state["last"]:
+                state["calls"] = 0
+            state["last"], k = now, state["calls"]
+            state["calls"] += 1
+            start, end, steps = window
+            if k / steps < start or (k + 1) / steps > end:
+                return {}
+            return plain(x, t, *args, **kwargs)
+
+        net.forward = gated
+        net.__dict__["_danqing_gate"] = state
+    state.update(window=window, calls=0, last=None)
 
 
 def refit(guide: Guidance, width: int, height: int, resize_mode: str):
@@ -254,7 +291,7 @@ def run(
     check_names(store, units)
     hires = hires_of(store, base)
     # 2. Maps and ControlNets at the output size.
-    guide = guidance(store, units, base.width, base.height, request.resize_mode, cancel)
+    guide = guidance(store, units, base.width, base.height, request.resize_mode, cancel, base.num_inference_steps)
     # 3. The shared denoise-and-decode loop, with the ControlNet pipeline class (an inpainting
     #    model paints a blank, fully masked canvas); the post-step.
     cls, call_kwargs = pipeline_class(store, guide, "controlnet"), {image_argument(guide): guide.images, **guide.kwargs}

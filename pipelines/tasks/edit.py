@@ -96,9 +96,9 @@ def plan_pass(base: Txt2Img, strength: float, width: int, height: int, steps: in
     return Pass(replace(asked, num_inference_steps=length), runs, strength, asked)
 
 
-def _guidance(store, units, width: int, height: int, resize_mode: str, cancel):
+def _guidance(store, units, width: int, height: int, resize_mode: str, cancel, steps: int | None = None):
     """The ControlNets of an edit (their names were checked before any image was decoded)."""
-    return controlnet.guidance(store, units, width, height, resize_mode, cancel) if units else None
+    return controlnet.guidance(store, units, width, height, resize_mode, cancel, steps) if units else None
 
 
 # 2. Image to image ------------------------------------------------------------------------
@@ -188,7 +188,7 @@ def _inpaint_at(store, work: Pass, image: Image.Image, mask: Image.Image, fill: 
     """Inpaint ``image`` (already at the working size) where ``mask`` is at least half white."""
 
     width, height = image.size
-    guide = _guidance(store, units, width, height, resize_mode, cancel)
+    guide = _guidance(store, units, width, height, resize_mode, cancel, work.request.num_inference_steps)
     if work.steps == 0:
         return _unchanged(store, work.asked, [image], guide)
     # 1. What the masked area starts from (A1111's "Masked content").
@@ -292,7 +292,7 @@ def hires_fix(store, request: Txt2Img, up: Upscale | None, cancel: threading.Eve
     total = request.num_inference_steps + second.steps
     inpainting = is_inpainting_model(store)
     units, resize_mode = (control.units, control.resize_mode) if control else ((), "crop")
-    guide = _guidance(store, units, request.width, request.height, resize_mode, cancel)
+    guide = _guidance(store, units, request.width, request.height, resize_mode, cancel, request.num_inference_steps)
     # 1. The first pass, to latents (an inpainting model paints a blank, fully masked canvas).
     notices: dict = {}
     blank = blank_canvas(request) if inpainting else {}
