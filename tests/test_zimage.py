@@ -242,7 +242,17 @@ def test_what_z_image_controlnets_cannot_do_is_said_in_chinese(zi, studio, tmp_p
             "\u4e00" <= ch <= "\u9fff" for ch in error_text(zh, err.value.code, err.value.fields))
     with pytest.raises(DanqingError) as err:  # no ControlNet 图生图 pipeline for Z-Image in diffusers
         zi.img2img(Img2Img.build(base(), photo(), 0.7, units=[_unit(tmp_path, DEMO_ZIMAGE_CONTROLNET)]))
-    assert err.value.code == "family_no_controlnet"
+    assert err.value.code == "controlnet_no_img2img"
+    ran = []  # 高清修复 with a ControlNet: its second pass is ControlNet 图生图, refused before the first runs
+    hook = zi.store.denoiser().register_forward_pre_hook(lambda module, args: ran.append(1))
+    try:
+        with pytest.raises(DanqingError) as err:
+            zi.control(Control.build(base(hires_pass=True, hires_upscaler="latent", hires_scale=2),
+                                     [_unit(tmp_path, DEMO_ZIMAGE_CONTROLNET)]))
+    finally:
+        hook.remove()
+    assert err.value.code == "controlnet_no_img2img" and ran == []
+    assert "高清修复" in error_text(zh, err.value.code, err.value.fields)
 
 
 def test_styles_keep_a_quoted_title():

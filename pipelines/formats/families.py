@@ -71,6 +71,8 @@ class ModelFamily:
 
             if task.startswith("controlnet_union") and "controlnet" in self.classes:
                 raise ModelError("controlnet_union_family", base=self.label)
+            if task == "controlnet_img2img" and "controlnet" in self.classes:  # Z-Image: txt2img and inpaint only
+                raise ModelError("controlnet_no_img2img", family=self.label)
             raise ModelError(f"family_no_{TASK_WORDS.get(task, 'mode')}", family=self.label)
         return getattr(diffusers, self.classes[task])
 

@@ -293,6 +293,8 @@ def hires_fix(store, request: Txt2Img, up: Upscale | None, cancel: threading.Eve
     inpainting = is_inpainting_model(store)
     units, resize_mode = (control.units, control.resize_mode) if control else ((), "crop")
     guide = _guidance(store, units, request.width, request.height, resize_mode, cancel, request.num_inference_steps)
+    if guide is not None:  # the second pass's pipeline, before the first pass runs (a family may lack it)
+        controlnet.pipeline_class(store, guide, "controlnet_img2img")
     # 1. The first pass, to latents (an inpainting model paints a blank, fully masked canvas).
     notices: dict = {}
     blank = blank_canvas(request) if inpainting else {}
