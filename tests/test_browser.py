@@ -198,7 +198,8 @@ def test_sending_acts_on_the_picture_on_screen(page, browser_app, tmp_path):
     page.get_by_role("tab", name="扩图").first.click()
     page.locator("#hires-pass input").check()
     page.get_by_label("修复重绘幅度").first.wait_for(timeout=30_000)
-    assert page.locator("#hires-scale").get_by_text("×1.5").count() == 1  # its own factor, beside it
+    page.locator("#hires-scale").get_by_text("×1.5").first.wait_for(timeout=30_000)  # its own factor, beside it
+    assert page.locator("#hires-scale").get_by_text("×1.5").count() == 1
     assert english_words(page) == set()
     page.locator("#hires-pass input").uncheck()
 

@@ -45,7 +45,11 @@ def test_an_sdxl_designers_walk(page, sdxl_app, tmp_path):
     page.get_by_role("option", name="danqing-demo-xl-single.safetensors（本地） · SDXL").click()
     page.get_by_text("已切换到模型").first.wait_for(timeout=90_000)
     page.get_by_text("已按 SDXL 模型的常用尺寸改为").first.wait_for(timeout=30_000)
-    assert page.get_by_label("宽度").first.input_value() == "512"  # the demo's SDXL size (256 for SD 1.x)
+    # the toast is said while the sizes' answer is on its way: wait for the box itself
+    page.wait_for_function("() => [...document.querySelectorAll('input[type=number]')].some("
+                           "e => e.closest('label, .block')?.innerText.includes('宽度') && e.value === '512')",
+                           timeout=30_000)  # the demo's SDXL size (256 for SD 1.x)
+    assert page.get_by_label("宽度").first.input_value() == "512"
     assert english_words(page) == set(), english_words(page)
     # 2. A Kohya SDXL LoRA named in the prompt, A1111's way.
     fill_and_generate(page, "<lora:danqing-demo-xl-kohya:0.8> gongbi，牡丹，工笔画", width=128, height=128, steps=3)
@@ -55,7 +59,9 @@ def test_an_sdxl_designers_walk(page, sdxl_app, tmp_path):
     assert "Model: danqing-demo-xl-single" in text and "Lora hashes:" in text and "danqing-demo-xl-kohya" in text, text
     shot(page, tmp_path, "1-txt2img-lora")
     # 2b. SDXL reads only English: the demo translator's English is shown; edit it, use it, generate.
-    page.locator("#english-box").wait_for(timeout=30_000)
+    page.locator("#english-box").wait_for(timeout=30_000)  # the box and the summary are two answers
+    page.locator("#result-summary").get_by_text("英文提示词（由 danqing-demo-opus-mt-zh-en 翻译）").first.wait_for(
+        timeout=30_000)
     assert page.locator("#result-summary").get_by_text("英文提示词（由 danqing-demo-opus-mt-zh-en 翻译）").count() == 1
     page.locator("#english-prompt textarea").fill("gongbi, a red peony, fine brush painting")
     page.click("#english-use")
