@@ -43,6 +43,35 @@ def make_studio(models_dir: Path, outputs_dir: Path, model: str | None = None):
     return Studio(ModelStore(settings), OutputWriter(outputs_dir))
 
 
+def plain_and_danqing(pipeline_cls, folder: Path, models_dir: Path, prompt: str, guidance: float, check=None):
+    """The same job (128², 2 steps, Euler, CFG ``guidance``, negative prompt 模糊, seed 7) through
+    plain diffusers' ``pipeline_cls`` and through Danqing's store and 文生图, the models loaded one
+    after the other (never side by side); ``check(plain)`` looks at the plain pipeline first.
+    Returns (plain's pixels, ours, our store)."""
+    import gc
+
+    import numpy as np
+    import torch
+
+    from pipelines.requests import Txt2Img
+    from pipelines.store import ModelStore
+    from pipelines.store.settings import EngineSettings
+    from pipelines.tasks import txt2img
+
+    plain = pipeline_cls.from_pretrained(folder, torch_dtype=torch.float32)
+    plain.set_progress_bar_config(disable=True)
+    if check is not None:
+        check(plain)
+    ref = np.asarray(plain(prompt, negative_prompt="模糊", width=128, height=128, num_inference_steps=2,
+                           guidance_scale=guidance, generator=torch.Generator("cpu").manual_seed(7)).images[0])
+    del plain
+    gc.collect()
+    store = ModelStore(EngineSettings(model=str(folder), models_dir=models_dir, device="cpu", dtype="fp32"))
+    request = Txt2Img.from_fields(prompt=prompt, negative_prompt="模糊", width=128, height=128, num_inference_steps=2,
+                                  guidance_scale=guidance, seed=7, sampler="Euler")
+    return ref, np.asarray(txt2img.run(store, request).images[0]), store
+
+
 @pytest.fixture(scope="session")
 def studio(demo_models, tmp_path_factory):
     """One studio for the session: tests that must not disturb it make their own."""

@@ -6,6 +6,7 @@ the pixels a picture on the page really shows, a ControlNet run from its tab."""
 from __future__ import annotations
 
 import io
+import os
 import re
 import shutil
 from pathlib import Path
@@ -206,6 +207,35 @@ def train_until_done(page, knobs: dict[str, str], log: Path, shot: Path) -> None
         toasts = page.locator(".toast-body").all_inner_texts()
         raise AssertionError(f"status: {page.locator('#train-status').inner_text()!r}; toasts: {toasts}; "
                              f"log tail: {log.read_text(errors='replace')[-1500:]}") from None
+
+
+def shooter(prefix: str):
+    """``shot(page, tmp_path, name)``: a full-page screenshot named ``<prefix>-<name>.png`` in
+    the test's folder, or in DANQING_SHOTS when set (kept for a person to look at)."""
+    def shot(page, tmp_path, name: str) -> None:
+        folder = Path(os.environ.get("DANQING_SHOTS") or tmp_path)
+        page.screenshot(path=str(folder / f"{prefix}-{name}.png"), full_page=True)
+
+    return shot
+
+
+def use_edited_english(page, english: str, words: str) -> None:
+    """The translator's English under a result, edited as a designer does: type ``english``,
+    用这段英文, 生成 again, until the summary shows ``words`` of it."""
+    page.locator("#english-prompt textarea").fill(english)
+    page.click("#english-use")
+    page.get_by_text("已记住").first.wait_for(timeout=30_000)
+    page.click("#generate")
+    page.wait_for_timeout(1000)
+    page.locator("#result-summary").get_by_text(words).first.wait_for(timeout=120_000)
+
+
+def sent_pixels(page, button: str, target: str) -> np.ndarray:
+    """Click a 发送到… ``button``; the pixels the picture box ``target`` then shows."""
+    page.click(button)
+    page.locator(f"{target} img").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(500)
+    return shown_pixels(page, f"{target} img")
 
 
 def shown_pixels(page, selector: str) -> np.ndarray:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pages import (CHROMIUM, PROGRESS_LINE, designer_page, english_words, fill_and_generate, load_training_pictures,
-                   send_to_inpaint_and_paint, shown_pixels, train_until_done)
+                   send_to_inpaint_and_paint, sent_pixels, shown_pixels, train_until_done)
 
 pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)"),
               pytest.mark.browser]
@@ -169,20 +169,14 @@ def test_sending_acts_on_the_picture_on_screen(page, browser_app, tmp_path):
     # 1. 文生图, then its result to 图生图 at once.
     fill_and_generate(page, "山水画，远山，小船", width=128, height=96, steps=3)
     first = shown_pixels(page, "#gallery .grid-container img")
-    page.click("#result-to-img2img")
-    page.locator("#img2img-image img").first.wait_for(timeout=30_000)
-    page.wait_for_timeout(500)
-    assert np.array_equal(shown_pixels(page, "#img2img-image img"), first)
+    assert np.array_equal(sent_pixels(page, "#result-to-img2img", "#img2img-image"), first)
     # 2. 图生图 runs; its result (other pixels) is what goes on.
     page.click("#generate-img2img")
     page.locator("#result-summary").get_by_text("图生图：重绘幅度").first.wait_for(timeout=90_000)
     page.wait_for_timeout(500)
     second = shown_pixels(page, "#gallery .grid-container img")
     assert not np.array_equal(second, first)
-    page.click("#result-to-outpaint")
-    page.locator("#outpaint-image img").first.wait_for(timeout=30_000)
-    page.wait_for_timeout(500)
-    assert np.array_equal(shown_pixels(page, "#outpaint-image img"), second)
+    assert np.array_equal(sent_pixels(page, "#result-to-outpaint", "#outpaint-image"), second)
     assert english_words(page) == set()
     # 3. The same result to 局部重绘: a stroke, 重绘 with the input saved beside: the input the
     # server received is the picture that was on screen.

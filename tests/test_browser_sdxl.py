@@ -5,15 +5,12 @@ send the result to 图生图 and 局部重绘 (a brush stroke), guide a picture 
 then 极速 with the Lightning-style LoRA; every screen reads Chinese; a LoRA of the other family
 is a Chinese sentence on the page."""
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
 from pages import (CHROMIUM, control_with, designer_page, english_words, fill_and_generate, load_training_pictures,
-                   send_to_inpaint_and_paint, train_until_done)
+                   send_to_inpaint_and_paint, shooter, train_until_done, use_edited_english)
 
 pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)"),
               pytest.mark.browser]
@@ -32,10 +29,7 @@ def page(sdxl_app):
     yield from designer_page(sdxl_app.url)
 
 
-def shot(page, tmp_path, name: str) -> None:
-    """A full-page screenshot (DANQING_SHOTS=folder keeps them for a person to look at)."""
-    folder = Path(os.environ.get("DANQING_SHOTS") or tmp_path)
-    page.screenshot(path=str(folder / f"sdxl-{name}.png"), full_page=True)
+shot = shooter("sdxl")
 
 
 def test_an_sdxl_designers_walk(page, sdxl_app, tmp_path):
@@ -63,12 +57,7 @@ def test_an_sdxl_designers_walk(page, sdxl_app, tmp_path):
     page.locator("#result-summary").get_by_text("英文提示词（由 danqing-demo-opus-mt-zh-en 翻译）").first.wait_for(
         timeout=30_000)
     assert page.locator("#result-summary").get_by_text("英文提示词（由 danqing-demo-opus-mt-zh-en 翻译）").count() == 1
-    page.locator("#english-prompt textarea").fill("gongbi, a red peony, fine brush painting")
-    page.click("#english-use")
-    page.get_by_text("已记住").first.wait_for(timeout=30_000)
-    page.click("#generate")
-    page.wait_for_timeout(1000)
-    page.locator("#result-summary").get_by_text("a red peony").first.wait_for(timeout=120_000)
+    use_edited_english(page, "gongbi, a red peony, fine brush painting", "a red peony")
     text = page.locator("#infotext textarea").first.input_value()
     assert text.startswith("gongbi, a red peony, fine brush painting") and "Original prompt: " in text, text
     shot(page, tmp_path, "1b-translation-edited")

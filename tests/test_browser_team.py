@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from pages import CHROMIUM, english_words, fill_and_generate, launch_chromium, log_in, playwright
+from pages import CHROMIUM, english_words, fill_and_generate, launch_chromium, log_in, playwright, use_edited_english
 
 pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)"),
               pytest.mark.browser]
@@ -144,12 +144,7 @@ def test_an_edited_translation_is_the_editors_own(team_app, tmp_path):
             fill_and_generate(jia, "雨后的西湖", width=128, height=128)
             jia.locator("#english-box").wait_for(timeout=30_000)
             translated = jia.locator("#english-prompt textarea").input_value()
-            jia.locator("#english-prompt textarea").fill("west lake after the rain, misty willows")
-            jia.click("#english-use")
-            jia.get_by_text("已记住").first.wait_for(timeout=30_000)
-            jia.click("#generate")
-            jia.wait_for_timeout(1000)
-            jia.locator("#result-summary").get_by_text("misty willows").first.wait_for(timeout=120_000)
+            use_edited_english(jia, "west lake after the rain, misty willows", "misty willows")
             jia.screenshot(path=str(tmp_path / "3-jia-edited.png"), full_page=True)
             # 3. 乙, same Chinese: the translator's English, not 甲's edit.
             yi.reload(wait_until="networkidle")

@@ -5,14 +5,12 @@ PNG's parameters and the picture on screen is the one saved — send it to 图�
 guide one with the Z-Image ControlNet union, read 系统信息 (the transformer, the memory mode);
 every screen reads Chinese."""
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from pages import CHROMIUM, control_with, designer_page, english_words, send_to_inpaint_and_paint, shown_pixels
+from pages import (CHROMIUM, control_with, designer_page, english_words, send_to_inpaint_and_paint, sent_pixels, shooter,
+                   shown_pixels)
 
 pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)"),
               pytest.mark.browser]
@@ -34,9 +32,7 @@ def page(zimage_app):
     yield from designer_page(zimage_app.url)
 
 
-def shot(page, tmp_path, name: str) -> None:
-    folder = Path(os.environ.get("DANQING_SHOTS") or tmp_path)
-    page.screenshot(path=str(folder / f"zimage-{name}.png"), full_page=True)
+shot = shooter("zimage")
 
 
 def test_a_z_image_designers_walk(page, zimage_app, tmp_path):
@@ -77,10 +73,7 @@ def test_a_z_image_designers_walk(page, zimage_app, tmp_path):
     page.locator("#fast-mode input").uncheck()
     page.wait_for_timeout(500)
     # 4. The result to 图生图, and 生成 there.
-    page.click("#result-to-img2img")
-    page.locator("#img2img-image img").first.wait_for(timeout=30_000)
-    page.wait_for_timeout(500)
-    assert np.array_equal(shown_pixels(page, "#img2img-image img"), on_disk)
+    assert np.array_equal(sent_pixels(page, "#result-to-img2img", "#img2img-image"), on_disk)
     page.click("#generate-img2img")
     page.locator("#result-summary").get_by_text("图生图：重绘幅度").first.wait_for(timeout=120_000)
     shot(page, tmp_path, "3-img2img")
